@@ -1,0 +1,82 @@
+"""The cluster clock (G7): Redis server time, tracked locally through an offset.
+
+Instances never compare their own wall clocks. Each heartbeat returns the Redis
+server's ``TIME``; :class:`RedisClock` keeps ``server_ms - local_monotonic_ms`` from
+the sample with the smallest round trip in a sliding window, so a skewed or
+stepped local clock changes nothing. :class:`ManualClock` is for tests.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import deque
+
+__all__ = ["ManualClock", "RedisClock"]
+
+
+def _mono_ms() -> float:
+    return time.monotonic() * 1000.0
+
+
+class RedisClock:
+    """Cluster time = local monotonic time + offset learned from Redis ``TIME``.
+
+    ``now_ms()`` never goes backwards. Until the first sample it follows the local
+    wall clock (used only before any claim can be made: claims need Redis anyway).
+    """
+
+    def __init__(self, *, window: int = 8) -> None:
+        self._lock = threading.Lock()
+        self._samples: deque[tuple[float, float]] = deque(maxlen=window)  # (rtt_ms, offset_ms)
+        self._offset_ms: float | None = None
+        self._last_ms = 0
+
+    @property
+    def synced(self) -> bool:
+        return self._offset_ms is not None
+
+    def observe(self, server_ms: float, sent_mono_ms: float, received_mono_ms: float) -> None:
+        """Record one server time read between two local monotonic instants."""
+        rtt = max(received_mono_ms - sent_mono_ms, 0.0)
+        offset = server_ms - (sent_mono_ms + rtt / 2.0)
+        with self._lock:
+            self._samples.append((rtt, offset))
+            self._offset_ms = min(self._samples)[1]
+
+    def begin(self) -> float:
+        """The local instant to pass to :meth:`observe` as ``sent_mono_ms``."""
+        return _mono_ms()
+
+    @property
+    def offset_ms(self) -> float | None:
+        return self._offset_ms
+
+    def now_ms(self) -> int:
+        offset = self._offset_ms
+        if offset is None:
+            now = int(time.time() * 1000)
+        else:
+            now = int(_mono_ms() + offset)
+        with self._lock:
+            if now < self._last_ms:
+                now = self._last_ms
+            self._last_ms = now
+        return now
+
+
+class ManualClock:
+    """A clock that moves only when told to. For tests."""
+
+    def __init__(self, start_ms: int = 1_700_000_000_000) -> None:
+        self._now_ms = start_ms
+
+    def now_ms(self) -> int:
+        return self._now_ms
+
+    def set(self, now_ms: int) -> None:
+        self._now_ms = now_ms
+
+    def advance(self, delta_ms: int) -> int:
+        self._now_ms += delta_ms
+        return self._now_ms

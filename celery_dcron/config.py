@@ -1,0 +1,320 @@
+"""Settings, read once from the Celery app's configuration and validated.
+
+Every setting is a lower-case Celery setting prefixed ``dcron_``; the table
+:data:`SETTINGS` is the single source of the names, defaults and docs (the
+documentation's reference page is checked against it by a test).
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+from .entries import MisfirePolicy
+from .exceptions import ConfigurationError, InvalidEntryError
+
+__all__ = ["SETTINGS", "Setting", "Settings", "mask_url"]
+
+DEFAULT_REDIS_URL = "redis://localhost:6379/0"
+_REDIS_SCHEMES = ("redis", "rediss", "unix")
+
+
+@dataclass(frozen=True, slots=True)
+class Setting:
+    name: str
+    default: Any
+    type: str
+    doc: str
+
+
+#: Every ``dcron_*`` setting: name, default, type and meaning.
+SETTINGS: tuple[Setting, ...] = (
+    Setting(
+        "dcron_redis_url",
+        None,
+        "str",
+        "Redis holding the registry. ``redis://``, ``rediss://`` (TLS) or ``unix://`` URL, "
+        "with password or ACL user. Default: the broker URL when it is a Redis URL, "
+        f"else ``{DEFAULT_REDIS_URL}``.",
+    ),
+    Setting(
+        "dcron_key_prefix",
+        "dcron",
+        "str",
+        "Prefix of every Redis key and channel of celery_dcron.",
+    ),
+    Setting(
+        "dcron_namespace",
+        "default",
+        "str",
+        "Cluster name: instances share entries and ownership only within one namespace, "
+        "so one Redis can serve several isolated clusters.",
+    ),
+    Setting(
+        "dcron_heartbeat_interval",
+        1.0,
+        "float (seconds)",
+        "How often an instance refreshes its heartbeat and checks for changes.",
+    ),
+    Setting(
+        "dcron_node_ttl",
+        5.0,
+        "float (seconds)",
+        "An instance whose heartbeat is older than this is dead; its entries move to the "
+        "others. Must be at least 3 heartbeat intervals.",
+    ),
+    Setting(
+        "dcron_strategy",
+        "consistent_hash",
+        "str",
+        "How entries are split between instances: ``consistent_hash``, ``rendezvous``, "
+        "``hash_slot``, ``modulo``, ``weighted``, ``round_robin``, ``range``, or a dotted "
+        "path to a class.",
+    ),
+    Setting(
+        "dcron_virtual_nodes",
+        160,
+        "int",
+        "Virtual nodes per instance on the consistent-hash ring.",
+    ),
+    Setting(
+        "dcron_node_weight",
+        1.0,
+        "float",
+        "This instance's weight under the ``weighted`` strategy (a weight of 2 takes twice "
+        "the share).",
+    ),
+    Setting(
+        "dcron_misfire_policy",
+        "once",
+        "str",
+        "What a new owner does with ticks missed while nobody fired them: ``once`` "
+        "(coalesce into one run), ``all`` (run each, bounded), ``skip``. Per entry: "
+        "``options={'dcron_misfire_policy': ...}``.",
+    ),
+    Setting(
+        "dcron_misfire_grace",
+        None,
+        "float (seconds) or None",
+        "A missed tick older than this is dropped and logged instead of run. ``None``: no "
+        "limit (like Celery beat). Per entry: ``options={'dcron_misfire_grace': ...}``.",
+    ),
+    Setting(
+        "dcron_misfire_max_catchup",
+        100,
+        "int",
+        "Under the ``all`` policy, at most this many missed ticks of one entry run; older "
+        "ones are dropped and logged.",
+    ),
+    Setting(
+        "dcron_lock_ttl",
+        30.0,
+        "float (seconds)",
+        "Lifetime of a per-tick fire lock. A claim that was never marked sent is re-published "
+        "by the owner once its claimer is dead or this has passed.",
+    ),
+    Setting(
+        "dcron_check_tasks",
+        True,
+        "bool",
+        "Skip (and log) entries whose task is not registered in the beat's Celery app. Set "
+        "False to send unknown task names anyway, as Celery beat does.",
+    ),
+    Setting(
+        "dcron_socket_timeout",
+        2.0,
+        "float (seconds)",
+        "Socket timeout of Redis commands. Keep it below the node TTL.",
+    ),
+)
+
+_DEFAULTS = {s.name: s.default for s in SETTINGS}
+
+
+def mask_url(url: str) -> str:
+    """``url`` with its password replaced by ``***``, for logs and reprs."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return "<invalid url>"
+    if parts.password is None:
+        return url
+    user = parts.username or ""
+    host = parts.hostname or ""
+    netloc = f"{user}:***@{host}" + (f":{parts.port}" if parts.port else "")
+    return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Settings:
+    """Validated ``dcron_*`` settings. Build with :meth:`from_app` or directly in tests."""
+
+    redis_url: str = field(default=DEFAULT_REDIS_URL, repr=False)
+    key_prefix: str = "dcron"
+    namespace: str = "default"
+    heartbeat_interval_s: float = 1.0
+    node_ttl_s: float = 5.0
+    strategy: str = "consistent_hash"
+    virtual_nodes: int = 160
+    node_weight: float = 1.0
+    misfire_policy: MisfirePolicy = MisfirePolicy.ONCE
+    misfire_grace_s: float | None = None
+    misfire_max_catchup: int = 100
+    lock_ttl_s: float = 30.0
+    check_tasks: bool = True
+    socket_timeout_s: float = 2.0
+    node_id: str = field(default_factory=lambda: default_node_id())
+
+    def __post_init__(self) -> None:
+        self._validate()
+
+    def __repr__(self) -> str:
+        return (
+            f"Settings(redis_url={mask_url(self.redis_url)!r}, namespace={self.namespace!r}, "
+            f"key_prefix={self.key_prefix!r}, strategy={self.strategy!r}, "
+            f"node_ttl_s={self.node_ttl_s}, heartbeat_interval_s={self.heartbeat_interval_s}, "
+            f"node_id={self.node_id!r})"
+        )
+
+    @property
+    def node_ttl_ms(self) -> int:
+        return int(self.node_ttl_s * 1000)
+
+    @property
+    def heartbeat_interval_ms(self) -> int:
+        return int(self.heartbeat_interval_s * 1000)
+
+    @property
+    def lock_ttl_ms(self) -> int:
+        return int(self.lock_ttl_s * 1000)
+
+    def _validate(self) -> None:
+        scheme = urlsplit(self.redis_url).scheme
+        if scheme not in _REDIS_SCHEMES:
+            raise ConfigurationError(
+                f"dcron_redis_url: {mask_url(self.redis_url)!r} is not a Redis URL; "
+                "use redis://host:port/db, rediss://... (TLS) or unix:///path.sock"
+            )
+        for name, value in (("dcron_key_prefix", self.key_prefix), ("dcron_namespace", self.namespace)):
+            if not value or any(c in value for c in "{}:\n\r\t ") or len(value) > 100:
+                raise ConfigurationError(
+                    f"{name}: {value!r} must be 1-100 characters "
+                    "without spaces, ':', '{' or '}'"
+                )
+        _positive("dcron_heartbeat_interval", self.heartbeat_interval_s)
+        _positive("dcron_node_ttl", self.node_ttl_s)
+        if self.node_ttl_s < 3 * self.heartbeat_interval_s:
+            raise ConfigurationError(
+                f"dcron_node_ttl: {self.node_ttl_s}s must be at least 3 x "
+                f"dcron_heartbeat_interval ({self.heartbeat_interval_s}s), or instances "
+                "would expire between two heartbeats"
+            )
+        if self.socket_timeout_s <= 0 or self.socket_timeout_s >= self.node_ttl_s:
+            raise ConfigurationError(
+                f"dcron_socket_timeout: {self.socket_timeout_s}s must be > 0 and below "
+                f"dcron_node_ttl ({self.node_ttl_s}s)"
+            )
+        _positive("dcron_lock_ttl", self.lock_ttl_s)
+        _positive("dcron_node_weight", self.node_weight)
+        if self.virtual_nodes < 1 or self.virtual_nodes > 10_000:
+            raise ConfigurationError(
+                f"dcron_virtual_nodes: {self.virtual_nodes} must be between 1 and 10000"
+            )
+        if self.misfire_max_catchup < 1:
+            raise ConfigurationError(
+                f"dcron_misfire_max_catchup: {self.misfire_max_catchup} must be >= 1"
+            )
+        if self.misfire_grace_s is not None:
+            _positive("dcron_misfire_grace", self.misfire_grace_s)
+
+    @classmethod
+    def from_app(cls, app: Any, **overrides: Any) -> Settings:
+        """Read ``dcron_*`` settings from ``app.conf``; errors name the setting."""
+        return cls.from_mapping(app.conf, broker_url=_broker_url(app), **overrides)
+
+    @classmethod
+    def from_mapping(
+        cls, conf: Mapping[str, Any], *, broker_url: str | None = None, **overrides: Any
+    ) -> Settings:
+        def get(name: str) -> Any:
+            value = conf.get(name)
+            return _DEFAULTS[name] if value is None else value
+
+        redis_url = conf.get("dcron_redis_url") or _redis_url_from_broker(broker_url)
+        if not isinstance(redis_url, str):
+            raise ConfigurationError(f"dcron_redis_url: expected a URL string, got {redis_url!r}")
+        try:
+            policy = MisfirePolicy.parse(get("dcron_misfire_policy"), field_name="dcron_misfire_policy")
+        except InvalidEntryError as exc:
+            raise ConfigurationError(str(exc)) from None
+        grace = conf.get("dcron_misfire_grace")
+        kwargs: dict[str, Any] = {
+            "redis_url": redis_url,
+            "key_prefix": _typed("dcron_key_prefix", get("dcron_key_prefix"), str),
+            "namespace": _typed("dcron_namespace", get("dcron_namespace"), str),
+            "heartbeat_interval_s": _seconds("dcron_heartbeat_interval", get("dcron_heartbeat_interval")),
+            "node_ttl_s": _seconds("dcron_node_ttl", get("dcron_node_ttl")),
+            "strategy": _typed("dcron_strategy", get("dcron_strategy"), str),
+            "virtual_nodes": _typed("dcron_virtual_nodes", get("dcron_virtual_nodes"), int),
+            "node_weight": _seconds("dcron_node_weight", get("dcron_node_weight")),
+            "misfire_policy": policy,
+            "misfire_grace_s": None if grace is None else _seconds("dcron_misfire_grace", grace),
+            "misfire_max_catchup": _typed(
+                "dcron_misfire_max_catchup", get("dcron_misfire_max_catchup"), int
+            ),
+            "lock_ttl_s": _seconds("dcron_lock_ttl", get("dcron_lock_ttl")),
+            "check_tasks": _typed("dcron_check_tasks", get("dcron_check_tasks"), bool),
+            "socket_timeout_s": _seconds("dcron_socket_timeout", get("dcron_socket_timeout")),
+        }
+        kwargs.update(overrides)
+        return cls(**kwargs)
+
+
+def default_node_id() -> str:
+    """``host:pid:random`` — unique per process start, readable in ``dcron status``."""
+    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
+
+
+def _broker_url(app: Any) -> str | None:
+    url = app.conf.broker_url or app.conf.get("broker_url")
+    if isinstance(url, (list, tuple)):
+        url = url[0] if url else None
+    return url if isinstance(url, str) else None
+
+
+def _redis_url_from_broker(broker_url: str | None) -> str:
+    if broker_url:
+        scheme = urlsplit(broker_url.split(";")[0]).scheme
+        if scheme in ("redis", "rediss"):
+            return broker_url.split(";")[0]
+        if scheme == "redis+socket":
+            return "unix" + broker_url.split(";")[0][len("redis+socket") :]
+    return DEFAULT_REDIS_URL
+
+
+def _typed(name: str, value: Any, kind: type) -> Any:
+    if kind is int and isinstance(value, bool):
+        raise ConfigurationError(f"{name}: expected an integer, got {value!r}")
+    if not isinstance(value, kind):
+        raise ConfigurationError(f"{name}: expected {kind.__name__}, got {value!r}")
+    return value
+
+
+def _seconds(name: str, value: Any) -> float:
+    from datetime import timedelta
+
+    if isinstance(value, timedelta):
+        return value.total_seconds()
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ConfigurationError(f"{name}: expected a number of seconds, got {value!r}")
+    return float(value)
+
+
+def _positive(name: str, value: float) -> None:
+    if not value > 0:
+        raise ConfigurationError(f"{name}: {value} must be a positive number")

@@ -1,0 +1,547 @@
+"""The engine: decides what this instance fires, claims it, publishes it.
+
+One :meth:`Engine.step` of the scheduling loop:
+
+1. heartbeat (when due, or woken by an event) and refresh what changed: nodes,
+   entries, shared state, ownership;
+2. retake claims that were made but never marked sent (ours after a failed
+   publish, or those of a dead node) and publish them again with the same task id;
+3. for every owned entry whose next tick is due: plan the ticks under its misfire
+   policy, claim them all in one round trip, publish the ones won, mark them sent
+   in one more round trip.
+
+With Redis unreachable nothing is claimed, so nothing is published (G5); the step
+backs off and everything is reloaded once Redis answers again.
+"""
+
+from __future__ import annotations
+
+import heapq
+import logging
+import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import replace
+
+from . import ticks as tickmath
+from .clock import RedisClock
+from .config import Settings
+from .entries import EntrySpec, EntryState, NodeStatus, Tick
+from .exceptions import RegistryUnavailableError
+from .interfaces import Strategy
+from .membership import EventListener, Membership
+from .registry import Registry
+from .schedules import IntervalSchedule
+
+__all__ = ["Engine", "Publisher"]
+
+logger = logging.getLogger(__name__)
+
+#: ``publish(spec, tick, task_id)`` sends one message; raises on failure.
+Publisher = Callable[[EntrySpec, Tick, str], None]
+#: ``hook(spec, tick, exc)`` is told of every failed publish.
+ErrorHook = Callable[[EntrySpec, Tick, BaseException], None]
+#: ``check(spec)`` returns why an entry cannot run here, or None.
+EntryCheck = Callable[[EntrySpec], str | None]
+
+_MAX_BACKOFF_S = 5.0
+
+
+class Engine:
+    """Runs one instance of the cluster: membership, ownership, claims, dispatch."""
+
+    def __init__(
+        self,
+        *,
+        settings: Settings,
+        registry: Registry,
+        clock: RedisClock,
+        strategy: Strategy,
+        publish: Publisher,
+        static_entries: Sequence[EntrySpec] = (),
+        check: EntryCheck | None = None,
+        on_publish_error: ErrorHook | None = None,
+        version: str = "",
+        listen: bool = True,
+    ) -> None:
+        self.settings = settings
+        self.registry = registry
+        self.clock = clock
+        self.strategy = strategy
+        self.publish = publish
+        self.static_entries = list(static_entries)
+        self.check = check
+        self.on_publish_error = on_publish_error
+        self.membership = Membership(
+            registry,
+            clock,
+            node_id=settings.node_id,
+            ttl_ms=settings.node_ttl_ms,
+            weight=settings.node_weight,
+            version=version,
+        )
+        self.wake = threading.Event()
+        self.listener = EventListener(registry, self.wake) if listen else None
+        #: every entry in the registry, by name
+        self.entries: dict[str, EntrySpec] = {}
+        self.states: dict[str, EntryState] = {}
+        self.owned: frozenset[str] = frozenset()
+        self._heap: list[tuple[int, str]] = []
+        self._next: dict[str, int] = {}
+        self._unmarked: set[Tick] = set()
+        self._failed: set[Tick] = set()
+        self._skipped_reasons: dict[str, str] = {}
+        self._synced = False
+        self._connected = False
+        self._failures = 0
+        self._next_beat = 0.0
+        self._next_recover = 0.0
+        self._seen_versions = (-1, -1)
+        self._on_time_ms = max(1000, settings.heartbeat_interval_ms)
+        self._safe_publish_s = settings.node_ttl_s / 2
+        self.stopped = False
+
+    @property
+    def node_id(self) -> str:
+        return self.settings.node_id
+
+    # -- the loop ----------------------------------------------------------------
+
+    def start(self) -> None:
+        if self.listener is not None and not self.listener.is_alive():
+            self.listener.start()
+
+    def step(self) -> float:
+        """One pass of the scheduling loop. Returns how long to wait before the next."""
+        try:
+            now_mono = time.monotonic()
+            if (
+                now_mono >= self._next_beat
+                or not self._connected
+                or self._dirty(clear=False)
+            ):
+                self._beat()
+                self._next_beat = now_mono + self.settings.heartbeat_interval_s
+            if self.membership.status is NodeStatus.WORKING:
+                if self._unmarked:
+                    self._flush_unmarked()
+                if now_mono >= self._next_recover:
+                    self.recover()
+                self.run_pass(self.clock.now_ms())
+            self._failures = 0
+        except RegistryUnavailableError as exc:
+            return self._unavailable(exc)
+        return self._wait_s()
+
+    def wait(self, seconds: float) -> None:
+        """Sleep up to ``seconds``; returns early when an event arrives."""
+        if seconds > 0:
+            self.wake.wait(seconds)
+        self.wake.clear()
+
+    def stop(self) -> None:
+        """Leave the cluster at once so the others take over without waiting for the TTL."""
+        if self.stopped:
+            return
+        self.stopped = True
+        if self.listener is not None:
+            self.listener.stop()
+        if self._unmarked:
+            try:
+                self._flush_unmarked()
+            except RegistryUnavailableError:
+                pass
+        if self._connected or self.membership.members_version >= 0:
+            self.membership.leave()
+
+    # -- membership and refresh --------------------------------------------------
+
+    def _dirty(self, *, clear: bool) -> bool:
+        if self.listener is None:
+            return False
+        members = self.listener.members_dirty.is_set()
+        entries = self.listener.entries_dirty.is_set()
+        if clear:
+            self.listener.members_dirty.clear()
+            self.listener.entries_dirty.clear()
+        return members or entries
+
+    def _beat(self) -> None:
+        event_members = self.listener is not None and self.listener.members_dirty.is_set()
+        event_entries = self.listener is not None and self.listener.entries_dirty.is_set()
+        self._dirty(clear=True)
+        if not self._connected:
+            self.registry.load_scripts()
+        hb, members_changed, entries_changed = self.membership.beat()
+        versions = (hb.members_version, hb.entries_version)
+        reset = versions[0] < self._seen_versions[0] or versions[1] < self._seen_versions[1]
+        reconnected = not self._connected
+        self._connected = True
+        self._seen_versions = versions
+        if reset:
+            logger.warning("dcron: the registry was reset (Redis lost its data); rebuilding")
+        if not self._synced or reset:
+            self._sync_static()
+            if reset:
+                self._reseed_states()
+        full = reset or reconnected
+        if full or entries_changed or event_entries:
+            self._load_entries()
+        if full or members_changed or event_members or entries_changed or event_entries:
+            self.membership.refresh_nodes()
+            self.states = self.registry.states()
+            self._reassign()
+            self._next_recover = 0.0
+        if self.membership.status is NodeStatus.STARTING and not self.stopped:
+            self.membership.set_status(NodeStatus.WORKING)
+            self.membership.beat()
+            self.membership.refresh_nodes()
+            self._reassign()
+
+    def _sync_static(self) -> None:
+        result = self.registry.sync_static(self.static_entries)
+        for name, reason in result.skipped.items():
+            logger.warning(
+                "dcron: static entry %r not written: a %s entry of that name exists",
+                name,
+                "deleted (tombstoned)" if reason == "tombstoned" else reason,
+            )
+        if result.changed:
+            logger.info("dcron: static schedule synced, %d entries changed", result.changed)
+        self._synced = True
+
+    def _reseed_states(self) -> None:
+        """After Redis lost its data, put back the last ticks this instance knew."""
+        seeds = [
+            Tick(name=name, tick_ms=state.last_tick_ms, fire=False)
+            for name, state in self.states.items()
+            if state.last_tick_ms is not None
+        ]
+        if seeds:
+            self.registry.claim(seeds, node_id=self.node_id, lock_ttl_ms=self.settings.lock_ttl_ms)
+            logger.info("dcron: restored the last tick of %d entries", len(seeds))
+
+    def _load_entries(self) -> None:
+        entries, bad = self.registry.entries()
+        for name, error in bad.items():
+            self._skip_once(name, f"malformed entry in the registry: {error}")
+        self.entries = entries
+
+    def _skip_once(self, name: str, reason: str) -> None:
+        if self._skipped_reasons.get(name) != reason:
+            self._skipped_reasons[name] = reason
+            logger.error("dcron: skipping entry %r: %s", name, reason)
+
+    def _runnable(self, spec: EntrySpec) -> bool:
+        if not spec.enabled:
+            return False
+        reason = self.check(spec) if self.check is not None else None
+        if reason is not None:
+            self._skip_once(spec.name, reason)
+            return False
+        self._skipped_reasons.pop(spec.name, None)
+        return True
+
+    def _reassign(self) -> None:
+        working = self.membership.working_nodes()
+        if not any(n.id == self.node_id for n in working):
+            owned: frozenset[str] = frozenset()
+        else:
+            assignment = self.strategy.assign(sorted(self.entries), working)
+            owned = frozenset(n for n, owner in assignment.items() if owner == self.node_id)
+        if owned != self.owned:
+            logger.info(
+                "dcron: node %s owns %d of %d entries (%d working nodes)",
+                self.node_id,
+                len(owned),
+                len(self.entries),
+                len(working),
+            )
+        self.owned = owned
+        self._heap = []
+        self._next = {}
+        for name in owned:
+            spec = self.entries[name]
+            if self._runnable(spec):
+                self._schedule(spec)
+
+    # -- ticks -------------------------------------------------------------------
+
+    def _base_ms(self, spec: EntrySpec) -> int | None:
+        state = self.states.get(spec.name) or EntryState()
+        base = state.last_tick_ms if state.last_tick_ms is not None else state.anchor_ms
+        if base is None:
+            return None
+        if spec.start_ms is not None and spec.start_ms - 1 > base:
+            if isinstance(spec.schedule, IntervalSchedule):
+                base = spec.start_ms - spec.schedule.every_ms
+            else:
+                base = spec.start_ms - 1
+        return base
+
+    def _finished(self, spec: EntrySpec, next_ms: int | None) -> bool:
+        state = self.states.get(spec.name) or EntryState()
+        if next_ms is None:
+            return True
+        if spec.end_ms is not None and next_ms > spec.end_ms:
+            return True
+        return spec.max_runs is not None and state.run_count >= spec.max_runs
+
+    def _schedule(self, spec: EntrySpec) -> None:
+        base = self._base_ms(spec)
+        if base is None:
+            due = 0  # no anchor yet: anchor it on the next pass
+        else:
+            nxt = tickmath.next_tick(spec.schedule, base)
+            if self._finished(spec, nxt):
+                self._next.pop(spec.name, None)
+                return
+            assert nxt is not None
+            due = nxt
+        self._next[spec.name] = due
+        heapq.heappush(self._heap, (due, spec.name))
+
+    def next_due_ms(self) -> int | None:
+        while self._heap:
+            due, name = self._heap[0]
+            if self._next.get(name) == due:
+                return due
+            heapq.heappop(self._heap)
+        return None
+
+    def run_pass(self, now_ms: int) -> int:
+        """Claim and publish every owned tick due at ``now_ms``. Returns ticks published."""
+        due: list[EntrySpec] = []
+        while self._heap and self._heap[0][0] <= now_ms:
+            when, name = heapq.heappop(self._heap)
+            if self._next.get(name) != when or name not in self.owned:
+                continue
+            del self._next[name]
+            spec = self.entries.get(name)
+            if spec is not None:
+                due.append(spec)
+        if not due:
+            return 0
+        claims: list[Tick] = []
+        for spec in due:
+            claims.extend(self._plan(spec, now_ms))
+        limits = {s.name: s.max_runs for s in due if s.max_runs is not None}
+        try:
+            results = self.registry.claim(
+                claims, node_id=self.node_id, lock_ttl_ms=self.settings.lock_ttl_ms, max_runs=limits
+            )
+        except RegistryUnavailableError:
+            for spec in due:  # try again once Redis answers
+                self._next[spec.name] = now_ms
+                heapq.heappush(self._heap, (now_ms, spec.name))
+            raise
+        claimed_at = time.monotonic()
+        won: list[Tick] = []
+        for result in results:
+            tick = result.tick
+            old = self.states.get(tick.name) or EntryState()
+            last = result.last_tick_ms
+            if not result.won and (last is None or last < tick.tick_ms):
+                last = tick.tick_ms  # blocked by a lock or max_runs: do not retry this tick
+            self.states[tick.name] = replace(
+                old, last_tick_ms=last, run_count=result.run_count
+            )
+            if result.won and tick.fire:
+                won.append(tick)
+            elif tick.fire:
+                logger.debug(
+                    "dcron: %s tick=%s already claimed (last tick %s)",
+                    tick.name,
+                    tickmath.tick_iso(tick.tick_ms),
+                    last,
+                )
+        sent = self._publish_all(won, claimed_at)
+        for spec in due:
+            if spec.name in self.owned:
+                self._schedule(spec)
+        self._mark_sent(sent)
+        return len(sent)
+
+    def _plan(self, spec: EntrySpec, now_ms: int) -> list[Tick]:
+        base = self._base_ms(spec)
+        if base is None:
+            logger.debug("dcron: anchoring %s at %s", spec.name, now_ms)
+            return [Tick(name=spec.name, tick_ms=now_ms, fire=False)]
+        policy = spec.misfire_policy or self.settings.misfire_policy
+        grace_s = spec.misfire_grace_s if spec.misfire_grace_s is not None else self.settings.misfire_grace_s
+        plan = tickmath.plan_due(
+            spec.schedule,
+            last_ms=base,
+            now_ms=now_ms,
+            policy=policy,
+            grace_ms=None if grace_s is None else int(grace_s * 1000),
+            max_catchup=self.settings.misfire_max_catchup,
+            on_time_ms=self._on_time_ms,
+        )
+        fire = [t for t in plan.fire if spec.end_ms is None or t <= spec.end_ms]
+        if spec.max_runs is not None:
+            runs = (self.states.get(spec.name) or EntryState()).run_count
+            fire = fire[: max(spec.max_runs - runs, 0)]
+        ticks = [Tick(name=spec.name, tick_ms=t) for t in fire]
+        if plan.missed:
+            if fire:
+                logger.warning(
+                    "dcron: %s missed %d ticks; policy %s fires %d (up to tick=%s)",
+                    spec.name, plan.missed, policy.value, len(fire), tickmath.tick_iso(fire[-1]),
+                )  # fmt: skip
+            else:
+                logger.warning(
+                    "dcron: %s dropped %d missed ticks (policy %s, grace %ss), up to tick=%s",
+                    spec.name, plan.missed, policy.value, grace_s,
+                    tickmath.tick_iso(plan.skip_to or base),
+                )  # fmt: skip
+        if not ticks and plan.skip_to is not None:
+            ticks.append(Tick(name=spec.name, tick_ms=plan.skip_to, fire=False))
+        return ticks
+
+    # -- publishing --------------------------------------------------------------
+
+    def _publish_all(self, ticks: Sequence[Tick], claimed_at: float) -> list[Tick]:
+        sent: list[Tick] = []
+        for tick in ticks:
+            spec = self.entries.get(tick.name)
+            if spec is None:
+                continue
+            if time.monotonic() - claimed_at > self._safe_publish_s:
+                # We were paused or slow since the claim: another node may have taken
+                # it over. Publish only if the claim is still ours.
+                if not self.registry.retake(
+                    [tick], node_id=self.node_id, lock_ttl_ms=self.settings.lock_ttl_ms
+                )[0]:
+                    logger.warning(
+                        "dcron: %s tick=%s was taken over while this node stalled; not sent",
+                        tick.name,
+                        tickmath.tick_iso(tick.tick_ms),
+                    )
+                    continue
+                claimed_at = time.monotonic()
+            task_id = tickmath.task_id(self.settings.namespace, tick.name, tick.tick_ms)
+            try:
+                self.publish(spec, tick, task_id)
+            except Exception as exc:  # noqa: BLE001 - any broker error: retry later
+                self._failed.add(tick)
+                self._next_recover = time.monotonic() + self.settings.heartbeat_interval_s
+                logger.error(
+                    "dcron: publish failed %s tick=%s id=%s: %r (will retry with the same id)",
+                    tick.name, tickmath.tick_iso(tick.tick_ms), task_id, exc,
+                )  # fmt: skip
+                if self.on_publish_error is not None:
+                    try:
+                        self.on_publish_error(spec, tick, exc)
+                    except Exception:  # noqa: BLE001
+                        logger.exception("dcron: the publish-error hook raised")
+                continue
+            self._failed.discard(tick)
+            sent.append(tick)
+            logger.info(
+                "dcron: fired %s tick=%s node=%s id=%s",
+                tick.name, tickmath.tick_iso(tick.tick_ms), self.node_id, task_id,
+            )  # fmt: skip
+        return sent
+
+    def _mark_sent(self, sent: Sequence[Tick]) -> None:
+        if not sent:
+            return
+        try:
+            self.registry.mark_sent(sent)
+        except RegistryUnavailableError:
+            self._unmarked.update(sent)
+            raise
+
+    def _flush_unmarked(self) -> None:
+        ticks = list(self._unmarked)
+        self.registry.mark_sent(ticks)
+        self._unmarked.difference_update(ticks)
+
+    def recover(self) -> int:
+        """Publish again claims that were never marked sent: ours, or a dead node's."""
+        interval = self.settings.heartbeat_interval_s if self._failed else self.settings.node_ttl_s
+        self._next_recover = time.monotonic() + interval
+        pending = self.registry.pending()
+        if not pending:
+            self._failed.clear()
+            return 0
+        working = sorted(n.id for n in self.membership.working_nodes())
+        janitor = bool(working) and working[0] == self.node_id
+        candidates: list[Tick] = []
+        orphans: list[Tick] = []
+        now_ms = self.clock.now_ms()
+        for claim in pending:
+            tick = Tick(name=claim.name, tick_ms=claim.tick_ms)
+            if tick in self._unmarked:
+                continue
+            spec = self.entries.get(claim.name)
+            if spec is None:
+                if janitor:
+                    orphans.append(tick)
+                continue
+            if claim.name not in self.owned and claim.node != self.node_id:
+                continue
+            grace_s = spec.misfire_grace_s if spec.misfire_grace_s is not None else self.settings.misfire_grace_s
+            if grace_s is not None and now_ms - claim.tick_ms > grace_s * 1000:
+                logger.warning(
+                    "dcron: %s tick=%s was claimed by %s but never sent, and is past its "
+                    "grace; dropped",
+                    claim.name, tickmath.tick_iso(claim.tick_ms), claim.node,
+                )  # fmt: skip
+                orphans.append(tick)
+                continue
+            candidates.append(tick)
+        if orphans:
+            self.registry.drop_pending(orphans)
+        if not candidates:
+            return 0
+        won_flags = self.registry.retake(
+            candidates, node_id=self.node_id, lock_ttl_ms=self.settings.lock_ttl_ms
+        )
+        won = [t for t, ok in zip(candidates, won_flags, strict=True) if ok]
+        for tick in won:
+            logger.warning(
+                "dcron: re-publishing unsent claim %s tick=%s with its original id",
+                tick.name,
+                tickmath.tick_iso(tick.tick_ms),
+            )
+        sent = self._publish_all(won, time.monotonic())
+        self._mark_sent(sent)
+        return len(sent)
+
+    # -- waiting and failures ------------------------------------------------------
+
+    def _wait_s(self) -> float:
+        wait = self._next_beat - time.monotonic()
+        due = self.next_due_ms()
+        if due is not None and self.membership.status is NodeStatus.WORKING:
+            wait = min(wait, (due - self.clock.now_ms()) / 1000.0)
+        if self._failed:
+            wait = min(wait, self._next_recover - time.monotonic())
+        return max(wait, 0.0)
+
+    def _unavailable(self, exc: RegistryUnavailableError) -> float:
+        self._failures += 1
+        self._connected = False
+        backoff: float = min(0.25 * (2 ** min(self._failures - 1, 5)), _MAX_BACKOFF_S)
+        level = logging.WARNING if self._failures in (1, 2) or self._failures % 20 == 0 else logging.DEBUG
+        logger.log(
+            level,
+            "dcron: Redis unreachable (attempt %d), publishing nothing; retrying in %.2fs: %s",
+            self._failures,
+            backoff,
+            exc.__cause__ or exc,
+        )
+        return backoff
+
+    # -- introspection -------------------------------------------------------------
+
+    def describe(self) -> Mapping[str, object]:
+        return {
+            "node": self.node_id,
+            "status": self.membership.status.value,
+            "owned": len(self.owned),
+            "entries": len(self.entries),
+            "nodes": [n.id for n in self.membership.working_nodes()],
+        }

@@ -1,0 +1,258 @@
+"""Frozen value objects and their JSON forms. Pure module: no I/O.
+
+Raw dicts stop at the registry: everything above it handles these objects.
+Times are integer milliseconds since the epoch (UTC), named ``*_ms``.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from kombu.utils import json as kjson
+
+from .exceptions import InvalidEntryError
+from .schedules import Schedule, schedule_from_json, schedule_to_json
+
+__all__ = [
+    "ClaimResult",
+    "EntrySpec",
+    "EntryState",
+    "MisfirePolicy",
+    "Node",
+    "NodeStatus",
+    "PendingClaim",
+    "Tick",
+]
+
+
+class MisfirePolicy(str, enum.Enum):
+    """What the owner does with ticks that were due while nobody fired them."""
+
+    #: Missed ticks coalesce into one run (the latest one). The default.
+    ONCE = "once"
+    #: Every missed tick runs, oldest first, up to ``dcron_misfire_max_catchup``.
+    ALL = "all"
+    #: Missed ticks are skipped; only a tick fired on time runs.
+    SKIP = "skip"
+
+    @classmethod
+    def parse(cls, value: str | MisfirePolicy, *, field_name: str) -> MisfirePolicy:
+        try:
+            return cls(value)
+        except ValueError:
+            choices = ", ".join(repr(p.value) for p in cls)
+            raise InvalidEntryError(
+                f"{field_name}: {value!r} is not a misfire policy; use one of {choices}"
+            ) from None
+
+
+class NodeStatus(str, enum.Enum):
+    """Life cycle of an instance: only ``working`` nodes own entries."""
+
+    STARTING = "starting"
+    WORKING = "working"
+    LEAVING = "leaving"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Node:
+    """One running scheduler instance as the registry knows it."""
+
+    id: str
+    host: str = ""
+    pid: int = 0
+    version: str = ""
+    status: NodeStatus = NodeStatus.STARTING
+    weight: float = 1.0
+    started_ms: int = 0
+    heartbeat_ms: int = 0
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "host": self.host,
+            "pid": self.pid,
+            "version": self.version,
+            "status": self.status.value,
+            "weight": self.weight,
+            "started_ms": self.started_ms,
+            "heartbeat_ms": self.heartbeat_ms,
+        }
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> Node:
+        return cls(
+            id=str(data["id"]),
+            host=str(data.get("host", "")),
+            pid=int(data.get("pid", 0)),
+            version=str(data.get("version", "")),
+            status=NodeStatus(data.get("status", "starting")),
+            weight=float(data.get("weight", 1.0)),
+            started_ms=int(data.get("started_ms", 0)),
+            heartbeat_ms=int(data.get("heartbeat_ms", 0)),
+        )
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class EntrySpec:
+    """The definition of one scheduled entry (static or dynamic)."""
+
+    name: str
+    task: str
+    schedule: Schedule
+    args: tuple[Any, ...] = ()
+    kwargs: Mapping[str, Any] = field(default_factory=dict)
+    options: Mapping[str, Any] = field(default_factory=dict)
+    #: ``None``: the ``dcron_misfire_policy`` setting applies.
+    misfire_policy: MisfirePolicy | None = None
+    #: ``None``: the ``dcron_misfire_grace`` setting applies.
+    misfire_grace_s: float | None = None
+    enabled: bool = True
+    start_ms: int | None = None
+    end_ms: int | None = None
+    max_runs: int | None = None
+    #: ``"static"`` (from ``beat_schedule``) or ``"dynamic"`` (API, CLI, admin).
+    source: str = "static"
+    description: str = ""
+    version: int = 0
+
+    def with_changes(self, **changes: Any) -> EntrySpec:
+        return replace(self, **changes)
+
+    def to_json(self) -> dict[str, Any]:
+        data: dict[str, Any] = {
+            "name": self.name,
+            "task": self.task,
+            "schedule": schedule_to_json(self.schedule),
+            "args": list(self.args),
+            "kwargs": dict(self.kwargs),
+            "options": dict(self.options),
+            "enabled": self.enabled,
+            "source": self.source,
+            "version": self.version,
+        }
+        if self.misfire_policy is not None:
+            data["misfire_policy"] = self.misfire_policy.value
+        for key in ("misfire_grace_s", "start_ms", "end_ms", "max_runs"):
+            value = getattr(self, key)
+            if value is not None:
+                data[key] = value
+        if self.description:
+            data["description"] = self.description
+        return data
+
+    def dumps(self) -> str:
+        """The JSON text stored in the registry (kombu's JSON: dates survive)."""
+        try:
+            return str(kjson.dumps(self.to_json(), sort_keys=True))
+        except (TypeError, ValueError) as exc:
+            raise InvalidEntryError(
+                f"entry {self.name!r}: args/kwargs/options must be JSON-serialisable: {exc}"
+            ) from None
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> EntrySpec:
+        policy = data.get("misfire_policy")
+        name = str(data["name"])
+        return cls(
+            name=name,
+            task=str(data["task"]),
+            schedule=schedule_from_json(data["schedule"], entry=name),
+            args=tuple(data.get("args") or ()),
+            kwargs=dict(data.get("kwargs") or {}),
+            options=dict(data.get("options") or {}),
+            misfire_policy=(
+                MisfirePolicy.parse(policy, field_name=f"entry {name!r}: misfire_policy")
+                if policy is not None
+                else None
+            ),
+            misfire_grace_s=_opt_float(data.get("misfire_grace_s")),
+            enabled=bool(data.get("enabled", True)),
+            start_ms=_opt_int(data.get("start_ms")),
+            end_ms=_opt_int(data.get("end_ms")),
+            max_runs=_opt_int(data.get("max_runs")),
+            source=str(data.get("source", "static")),
+            description=str(data.get("description", "")),
+            version=int(data.get("version", 0)),
+        )
+
+    @classmethod
+    def loads(cls, text: str | bytes) -> EntrySpec:
+        data = kjson.loads(text)
+        if not isinstance(data, dict):
+            raise InvalidEntryError(f"entry JSON must be an object, got {type(data).__name__}")
+        return cls.from_json(data)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class EntryState:
+    """Shared run state of one entry, kept in Redis and advanced only by claims."""
+
+    #: When the entry was first registered; no tick before it ever fires.
+    anchor_ms: int | None = None
+    #: The last tick claimed (fired, or skipped under the misfire policy).
+    last_tick_ms: int | None = None
+    run_count: int = 0
+    #: The node that made the last claim.
+    last_node: str | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Tick:
+    """A tick is one (entry, scheduled time) pair. ``fire=False`` only advances state."""
+
+    name: str
+    tick_ms: int
+    fire: bool = True
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ClaimResult:
+    """The registry's answer to one claim of a batch."""
+
+    tick: Tick
+    won: bool
+    #: The entry's last tick after the claim (the winner's tick, or what blocked us).
+    last_tick_ms: int | None
+    run_count: int
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PendingClaim:
+    """A claim that was made but not yet marked sent."""
+
+    name: str
+    tick_ms: int
+    node: str
+    task_id: str
+    claimed_ms: int
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "tick_ms": self.tick_ms,
+            "node": self.node,
+            "task_id": self.task_id,
+            "claimed_ms": self.claimed_ms,
+        }
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> PendingClaim:
+        return cls(
+            name=str(data["name"]),
+            tick_ms=int(data["tick_ms"]),
+            node=str(data["node"]),
+            task_id=str(data["task_id"]),
+            claimed_ms=int(data["claimed_ms"]),
+        )
+
+
+def _opt_int(value: Any) -> int | None:
+    return None if value is None else int(value)
+
+
+def _opt_float(value: Any) -> float | None:
+    return None if value is None else float(value)

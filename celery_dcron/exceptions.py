@@ -1,0 +1,54 @@
+"""Errors raised by celery_dcron.
+
+Every error derives from :class:`DcronError`, so ``except DcronError`` catches
+anything this package raises on purpose::
+
+    DcronError
+    ├── ConfigurationError        a ``dcron_*`` setting is missing or invalid
+    ├── InvalidEntryError         an entry definition is invalid (names the field)
+    │   └── InvalidScheduleError  its schedule is invalid (cron, interval, tz, ...)
+    ├── EntryNotFoundError        no entry by that name in the namespace
+    └── RegistryUnavailableError  Redis cannot be reached; nothing was claimed
+
+Messages name the field and the fix, for example::
+
+    InvalidScheduleError("entry 'report': cron '61 * * * *': minute must be 0-59")
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "ConfigurationError",
+    "DcronError",
+    "EntryNotFoundError",
+    "InvalidEntryError",
+    "InvalidScheduleError",
+    "RegistryUnavailableError",
+]
+
+
+class DcronError(Exception):
+    """Base class of every error raised by celery_dcron."""
+
+
+class ConfigurationError(DcronError):
+    """A ``dcron_*`` Celery setting is invalid; the message names the setting."""
+
+
+class InvalidEntryError(DcronError, ValueError):
+    """An entry definition is invalid; the message names the entry and the field."""
+
+
+class InvalidScheduleError(InvalidEntryError):
+    """A schedule (cron string, interval, timezone, datetime) is invalid."""
+
+
+class EntryNotFoundError(DcronError, KeyError):
+    """No entry of that name exists in the namespace."""
+
+    def __str__(self) -> str:  # KeyError would repr() the message
+        return str(self.args[0]) if self.args else "entry not found"
+
+
+class RegistryUnavailableError(DcronError, ConnectionError):
+    """Redis could not be reached; no claim was made and nothing was published."""

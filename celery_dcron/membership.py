@@ -1,0 +1,151 @@
+"""Membership: this instance's heartbeat and status, the live-node view, events.
+
+The heartbeat is sent by the scheduling loop itself (never by a background
+thread), so an instance whose loop hangs stops heartbeating and loses its share
+after ``dcron_node_ttl``. A background thread only listens to pub/sub and wakes
+the loop early; polling through the heartbeat's versions is the fallback.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+import time
+from dataclasses import replace
+
+from .clock import RedisClock
+from .entries import Node, NodeStatus
+from .exceptions import RegistryUnavailableError
+from .registry import Heartbeat, Registry
+
+__all__ = ["EventListener", "Membership"]
+
+logger = logging.getLogger(__name__)
+
+
+class Membership:
+    """This node's registration, and what it knows of the others."""
+
+    def __init__(
+        self,
+        registry: Registry,
+        clock: RedisClock,
+        *,
+        node_id: str,
+        ttl_ms: int,
+        weight: float = 1.0,
+        version: str = "",
+    ) -> None:
+        self.registry = registry
+        self.clock = clock
+        self.ttl_ms = ttl_ms
+        self.node = Node(
+            id=node_id,
+            host=socket.gethostname(),
+            pid=os.getpid(),
+            version=version,
+            status=NodeStatus.STARTING,
+            weight=weight,
+        )
+        self.members_version = -1
+        self.entries_version = -1
+        self.nodes: list[Node] = []
+
+    @property
+    def status(self) -> NodeStatus:
+        return self.node.status
+
+    def set_status(self, status: NodeStatus) -> None:
+        if status is not self.node.status:
+            logger.info("dcron: node %s status %s -> %s", self.node.id, self.node.status.value, status.value)
+            self.node = replace(self.node, status=status)
+
+    def beat(self) -> tuple[Heartbeat, bool, bool]:
+        """Send a heartbeat. Returns it and whether members / entries changed since."""
+        now = self.clock.now_ms()
+        if not self.node.started_ms:
+            self.node = replace(self.node, started_ms=now)
+        self.node = replace(self.node, heartbeat_ms=now)
+        sent = self.clock.begin()
+        hb = self.registry.heartbeat(self.node, self.ttl_ms)
+        self.clock.observe(hb.server_ms, sent, self.clock.begin())
+        members_changed = hb.members_version != self.members_version
+        entries_changed = hb.entries_version != self.entries_version
+        self.members_version = hb.members_version
+        self.entries_version = hb.entries_version
+        return hb, members_changed, entries_changed
+
+    def refresh_nodes(self) -> list[Node]:
+        nodes, _ = self.registry.nodes()
+        if [n.id for n in nodes] != [n.id for n in self.nodes] or [
+            n.status for n in nodes
+        ] != [n.status for n in self.nodes]:
+            logger.info(
+                "dcron: nodes %s",
+                ", ".join(f"{n.id}({n.status.value})" for n in nodes) or "none",
+            )
+        self.nodes = nodes
+        return nodes
+
+    def working_nodes(self) -> list[Node]:
+        return [n for n in self.nodes if n.status is NodeStatus.WORKING]
+
+    def leave(self) -> None:
+        """Hand over at once: status ``leaving``, then deregister (both notify the others)."""
+        self.set_status(NodeStatus.LEAVING)
+        try:
+            self.registry.heartbeat(self.node, self.ttl_ms)
+            self.registry.leave(self.node.id)
+            logger.info("dcron: node %s left the cluster", self.node.id)
+        except RegistryUnavailableError as exc:
+            logger.warning(
+                "dcron: node %s could not deregister (%s); it expires after the node TTL",
+                self.node.id,
+                exc,
+            )
+
+
+class EventListener(threading.Thread):
+    """Listens to the registry's pub/sub channel and wakes the scheduling loop."""
+
+    def __init__(self, registry: Registry, wake: threading.Event) -> None:
+        super().__init__(name="dcron-events", daemon=True)
+        self.registry = registry
+        self.wake = wake
+        self.members_dirty = threading.Event()
+        self.entries_dirty = threading.Event()
+        self._stop = threading.Event()
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def run(self) -> None:
+        backoff = 0.1
+        while not self._stop.is_set():
+            pubsub = None
+            try:
+                pubsub = self.registry.pubsub()
+                backoff = 0.1
+                while not self._stop.is_set():
+                    message = pubsub.get_message(timeout=0.5)
+                    if message is None:
+                        continue
+                    data = message.get("data")
+                    if data == "members":
+                        self.members_dirty.set()
+                    elif data == "entries":
+                        self.entries_dirty.set()
+                    self.wake.set()
+            except Exception as exc:  # noqa: BLE001 - any failure: reconnect later
+                logger.debug("dcron: event listener reconnecting after %r", exc)
+                self._stop.wait(backoff)
+                backoff = min(backoff * 2, 2.0)
+            finally:
+                if pubsub is not None:
+                    try:
+                        pubsub.close()
+                    except Exception:  # noqa: BLE001
+                        pass
+        logger.debug("dcron: event listener stopped at %s", time.monotonic())

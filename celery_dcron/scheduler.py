@@ -1,0 +1,239 @@
+"""``DistributedScheduler``: the thin glue between Celery beat and the engine.
+
+Start it like any beat scheduler, on as many machines as you like::
+
+    celery -A proj beat -S celery_dcron.DistributedScheduler   # or: -S dcron
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from datetime import datetime, timezone
+from typing import Any
+
+from celery import beat
+from celery.schedules import crontab
+from celery.utils.log import get_logger
+
+from . import __version__
+from .clock import RedisClock
+from .config import Settings, mask_url
+from .engine import Engine
+from .entries import EntrySpec, MisfirePolicy, Tick
+from .exceptions import DcronError, InvalidEntryError
+from .registry import Registry
+from .schedules import from_celery
+from .strategies import get_strategy
+from .ticks import tick_iso
+
+__all__ = ["DistributedScheduler", "entry_from_beat"]
+
+logger: logging.Logger = get_logger(__name__)
+
+#: Keys a ``beat_schedule`` entry may carry. The ``dcron``-only ones are ignored by
+#: Celery's own beat but would make it fail, so they are documented as such.
+_BEAT_KEYS = {"task", "schedule", "args", "kwargs", "options", "relative"}
+_DCRON_KEYS = {"misfire_policy", "misfire_grace", "max_runs", "start_at", "end_at", "description"}
+
+#: Options passed to ``apply_async`` as they are.
+_PUBLISH_RETRY = {"max_retries": 2, "interval_start": 0, "interval_step": 0.1, "interval_max": 0.2}
+
+
+def entry_from_beat(name: str, data: Mapping[str, Any], *, app_tz: str) -> EntrySpec:
+    """An :class:`EntrySpec` from one ``beat_schedule`` item; errors name the field."""
+    if not isinstance(data, Mapping):
+        raise InvalidEntryError(f"entry {name!r}: expected a dict, got {type(data).__name__}")
+    unknown = set(data) - _BEAT_KEYS - _DCRON_KEYS
+    if unknown:
+        raise InvalidEntryError(
+            f"entry {name!r}: unknown keys {sorted(unknown)}; allowed: "
+            f"{sorted(_BEAT_KEYS | _DCRON_KEYS)}"
+        )
+    task = data.get("task")
+    if not isinstance(task, str) or not task:
+        raise InvalidEntryError(f"entry {name!r}: 'task' must be a task name (a non-empty string)")
+    if "schedule" not in data:
+        raise InvalidEntryError(f"entry {name!r}: 'schedule' is missing")
+    schedule = from_celery(data["schedule"], entry=name, app_tz=app_tz)
+    args = data.get("args") or ()
+    if not isinstance(args, (list, tuple)):
+        raise InvalidEntryError(f"entry {name!r}: 'args' must be a list or tuple, got {args!r}")
+    kwargs = data.get("kwargs") or {}
+    if not isinstance(kwargs, Mapping):
+        raise InvalidEntryError(f"entry {name!r}: 'kwargs' must be a dict, got {kwargs!r}")
+    options = data.get("options") or {}
+    if not isinstance(options, Mapping):
+        raise InvalidEntryError(f"entry {name!r}: 'options' must be a dict, got {options!r}")
+    policy = data.get("misfire_policy")
+    grace = data.get("misfire_grace")
+    if grace is not None and (isinstance(grace, bool) or not isinstance(grace, (int, float)) or grace <= 0):
+        raise InvalidEntryError(f"entry {name!r}: 'misfire_grace' must be a positive number of seconds")
+    max_runs = data.get("max_runs")
+    if max_runs is not None and (isinstance(max_runs, bool) or not isinstance(max_runs, int) or max_runs < 1):
+        raise InvalidEntryError(f"entry {name!r}: 'max_runs' must be a positive integer")
+    spec = EntrySpec(
+        name=name,
+        task=task,
+        schedule=schedule,
+        args=tuple(args),
+        kwargs=dict(kwargs),
+        options=dict(options),
+        misfire_policy=(
+            MisfirePolicy.parse(policy, field_name=f"entry {name!r}: misfire_policy")
+            if policy is not None
+            else None
+        ),
+        misfire_grace_s=None if grace is None else float(grace),
+        max_runs=max_runs,
+        start_ms=_instant_ms(name, "start_at", data.get("start_at")),
+        end_ms=_instant_ms(name, "end_at", data.get("end_at")),
+        description=str(data.get("description") or ""),
+        source="static",
+    )
+    spec.dumps()  # args/kwargs/options must survive JSON: fail here, naming the entry
+    return spec
+
+
+def _instant_ms(name: str, field: str, value: Any) -> int | None:
+    if value is None:
+        return None
+    if not isinstance(value, datetime):
+        raise InvalidEntryError(f"entry {name!r}: {field!r} must be a datetime")
+    if value.tzinfo is None:
+        raise InvalidEntryError(f"entry {name!r}: {field!r} must be timezone-aware")
+    return int(value.astimezone(timezone.utc).timestamp() * 1000)
+
+
+class DistributedScheduler(beat.Scheduler):
+    """A Celery beat scheduler of which any number of instances run at once.
+
+    Entries are split between the live instances; each due tick is claimed in Redis
+    before it is sent, so it is sent once however many instances run.
+    """
+
+    #: Celery's beat loop caps our waits to this (seconds).
+    max_interval = 1.0
+
+    def __init__(self, app: Any, *args: Any, schedule_filename: str | None = None, **kwargs: Any) -> None:
+        # ``schedule_filename`` is accepted for compatibility and ignored: state lives in Redis.
+        self._engine: Engine | None = None
+        self._settings: Settings | None = None
+        self._static: dict[str, beat.ScheduleEntry] = {}
+        super().__init__(app, *args, **kwargs)
+
+    # -- beat's hooks ----------------------------------------------------------------
+
+    def setup_schedule(self) -> None:
+        settings = Settings.from_app(self.app)
+        self._settings = settings
+        self.max_interval = min(float(self.max_interval), settings.heartbeat_interval_s)
+        app_tz = str(self.app.timezone)
+        specs: list[EntrySpec] = []
+        for name, data in self._beat_schedule().items():
+            try:
+                specs.append(entry_from_beat(name, data, app_tz=app_tz))
+            except DcronError as exc:
+                logger.error("dcron: skipping static entry %r: %s", name, exc)
+        registry = Registry.from_settings(settings)
+        self._engine = Engine(
+            settings=settings,
+            registry=registry,
+            clock=RedisClock(),
+            strategy=get_strategy(settings.strategy, virtual_nodes=settings.virtual_nodes),
+            publish=self._publish,
+            static_entries=specs,
+            check=self._check_entry,
+            version=__version__,
+        )
+        logger.info(
+            "dcron: node %s joining namespace %r at %s with %d static entries",
+            settings.node_id,
+            settings.namespace,
+            mask_url(settings.redis_url),
+            len(specs),
+        )
+        self._engine.start()
+
+    def _beat_schedule(self) -> dict[str, Any]:
+        schedule = dict(self.app.conf.beat_schedule or {})
+        if (
+            self.app.conf.result_expires
+            and not self.app.backend.supports_autoexpire
+            and "celery.backend_cleanup" not in schedule
+        ):
+            schedule["celery.backend_cleanup"] = {
+                "task": "celery.backend_cleanup",
+                "schedule": crontab("0", "4", "*"),
+                "options": {"expires": 12 * 3600},
+            }
+        return schedule
+
+    def tick(self, *args: Any, **kwargs: Any) -> float:
+        engine = self._engine
+        if engine is None:
+            return float(self.max_interval)
+        wait = engine.step()
+        engine.wait(min(wait, float(self.max_interval)))
+        return 0.0
+
+    def sync(self) -> None:
+        """Nothing to persist: every claim is already in Redis."""
+
+    def close(self) -> None:
+        engine = self._engine
+        if engine is not None:
+            engine.stop()
+        super().close()
+
+    @property
+    def info(self) -> str:
+        if self._settings is None:
+            return "    . dcron: not started"
+        s = self._settings
+        return (
+            f"    . dcron redis -> {mask_url(s.redis_url)}\n"
+            f"    . dcron namespace -> {s.namespace} (strategy {s.strategy})\n"
+            f"    . dcron node -> {s.node_id}"
+        )
+
+    def get_schedule(self) -> dict[str, beat.ScheduleEntry]:
+        return self._static
+
+    def set_schedule(self, schedule: Any) -> None:
+        self._static = dict(schedule or {})
+
+    schedule = property(get_schedule, set_schedule)  # type: ignore[assignment]
+
+    # -- the engine's callbacks --------------------------------------------------
+
+    def _check_entry(self, spec: EntrySpec) -> str | None:
+        if self._settings is not None and self._settings.check_tasks and spec.task not in self.app.tasks:
+            return (
+                f"task {spec.task!r} is not registered in this beat's Celery app; import it "
+                "(include= / autodiscover_tasks) or set dcron_check_tasks = False"
+            )
+        return None
+
+    def _publish(self, spec: EntrySpec, tick: Tick, task_id: str) -> None:
+        options = dict(spec.options)
+        headers = dict(options.pop("headers", None) or {})
+        headers["periodic_task_name"] = spec.name
+        headers["dcron_tick"] = tick_iso(tick.tick_ms)
+        options["headers"] = headers
+        options.setdefault("retry", True)
+        options.setdefault("retry_policy", _PUBLISH_RETRY)
+        task = self.app.tasks.get(spec.task)
+        if task is not None:
+            task.apply_async(
+                spec.args, dict(spec.kwargs), task_id=task_id, producer=self.producer, **options
+            )
+        else:
+            self.app.send_task(
+                spec.task,
+                spec.args,
+                dict(spec.kwargs),
+                task_id=task_id,
+                producer=self.producer,
+                **options,
+            )
