@@ -74,6 +74,12 @@ class ManualClock:
     def now_ms(self) -> int:
         return self._now_ms
 
+    def begin(self) -> float:
+        return 0.0
+
+    def observe(self, server_ms: float, sent_mono_ms: float, received_mono_ms: float) -> None:
+        """Ignored: a manual clock does not follow Redis."""
+
     def set(self, now_ms: int) -> None:
         self._now_ms = now_ms
 

@@ -24,7 +24,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
 
 from . import ticks as tickmath
-from .clock import RedisClock
+from .clock import ManualClock, RedisClock
 from .config import Settings
 from .entries import EntrySpec, EntryState, NodeStatus, Tick
 from .exceptions import RegistryUnavailableError
@@ -55,7 +55,7 @@ class Engine:
         *,
         settings: Settings,
         registry: Registry,
-        clock: RedisClock,
+        clock: RedisClock | ManualClock,
         strategy: Strategy,
         publish: Publisher,
         static_entries: Sequence[EntrySpec] = (),

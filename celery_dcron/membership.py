@@ -15,7 +15,7 @@ import threading
 import time
 from dataclasses import replace
 
-from .clock import RedisClock
+from .clock import ManualClock, RedisClock
 from .entries import Node, NodeStatus
 from .exceptions import RegistryUnavailableError
 from .registry import Heartbeat, Registry
@@ -31,7 +31,7 @@ class Membership:
     def __init__(
         self,
         registry: Registry,
-        clock: RedisClock,
+        clock: RedisClock | ManualClock,
         *,
         node_id: str,
         ttl_ms: int,

@@ -188,9 +188,10 @@ class DistributedScheduler(beat.Scheduler):
 
     @property
     def info(self) -> str:
-        if self._settings is None:
-            return "    . dcron: not started"
-        s = self._settings
+        try:
+            s = self._settings or Settings.from_app(self.app)
+        except DcronError as exc:
+            return f"    . dcron: invalid configuration: {exc}"
         return (
             f"    . dcron redis -> {mask_url(s.redis_url)}\n"
             f"    . dcron namespace -> {s.namespace} (strategy {s.strategy})\n"

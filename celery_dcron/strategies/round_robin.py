@@ -1,0 +1,55 @@
+"""``round_robin``: sorted entry names dealt in turn over the sorted node ids.
+
+The i-th entry name in sorted order belongs to ``sorted_ids[i % N]``. Loads are
+as even as they can be (max - min <= 1 entry), but every owner depends on the
+whole entry list, so:
+
+* :meth:`RoundRobinStrategy.owner` cannot answer for one entry alone and raises
+  :class:`NotImplementedError`; the engine always calls :meth:`~RoundRobinStrategy.assign`
+  with every entry (``needs_all_entries = True`` says so);
+* a membership change re-deals almost everything (N to N+1 nodes moves about
+  N/(N+1) of the entries), and adding or removing one entry moves every entry
+  that sorts after it (each shifts to the next node).
+
+Prefer ``consistent_hash`` unless entries and nodes rarely change. Weights are
+ignored. Bounds asserted by ``tests/unit/test_strategies.py``:
+
+* balance: max load - min load <= 1 (exact, any entries and nodes);
+* join of node N+1 (10,000 entries, N >= 2): moved fraction >= 0.55 (N/(N+1) in
+  theory, min measured 0.66);
+* adding one entry that sorts first (N >= 2): every other entry moves (exact).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from ..interfaces import NodeRef
+from ._common import node_ids
+
+__all__ = ["RoundRobinStrategy"]
+
+
+class RoundRobinStrategy:
+    """Sorted entries dealt over sorted node ids; only :meth:`assign` is exact."""
+
+    name = "round_robin"
+    #: The owner of one entry depends on all entries: call :meth:`assign`.
+    needs_all_entries = True
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}()"
+
+    def owner(self, entry: str, nodes: Sequence[NodeRef]) -> str | None:
+        """Always raises: the owner of one entry depends on the whole entry list."""
+        raise NotImplementedError(
+            f"{self.name}: owner() cannot place entry {entry!r} without the whole entry "
+            "list; call assign(entries, nodes) (the engine always does)"
+        )
+
+    def assign(self, entries: Sequence[str], nodes: Sequence[NodeRef]) -> dict[str, str]:
+        ids = node_ids(nodes)
+        if not ids:
+            return {}
+        count = len(ids)
+        return {entry: ids[i % count] for i, entry in enumerate(sorted(set(entries)))}

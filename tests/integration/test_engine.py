@@ -1,0 +1,300 @@
+"""The engine against a real redis-server, with the cluster clock injected.
+
+Due-ness is driven by a :class:`ManualClock`; node liveness uses Redis server time,
+so the few waits here are for a node TTL to pass on the server (bounded, short).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import Counter
+from collections.abc import Iterator
+
+import pytest
+
+from celery_dcron.clock import ManualClock
+from celery_dcron.config import Settings
+from celery_dcron.engine import Engine
+from celery_dcron.entries import EntrySpec, MisfirePolicy, Node, NodeStatus, Tick
+from celery_dcron.registry import Registry
+from celery_dcron.schedules import IntervalSchedule
+from celery_dcron.strategies import get_strategy
+from celery_dcron.ticks import task_id
+from tests.servers import RedisServer
+
+S = 1000
+
+
+class Recorder:
+    """A publisher that records (entry, tick, task id) and can be told to fail."""
+
+    def __init__(self) -> None:
+        self.sent: list[tuple[str, int, str, str]] = []
+        self.fail = False
+
+    def __call__(self, node: str) -> object:
+        def publish(spec: EntrySpec, tick: Tick, tid: str) -> None:
+            if self.fail:
+                raise ConnectionError("broker down")
+            self.sent.append((spec.name, tick.tick_ms, tid, node))
+
+        return publish
+
+    def counts(self) -> Counter[tuple[str, int]]:
+        return Counter((name, tick) for name, tick, _, _ in self.sent)
+
+
+def entries(n: int, every_s: float = 1, **kw: object) -> list[EntrySpec]:
+    return [
+        EntrySpec(name=f"e{i}", task="t", schedule=IntervalSchedule(every_ms=int(every_s * S)), **kw)  # type: ignore[arg-type]
+        for i in range(n)
+    ]
+
+
+class Cluster:
+    def __init__(self, url: str, clock: ManualClock, recorder: Recorder) -> None:
+        self.url = url
+        self.clock = clock
+        self.recorder = recorder
+        self.engines: list[Engine] = []
+
+    def add(self, node_id: str, static: list[EntrySpec], **settings: object) -> Engine:
+        conf: dict[str, object] = {
+            "redis_url": self.url,
+            "node_id": node_id,
+            "heartbeat_interval_s": 0.1,
+            "node_ttl_s": 0.5,
+            "socket_timeout_s": 0.3,
+        }
+        conf.update(settings)
+        s = Settings(**conf)  # type: ignore[arg-type]
+        engine = Engine(
+            settings=s,
+            registry=Registry.from_settings(s),
+            clock=self.clock,
+            strategy=get_strategy(s.strategy),
+            publish=self.recorder(node_id),  # type: ignore[arg-type]
+            static_entries=static,
+            listen=False,
+        )
+        self.engines.append(engine)
+        return engine
+
+    def step_all(self, rounds: int = 1) -> None:
+        for _ in range(rounds):
+            for e in self.engines:
+                if not e.stopped:
+                    e._next_beat = 0.0  # heartbeat every step: membership converges fast
+                    e.step()
+
+    def align(self) -> None:
+        """Set the clock to the entries' anchor, so ticks fall on whole seconds from now."""
+        states = self.engines[0].registry.states()
+        self.clock.set(max(st.anchor_ms or 0 for st in states.values()))
+
+    def advance(self, ms: int, step_ms: int = 100) -> None:
+        end = self.clock.now_ms() + ms
+        while self.clock.now_ms() < end:
+            self.clock.advance(min(step_ms, end - self.clock.now_ms()))
+            self.step_all()
+
+
+@pytest.fixture
+def cluster(redis_url: str) -> Iterator[Cluster]:
+    c = Cluster(redis_url, ManualClock(start_ms=_server_ms(redis_url)), Recorder())
+    yield c
+    for e in c.engines:
+        e.stopped = True
+
+
+def _server_ms(url: str) -> int:
+    import redis
+
+    sec, usec = redis.Redis.from_url(url).time()
+    return int(sec * 1000 + usec // 1000)
+
+
+def assert_each_tick_once(rec: Recorder) -> None:
+    dup = [k for k, v in rec.counts().items() if v > 1]
+    assert not dup, f"ticks published more than once: {dup[:5]}"
+    for name, tick, tid, _ in rec.sent:
+        assert tid == task_id("default", name, tick)
+
+
+def ticks_of(rec: Recorder, name: str) -> list[int]:
+    return sorted(t for n, t, _, _ in rec.sent if n == name)
+
+
+def test_three_engines_share_entries_and_fire_each_tick_once(cluster: Cluster) -> None:
+    for i in range(3):
+        cluster.add(f"n{i}", entries(12))
+    cluster.step_all(3)
+    cluster.align()
+    assert all(e.membership.status is NodeStatus.WORKING for e in cluster.engines)
+    owned = [e.owned for e in cluster.engines]
+    assert sum(len(o) for o in owned) == 12 and set().union(*owned) == {f"e{i}" for i in range(12)}
+    cluster.advance(5 * S)
+    assert_each_tick_once(cluster.recorder)
+    for i in range(12):
+        ts = ticks_of(cluster.recorder, f"e{i}")
+        assert len(ts) == 5 and all(b - a == S for a, b in zip(ts, ts[1:], strict=False))
+    assert {node for *_, node in cluster.recorder.sent} == {"n0", "n1", "n2"}
+
+
+def test_graceful_stop_hands_over_without_a_gap(cluster: Cluster) -> None:
+    a = cluster.add("a", entries(6))
+    cluster.add("b", entries(6))
+    cluster.step_all(3)
+    cluster.align()
+    cluster.advance(2 * S)
+    a.stop()
+    cluster.advance(3 * S)
+    assert_each_tick_once(cluster.recorder)
+    for i in range(6):
+        ts = ticks_of(cluster.recorder, f"e{i}")
+        assert all(b - a == S for a, b in zip(ts, ts[1:], strict=False)), ts
+
+
+@pytest.mark.parametrize(
+    ("policy", "expected_catchup"),
+    [(MisfirePolicy.ALL, 3), (MisfirePolicy.ONCE, 1), (MisfirePolicy.SKIP, 0)],
+)
+def test_dead_owner_entries_are_caught_up_by_policy(
+    cluster: Cluster, policy: MisfirePolicy, expected_catchup: int
+) -> None:
+    a = cluster.add("a", entries(1, every_s=2), misfire_policy=policy)
+    b = cluster.add("b", entries(1, every_s=2), misfire_policy=policy)
+    cluster.step_all(3)
+    cluster.align()
+    owner, other = (a, b) if a.owned else (b, a)
+    cluster.advance(4 * S)
+    last = ticks_of(cluster.recorder, "e0")[-1]
+    before = len(ticks_of(cluster.recorder, "e0"))
+    # the owner dies silently: it stops stepping (no heartbeat, no leave)
+    owner.stopped = True
+    # three ticks are missed; the latest is 1.5 s old when the new owner takes over
+    cluster.clock.set(last + 3 * 2 * S + 1500)
+    time.sleep(0.6)  # the owner's heartbeat expires on the Redis server
+    other._next_beat = 0.0
+    other.step()
+    assert "e0" in other.owned
+    caught_up = ticks_of(cluster.recorder, "e0")[before:]
+    assert len(caught_up) == expected_catchup
+    if policy is MisfirePolicy.ONCE:
+        assert caught_up == [last + 6 * S]  # the latest missed tick
+    assert_each_tick_once(cluster.recorder)
+    # and it goes on firing on the grid afterwards
+    cluster.advance(3 * S)
+    assert ticks_of(cluster.recorder, "e0")[-1] == last + 10 * S
+
+
+def test_grace_window_drops_a_too_old_missed_tick(cluster: Cluster, caplog: pytest.LogCaptureFixture) -> None:
+    e = cluster.add("a", entries(1, every_s=10), misfire_grace_s=2.0)
+    cluster.step_all(2)
+    cluster.align()
+    cluster.clock.advance(10 * S + 5 * S)  # the first tick is 5 s old: past the 2 s grace
+    with caplog.at_level(logging.WARNING, logger="celery_dcron"):
+        e.step()
+    assert cluster.recorder.sent == []
+    assert "dropped 1 missed ticks" in caplog.text
+    cluster.clock.advance(5 * S)
+    e.step()
+    assert len(cluster.recorder.sent) == 1  # the next tick fires on time
+
+
+def test_failed_publish_is_retried_with_the_same_id(cluster: Cluster) -> None:
+    errors: list[tuple[str, int]] = []
+    e = cluster.add("a", entries(1))
+    e.on_publish_error = lambda spec, tick, exc: errors.append((spec.name, tick.tick_ms))
+    cluster.step_all(2)
+    cluster.align()
+    cluster.recorder.fail = True
+    cluster.clock.advance(S)
+    e.step()
+    assert cluster.recorder.sent == [] and len(errors) == 1
+    cluster.recorder.fail = False
+    e._next_recover = 0.0
+    e.step()
+    assert [(n, t) for n, t, _, _ in cluster.recorder.sent] == errors
+    assert e.registry.pending() == []
+
+
+def test_a_dead_nodes_unsent_claim_is_republished_with_its_id(cluster: Cluster) -> None:
+    a = cluster.add("a", entries(1))
+    b = cluster.add("b", entries(1))
+    cluster.step_all(3)
+    owner, other = (a, b) if a.owned else (b, a)
+    tick = cluster.clock.now_ms() - 10
+    # the owner claims a tick, then dies before publishing it
+    assert owner.registry.claim([Tick(name="e0", tick_ms=tick)], node_id=owner.node_id, lock_ttl_ms=30_000)[0].won
+    owner.stopped = True
+    time.sleep(0.6)
+    other._next_beat = 0.0
+    other.step()
+    assert ("e0", tick, task_id("default", "e0", tick), other.node_id) in cluster.recorder.sent
+    assert other.registry.pending() == []
+
+
+def test_a_stalled_claimer_does_not_publish_a_claim_taken_over(cluster: Cluster, caplog: pytest.LogCaptureFixture) -> None:
+    a = cluster.add("a", entries(1))
+    cluster.step_all(2)
+    a.registry.heartbeat(Node(id="b", status=NodeStatus.WORKING), ttl_ms=60_000)
+    tick = Tick(name="e0", tick_ms=cluster.clock.now_ms())
+    assert a.registry.claim([tick], node_id="a", lock_ttl_ms=30_000)[0].won
+    # another node took the claim over while "a" was stalled past half its TTL
+    a.registry.client.hset(a.registry.keys.pending, a.registry.keys.pending_field("e0", tick.tick_ms), "b")
+    with caplog.at_level(logging.WARNING, logger="celery_dcron"):
+        sent = a._publish_all([tick], claimed_at=time.monotonic() - 10)
+    assert sent == [] and cluster.recorder.sent == []
+    assert "taken over" in caplog.text
+
+
+def test_malformed_and_unrunnable_entries_are_skipped_others_run(cluster: Cluster) -> None:
+    e = cluster.add("a", entries(2))
+    e.check = lambda spec: "unknown task" if spec.name == "e1" else None
+    cluster.step_all(2)
+    e.registry.client.hset(e.registry.keys.entries, "broken", "{oops")
+    e.registry.client.hincrby(e.registry.keys.meta, "entries", 1)
+    cluster.advance(3 * S)
+    names = {n for n, *_ in cluster.recorder.sent}
+    assert names == {"e0"}
+    assert e.membership.status is NodeStatus.WORKING
+
+
+def test_redis_down_publishes_nothing_then_catches_up(redis_server: RedisServer) -> None:
+    clock = ManualClock(start_ms=_server_ms(redis_server.url))
+    rec = Recorder()
+    c = Cluster(redis_server.url, clock, rec)
+    e = c.add("a", entries(2), misfire_policy=MisfirePolicy.ALL)
+    c.step_all(2)
+    c.align()
+    c.advance(2 * S)
+    sent_before = len(rec.sent)
+    redis_server.kill()
+    clock.advance(3 * S)
+    wait = e.step()
+    assert wait > 0 and len(rec.sent) == sent_before  # nothing without Redis
+    redis_server.restart()  # data lost
+    e._next_beat = 0.0
+    e.step()
+    e.step()
+    assert_each_tick_once(rec)
+    # the registry was rebuilt from the static schedule and the last ticks it knew
+    assert set(e.registry.entries()[0]) == {"e0", "e1"}
+    c.advance(2 * S)
+    assert_each_tick_once(rec)
+    for name in ("e0", "e1"):
+        ts = ticks_of(rec, name)
+        assert all(b - a == S for a, b in zip(ts, ts[1:], strict=False)), ts
+
+
+def test_leaving_node_is_removed_at_once(cluster: Cluster) -> None:
+    a = cluster.add("a", entries(4))
+    b = cluster.add("b", entries(4))
+    cluster.step_all(3)
+    assert a.owned and b.owned
+    a.stop()
+    b._next_beat = 0.0
+    b.step()
+    assert b.owned == frozenset(f"e{i}" for i in range(4))
