@@ -1,0 +1,47 @@
+"""The cluster clock follows Redis server time whatever the local clock says (G7)."""
+
+from __future__ import annotations
+
+import time
+
+from celery_dcron.clock import ManualClock, RedisClock
+
+
+def test_offset_comes_from_the_sample_with_the_smallest_round_trip() -> None:
+    clock = RedisClock()
+    mono = time.monotonic() * 1000
+    # server is 1 hour ahead of our monotonic-based estimate; a slow sample is off by 40 ms
+    clock.observe(server_ms=mono + 3_600_000 + 40, sent_mono_ms=mono - 100, received_mono_ms=mono)
+    clock.observe(server_ms=mono + 3_600_000, sent_mono_ms=mono - 1, received_mono_ms=mono + 1)
+    assert clock.synced
+    assert clock.offset_ms is not None and abs(clock.offset_ms - 3_600_000) < 1e-3  # the precise sample
+    expected = time.monotonic() * 1000 + 3_600_000
+    assert abs(clock.now_ms() - expected) < 50
+
+
+def test_cluster_time_never_goes_backwards() -> None:
+    clock = RedisClock()
+    mono = time.monotonic() * 1000
+    clock.observe(server_ms=mono + 10_000, sent_mono_ms=mono, received_mono_ms=mono)
+    first = clock.now_ms()
+    clock.observe(server_ms=mono - 10_000, sent_mono_ms=mono, received_mono_ms=mono)  # a step back
+    assert clock.now_ms() >= first
+
+
+def test_two_instances_with_skewed_local_clocks_agree() -> None:
+    # Each instance's monotonic origin differs; both observe the same server time.
+    a, b = RedisClock(), RedisClock()
+    mono = time.monotonic() * 1000
+    server = 1_800_000_000_000
+    a.observe(server_ms=server, sent_mono_ms=mono, received_mono_ms=mono)
+    b.observe(server_ms=server, sent_mono_ms=mono, received_mono_ms=mono)
+    assert abs(a.now_ms() - b.now_ms()) < 5
+    assert abs(a.now_ms() - server) < 1000
+
+
+def test_manual_clock() -> None:
+    c = ManualClock(start_ms=1000)
+    assert c.now_ms() == 1000
+    assert c.advance(500) == 1500
+    c.set(42)
+    assert c.now_ms() == 42
