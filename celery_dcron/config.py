@@ -95,14 +95,14 @@ SETTINGS: tuple[Setting, ...] = (
         "str",
         "What a new owner does with ticks missed while nobody fired them: ``once`` "
         "(coalesce into one run), ``all`` (run each, bounded), ``skip``. Per entry: "
-        "``options={'dcron_misfire_policy': ...}``.",
+        "the ``misfire_policy`` key of a ``beat_schedule`` item.",
     ),
     Setting(
         "dcron_misfire_grace",
         None,
         "float (seconds) or None",
         "A missed tick older than this is dropped and logged instead of run. ``None``: no "
-        "limit (like Celery beat). Per entry: ``options={'dcron_misfire_grace': ...}``.",
+        "limit (like Celery beat). Per entry: the ``misfire_grace`` key.",
     ),
     Setting(
         "dcron_misfire_max_catchup",

@@ -76,7 +76,7 @@ def next_tick(schedule: Schedule, after_ms: int) -> int | None:
         return schedule.at_ms if schedule.at_ms > after_ms else None
     if isinstance(schedule, CronSchedule):
         # Cron ticks fall on whole seconds: the first one after floor(after) is after it.
-        return _cron_step(schedule.iterator(after_ms // 1000), prev=False)
+        return _cron_step(_cron_iter(schedule, after_ms // 1000), prev=False)
     return _solar_next(schedule, after_ms)
 
 
@@ -90,7 +90,7 @@ def latest_tick(schedule: Schedule, after_ms: int, until_ms: int) -> int | None:
     if isinstance(schedule, AtSchedule):
         return schedule.at_ms if after_ms < schedule.at_ms <= until_ms else None
     if isinstance(schedule, CronSchedule):
-        tick = _cron_step(schedule.iterator(until_ms // 1000 + 1), prev=True)
+        tick = _cron_step(_cron_iter(schedule, until_ms // 1000 + 1), prev=True)
         return tick if tick is not None and tick > after_ms else None
     latest = None
     tick = next_tick(schedule, after_ms)
@@ -172,7 +172,7 @@ def _due(schedule: Schedule, last_ms: int, now_ms: int, want: int) -> tuple[list
         latest = last_ms + count * every
         return [latest - i * every for i in range(min(want, count))], count
     if isinstance(schedule, CronSchedule):
-        it = schedule.iterator(now_ms // 1000 + 1)
+        it = _cron_iter(schedule, now_ms // 1000 + 1)
         newest: list[int] = []
         count = 0
         while count < want + COUNT_CAP:
@@ -194,7 +194,16 @@ def _due(schedule: Schedule, last_ms: int, now_ms: int, want: int) -> tuple[list
     return list(reversed(window)), count
 
 
+def _cron_iter(schedule: CronSchedule, start_s: int) -> Any:
+    try:
+        return schedule.iterator(start_s)
+    except (OverflowError, ValueError, OSError):  # a time outside datetime's range
+        return None
+
+
 def _cron_step(it: Any, *, prev: bool) -> int | None:
+    if it is None:
+        return None
     try:
         when = it.get_prev(datetime) if prev else it.get_next(datetime)
     except (CroniterError, ValueError, OverflowError):  # past croniter's year range
