@@ -54,10 +54,7 @@ class RedisClock:
 
     def now_ms(self) -> int:
         offset = self._offset_ms
-        if offset is None:
-            now = int(time.time() * 1000)
-        else:
-            now = int(_mono_ms() + offset)
+        now = int(time.time() * 1000) if offset is None else int(_mono_ms() + offset)
         with self._lock:
             if now < self._last_ms:
                 now = self._last_ms

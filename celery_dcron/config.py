@@ -200,11 +200,13 @@ class Settings:
                 f"dcron_redis_url: {mask_url(self.redis_url)!r} is not a Redis URL; "
                 "use redis://host:port/db, rediss://... (TLS) or unix:///path.sock"
             )
-        for name, value in (("dcron_key_prefix", self.key_prefix), ("dcron_namespace", self.namespace)):
+        for name, value in (
+            ("dcron_key_prefix", self.key_prefix),
+            ("dcron_namespace", self.namespace),
+        ):
             if not value or any(c in value for c in "{}:\n\r\t ") or len(value) > 100:
                 raise ConfigurationError(
-                    f"{name}: {value!r} must be 1-100 characters "
-                    "without spaces, ':', '{' or '}'"
+                    f"{name}: {value!r} must be 1-100 characters without spaces, ':', '{{' or '}}'"
                 )
         _positive("dcron_heartbeat_interval", self.heartbeat_interval_s)
         _positive("dcron_node_ttl", self.node_ttl_s)
@@ -249,7 +251,9 @@ class Settings:
         if not isinstance(redis_url, str):
             raise ConfigurationError(f"dcron_redis_url: expected a URL string, got {redis_url!r}")
         try:
-            policy = MisfirePolicy.parse(get("dcron_misfire_policy"), field_name="dcron_misfire_policy")
+            policy = MisfirePolicy.parse(
+                get("dcron_misfire_policy"), field_name="dcron_misfire_policy"
+            )
         except InvalidEntryError as exc:
             raise ConfigurationError(str(exc)) from None
         grace = conf.get("dcron_misfire_grace")
@@ -257,7 +261,9 @@ class Settings:
             "redis_url": redis_url,
             "key_prefix": _typed("dcron_key_prefix", get("dcron_key_prefix"), str),
             "namespace": _typed("dcron_namespace", get("dcron_namespace"), str),
-            "heartbeat_interval_s": _seconds("dcron_heartbeat_interval", get("dcron_heartbeat_interval")),
+            "heartbeat_interval_s": _seconds(
+                "dcron_heartbeat_interval", get("dcron_heartbeat_interval")
+            ),
             "node_ttl_s": _seconds("dcron_node_ttl", get("dcron_node_ttl")),
             "strategy": _typed("dcron_strategy", get("dcron_strategy"), str),
             "virtual_nodes": _typed("dcron_virtual_nodes", get("dcron_virtual_nodes"), int),

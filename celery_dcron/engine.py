@@ -16,6 +16,7 @@ backs off and everything is reloaded once Redis answers again.
 
 from __future__ import annotations
 
+import contextlib
 import heapq
 import logging
 import threading
@@ -115,11 +116,7 @@ class Engine:
         """One pass of the scheduling loop. Returns how long to wait before the next."""
         try:
             now_mono = time.monotonic()
-            if (
-                now_mono >= self._next_beat
-                or not self._connected
-                or self._dirty(clear=False)
-            ):
+            if now_mono >= self._next_beat or not self._connected or self._dirty(clear=False):
                 self._beat()
                 self._next_beat = now_mono + self.settings.heartbeat_interval_s
             if self.membership.status is NodeStatus.WORKING:
@@ -147,10 +144,8 @@ class Engine:
         if self.listener is not None:
             self.listener.stop()
         if self._unmarked:
-            try:
+            with contextlib.suppress(RegistryUnavailableError):
                 self._flush_unmarked()
-            except RegistryUnavailableError:
-                pass
         if self._connected or self.membership.members_version >= 0:
             self.membership.leave()
 
@@ -343,9 +338,7 @@ class Engine:
             last = result.last_tick_ms
             if not result.won and (last is None or last < tick.tick_ms):
                 last = tick.tick_ms  # blocked by a lock or max_runs: do not retry this tick
-            self.states[tick.name] = replace(
-                old, last_tick_ms=last, run_count=result.run_count
-            )
+            self.states[tick.name] = replace(old, last_tick_ms=last, run_count=result.run_count)
             if result.won and tick.fire:
                 won.append(tick)
             elif tick.fire:
@@ -368,7 +361,11 @@ class Engine:
             logger.debug("dcron: anchoring %s at %s", spec.name, now_ms)
             return [Tick(name=spec.name, tick_ms=now_ms, fire=False)]
         policy = spec.misfire_policy or self.settings.misfire_policy
-        grace_s = spec.misfire_grace_s if spec.misfire_grace_s is not None else self.settings.misfire_grace_s
+        grace_s = (
+            spec.misfire_grace_s
+            if spec.misfire_grace_s is not None
+            else self.settings.misfire_grace_s
+        )
         plan = tickmath.plan_due(
             spec.schedule,
             last_ms=base,
@@ -423,7 +420,7 @@ class Engine:
             task_id = tickmath.task_id(self.settings.namespace, tick.name, tick.tick_ms)
             try:
                 self.publish(spec, tick, task_id)
-            except Exception as exc:  # noqa: BLE001 - any broker error: retry later
+            except Exception as exc:
                 self._failed.add(tick)
                 self._next_recover = time.monotonic() + self.settings.heartbeat_interval_s
                 logger.error(
@@ -433,7 +430,7 @@ class Engine:
                 if self.on_publish_error is not None:
                     try:
                         self.on_publish_error(spec, tick, exc)
-                    except Exception:  # noqa: BLE001
+                    except Exception:
                         logger.exception("dcron: the publish-error hook raised")
                 continue
             self._failed.discard(tick)
@@ -482,7 +479,11 @@ class Engine:
                 continue
             if claim.name not in self.owned and claim.node != self.node_id:
                 continue
-            grace_s = spec.misfire_grace_s if spec.misfire_grace_s is not None else self.settings.misfire_grace_s
+            grace_s = (
+                spec.misfire_grace_s
+                if spec.misfire_grace_s is not None
+                else self.settings.misfire_grace_s
+            )
             if grace_s is not None and now_ms - claim.tick_ms > grace_s * 1000:
                 logger.warning(
                     "dcron: %s tick=%s was claimed by %s but never sent, and is past its "
@@ -525,7 +526,11 @@ class Engine:
         self._failures += 1
         self._connected = False
         backoff: float = min(0.25 * (2 ** min(self._failures - 1, 5)), _MAX_BACKOFF_S)
-        level = logging.WARNING if self._failures in (1, 2) or self._failures % 20 == 0 else logging.DEBUG
+        level = (
+            logging.WARNING
+            if self._failures in (1, 2) or self._failures % 20 == 0
+            else logging.DEBUG
+        )
         logger.log(
             level,
             "dcron: Redis unreachable (attempt %d), publishing nothing; retrying in %.2fs: %s",

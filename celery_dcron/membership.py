@@ -8,6 +8,7 @@ the loop early; polling through the heartbeat's versions is the fallback.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import socket
@@ -59,7 +60,9 @@ class Membership:
 
     def set_status(self, status: NodeStatus) -> None:
         if status is not self.node.status:
-            logger.info("dcron: node %s status %s -> %s", self.node.id, self.node.status.value, status.value)
+            logger.info(
+                "dcron: node %s status %s -> %s", self.node.id, self.node.status.value, status.value
+            )
             self.node = replace(self.node, status=status)
 
     def beat(self) -> tuple[Heartbeat, bool, bool]:
@@ -79,9 +82,9 @@ class Membership:
 
     def refresh_nodes(self) -> list[Node]:
         nodes, _ = self.registry.nodes()
-        if [n.id for n in nodes] != [n.id for n in self.nodes] or [
-            n.status for n in nodes
-        ] != [n.status for n in self.nodes]:
+        if [n.id for n in nodes] != [n.id for n in self.nodes] or [n.status for n in nodes] != [
+            n.status for n in self.nodes
+        ]:
             logger.info(
                 "dcron: nodes %s",
                 ", ".join(f"{n.id}({n.status.value})" for n in nodes) or "none",
@@ -138,14 +141,12 @@ class EventListener(threading.Thread):
                     elif data == "entries":
                         self.entries_dirty.set()
                     self.wake.set()
-            except Exception as exc:  # noqa: BLE001 - any failure: reconnect later
+            except Exception as exc:
                 logger.debug("dcron: event listener reconnecting after %r", exc)
                 self._stop.wait(backoff)
                 backoff = min(backoff * 2, 2.0)
             finally:
                 if pubsub is not None:
-                    try:
+                    with contextlib.suppress(Exception):
                         pubsub.close()
-                    except Exception:  # noqa: BLE001
-                        pass
         logger.debug("dcron: event listener stopped at %s", time.monotonic())

@@ -164,7 +164,8 @@ for i = 1, n do
   keep[name] = true
   if redis.call('HEXISTS', KEYS[3], name) == 1 then
     table.insert(out, name); table.insert(out, 'tombstoned')
-  elseif redis.call('HEXISTS', KEYS[2], name) == 0 and redis.call('HEXISTS', KEYS[1], name) == 1 then
+  elseif redis.call('HEXISTS', KEYS[2], name) == 0
+      and redis.call('HEXISTS', KEYS[1], name) == 1 then
     table.insert(out, name); table.insert(out, 'dynamic')
   else
     if redis.call('HGET', KEYS[1], name) ~= json then
@@ -201,7 +202,8 @@ CLAIM = """
 local out = {}
 for i = 1, #KEYS - 4 do
   local b = 2 + (i - 1) * 4
-  local name, tick_s, fire, maxr = ARGV[b + 1], ARGV[b + 2], ARGV[b + 3] == '1', tonumber(ARGV[b + 4])
+  local name, tick_s = ARGV[b + 1], ARGV[b + 2]
+  local fire, maxr = ARGV[b + 3] == '1', tonumber(ARGV[b + 4])
   local tick = tonumber(tick_s)
   local last_s = redis.call('HGET', KEYS[1], name)
   local last = tonumber(last_s or '-1')
@@ -468,7 +470,9 @@ class Registry:
                 logger.warning("dcron: dropping malformed pending claim %r", field)
                 self._run(lambda f=field: self.client.hdel(self.keys.pending, f))
                 continue
-            out.append(PendingClaim(name=name, tick_ms=tick_ms, node=node, task_id="", claimed_ms=0))
+            out.append(
+                PendingClaim(name=name, tick_ms=tick_ms, node=node, task_id="", claimed_ms=0)
+            )
         return out
 
     def retake(self, ticks: Sequence[Tick], *, node_id: str, lock_ttl_ms: int) -> list[bool]:
@@ -477,7 +481,9 @@ class Registry:
             return []
         k = self.keys
         keys = [k.pending, k.alive] + [k.lock(t.name, t.tick_ms) for t in ticks]
-        args: list[Any] = [node_id, lock_ttl_ms] + [k.pending_field(t.name, t.tick_ms) for t in ticks]
+        args: list[Any] = [node_id, lock_ttl_ms] + [
+            k.pending_field(t.name, t.tick_ms) for t in ticks
+        ]
         raw = self._call(self._retake, keys, args)
         return [bool(int(x)) for x in raw]
 
@@ -488,7 +494,7 @@ class Registry:
     # -- events ------------------------------------------------------------------
 
     def pubsub(self) -> Any:
-        ps = self.client.pubsub(ignore_subscribe_messages=True)
+        ps = self.client.pubsub(ignore_subscribe_messages=True)  # type: ignore[no-untyped-call]
         ps.subscribe(self.keys.events)
         return ps
 

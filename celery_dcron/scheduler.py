@@ -67,10 +67,16 @@ def entry_from_beat(name: str, data: Mapping[str, Any], *, app_tz: str) -> Entry
         raise InvalidEntryError(f"entry {name!r}: 'options' must be a dict, got {options!r}")
     policy = data.get("misfire_policy")
     grace = data.get("misfire_grace")
-    if grace is not None and (isinstance(grace, bool) or not isinstance(grace, (int, float)) or grace <= 0):
-        raise InvalidEntryError(f"entry {name!r}: 'misfire_grace' must be a positive number of seconds")
+    if grace is not None and (
+        isinstance(grace, bool) or not isinstance(grace, (int, float)) or grace <= 0
+    ):
+        raise InvalidEntryError(
+            f"entry {name!r}: 'misfire_grace' must be a positive number of seconds"
+        )
     max_runs = data.get("max_runs")
-    if max_runs is not None and (isinstance(max_runs, bool) or not isinstance(max_runs, int) or max_runs < 1):
+    if max_runs is not None and (
+        isinstance(max_runs, bool) or not isinstance(max_runs, int) or max_runs < 1
+    ):
         raise InvalidEntryError(f"entry {name!r}: 'max_runs' must be a positive integer")
     spec = EntrySpec(
         name=name,
@@ -113,9 +119,11 @@ class DistributedScheduler(beat.Scheduler):
     """
 
     #: Celery's beat loop caps our waits to this (seconds).
-    max_interval = 1.0
+    max_interval = 1
 
-    def __init__(self, app: Any, *args: Any, schedule_filename: str | None = None, **kwargs: Any) -> None:
+    def __init__(
+        self, app: Any, *args: Any, schedule_filename: str | None = None, **kwargs: Any
+    ) -> None:
         # ``schedule_filename`` is accepted for compatibility and ignored: state lives in Redis.
         self._engine: Engine | None = None
         self._settings: Settings | None = None
@@ -127,7 +135,7 @@ class DistributedScheduler(beat.Scheduler):
     def setup_schedule(self) -> None:
         settings = Settings.from_app(self.app)
         self._settings = settings
-        self.max_interval = min(float(self.max_interval), settings.heartbeat_interval_s)
+        self.max_interval = min(float(self.max_interval), settings.heartbeat_interval_s)  # type: ignore[assignment]
         app_tz = str(self.app.timezone)
         specs: list[EntrySpec] = []
         for name, data in self._beat_schedule().items():
@@ -204,12 +212,16 @@ class DistributedScheduler(beat.Scheduler):
     def set_schedule(self, schedule: Any) -> None:
         self._static = dict(schedule or {})
 
-    schedule = property(get_schedule, set_schedule)  # type: ignore[assignment]
+    schedule = property(get_schedule, set_schedule)
 
     # -- the engine's callbacks --------------------------------------------------
 
     def _check_entry(self, spec: EntrySpec) -> str | None:
-        if self._settings is not None and self._settings.check_tasks and spec.task not in self.app.tasks:
+        if (
+            self._settings is not None
+            and self._settings.check_tasks
+            and spec.task not in self.app.tasks
+        ):
             return (
                 f"task {spec.task!r} is not registered in this beat's Celery app; import it "
                 "(include= / autodiscover_tasks) or set dcron_check_tasks = False"

@@ -127,12 +127,11 @@ def lanes_for(ids: tuple[str, ...], order: tuple[int, ...] | None = None) -> Lan
 
 
 def lane_words(h32: int, lanes: Lanes) -> memoryview:
-    """The words ``score << 32 | rank`` of one entry hash against every lane."""
+    """The words ``score << 32 | rank`` of one entry hash against every lane, in lane order."""
     mask = lanes.mask
     p = ((h32 * lanes.rep) ^ lanes.keys) * _C1
-    z = ((p >> 32) & mask) ^ (p & mask)
-    p = z * _C2
-    z = ((((p >> 32) & mask) ^ (p & mask)) << 32) | lanes.ranks
+    p = ((p ^ (p >> 32)) & mask) * _C2
+    z = ((p ^ (p << 32)) & (mask << 32)) | lanes.ranks
     return memoryview(z.to_bytes(lanes.nbytes, _BYTEORDER)).cast("Q")
 
 
@@ -144,14 +143,16 @@ def best_lanes(hashes: Iterable[int], lanes: Lanes) -> list[int]:
     other nodes never changes which of two nodes an entry prefers.
     """
     rep, keys, mask, ranks, nbytes = lanes.rep, lanes.keys, lanes.mask, lanes.ranks, lanes.nbytes
+    high = mask << 32
     c1, c2, order = _C1, _C2, _BYTEORDER
     out: list[int] = []
     append = out.append
     for h in hashes:
+        # Per lane: x = h ^ node; two rounds of "multiply, fold the 64-bit product's
+        # halves with xor" (the shifts leak bits across lanes, the masks drop them).
         p = ((h * rep) ^ keys) * c1
-        z = ((p >> 32) & mask) ^ (p & mask)
-        p = z * c2
-        z = ((((p >> 32) & mask) ^ (p & mask)) << 32) | ranks
+        p = ((p ^ (p >> 32)) & mask) * c2
+        z = ((p ^ (p << 32)) & high) | ranks
         append(max(memoryview(z.to_bytes(nbytes, order)).cast("Q")))
     return out
 

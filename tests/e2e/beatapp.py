@@ -25,7 +25,8 @@ app = Celery("beatapp")
 
 _entries = int(os.environ.get("DCRON_E2E_ENTRIES", "6"))
 _schedule: dict[str, dict[str, object]] = {
-    f"every-1s-{i}": {"task": "beatapp.record", "schedule": 1.0, "args": [i]} for i in range(_entries)
+    f"every-1s-{i}": {"task": "beatapp.record", "schedule": 1.0, "args": [i]}
+    for i in range(_entries)
 }
 if os.environ.get("DCRON_E2E_CRON") == "1":
     _schedule["cron-2s"] = {"task": "beatapp.record", "schedule": cron("*/2 * * * * *")}

@@ -10,6 +10,7 @@ import logging
 import time
 from collections import Counter
 from collections.abc import Iterator
+from itertools import pairwise
 
 import pytest
 
@@ -47,7 +48,9 @@ class Recorder:
 
 def entries(n: int, every_s: float = 1, **kw: object) -> list[EntrySpec]:
     return [
-        EntrySpec(name=f"e{i}", task="t", schedule=IntervalSchedule(every_ms=int(every_s * S)), **kw)  # type: ignore[arg-type]
+        EntrySpec(
+            name=f"e{i}", task="t", schedule=IntervalSchedule(every_ms=int(every_s * S)), **kw
+        )  # type: ignore[arg-type]
         for i in range(n)
     ]
 
@@ -138,7 +141,7 @@ def test_three_engines_share_entries_and_fire_each_tick_once(cluster: Cluster) -
     assert_each_tick_once(cluster.recorder)
     for i in range(12):
         ts = ticks_of(cluster.recorder, f"e{i}")
-        assert len(ts) == 5 and all(b - a == S for a, b in zip(ts, ts[1:], strict=False))
+        assert len(ts) == 5 and all(b - a == S for a, b in pairwise(ts))
     assert {node for *_, node in cluster.recorder.sent} == {"n0", "n1", "n2"}
 
 
@@ -153,7 +156,7 @@ def test_graceful_stop_hands_over_without_a_gap(cluster: Cluster) -> None:
     assert_each_tick_once(cluster.recorder)
     for i in range(6):
         ts = ticks_of(cluster.recorder, f"e{i}")
-        assert all(b - a == S for a, b in zip(ts, ts[1:], strict=False)), ts
+        assert all(b - a == S for a, b in pairwise(ts)), ts
 
 
 @pytest.mark.parametrize(
@@ -189,7 +192,9 @@ def test_dead_owner_entries_are_caught_up_by_policy(
     assert ticks_of(cluster.recorder, "e0")[-1] == last + 10 * S
 
 
-def test_grace_window_drops_a_too_old_missed_tick(cluster: Cluster, caplog: pytest.LogCaptureFixture) -> None:
+def test_grace_window_drops_a_too_old_missed_tick(
+    cluster: Cluster, caplog: pytest.LogCaptureFixture
+) -> None:
     e = cluster.add("a", entries(1, every_s=10), misfire_grace_s=2.0)
     cluster.step_all(2)
     cluster.align()
@@ -227,7 +232,9 @@ def test_a_dead_nodes_unsent_claim_is_republished_with_its_id(cluster: Cluster) 
     owner, other = (a, b) if a.owned else (b, a)
     tick = cluster.clock.now_ms() - 10
     # the owner claims a tick, then dies before publishing it
-    assert owner.registry.claim([Tick(name="e0", tick_ms=tick)], node_id=owner.node_id, lock_ttl_ms=30_000)[0].won
+    assert owner.registry.claim(
+        [Tick(name="e0", tick_ms=tick)], node_id=owner.node_id, lock_ttl_ms=30_000
+    )[0].won
     owner.stopped = True
     time.sleep(0.6)
     other._next_beat = 0.0
@@ -236,14 +243,18 @@ def test_a_dead_nodes_unsent_claim_is_republished_with_its_id(cluster: Cluster) 
     assert other.registry.pending() == []
 
 
-def test_a_stalled_claimer_does_not_publish_a_claim_taken_over(cluster: Cluster, caplog: pytest.LogCaptureFixture) -> None:
+def test_a_stalled_claimer_does_not_publish_a_claim_taken_over(
+    cluster: Cluster, caplog: pytest.LogCaptureFixture
+) -> None:
     a = cluster.add("a", entries(1))
     cluster.step_all(2)
     a.registry.heartbeat(Node(id="b", status=NodeStatus.WORKING), ttl_ms=60_000)
     tick = Tick(name="e0", tick_ms=cluster.clock.now_ms())
     assert a.registry.claim([tick], node_id="a", lock_ttl_ms=30_000)[0].won
     # another node took the claim over while "a" was stalled past half its TTL
-    a.registry.client.hset(a.registry.keys.pending, a.registry.keys.pending_field("e0", tick.tick_ms), "b")
+    a.registry.client.hset(
+        a.registry.keys.pending, a.registry.keys.pending_field("e0", tick.tick_ms), "b"
+    )
     with caplog.at_level(logging.WARNING, logger="celery_dcron"):
         sent = a._publish_all([tick], claimed_at=time.monotonic() - 10)
     assert sent == [] and cluster.recorder.sent == []
@@ -286,7 +297,7 @@ def test_redis_down_publishes_nothing_then_catches_up(redis_server: RedisServer)
     assert_each_tick_once(rec)
     for name in ("e0", "e1"):
         ts = ticks_of(rec, name)
-        assert all(b - a == S for a, b in zip(ts, ts[1:], strict=False)), ts
+        assert all(b - a == S for a, b in pairwise(ts)), ts
 
 
 def test_leaving_node_is_removed_at_once(cluster: Cluster) -> None:

@@ -229,7 +229,9 @@ def test_malformed_entries_are_reported_not_raised(redis_url: str) -> None:
     reg = make_registry(redis_url)
     reg.sync_static([spec("good")])
     reg.client.hset(reg.keys.entries, "junk", "{not json")
-    reg.client.hset(reg.keys.entries, "weird", '{"name": "weird", "task": "t", "schedule": {"kind": "nope"}}')
+    reg.client.hset(
+        reg.keys.entries, "weird", '{"name": "weird", "task": "t", "schedule": {"kind": "nope"}}'
+    )
     entries, bad = reg.entries()
     assert list(entries) == ["good"]
     assert set(bad) == {"junk", "weird"}

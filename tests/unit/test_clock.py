@@ -14,7 +14,9 @@ def test_offset_comes_from_the_sample_with_the_smallest_round_trip() -> None:
     clock.observe(server_ms=mono + 3_600_000 + 40, sent_mono_ms=mono - 100, received_mono_ms=mono)
     clock.observe(server_ms=mono + 3_600_000, sent_mono_ms=mono - 1, received_mono_ms=mono + 1)
     assert clock.synced
-    assert clock.offset_ms is not None and abs(clock.offset_ms - 3_600_000) < 1e-3  # the precise sample
+    assert (
+        clock.offset_ms is not None and abs(clock.offset_ms - 3_600_000) < 1e-3
+    )  # the precise sample
     expected = time.monotonic() * 1000 + 3_600_000
     assert abs(clock.now_ms() - expected) < 50
 

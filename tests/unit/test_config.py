@@ -24,7 +24,9 @@ def test_redis_url_falls_back_to_a_redis_broker_only() -> None:
     assert Settings.from_mapping({}, broker_url="rediss://b/0").redis_url == "rediss://b/0"
     amqp = Settings.from_mapping({}, broker_url="amqp://guest@localhost//")
     assert amqp.redis_url == "redis://localhost:6379/0"
-    explicit = Settings.from_mapping({"dcron_redis_url": "unix:///tmp/r.sock"}, broker_url="redis://b")
+    explicit = Settings.from_mapping(
+        {"dcron_redis_url": "unix:///tmp/r.sock"}, broker_url="redis://b"
+    )
     assert explicit.redis_url == "unix:///tmp/r.sock"
 
 
@@ -51,7 +53,9 @@ def test_invalid_settings_name_the_setting(conf: dict[str, object], names: str) 
 
 
 def test_timedeltas_are_accepted_for_durations() -> None:
-    s = Settings.from_mapping({"dcron_node_ttl": timedelta(seconds=9), "dcron_misfire_grace": timedelta(minutes=1)})
+    s = Settings.from_mapping(
+        {"dcron_node_ttl": timedelta(seconds=9), "dcron_misfire_grace": timedelta(minutes=1)}
+    )
     assert s.node_ttl_s == 9.0 and s.misfire_grace_s == 60.0
 
 

@@ -21,9 +21,9 @@ def test_no_redis_key_literal_outside_the_registry() -> None:
         if path.name == "registry.py" or "migrations" in path.parts:
             continue
         for node in ast.walk(ast.parse(path.read_text())):
-            if isinstance(node, ast.Constant) and isinstance(node.value, str):
-                if KEY_LIKE.search(node.value):
-                    offenders.append(f"{path.relative_to(PACKAGE)}:{node.lineno}: {node.value!r}")
+            is_str = isinstance(node, ast.Constant) and isinstance(node.value, str)
+            if is_str and KEY_LIKE.search(node.value):
+                offenders.append(f"{path.relative_to(PACKAGE)}:{node.lineno}: {node.value!r}")
     assert not offenders, "Redis key names belong in registry.py:\n" + "\n".join(offenders)
 
 

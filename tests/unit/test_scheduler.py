@@ -40,11 +40,21 @@ def test_entry_from_beat_reads_every_celery_schedule_kind() -> None:
     assert e.schedule == IntervalSchedule(every_ms=30_000)
     assert e.args == (1, "x") and e.kwargs == {"k": 2} and e.options["queue"] == "q"
     assert e.misfire_policy is MisfirePolicy.ALL and e.misfire_grace_s == 60.0 and e.max_runs == 3
-    assert entry_from_beat("s", {"task": "t", "schedule": 5}, app_tz="UTC").schedule == IntervalSchedule(every_ms=5000)
-    assert entry_from_beat("s", {"task": "t", "schedule": schedule(2.5)}, app_tz="UTC").schedule == IntervalSchedule(every_ms=2500)
-    c = entry_from_beat("c", {"task": "t", "schedule": crontab(minute="*/15")}, app_tz="Europe/Paris")
+    assert entry_from_beat(
+        "s", {"task": "t", "schedule": 5}, app_tz="UTC"
+    ).schedule == IntervalSchedule(every_ms=5000)
+    assert entry_from_beat(
+        "s", {"task": "t", "schedule": schedule(2.5)}, app_tz="UTC"
+    ).schedule == IntervalSchedule(every_ms=2500)
+    c = entry_from_beat(
+        "c", {"task": "t", "schedule": crontab(minute="*/15")}, app_tz="Europe/Paris"
+    )
     assert isinstance(c.schedule, CronSchedule) and c.schedule.tz == "Europe/Paris"
-    s = entry_from_beat("x", {"task": "t", "schedule": celery_dcron.cron("*/5 * * * * *", tz="Asia/Tokyo")}, app_tz="UTC")
+    s = entry_from_beat(
+        "x",
+        {"task": "t", "schedule": celery_dcron.cron("*/5 * * * * *", tz="Asia/Tokyo")},
+        app_tz="UTC",
+    )
     assert s.schedule == CronSchedule(expr="*/5 * * * * *", tz="Asia/Tokyo")
 
 
