@@ -15,6 +15,7 @@ per-pair loop takes several times longer.
 
 from __future__ import annotations
 
+import math
 import sys
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -27,6 +28,8 @@ __all__ = [
     "DEFAULT_WEIGHT",
     "MAX_WEIGHT",
     "MIN_WEIGHT",
+    "MIX_C1",
+    "MIX_C2",
     "Lanes",
     "best_lanes",
     "clean_weight",
@@ -47,9 +50,9 @@ MIN_WEIGHT = 0.001
 MAX_WEIGHT = 1000.0
 
 _M32 = 0xFFFFFFFF
-#: Odd 32-bit multipliers of the two mixing rounds (golden ratio, murmur3).
-_C1 = 0x9E3779B1
-_C2 = 0x85EBCA77
+#: Odd 32-bit multipliers of the two mixing rounds of a pair score (golden ratio, murmur3).
+MIX_C1 = 0x9E3779B1
+MIX_C2 = 0x85EBCA77
 _BYTEORDER = sys.byteorder
 
 
@@ -65,7 +68,7 @@ def hash32(text: str) -> int:
 
 
 def clean_weight(weight: float) -> float:
-    """A usable weight: ``DEFAULT_WEIGHT`` for NaN or <= 0, else clamped to the bounds.
+    """A usable weight: ``DEFAULT_WEIGHT`` unless finite and > 0, then clamped to the bounds.
 
     Weights are validated where they enter (``dcron_node_weight``); a node record
     read back from Redis with a bad weight must not stop every instance.
@@ -74,7 +77,7 @@ def clean_weight(weight: float) -> float:
         value = float(weight)
     except (TypeError, ValueError):
         return DEFAULT_WEIGHT
-    if not value > 0.0:  # also catches NaN
+    if not (value > 0.0 and math.isfinite(value)):  # also catches NaN
         return DEFAULT_WEIGHT
     return min(max(value, MIN_WEIGHT), MAX_WEIGHT)
 
@@ -129,8 +132,8 @@ def lanes_for(ids: tuple[str, ...], order: tuple[int, ...] | None = None) -> Lan
 def lane_words(h32: int, lanes: Lanes) -> memoryview:
     """The words ``score << 32 | rank`` of one entry hash against every lane, in lane order."""
     mask = lanes.mask
-    p = ((h32 * lanes.rep) ^ lanes.keys) * _C1
-    p = ((p ^ (p >> 32)) & mask) * _C2
+    p = ((h32 * lanes.rep) ^ lanes.keys) * MIX_C1
+    p = ((p ^ (p >> 32)) & mask) * MIX_C2
     z = ((p ^ (p << 32)) & (mask << 32)) | lanes.ranks
     return memoryview(z.to_bytes(lanes.nbytes, _BYTEORDER)).cast("Q")
 
@@ -144,7 +147,7 @@ def best_lanes(hashes: Iterable[int], lanes: Lanes) -> list[int]:
     """
     rep, keys, mask, ranks, nbytes = lanes.rep, lanes.keys, lanes.mask, lanes.ranks, lanes.nbytes
     high = mask << 32
-    c1, c2, order = _C1, _C2, _BYTEORDER
+    c1, c2, order = MIX_C1, MIX_C2, _BYTEORDER
     out: list[int] = []
     append = out.append
     for h in hashes:

@@ -10,18 +10,19 @@ Why not contiguous slot ranges over the sorted node ids? Because no stateless
 rule can keep ranges contiguous *and* balanced *and* move only ~1/(N+1) of the
 slots when a node joins (the new node's one range could only take slots from
 its two neighbours). Redis Cluster keeps ranges by moving slots explicitly; a
-pure function cannot, so this strategy keeps the movement guarantee of G4:
+pure function cannot, so this strategy keeps the movement guarantee of G4,
+exactly (any nodes and entries; tested):
 
 * a node that joins takes slots (and their entries) only from the others;
 * a node that leaves gives away only its own slots.
 
-Weights are ignored. Bounds asserted by ``tests/unit/test_strategies.py``
-(10,000 entries, 3..10 nodes; measured over 2,000 random node sets):
+Weights are ignored. Statistical bounds
+asserted by ``tests/unit/test_strategies.py`` (10,000 entries, 3..10 nodes;
+"measured" is the worst of 1,000 random node sets; slot-table noise adds to
+sampling noise):
 
-* balance: max load <= 1.3 x mean (worst measured 1.16);
-* join of node N+1: moved fraction <= 1.3 / (N+1) (worst measured 1.16 / (N+1)),
-  and every moved entry moves to the new node;
-* leave: exactly the leaver's entries move.
+* balance: max load <= 1.25 x mean (measured 1.13);
+* join of node N+1: moved fraction <= 1.25 / (N+1) (measured 1.10 / (N+1)).
 """
 
 from __future__ import annotations

@@ -2,7 +2,8 @@
 
 Every (entry, node) pair gets a 32-bit score from the stable hashes of the two
 names; the entry belongs to the node with the highest score (ties: the larger
-id). A pair's score does not depend on the other nodes, so:
+id). A pair's score does not depend on the other nodes, so, exactly (any nodes
+and entries; tested):
 
 * a node that joins takes exactly the entries it now scores highest on, from
   the others, and no other entry moves;
@@ -11,13 +12,13 @@ id). A pair's score does not depend on the other nodes, so:
 Node weights are ignored (see ``weighted``). Cost: one entry is scored against
 all nodes at once (packed lanes, see :mod:`._common`), O(N) big-integer work.
 
-Bounds asserted by ``tests/unit/test_strategies.py`` (10,000 entries, 3..10 nodes;
-measured over 2,000 random node sets):
+Statistical bounds asserted by
+``tests/unit/test_strategies.py`` (10,000 entries, 3..10 nodes; "measured" is the
+worst of 1,000 random node sets; only sampling noise, about 3% at 1,000 entries
+per node):
 
-* balance: max load <= 1.25 x mean (worst measured 1.14);
-* join of node N+1: moved fraction <= 1.25 / (N+1) (worst measured 1.13 / (N+1)),
-  and every moved entry moves to the new node;
-* leave: exactly the leaver's entries move.
+* balance: max load <= 1.2 x mean (measured 1.09);
+* join of node N+1: moved fraction <= 1.2 / (N+1) (measured 1.09 / (N+1)).
 """
 
 from __future__ import annotations
