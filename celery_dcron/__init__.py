@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 from .entries import MisfirePolicy
 from .exceptions import (
     ConfigurationError,
+    ConflictError,
     DcronError,
     EntryNotFoundError,
     InvalidEntryError,
@@ -23,8 +24,10 @@ __version__ = "0.1.0"
 
 __all__ = [
     "ConfigurationError",
+    "ConflictError",
     "DcronError",
     "DistributedScheduler",
+    "DynamicTasks",
     "EntryNotFoundError",
     "InvalidEntryError",
     "InvalidScheduleError",
@@ -35,6 +38,7 @@ __all__ = [
 ]
 
 if TYPE_CHECKING:
+    from .api import DynamicTasks
     from .scheduler import DistributedScheduler
     from .schedules import cron
 
@@ -45,6 +49,10 @@ def __getattr__(name: str) -> Any:
         from .scheduler import DistributedScheduler
 
         return DistributedScheduler
+    if name == "DynamicTasks":
+        from .api import DynamicTasks
+
+        return DynamicTasks
     if name == "cron":
         from .schedules import cron
 

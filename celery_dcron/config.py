@@ -86,8 +86,8 @@ SETTINGS: tuple[Setting, ...] = (
         "dcron_node_weight",
         1.0,
         "float",
-        "This instance's weight under the ``weighted`` strategy (a weight of 2 takes twice "
-        "the share).",
+        "This instance's weight under the ``weighted`` and ``consistent_hash`` strategies (a "
+        "weight of 2 takes about twice the share).",
     ),
     Setting(
         "dcron_misfire_policy",
@@ -124,6 +124,21 @@ SETTINGS: tuple[Setting, ...] = (
         "bool",
         "Skip (and log) entries whose task is not registered in the beat's Celery app. Set "
         "False to send unknown task names anyway, as Celery beat does.",
+    ),
+    Setting(
+        "dcron_default_task",
+        None,
+        "str or None",
+        "Task that runs dynamic entries defined by a payload only (no task): it is called "
+        "with the payload as its ``payload`` keyword argument. ``None``: such entries are "
+        "refused.",
+    ),
+    Setting(
+        "dcron_max_payload_bytes",
+        65536,
+        "int",
+        "Largest JSON size of a dynamic entry's args, kwargs and payload together; bigger "
+        "entries are refused when they are added.",
     ),
     Setting(
         "dcron_socket_timeout",
@@ -168,6 +183,8 @@ class Settings:
     lock_ttl_s: float = 30.0
     check_tasks: bool = True
     socket_timeout_s: float = 2.0
+    default_task: str | None = None
+    max_payload_bytes: int = 65536
     node_id: str = field(default_factory=lambda: default_node_id())
 
     def __post_init__(self) -> None:
@@ -233,6 +250,12 @@ class Settings:
             )
         if self.misfire_grace_s is not None:
             _positive("dcron_misfire_grace", self.misfire_grace_s)
+        if self.max_payload_bytes < 1:
+            raise ConfigurationError(
+                f"dcron_max_payload_bytes: {self.max_payload_bytes} must be a positive integer"
+            )
+        if self.default_task is not None and not self.default_task:
+            raise ConfigurationError("dcron_default_task: must be a task name or None")
 
     @classmethod
     def from_app(cls, app: Any, **overrides: Any) -> Settings:
@@ -276,14 +299,30 @@ class Settings:
             "lock_ttl_s": _seconds("dcron_lock_ttl", get("dcron_lock_ttl")),
             "check_tasks": _typed("dcron_check_tasks", get("dcron_check_tasks"), bool),
             "socket_timeout_s": _seconds("dcron_socket_timeout", get("dcron_socket_timeout")),
+            "default_task": (
+                None
+                if conf.get("dcron_default_task") is None
+                else _typed("dcron_default_task", conf.get("dcron_default_task"), str)
+            ),
+            "max_payload_bytes": _typed(
+                "dcron_max_payload_bytes", get("dcron_max_payload_bytes"), int
+            ),
         }
         kwargs.update(overrides)
         return cls(**kwargs)
 
 
+_NODE_IDS: dict[int, str] = {}
+
+
 def default_node_id() -> str:
-    """``host:pid:random`` — unique per process start, readable in ``dcron status``."""
-    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
+    """``host:pid:random``: unique per process start, the same for the whole process
+    (beat's banner and the running scheduler name the same node), readable in logs."""
+    pid = os.getpid()
+    node_id = _NODE_IDS.get(pid)
+    if node_id is None:
+        node_id = _NODE_IDS[pid] = f"{socket.gethostname()}:{pid}:{uuid.uuid4().hex[:6]}"
+    return node_id
 
 
 def _broker_url(app: Any) -> str | None:

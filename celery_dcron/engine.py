@@ -100,6 +100,11 @@ class Engine:
         self._seen_versions = (-1, -1)
         self._on_time_ms = max(1000, settings.heartbeat_interval_ms)
         self._safe_publish_s = settings.node_ttl_s / 2
+        #: the cluster-wide pause flag, learnt from each heartbeat: claim nothing while set
+        self.paused = False
+        self._requests_due = True
+        #: finished entries whose after-run action (delete, tombstone, disable) is due
+        self._after_run: dict[str, EntrySpec] = {}
         self.stopped = False
 
     @property
@@ -122,9 +127,15 @@ class Engine:
             if self.membership.status is NodeStatus.WORKING:
                 if self._unmarked:
                     self._flush_unmarked()
-                if now_mono >= self._next_recover:
-                    self.recover()
-                self.run_pass(self.clock.now_ms())
+                if not self.paused:
+                    if now_mono >= self._next_recover:
+                        self.recover()
+                        self._requests_due = True
+                    self.run_pass(self.clock.now_ms())
+                    if self._requests_due:
+                        self.run_requests()
+                if self._after_run:
+                    self._apply_after_run()
             self._failures = 0
         except RegistryUnavailableError as exc:
             return self._unavailable(exc)
@@ -173,6 +184,13 @@ class Engine:
         reconnected = not self._connected
         self._connected = True
         self._seen_versions = versions
+        if hb.paused != self.paused:
+            logger.warning(
+                "dcron: node %s %s", self.node_id,
+                "paused with the cluster (pause_all): claiming nothing" if hb.paused
+                else "resumed with the cluster: missed ticks follow the misfire policy",
+            )  # fmt: skip
+            self.paused = hb.paused
         if reset:
             logger.warning("dcron: the registry was reset (Redis lost its data); rebuilding")
         if not self._synced or reset:
@@ -182,6 +200,7 @@ class Engine:
         full = reset or reconnected
         if full or entries_changed or event_entries:
             self._load_entries()
+            self._requests_due = True
         if full or members_changed or event_members or entries_changed or event_entries:
             self.membership.refresh_nodes()
             self.states = self.registry.states()
@@ -290,6 +309,9 @@ class Engine:
             nxt = tickmath.next_tick(spec.schedule, base)
             if self._finished(spec, nxt):
                 self._next.pop(spec.name, None)
+                state = self.states.get(spec.name) or EntryState()
+                if spec.after_run is not None and state.run_count > 0:
+                    self._after_run[spec.name] = spec
                 return
             assert nxt is not None
             due = nxt
@@ -395,6 +417,85 @@ class Engine:
         if not ticks and plan.skip_to is not None:
             ticks.append(Tick(name=spec.name, tick_ms=plan.skip_to, fire=False))
         return ticks
+
+    # -- run-now requests and after-run actions ----------------------------------
+
+    def run_requests(self) -> int:
+        """Send the run-now requests of owned entries (each taken by one node only)."""
+        self._requests_due = False
+        requests = self.registry.requests()
+        if not requests:
+            return 0
+        working = sorted(n.id for n in self.membership.working_nodes())
+        janitor = bool(working) and working[0] == self.node_id
+        mine = [r for r in requests if r.name in self.owned or r.holder == self.node_id]
+        # a request for an entry this node does not know: dropped by one node, and only
+        # once it is old (this node's view of the entries may lag behind the request)
+        stale_ms = self.clock.now_ms() - 2 * self.settings.node_ttl_ms
+        gone = [
+            r
+            for r in requests
+            if janitor and r.name not in self.entries and r.request_ms < stale_ms
+        ]
+        if gone:
+            self.registry.done_requests(gone)
+        mine = [r for r in mine if r.name in self.entries]
+        taken = self.registry.take_requests(mine, node_id=self.node_id)
+        done = []
+        for request, ok in zip(mine, taken, strict=True):
+            if not ok:
+                continue
+            spec = self.entries[request.name]
+            tick = Tick(name=spec.name, tick_ms=request.request_ms)
+            tid = tickmath.run_now_task_id(self.settings.namespace, spec.name, request.request_ms)
+            reason = self.check(spec) if self.check is not None else None
+            if reason is not None:
+                logger.error("dcron: run-now of %r dropped: %s", spec.name, reason)
+                done.append(request)
+                continue
+            try:
+                self.publish(spec, tick, tid)
+            except Exception as exc:
+                self._requests_due = True
+                logger.error(
+                    "dcron: run-now of %s failed id=%s: %r (will retry)", spec.name, tid, exc
+                )
+                if self.on_publish_error is not None:
+                    with contextlib.suppress(Exception):
+                        self.on_publish_error(spec, tick, exc)
+                continue
+            done.append(request)
+            logger.info(
+                "dcron: fired %s run-now at=%s node=%s id=%s",
+                spec.name, tickmath.tick_iso(request.request_ms), self.node_id, tid,
+            )  # fmt: skip
+        self.registry.done_requests(done)
+        return len(done)
+
+    def _apply_after_run(self) -> None:
+        """Apply the after-run action of entries that ran for the last time."""
+        from .exceptions import DcronError
+
+        for name, spec in list(self._after_run.items()):
+            del self._after_run[name]
+            if name not in self.owned:
+                continue
+            try:
+                if spec.after_run == "disable":
+                    self.registry.put_entry(
+                        spec.with_changes(enabled=False), expected_version=spec.version
+                    )
+                else:
+                    self.registry.remove_entry(
+                        name, tombstone=spec.after_run == "tombstone", expected_version=spec.version
+                    )
+            except RegistryUnavailableError:
+                self._after_run[name] = spec
+                raise
+            except DcronError as exc:  # changed meanwhile: the new definition decides
+                logger.info("dcron: after-run action of %s not applied: %s", name, exc)
+                continue
+            logger.info("dcron: %s ran for the last time: %s", name, spec.after_run)
 
     # -- publishing --------------------------------------------------------------
 
@@ -516,7 +617,7 @@ class Engine:
     def _wait_s(self) -> float:
         wait = self._next_beat - time.monotonic()
         due = self.next_due_ms()
-        if due is not None and self.membership.status is NodeStatus.WORKING:
+        if due is not None and self.membership.status is NodeStatus.WORKING and not self.paused:
             wait = min(wait, (due - self.clock.now_ms()) / 1000.0)
         if self._failed:
             wait = min(wait, self._next_recover - time.monotonic())

@@ -118,6 +118,9 @@ class EntrySpec:
     source: str = "static"
     description: str = ""
     version: int = 0
+    #: What happens once the entry has run for the last time (a one-off ``at`` entry,
+    #: or ``max_runs`` reached): ``"delete"``, ``"tombstone"``, ``"disable"`` or None.
+    after_run: str | None = None
 
     def with_changes(self, **changes: Any) -> EntrySpec:
         return replace(self, **changes)
@@ -142,6 +145,8 @@ class EntrySpec:
                 data[key] = value
         if self.description:
             data["description"] = self.description
+        if self.after_run is not None:
+            data["after_run"] = self.after_run
         return data
 
     def dumps(self) -> str:
@@ -177,6 +182,7 @@ class EntrySpec:
             source=str(data.get("source", "static")),
             description=str(data.get("description", "")),
             version=int(data.get("version", 0)),
+            after_run=_opt_after_run(data.get("after_run"), name),
         )
 
     @classmethod
@@ -248,6 +254,20 @@ class PendingClaim:
             task_id=str(data["task_id"]),
             claimed_ms=int(data["claimed_ms"]),
         )
+
+
+#: The actions an entry may take after its last run.
+AFTER_RUN_ACTIONS = ("delete", "tombstone", "disable")
+
+
+def _opt_after_run(value: Any, name: str) -> str | None:
+    if value is None:
+        return None
+    if value not in AFTER_RUN_ACTIONS:
+        raise InvalidEntryError(
+            f"entry {name!r}: after_run {value!r} must be one of {', '.join(AFTER_RUN_ACTIONS)}"
+        )
+    return str(value)
 
 
 def _opt_int(value: Any) -> int | None:

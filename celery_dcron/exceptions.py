@@ -8,6 +8,7 @@ anything this package raises on purpose::
     ├── InvalidEntryError         an entry definition is invalid (names the field)
     │   └── InvalidScheduleError  its schedule is invalid (cron, interval, tz, ...)
     ├── EntryNotFoundError        no entry by that name in the namespace
+    ├── ConflictError             a concurrent edit, a deleted (tombstoned) or static name
     └── RegistryUnavailableError  Redis cannot be reached; nothing was claimed
 
 Messages name the field and the fix, for example::
@@ -19,6 +20,7 @@ from __future__ import annotations
 
 __all__ = [
     "ConfigurationError",
+    "ConflictError",
     "DcronError",
     "EntryNotFoundError",
     "InvalidEntryError",
@@ -48,6 +50,11 @@ class EntryNotFoundError(DcronError, KeyError):
 
     def __str__(self) -> str:  # KeyError would repr() the message
         return str(self.args[0]) if self.args else "entry not found"
+
+
+class ConflictError(DcronError):
+    """A write was refused: the entry changed since it was read (version), its name is
+    deleted (tombstoned), or it belongs to another source. The message names the fix."""
 
 
 class RegistryUnavailableError(DcronError, ConnectionError):

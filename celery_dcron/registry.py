@@ -6,7 +6,8 @@ all scripts touch one Redis Cluster slot; ``B`` below stands for that tag)::
     B:nodes       hash    node id -> node JSON (host, pid, version, weight, ...)
     B:status      hash    node id -> "starting" | "working" | "leaving"
     B:alive       zset    node id -> heartbeat expiry (Redis server time, ms)
-    B:meta        hash    "members" -> membership version, "entries" -> entries version
+    B:meta        hash    "members" -> membership version, "entries" -> entries version,
+                          "paused" -> "1" while the whole cluster is paused (pause_all)
     B:entries     hash    entry name -> entry JSON (static and dynamic)
     B:static      hash    entry name -> "1" for entries written from beat_schedule
     B:tombstones  hash    entry name -> deletion time (ms); re-adding is refused
@@ -15,6 +16,8 @@ all scripts touch one Redis Cluster slot; ``B`` below stands for that tag)::
     B:runs        hash    entry name -> number of ticks claimed for dispatch
     B:lastnode    hash    entry name -> node id of the last claim
     B:pending     hash    "<tick_ms>:<name>" -> node id: claimed, not yet marked sent
+    B:requests    hash    "<request_ms>:<name>" -> "" (a run-now request waiting for the
+                          entry's owner) or the node id that took it and has not yet sent it
     B:lock:<name>:<tick_ms>   string  per-tick fire lock (SET NX PX), value node id
     B:events      channel "members" | "entries" (pub/sub wake-ups; polling is the fallback)
 
@@ -35,9 +38,15 @@ from redis.retry import Retry
 
 from .config import Settings, mask_url
 from .entries import ClaimResult, EntrySpec, EntryState, Node, NodeStatus, PendingClaim, Tick
-from .exceptions import InvalidEntryError, RegistryUnavailableError
+from .exceptions import (
+    ConflictError,
+    DcronError,
+    EntryNotFoundError,
+    InvalidEntryError,
+    RegistryUnavailableError,
+)
 
-__all__ = ["Heartbeat", "Keys", "Registry", "StaticSyncResult", "connect"]
+__all__ = ["Heartbeat", "Keys", "Registry", "RunRequest", "StaticSyncResult", "connect"]
 
 logger = logging.getLogger(__name__)
 
@@ -72,6 +81,7 @@ class Keys:
         self.runs = f"{base}:runs"
         self.lastnode = f"{base}:lastnode"
         self.pending = f"{base}:pending"
+        self.requests = f"{base}:requests"
         self.events = f"{base}:events"
 
     def lock(self, name: str, tick_ms: int) -> str:
@@ -91,6 +101,7 @@ class Keys:
         return (
             self.nodes, self.status, self.alive, self.meta, self.entries, self.static,
             self.tombstones, self.anchor, self.last, self.runs, self.lastnode, self.pending,
+            self.requests,
         )  # fmt: skip
 
 
@@ -106,7 +117,7 @@ local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 # ARGV: node_id, node_json, status, ttl_ms, channel
 # Expires dead nodes, refreshes this node, bumps the membership version (and
 # publishes "members") when the live set or a status changed.
-# Returns {server_s, server_us, members_version, entries_version}.
+# Returns {server_s, server_us, members_version, entries_version, paused (0|1)}.
 HEARTBEAT = (
     _NOW
     + """
@@ -130,8 +141,8 @@ if changed == 1 then
   redis.call('HINCRBY', KEYS[4], 'members', 1)
   redis.call('PUBLISH', ARGV[5], 'members')
 end
-local m = redis.call('HMGET', KEYS[4], 'members', 'entries')
-return {t[1], t[2], m[1] or '0', m[2] or '0'}
+local m = redis.call('HMGET', KEYS[4], 'members', 'entries', 'paused')
+return {t[1], t[2], m[1] or '0', m[2] or '0', m[3] or '0'}
 """
 )
 
@@ -262,11 +273,187 @@ return out
 )
 
 
+# -- dynamic entries ----------------------------------------------------------------
+# Every write bumps the entries version and publishes "entries", so owners reload.
+
+# The version of the stored entry JSON in ``cur`` (-1: no entry, 0: no version field).
+_VERSION = """
+local function version_of(cur)
+  if not cur then return -1 end
+  local ok, data = pcall(cjson.decode, cur)
+  if ok and type(data) == 'table' and tonumber(data['version']) then
+    return tonumber(data['version'])
+  end
+  return 0
+end
+"""
+
+# KEYS: entries, static, tombstones, anchor, meta
+# ARGV: channel, name, json, expected ('' = must not exist, else the current version),
+#       force ('1' = write over a tombstone or a static entry, and drop both marks)
+# Compare-and-set of one entry definition; sets the anchor once (HSETNX, server time).
+# Returns {status, current version}: status 'ok', 'exists', 'missing', 'conflict',
+# 'tombstoned' or 'static' (a new dynamic entry may not take a static entry's name).
+PUT_ENTRY = (
+    _NOW
+    + _VERSION
+    + """
+local name = ARGV[2]
+local cur = redis.call('HGET', KEYS[1], name)
+local ver = version_of(cur)
+local force = ARGV[5] == '1'
+if not force and redis.call('HEXISTS', KEYS[3], name) == 1 then return {'tombstoned', ver} end
+if ARGV[4] == '' then
+  if not force and redis.call('HEXISTS', KEYS[2], name) == 1 then return {'static', ver} end
+  if cur then return {'exists', ver} end
+elseif not cur then
+  return {'missing', ver}
+elseif tonumber(ARGV[4]) ~= ver then
+  return {'conflict', ver}
+end
+if force then
+  redis.call('HDEL', KEYS[3], name)
+  redis.call('HDEL', KEYS[2], name)
+end
+redis.call('HSET', KEYS[1], name, ARGV[3])
+redis.call('HSETNX', KEYS[4], name, now)
+redis.call('HINCRBY', KEYS[5], 'entries', 1)
+redis.call('PUBLISH', ARGV[1], 'entries')
+return {'ok', ver}
+"""
+)
+
+# KEYS: entries, static, tombstones, anchor, last, runs, lastnode, meta
+# ARGV: channel, name, tombstone ('1'|'0'), expected ('' = any version)
+# Removes the definition and run state; with tombstone, records the deletion time so
+# that re-adding the name (also from a static beat_schedule) is refused.
+# Returns {status, current version}: 'ok', 'missing' (tombstone still set) or 'conflict'.
+REMOVE_ENTRY = (
+    _NOW
+    + _VERSION
+    + """
+local name = ARGV[2]
+local ver = version_of(redis.call('HGET', KEYS[1], name))
+if ARGV[4] ~= '' and tonumber(ARGV[4]) ~= ver then return {'conflict', ver} end
+if ARGV[3] == '1' then redis.call('HSET', KEYS[3], name, now) end
+if ver < 0 then return {'missing', ver} end
+for i = 1, 7 do
+  if i ~= 3 then redis.call('HDEL', KEYS[i], name) end
+end
+redis.call('HINCRBY', KEYS[8], 'entries', 1)
+redis.call('PUBLISH', ARGV[1], 'entries')
+return {'ok', ver}
+"""
+)
+
+# KEYS: entries, static, tombstones, anchor, last, runs, lastnode, pending, requests, meta
+# ARGV: channel, name
+# Erases every trace of an entry: definition, state, tombstone, unsent claims and
+# run-now requests. (Per-tick locks expire on their own after dcron_lock_ttl.)
+# Returns the number of fields removed.
+CLEANUP = """
+local name = ARGV[2]
+local n = 0
+for i = 1, 7 do n = n + redis.call('HDEL', KEYS[i], name) end
+for i = 8, 9 do
+  for _, f in ipairs(redis.call('HKEYS', KEYS[i])) do
+    local c = string.find(f, ':', 1, true)
+    if c and string.sub(f, c + 1) == name then n = n + redis.call('HDEL', KEYS[i], f) end
+  end
+end
+redis.call('HINCRBY', KEYS[10], 'entries', 1)
+redis.call('PUBLISH', ARGV[1], 'entries')
+return n
+"""
+
+# KEYS: entries, anchor, last, runs, lastnode, meta      ARGV: channel, name
+# Starts an entry afresh: anchor at now (server time), no last tick, no runs.
+# Returns 1, or 0 when there is no such entry.
+RESET = (
+    _NOW
+    + """
+if redis.call('HEXISTS', KEYS[1], ARGV[2]) == 0 then return 0 end
+redis.call('HSET', KEYS[2], ARGV[2], now)
+for i = 3, 5 do redis.call('HDEL', KEYS[i], ARGV[2]) end
+redis.call('HINCRBY', KEYS[6], 'entries', 1)
+redis.call('PUBLISH', ARGV[1], 'entries')
+return 1
+"""
+)
+
+# KEYS: meta      ARGV: channel, paused ('1'|'0')
+# Sets or clears the cluster-wide pause; heartbeats return it. Returns 1.
+SET_PAUSED = """
+if ARGV[2] == '1' then
+  redis.call('HSET', KEYS[1], 'paused', '1')
+else
+  redis.call('HDEL', KEYS[1], 'paused')
+end
+redis.call('HINCRBY', KEYS[1], 'entries', 1)
+redis.call('PUBLISH', ARGV[1], 'entries')
+return 1
+"""
+
+# KEYS: entries, requests, meta      ARGV: channel, name
+# Records a run-now request at the server time; the entry's owner takes it.
+# Returns the request time (ms), or -1 when there is no such entry.
+RUN_NOW = (
+    _NOW
+    + """
+if redis.call('HEXISTS', KEYS[1], ARGV[2]) == 0 then return -1 end
+redis.call('HSETNX', KEYS[2], now .. ':' .. ARGV[2], '')
+redis.call('HINCRBY', KEYS[3], 'entries', 1)
+redis.call('PUBLISH', ARGV[1], 'entries')
+return now
+"""
+)
+
+# KEYS: requests, alive      ARGV: node_id, field_1, ..., field_n
+# Takes run-now requests: a waiting one (""), our own (a retry), or one whose taker is
+# no longer alive. Exactly one node takes a request. Returns per field 1 (ours) or 0.
+TAKE_REQUESTS = (
+    _NOW
+    + """
+local out = {}
+for i = 1, #ARGV - 1 do
+  local field = ARGV[1 + i]
+  local holder = redis.call('HGET', KEYS[1], field)
+  local won = 0
+  if holder then
+    local ok = holder == '' or holder == ARGV[1]
+    if not ok then
+      local exp = redis.call('ZSCORE', KEYS[2], holder)
+      ok = (exp == false) or (tonumber(exp) <= now)
+    end
+    if ok then
+      redis.call('HSET', KEYS[1], field, ARGV[1])
+      won = 1
+    end
+  end
+  out[i] = won
+end
+return out
+"""
+)
+
+
 @dataclass(frozen=True, slots=True)
 class Heartbeat:
     server_ms: int
     members_version: int
     entries_version: int
+    #: the cluster-wide pause flag (pause_all): claim nothing while set
+    paused: bool = False
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RunRequest:
+    """A run-now request: an extra dispatch of ``name`` at ``request_ms``."""
+
+    name: str
+    request_ms: int
+    #: "" while waiting, else the node that took it
+    holder: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -307,6 +494,13 @@ class Registry:
         self._sync_static = client.register_script(SYNC_STATIC)
         self._claim = client.register_script(CLAIM)
         self._retake = client.register_script(RETAKE)
+        self._put_entry = client.register_script(PUT_ENTRY)
+        self._remove_entry = client.register_script(REMOVE_ENTRY)
+        self._cleanup = client.register_script(CLEANUP)
+        self._reset = client.register_script(RESET)
+        self._set_paused = client.register_script(SET_PAUSED)
+        self._run_now = client.register_script(RUN_NOW)
+        self._take_requests = client.register_script(TAKE_REQUESTS)
 
     @classmethod
     def from_settings(cls, settings: Settings, client: redis.Redis | None = None) -> Registry:
@@ -315,7 +509,11 @@ class Registry:
     def load_scripts(self) -> None:
         """Load every script in one round trip (redis-py reloads them after a restart)."""
         pipe = self.client.pipeline(transaction=False)
-        for script in (self._heartbeat, self._leave, self._sync_static, self._claim, self._retake):
+        for script in (
+            self._heartbeat, self._leave, self._sync_static, self._claim, self._retake,
+            self._put_entry, self._remove_entry, self._cleanup, self._reset, self._set_paused,
+            self._run_now, self._take_requests,
+        ):  # fmt: skip
             pipe.script_load(script.script)
         self._execute(pipe)
 
@@ -332,6 +530,7 @@ class Registry:
             server_ms=int(raw[0]) * 1000 + int(raw[1]) // 1000,
             members_version=int(raw[2]),
             entries_version=int(raw[3]),
+            paused=len(raw) > 4 and str(raw[4]) == "1",
         )
 
     def leave(self, node_id: str) -> None:
@@ -491,6 +690,158 @@ class Registry:
         """Forget unsent claims (their entry was removed)."""
         self.mark_sent(ticks)
 
+    # -- dynamic entries -------------------------------------------------------------
+
+    def get_entry(self, name: str) -> EntrySpec | None:
+        """The entry ``name``, or None. A malformed stored entry raises InvalidEntryError."""
+        text = self._run(lambda: self.client.hget(self.keys.entries, name))
+        if text is None:
+            return None
+        try:
+            return EntrySpec.loads(text)
+        except (ValueError, KeyError, TypeError) as exc:
+            raise InvalidEntryError(f"entry {name!r}: malformed in the registry: {exc}") from None
+
+    def put_entry(
+        self, spec: EntrySpec, *, expected_version: int | None, force: bool = False
+    ) -> EntrySpec:
+        """Write ``spec`` with compare-and-set on its version; returns it as stored.
+
+        ``expected_version=None`` creates (refused when the name exists); an int updates
+        the entry only if its stored version is still that. ``force`` writes over a
+        tombstone or a static entry, and with ``expected_version=None`` over anything.
+        """
+        for _ in range(20):
+            expected = expected_version
+            if force and expected is None:
+                current = self.get_entry_version(spec.name)
+                expected = None if current < 0 else current
+            new = spec.with_changes(version=(expected or 0) + 1)
+            k = self.keys
+            status, version = self._call(
+                self._put_entry,
+                [k.entries, k.static, k.tombstones, k.anchor, k.meta],
+                [k.events, spec.name, new.dumps(), "" if expected is None else expected,
+                 "1" if force else "0"],
+            )  # fmt: skip
+            status, version = str(status), int(version)
+            if status == "ok":
+                return new
+            if status in ("exists", "conflict") and force and expected_version is None:
+                continue  # someone wrote in between: read the new version and force again
+            raise _write_error(spec.name, status, version, expected)
+        raise ConflictError(f"entry {spec.name!r}: too many concurrent writes; try again")
+
+    def get_entry_version(self, name: str) -> int:
+        """The stored version of ``name``; -1 when there is no such entry."""
+        spec = self.get_entry(name)
+        return -1 if spec is None else spec.version
+
+    def remove_entry(
+        self, name: str, *, tombstone: bool, expected_version: int | None = None
+    ) -> bool:
+        """Remove the definition and run state; False if there was none.
+
+        With ``tombstone`` the name stays deleted: re-adding it is refused until
+        :meth:`reuse_deleted` or a forced write (the tombstone is set even if absent).
+        """
+        k = self.keys
+        status, version = self._call(
+            self._remove_entry,
+            [k.entries, k.static, k.tombstones, k.anchor, k.last, k.runs, k.lastnode, k.meta],
+            [k.events, name, "1" if tombstone else "0",
+             "" if expected_version is None else expected_version],
+        )  # fmt: skip
+        if str(status) == "conflict":
+            raise _write_error(name, "conflict", int(version), expected_version)
+        return str(status) == "ok"
+
+    def cleanup(self, name: str) -> int:
+        """Erase every trace of ``name``; returns how many fields were removed."""
+        k = self.keys
+        keys = [k.entries, k.static, k.tombstones, k.anchor, k.last, k.runs, k.lastnode]
+        keys += [k.pending, k.requests, k.meta]
+        return int(self._call(self._cleanup, keys, [k.events, name]))
+
+    def reuse_deleted(self, name: str) -> bool:
+        """Remove the tombstone of ``name``; False if it had none."""
+        return bool(self._run(lambda: self.client.hdel(self.keys.tombstones, name)))
+
+    def tombstones(self) -> dict[str, int]:
+        """Deleted names and when they were deleted (ms)."""
+        raw: dict[str, str] = self._run(lambda: self.client.hgetall(self.keys.tombstones))
+        return {name: int(ms) for name, ms in raw.items()}
+
+    def static_names(self) -> set[str]:
+        return set(self._run(lambda: self.client.hkeys(self.keys.static)))
+
+    def reset(self, name: str) -> bool:
+        """Start ``name`` afresh (anchor now, no last tick, no runs); False if absent."""
+        k = self.keys
+        keys = [k.entries, k.anchor, k.last, k.runs, k.lastnode, k.meta]
+        return bool(self._call(self._reset, keys, [k.events, name]))
+
+    def set_enabled(self, name: str, enabled: bool) -> EntrySpec:
+        """Enable or disable ``name`` (compare-and-set, retried on a concurrent write)."""
+        for _ in range(20):
+            spec = self.get_entry(name)
+            if spec is None:
+                raise EntryNotFoundError(f"entry {name!r}: not found")
+            if spec.enabled is enabled:
+                return spec
+            try:
+                return self.put_entry(
+                    spec.with_changes(enabled=enabled), expected_version=spec.version, force=False
+                )
+            except ConflictError as exc:
+                if "changed by someone else" not in str(exc):
+                    raise
+        raise ConflictError(f"entry {name!r}: too many concurrent writes; try again")
+
+    def set_paused(self, paused: bool) -> None:
+        """Pause (or resume) the whole namespace: no instance claims anything while set."""
+        k = self.keys
+        self._call(self._set_paused, [k.meta], [k.events, "1" if paused else "0"])
+
+    def is_paused(self) -> bool:
+        return bool(self._run(lambda: self.client.hget(self.keys.meta, "paused")) == "1")
+
+    def run_now(self, name: str) -> int:
+        """Ask the owner of ``name`` for an extra dispatch; returns the request time (ms)."""
+        k = self.keys
+        at = int(self._call(self._run_now, [k.entries, k.requests, k.meta], [k.events, name]))
+        if at < 0:
+            raise EntryNotFoundError(f"entry {name!r}: not found")
+        return at
+
+    def requests(self) -> list[RunRequest]:
+        raw: dict[str, str] = self._run(lambda: self.client.hgetall(self.keys.requests))
+        out = []
+        for field, holder in raw.items():
+            try:
+                name, at = self.keys.parse_pending_field(field)
+            except ValueError:
+                logger.warning("dcron: dropping malformed run-now request %r", field)
+                self._run(lambda f=field: self.client.hdel(self.keys.requests, f))
+                continue
+            out.append(RunRequest(name=name, request_ms=at, holder=holder))
+        return out
+
+    def take_requests(self, requests: Sequence[RunRequest], *, node_id: str) -> list[bool]:
+        """Take run-now requests (waiting, ours, or a dead node's): one node wins each."""
+        if not requests:
+            return []
+        k = self.keys
+        fields = [k.pending_field(r.name, r.request_ms) for r in requests]
+        raw = self._call(self._take_requests, [k.requests, k.alive], [node_id, *fields])
+        return [bool(int(x)) for x in raw]
+
+    def done_requests(self, requests: Sequence[RunRequest]) -> None:
+        """Forget run-now requests that were sent (or whose entry is gone)."""
+        if requests:
+            fields = [self.keys.pending_field(r.name, r.request_ms) for r in requests]
+            self._run(lambda: self.client.hdel(self.keys.requests, *fields))
+
     # -- events ------------------------------------------------------------------
 
     def pubsub(self) -> Any:
@@ -499,6 +850,11 @@ class Registry:
         return ps
 
     # -- plumbing ----------------------------------------------------------------
+
+    def server_ms(self) -> int:
+        """The Redis server's time in milliseconds (the cluster clock)."""
+        sec, usec = self._run(self.client.time)
+        return int(sec) * 1000 + int(usec) // 1000
 
     def ping(self) -> float:
         """Round trip to Redis in seconds; raises RegistryUnavailableError."""
@@ -517,6 +873,32 @@ class Registry:
             return fn()
         except REDIS_ERRORS as exc:
             raise RegistryUnavailableError(f"dcron: Redis unreachable: {exc}") from exc
+
+
+def _write_error(name: str, status: str, version: int, expected: int | None) -> DcronError:
+    if status == "missing":
+        return EntryNotFoundError(f"entry {name!r}: not found; add it first")
+    if status == "exists":
+        return ConflictError(
+            f"entry {name!r}: already exists (version {version}); use update() to change it "
+            "or force_add() to replace it"
+        )
+    if status == "conflict":
+        return ConflictError(
+            f"entry {name!r}: version: changed by someone else (now version {version}, you "
+            f"had {expected}); read it again and re-apply your change"
+        )
+    if status == "tombstoned":
+        return ConflictError(
+            f"entry {name!r}: the name is deleted (tombstoned); use force_add() to overwrite "
+            "it or reuse_deleted() to free the name"
+        )
+    if status == "static":
+        return ConflictError(
+            f"entry {name!r}: a static entry (beat_schedule) has that name; change it in the "
+            "config, or use force_add() to replace it by a dynamic entry"
+        )
+    return DcronError(f"entry {name!r}: write refused: {status}")
 
 
 def _json(data: Mapping[str, Any]) -> str:

@@ -49,6 +49,7 @@ __all__ = [
     "latest_tick",
     "next_tick",
     "plan_due",
+    "run_now_task_id",
     "task_id",
     "tick_iso",
 ]
@@ -241,6 +242,13 @@ def _naive_utc(ms: int) -> datetime:
 def task_id(namespace: str, name: str, tick_ms: int) -> str:
     """The Celery task id of a tick: the same on every instance, forever."""
     return str(uuid.uuid5(DCRON_UUID_NAMESPACE, f"{namespace}\x1f{name}\x1f{tick_ms}"))
+
+
+def run_now_task_id(namespace: str, name: str, request_ms: int) -> str:
+    """The task id of a run-now request: deterministic, never equal to a tick's id."""
+    return str(
+        uuid.uuid5(DCRON_UUID_NAMESPACE, f"{namespace}\x1f{name}\x1frun_now\x1f{request_ms}")
+    )
 
 
 def tick_iso(tick_ms: int) -> str:

@@ -113,7 +113,8 @@ def test_dcron_alias_selects_the_scheduler() -> None:
 
 def test_public_names() -> None:
     assert set(celery_dcron.__all__) == {
-        "ConfigurationError", "DcronError", "DistributedScheduler", "EntryNotFoundError",
+        "ConfigurationError", "ConflictError", "DcronError", "DistributedScheduler",
+        "DynamicTasks", "EntryNotFoundError",
         "InvalidEntryError", "InvalidScheduleError", "MisfirePolicy", "RegistryUnavailableError",
         "__version__", "cron",
     }  # fmt: skip

@@ -1,0 +1,1 @@
+"""The demo app: the periodic tasks of the example project and a status page."""

@@ -1,0 +1,322 @@
+"""Dynamic entries through :class:`DynamicTasks` against a real redis-server.
+
+Engines are driven as in test_engine.py: an injected ManualClock decides due-ness,
+and every step heartbeats, so a change made through the API is seen at the next step.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from datetime import datetime, timedelta, timezone
+from itertools import pairwise
+from typing import Any
+
+import pytest
+from celery import Celery
+
+from celery_dcron import ConflictError, DynamicTasks, EntryNotFoundError, InvalidEntryError
+from celery_dcron.clock import ManualClock
+from celery_dcron.config import Settings
+from celery_dcron.entries import EntrySpec
+from celery_dcron.exceptions import InvalidScheduleError
+from celery_dcron.schedules import IntervalSchedule, ms_to_datetime
+from celery_dcron.ticks import run_now_task_id, task_id
+from tests.integration.test_engine import (
+    Cluster,
+    Recorder,
+    _server_ms,
+    assert_each_tick_once,
+    ticks_of,
+)
+
+S = 1000
+
+
+def make_app() -> Celery:
+    app = Celery("api_tests", set_as_current=False)
+    app.conf.timezone = "UTC"
+
+    @app.task(name="t", shared=False)
+    def t(*args: Any, **kwargs: Any) -> None: ...
+
+    @app.task(name="sink", shared=False)
+    def sink(payload: Any = None) -> None: ...
+
+    return app
+
+
+def api_for(url: str, **settings: Any) -> DynamicTasks:
+    conf: dict[str, Any] = {"redis_url": url, "node_id": "api", "default_task": "sink"}
+    conf.update(settings)
+    return DynamicTasks(make_app(), settings=Settings(**conf))
+
+
+@pytest.fixture
+def cluster(redis_url: str) -> Iterator[Cluster]:
+    c = Cluster(redis_url, ManualClock(start_ms=_server_ms(redis_url)), Recorder())
+    yield c
+    for e in c.engines:
+        e.stopped = True
+
+
+@pytest.fixture
+def api(redis_url: str) -> DynamicTasks:
+    return api_for(redis_url)
+
+
+def start(cluster: Cluster, n: int) -> None:
+    for i in range(n):
+        cluster.add(f"n{i}", [])
+    cluster.step_all(3)
+
+
+def sync_clock(cluster: Cluster, name: str) -> None:
+    """Set the clock to the entry's anchor: its ticks then fall on whole seconds from now."""
+    cluster.step_all()
+    anchor = cluster.engines[0].registry.states([name])[name].anchor_ms
+    assert anchor is not None
+    cluster.clock.set(anchor)
+
+
+def owner_of(cluster: Cluster, name: str) -> str:
+    owners = [e.node_id for e in cluster.engines if name in e.owned and not e.stopped]
+    assert len(owners) == 1, owners
+    return owners[0]
+
+
+def test_an_entry_added_through_the_api_fires_from_its_owner(
+    cluster: Cluster, api: DynamicTasks
+) -> None:
+    start(cluster, 3)
+    spec = api.add("dyn", "t", every=1, args=[1, 2], kwargs={"k": "v"})
+    assert spec.version == 1 and spec.source == "dynamic"
+    sync_clock(cluster, "dyn")
+    cluster.advance(3 * S)
+    ts = ticks_of(cluster.recorder, "dyn")
+    assert len(ts) == 3 and all(b - a == S for a, b in pairwise(ts))
+    assert {node for n, *_, node in cluster.recorder.sent if n == "dyn"} == {
+        owner_of(cluster, "dyn")
+    }
+    assert_each_tick_once(cluster.recorder)
+    assert api.get("dyn").args == (1, 2)
+
+
+def test_pause_resume_and_remove_take_effect_at_the_next_step(
+    cluster: Cluster, api: DynamicTasks
+) -> None:
+    start(cluster, 2)
+    api.add("dyn", "t", every=1, misfire_policy="skip")
+    sync_clock(cluster, "dyn")
+    cluster.advance(2 * S)
+    assert len(ticks_of(cluster.recorder, "dyn")) == 2
+    api.pause("dyn")
+    assert api.get("dyn").enabled is False
+    cluster.advance(3 * S)
+    assert len(ticks_of(cluster.recorder, "dyn")) == 2
+    api.resume("dyn")
+    cluster.step_all()  # the missed ticks are skipped (policy skip), the on-time one fires
+    resumed = len(ticks_of(cluster.recorder, "dyn"))
+    assert resumed in (2, 3)
+    cluster.advance(2 * S)
+    assert len(ticks_of(cluster.recorder, "dyn")) == resumed + 2
+    api.remove("dyn")
+    cluster.advance(3 * S)
+    assert len(ticks_of(cluster.recorder, "dyn")) == resumed + 2
+    with pytest.raises(EntryNotFoundError):
+        api.get("dyn")
+    assert_each_tick_once(cluster.recorder)
+
+
+def test_run_now_is_dispatched_exactly_once_across_three_engines(
+    cluster: Cluster, api: DynamicTasks
+) -> None:
+    start(cluster, 3)
+    api.add("daily", "t", cron="0 3 * * *")
+    cluster.step_all()
+    tid = api.run_now("daily")
+    cluster.step_all(3)
+    sent = [row for row in cluster.recorder.sent if row[0] == "daily"]
+    assert len(sent) == 1
+    _name, tick_ms, sent_id, node = sent[0]
+    assert sent_id == tid == run_now_task_id("default", "daily", tick_ms)
+    assert sent_id != task_id("default", "daily", tick_ms)
+    assert node == owner_of(cluster, "daily")
+    assert cluster.engines[0].registry.requests() == []
+    with pytest.raises(EntryNotFoundError):
+        api.run_now("nope")
+
+
+def test_max_runs_is_exact_and_the_after_run_action_applies(
+    cluster: Cluster, api: DynamicTasks
+) -> None:
+    start(cluster, 3)
+    api.add("thrice", "t", every=1, max_runs=3, after_run="disable")
+    sync_clock(cluster, "thrice")
+    cluster.advance(6 * S)
+    assert len(ticks_of(cluster.recorder, "thrice")) == 3
+    assert api.get("thrice").enabled is False
+    assert api.state("thrice").run_count == 3
+
+
+@pytest.mark.parametrize("action", ["delete", "tombstone", "disable"])
+def test_a_one_shot_fires_once_then_its_after_run_action_applies(
+    cluster: Cluster, api: DynamicTasks, action: str
+) -> None:
+    start(cluster, 3)
+    at_ms = cluster.clock.now_ms() + 2 * S
+    api.add("once", "t", at=ms_to_datetime(at_ms), after_run=action)
+    cluster.advance(5 * S)
+    assert ticks_of(cluster.recorder, "once") == [at_ms]
+    cluster.advance(2 * S)
+    assert ticks_of(cluster.recorder, "once") == [at_ms]
+    if action == "disable":
+        assert api.get("once").enabled is False
+    else:
+        with pytest.raises(EntryNotFoundError):
+            api.get("once")
+        assert ("once" in api.deleted()) is (action == "tombstone")
+
+
+def test_tombstones_refuse_re_adding_until_force_or_reuse(
+    cluster: Cluster, api: DynamicTasks
+) -> None:
+    api.add("x", "t", every=5)
+    assert api.mark_deleted("x") is True
+    with pytest.raises(ConflictError, match="tombstoned"):
+        api.add("x", "t", every=5)
+    # a static entry of that name, from a (re)started instance, is refused too
+    static = EntrySpec(name="x", task="t", schedule=IntervalSchedule(every_ms=S))
+    cluster.add("n0", [static])
+    cluster.step_all(2)
+    assert "x" not in cluster.engines[0].entries
+    assert api.force_add("x", "t", every=7).version == 1
+    assert api.get("x").schedule == IntervalSchedule(every_ms=7 * S)
+    assert "x" not in api.deleted()
+    api.mark_deleted("x")
+    assert api.reuse_deleted("x") is True
+    api.add("x", "t", every=5)
+    assert api.cleanup("x") > 0
+    with pytest.raises(EntryNotFoundError):
+        api.get("x")
+    assert api.state("x").anchor_ms is None
+
+
+def test_a_dynamic_entry_may_not_take_a_static_name_without_force(
+    cluster: Cluster, api: DynamicTasks
+) -> None:
+    static = EntrySpec(name="s", task="t", schedule=IntervalSchedule(every_ms=S))
+    cluster.add("n0", [static])
+    cluster.step_all(2)
+    with pytest.raises(ConflictError, match="static"):
+        api.add("s", "t", every=5)
+    assert api.force_add("s", "t", every=5).source == "dynamic"
+
+
+def test_concurrent_updates_conflict_instead_of_losing_a_write(api: DynamicTasks) -> None:
+    api.add("e", "t", every=5)
+    first, second = api.get("e"), api.get("e")
+    updated = api.update("e", expected_version=first.version, description="mine")
+    assert updated.version == 2
+    with pytest.raises(ConflictError, match="version"):
+        api.update("e", expected_version=second.version, description="theirs")
+    assert api.get("e").description == "mine"
+    with pytest.raises(ConflictError, match="already exists"):
+        api.add("e", "t", every=5)
+    assert api.update("e", every=timedelta(seconds=9)).schedule == IntervalSchedule(every_ms=9 * S)
+
+
+def test_namespaces_are_isolated(cluster: Cluster, redis_url: str, api: DynamicTasks) -> None:
+    other = api_for(redis_url, namespace="tenant2")
+    other.add("e", "t", every=1)
+    api.add("mine", "t", every=1)
+    assert [s.name for s in other.list()] == ["e"]
+    assert [s.name for s in api.list()] == ["mine"]
+    other.pause_all()
+    assert other.is_paused() and not api.is_paused()
+    start(cluster, 1)
+    sync_clock(cluster, "mine")
+    cluster.advance(2 * S)
+    assert {n for n, *_ in cluster.recorder.sent} == {"mine"}
+
+
+def test_pause_all_claims_nothing_and_resume_follows_the_misfire_policy(
+    cluster: Cluster, api: DynamicTasks
+) -> None:
+    start(cluster, 3)
+    api.add("every", "t", every=1, misfire_policy="once")
+    api.add("each", "t", every=1, misfire_policy="all")
+    sync_clock(cluster, "each")
+    cluster.advance(2 * S)
+    before = {n: len(ticks_of(cluster.recorder, n)) for n in ("every", "each")}
+    api.pause_all()
+    cluster.step_all()
+    assert all(e.paused for e in cluster.engines)
+    cluster.advance(4 * S)
+    assert {n: len(ticks_of(cluster.recorder, n)) for n in ("every", "each")} == before
+    api.resume_all()
+    cluster.step_all()
+    assert len(ticks_of(cluster.recorder, "every")) == before["every"] + 1  # coalesced
+    assert len(ticks_of(cluster.recorder, "each")) >= before["each"] + 4  # each missed tick
+    assert_each_tick_once(cluster.recorder)
+
+
+def test_reset_starts_an_entry_afresh(cluster: Cluster, api: DynamicTasks) -> None:
+    start(cluster, 1)
+    api.add("r", "t", every=1)
+    sync_clock(cluster, "r")
+    cluster.advance(2 * S)
+    assert api.state("r").run_count == 2
+    api.reset("r")
+    state = api.state("r")
+    assert state.run_count == 0 and state.last_tick_ms is None
+
+
+def test_payload_only_entries_go_to_the_default_task(api: DynamicTasks, redis_url: str) -> None:
+    spec = api.add("p", payload={"to": "a@b.c"}, every=60)
+    assert spec.task == "sink" and spec.kwargs == {"payload": {"to": "a@b.c"}}
+    no_default = api_for(redis_url, default_task=None)
+    with pytest.raises(InvalidEntryError, match="dcron_default_task"):
+        no_default.add("q", payload=1, every=60)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "field"),
+    [
+        ({"cron": "61 * * * *"}, "minute"),
+        ({"cron": "* * * * *", "tz": "Mars/Olympus"}, "timezone"),
+        ({"every": -1}, "every"),
+        ({"every": "soon"}, "every"),
+        ({"at": datetime(2099, 1, 1)}, "at"),
+        ({"at": "tomorrow"}, "at"),
+        ({"at": datetime(2000, 1, 1, tzinfo=timezone.utc)}, "past"),
+        ({"every": 1, "cron": "* * * * *"}, "schedule"),
+        ({}, "schedule"),
+        ({"every": 1, "args": "nope"}, "args"),
+        ({"every": 1, "kwargs": [1]}, "kwargs"),
+        ({"every": 1, "kwargs": {"x": object()}}, "JSON"),
+        ({"every": 1, "payload": "x" * 70_000}, "dcron_max_payload_bytes"),
+        ({"every": 1, "options": {"colour": "red"}}, "options"),
+        ({"every": 1, "max_runs": 0}, "max_runs"),
+        ({"every": 1, "after_run": "delete"}, "after_run"),
+        ({"every": 1, "after_run": "explode", "max_runs": 1}, "after_run"),
+        ({"every": 1, "misfire_policy": "sometimes"}, "misfire_policy"),
+        ({"every": 1, "frequency": 3}, "unknown fields"),
+    ],
+)
+def test_bad_input_names_the_field_and_writes_nothing(
+    api: DynamicTasks, kwargs: dict[str, Any], field: str
+) -> None:
+    with pytest.raises(InvalidEntryError, match=field):
+        api.add("bad", "t", **kwargs)
+    assert api.list() == []
+
+
+def test_unknown_task_and_bad_name_are_refused(api: DynamicTasks) -> None:
+    with pytest.raises(InvalidEntryError, match="task: 'nope' is not registered"):
+        api.add("e", "nope", every=1)
+    for name in ("", " lead", "a{b}", "x" * 201, "tab\there"):
+        with pytest.raises(InvalidEntryError, match="name"):
+            api.add(name, "t", every=1)
+    with pytest.raises(InvalidScheduleError):
+        api.add("e", "t", cron="* * *")
+    assert api.list() == []

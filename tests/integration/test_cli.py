@@ -1,0 +1,135 @@
+"""``celery -A app dcron ...`` run as a subprocess against a real redis-server."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from celery_dcron.clock import ManualClock
+from celery_dcron.config import Settings
+from celery_dcron.engine import Engine
+from celery_dcron.registry import Registry
+from celery_dcron.strategies import get_strategy
+from tests.integration.test_engine import _server_ms
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+class CLI:
+    def __init__(self, url: str) -> None:
+        self.env = {**os.environ, "DCRON_TEST_REDIS_URL": url, "PYTHONPATH": str(ROOT)}
+
+    def __call__(self, *args: str, ok: bool = True) -> subprocess.CompletedProcess[str]:
+        cmd = [sys.executable, "-m", "celery", "-A", "tests.integration.cliapp", "dcron", *args]
+        out = subprocess.run(
+            cmd, cwd=ROOT, env=self.env, capture_output=True, text=True, timeout=60, check=False
+        )
+        if ok:
+            assert out.returncode == 0, out.stderr + out.stdout
+        else:
+            assert out.returncode != 0, out.stdout
+        return out
+
+    def json(self, *args: str) -> Any:
+        return json.loads(self(*args, "--json").stdout)
+
+
+@pytest.fixture
+def cli(redis_url: str) -> CLI:
+    return CLI(redis_url)
+
+
+def engine(url: str, node_id: str) -> Engine:
+    s = Settings(redis_url=url, node_id=node_id, heartbeat_interval_s=0.1, node_ttl_s=5,
+                 socket_timeout_s=1)  # fmt: skip
+    e = Engine(
+        settings=s,
+        registry=Registry.from_settings(s),
+        clock=ManualClock(start_ms=_server_ms(url)),
+        strategy=get_strategy(s.strategy),
+        publish=lambda spec, tick, tid: None,
+        listen=False,
+    )
+    for _ in range(3):
+        e._next_beat = 0.0
+        e.step()
+    return e
+
+
+def test_add_ls_show_pause_resume_run_rm(cli: CLI, redis_url: str) -> None:
+    out = cli("add", "report", "--task", "cliapp.t", "--cron", "0 7 * * mon-fri",
+              "--tz", "Europe/Paris", "--args", "[1, 2]", "--queue", "reports")  # fmt: skip
+    assert "added report (version 1)" in out.stdout
+    cli("add", "mail", "--payload", '{"to": "a@b.c"}', "--every", "30")
+    rows = cli.json("ls")
+    assert [r["name"] for r in rows] == ["mail", "report"]
+    report = cli.json("show", "report")
+    assert report["task"] == "cliapp.t" and report["args"] == [1, 2]
+    assert report["schedule"] == {"kind": "cron", "expr": "0 7 * * mon-fri",
+                                  "tz": "Europe/Paris", "day_or": True}  # fmt: skip
+    assert report["options"] == {"queue": "reports"} and report["state"] == "active"
+    assert cli.json("show", "mail")["kwargs"] == {"payload": {"to": "a@b.c"}}
+    cli("pause", "report")
+    assert cli.json("show", "report")["state"] == "paused"
+    cli("resume", "report")
+    assert cli.json("show", "report")["enabled"] is True
+    assert "task id" in cli("run", "report").stdout
+    cli("rm", "report", "--tombstone")
+    err = cli("add", "report", "--task", "cliapp.t", "--every", "5", ok=False)
+    assert "tombstoned" in err.stderr
+    cli("add", "report", "--task", "cliapp.t", "--every", "5", "--force")
+    cli("rm", "mail")
+    assert [r["name"] for r in cli.json("ls")] == ["report"]
+
+
+def test_status_and_ring_show_nodes_and_ownership(cli: CLI, redis_url: str) -> None:
+    cli("add", "e0", "--task", "cliapp.t", "--every", "60")
+    engines = [engine(redis_url, f"node-{i}") for i in range(2)]
+    for e in engines:
+        e._next_beat = 0.0
+        e.step()
+    status = cli.json("status")
+    assert {n["id"] for n in status["nodes"]} == {"node-0", "node-1"}
+    assert all(n["status"] == "working" and n["heartbeat_age_s"] < 10 for n in status["nodes"])
+    assert sum(n["entries_owned"] for n in status["nodes"]) == 1
+    ring = cli.json("ring")
+    assert sum(v["count"] for v in ring["nodes"].values()) == 1
+    owner = next(n for n, v in ring["nodes"].items() if v["count"])
+    assert cli.json("ls")[0]["owner"] == owner
+    assert "node-0" in cli("status").stdout
+    cli("pause-all")
+    assert cli.json("status")["paused"] is True
+    cli("resume-all")
+    assert cli.json("status")["paused"] is False
+    for e in engines:
+        e.stop()
+
+
+@pytest.mark.parametrize(
+    ("args", "field"),
+    [
+        (["add", "x", "--task", "cliapp.t", "--cron", "61 * * * *"], "minute"),
+        (
+            ["add", "x", "--task", "cliapp.t", "--cron", "* * * * *", "--tz", "Nowhere/X"],
+            "timezone",
+        ),
+        (["add", "x", "--task", "cliapp.t", "--every", "-5"], "every"),
+        (["add", "x", "--task", "cliapp.t", "--at", "next tuesday"], "at"),
+        (["add", "x", "--task", "nope", "--every", "5"], "task"),
+        (["add", "x", "--task", "cliapp.t", "--every", "5", "--args", "[1,"], "args"),
+        (["add", "x", "--task", "cliapp.t", "--every", "5", "--args", '{"a": 1}'], "args"),
+        (["add", "a{b}", "--task", "cliapp.t", "--every", "5"], "name"),
+        (["show", "missing"], "name"),
+        (["pause", "missing"], "missing"),
+    ],
+)
+def test_bad_input_exits_non_zero_naming_the_field(cli: CLI, args: list[str], field: str) -> None:
+    out = cli(*args, ok=False)
+    assert field in out.stderr, out.stderr
+    assert cli.json("ls") == []
