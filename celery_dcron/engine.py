@@ -501,16 +501,28 @@ class Engine:
 
     def _publish_all(self, ticks: Sequence[Tick], claimed_at: float) -> list[Tick]:
         sent: list[Tick] = []
+        keepalive_at = time.monotonic() + self.settings.heartbeat_interval_s
         for tick in ticks:
             spec = self.entries.get(tick.name)
             if spec is None:
                 continue
+            if time.monotonic() >= keepalive_at:
+                # A long burst must not starve the heartbeat, or the others would take
+                # this node for dead mid-pass. Versions are left for the next full beat.
+                with contextlib.suppress(RegistryUnavailableError):
+                    self.registry.heartbeat(self.membership.node, self.settings.node_ttl_ms)
+                keepalive_at = time.monotonic() + self.settings.heartbeat_interval_s
             if time.monotonic() - claimed_at > self._safe_publish_s:
                 # We were paused or slow since the claim: another node may have taken
                 # it over. Publish only if the claim is still ours.
-                if not self.registry.retake(
-                    [tick], node_id=self.node_id, lock_ttl_ms=self.settings.lock_ttl_ms
-                )[0]:
+                try:
+                    still_ours = self.registry.retake(
+                        [tick], node_id=self.node_id, lock_ttl_ms=self.settings.lock_ttl_ms
+                    )[0]
+                except RegistryUnavailableError:
+                    self._unmarked.update(sent)  # published: never publish them again
+                    raise
+                if not still_ours:
                     logger.warning(
                         "dcron: %s tick=%s was taken over while this node stalled; not sent",
                         tick.name,
