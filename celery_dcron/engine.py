@@ -23,7 +23,9 @@ import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
+from typing import Any
 
+from . import signals
 from . import ticks as tickmath
 from .clock import ManualClock, RedisClock
 from .config import Settings
@@ -93,6 +95,8 @@ class Engine:
         self._failed: set[Tick] = set()
         self._skipped_reasons: dict[str, str] = {}
         self._synced = False
+        self._entries_seen = False
+        self._nodes_seen = False
         self._connected = False
         self._failures = 0
         self._next_beat = 0.0
@@ -202,14 +206,14 @@ class Engine:
             self._load_entries()
             self._requests_due = True
         if full or members_changed or event_members or entries_changed or event_entries:
-            self.membership.refresh_nodes()
+            self._refresh_nodes()
             self.states = self.registry.states()
             self._reassign()
             self._next_recover = 0.0
         if self.membership.status is NodeStatus.STARTING and not self.stopped:
             self.membership.set_status(NodeStatus.WORKING)
             self.membership.beat()
-            self.membership.refresh_nodes()
+            self._refresh_nodes()
             self._reassign()
 
     def _sync_static(self) -> None:
@@ -239,7 +243,29 @@ class Engine:
         entries, bad = self.registry.entries()
         for name, error in bad.items():
             self._skip_once(name, f"malformed entry in the registry: {error}")
-        self.entries = entries
+        old, self.entries = self.entries, entries
+        if not self._entries_seen:  # the first load is the starting point, not news
+            self._entries_seen = True
+            return
+        for name, spec in entries.items():
+            if name not in old:
+                _send(signals.entry_added, self, entry=spec)
+            elif old[name] != spec:
+                _send(signals.entry_changed, self, entry=spec, old=old[name])
+        for name in old.keys() - entries.keys():
+            _send(signals.entry_removed, self, entry=old[name])
+
+    def _refresh_nodes(self) -> None:
+        before = {n.id: n for n in self.membership.working_nodes()}
+        self.membership.refresh_nodes()
+        after = {n.id: n for n in self.membership.working_nodes()}
+        if not self._nodes_seen:
+            self._nodes_seen = True
+            return
+        for node_id in after.keys() - before.keys():
+            _send(signals.node_joined, self, node=after[node_id])
+        for node_id in before.keys() - after.keys():
+            _send(signals.node_left, self, node=before[node_id])
 
     def _skip_once(self, name: str, reason: str) -> None:
         if self._skipped_reasons.get(name) != reason:
@@ -460,9 +486,7 @@ class Engine:
                 logger.error(
                     "dcron: run-now of %s failed id=%s: %r (will retry)", spec.name, tid, exc
                 )
-                if self.on_publish_error is not None:
-                    with contextlib.suppress(Exception):
-                        self.on_publish_error(spec, tick, exc)
+                self._publish_failed(spec, tick, exc)
                 continue
             done.append(request)
             logger.info(
@@ -540,11 +564,7 @@ class Engine:
                     "dcron: publish failed %s tick=%s id=%s: %r (will retry with the same id)",
                     tick.name, tickmath.tick_iso(tick.tick_ms), task_id, exc,
                 )  # fmt: skip
-                if self.on_publish_error is not None:
-                    try:
-                        self.on_publish_error(spec, tick, exc)
-                    except Exception:
-                        logger.exception("dcron: the publish-error hook raised")
+                self._publish_failed(spec, tick, exc)
                 continue
             self._failed.discard(tick)
             sent.append(tick)
@@ -553,6 +573,14 @@ class Engine:
                 tick.name, tickmath.tick_iso(tick.tick_ms), self.node_id, task_id,
             )  # fmt: skip
         return sent
+
+    def _publish_failed(self, spec: EntrySpec, tick: Tick, exc: BaseException) -> None:
+        if self.on_publish_error is not None:
+            try:
+                self.on_publish_error(spec, tick, exc)
+            except Exception:
+                logger.exception("dcron: the publish-error hook raised")
+        _send(signals.publish_failed, self, entry=spec, tick=tick, exc=exc)
 
     def _mark_sent(self, sent: Sequence[Tick]) -> None:
         if not sent:
@@ -663,3 +691,8 @@ class Engine:
             "entries": len(self.entries),
             "nodes": [n.id for n in self.membership.working_nodes()],
         }
+
+
+def _send(signal: Any, sender: Engine, **kwargs: Any) -> None:
+    """Send a signal; Celery's dispatch logs a receiver that raises and goes on."""
+    signal.send(sender=sender, **kwargs)

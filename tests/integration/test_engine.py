@@ -309,3 +309,57 @@ def test_leaving_node_is_removed_at_once(cluster: Cluster) -> None:
     b._next_beat = 0.0
     b.step()
     assert b.owned == frozenset(f"e{i}" for i in range(4))
+
+
+def test_signals_tell_of_nodes_and_entries(cluster: Cluster) -> None:
+    from celery_dcron import signals
+
+    seen: list[tuple[str, str]] = []
+
+    def on(kind: str) -> object:
+        def receiver(sender: object, **kw: object) -> None:
+            obj = kw.get("node") or kw.get("entry")
+            seen.append((kind, obj.id if kind.startswith("node") else obj.name))  # type: ignore[union-attr]
+
+        return receiver
+
+    receivers = {
+        name: on(name)
+        for name in ("node_joined", "node_left", "entry_added", "entry_changed", "entry_removed")
+    }
+    for name, receiver in receivers.items():
+        getattr(signals, name).connect(receiver, weak=False)
+    try:
+        a = cluster.add("a", entries(2))
+        cluster.step_all(2)
+        b = cluster.add("b", entries(2))
+        cluster.step_all(2)
+        assert ("node_joined", "b") in seen
+        # b restarts with a changed schedule: e0 changed, e1 removed, e2 added
+        b.stop()
+        changed = [entries(1, every_s=2)[0], entries(3)[2]]
+        c = cluster.add("c", changed)
+        cluster.step_all(3)
+        assert ("node_left", "b") in seen and ("node_joined", "c") in seen
+        assert {("entry_changed", "e0"), ("entry_removed", "e1"), ("entry_added", "e2")} <= set(
+            seen
+        )
+        failures: list[str] = []
+
+        def on_fail(
+            sender: object, entry: EntrySpec, tick: Tick, exc: BaseException, **kw: object
+        ) -> None:
+            failures.append(entry.name)
+
+        signals.publish_failed.connect(on_fail, weak=False)
+        cluster.recorder.fail = True
+        cluster.advance(2500)
+        signals.publish_failed.disconnect(on_fail)
+        assert failures and set(failures) <= {"e0", "e2"}
+        assert (
+            a.membership.status is NodeStatus.WORKING and c.membership.status is NodeStatus.WORKING
+        )
+    finally:
+        cluster.recorder.fail = False
+        for name, receiver in receivers.items():
+            getattr(signals, name).disconnect(receiver)

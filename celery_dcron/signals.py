@@ -1,0 +1,44 @@
+"""Signals sent by a running scheduler instance (Celery's dispatch, like ``beat_init``).
+
+Connect a receiver anywhere the beat process imports::
+
+    from celery_dcron import signals
+
+    @signals.node_left.connect
+    def on_node_left(sender, node, **kwargs):
+        log.warning("beat instance %s left", node.id)
+
+Every signal is sent with ``sender`` = the :class:`~celery_dcron.engine.Engine` of this
+instance. A receiver that raises is logged and does not stop the scheduler.
+
+=================  ===========================================================
+signal             keyword arguments
+=================  ===========================================================
+node_joined        ``node`` (:class:`~celery_dcron.entries.Node`) - a node became working
+node_left          ``node`` - a node left or expired
+entry_added        ``entry`` (:class:`~celery_dcron.entries.EntrySpec`)
+entry_changed      ``entry`` (new definition), ``old`` (previous one)
+entry_removed      ``entry`` (the last definition seen)
+publish_failed     ``entry``, ``tick`` (:class:`~celery_dcron.entries.Tick`), ``exc``
+=================  ===========================================================
+"""
+
+from __future__ import annotations
+
+from celery.utils.dispatch import Signal
+
+__all__ = [
+    "entry_added",
+    "entry_changed",
+    "entry_removed",
+    "node_joined",
+    "node_left",
+    "publish_failed",
+]
+
+node_joined = Signal(name="dcron_node_joined", providing_args=["node"])
+node_left = Signal(name="dcron_node_left", providing_args=["node"])
+entry_added = Signal(name="dcron_entry_added", providing_args=["entry"])
+entry_changed = Signal(name="dcron_entry_changed", providing_args=["entry", "old"])
+entry_removed = Signal(name="dcron_entry_removed", providing_args=["entry"])
+publish_failed = Signal(name="dcron_publish_failed", providing_args=["entry", "tick", "exc"])
