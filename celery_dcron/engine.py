@@ -95,6 +95,8 @@ class Engine:
         self._failed: set[Tick] = set()
         self._skipped_reasons: dict[str, str] = {}
         self._synced = False
+        self._reset_at_ms: int | None = None
+        self._settle_until_ms: int | None = None
         self._entries_seen = False
         self._nodes_seen = False
         self._connected = False
@@ -128,6 +130,11 @@ class Engine:
             if now_mono >= self._next_beat or not self._connected or self._dirty(clear=False):
                 self._beat()
                 self._next_beat = now_mono + self.settings.heartbeat_interval_s
+            settle = self._settle_until_ms
+            if settle is not None and self.clock.now_ms() >= settle:
+                self._settle_until_ms = None
+                self.states = self.registry.states()  # what the returning owners restored
+                self._reassign()
             if self.membership.status is NodeStatus.WORKING:
                 if self._unmarked:
                     self._flush_unmarked()
@@ -198,9 +205,17 @@ class Engine:
         if reset:
             logger.warning("dcron: the registry was reset (Redis lost its data); rebuilding")
         if not self._synced or reset:
+            if reset:
+                # Anchors never change, so every instance's copy is exact: put them back
+                # before the static sync would anchor the entries anew (the grid holds).
+                self.registry.restore_anchors(
+                    {n: st.anchor_ms for n, st in self.states.items() if st.anchor_ms is not None}
+                )
             self._sync_static()
             if reset:
                 self._reseed_states()
+                self._reset_at_ms = self.clock.now_ms()
+                self._settle_until_ms = self._reset_at_ms + self.settings.node_ttl_ms
         full = reset or reconnected
         if full or entries_changed or event_entries:
             self._load_entries()
@@ -229,11 +244,13 @@ class Engine:
         self._synced = True
 
     def _reseed_states(self) -> None:
-        """After Redis lost its data, put back the last ticks this instance knew."""
+        """After Redis lost its data, put back the last ticks of the entries this instance
+        owned. Only those: its copy of other entries' state may be stale, and replaying
+        from a stale tick would publish a tick twice (G1 before G2)."""
         seeds = [
             Tick(name=name, tick_ms=state.last_tick_ms, fire=False)
             for name, state in self.states.items()
-            if state.last_tick_ms is not None
+            if state.last_tick_ms is not None and name in self.owned
         ]
         if seeds:
             self.registry.claim(seeds, node_id=self.node_id, lock_ttl_ms=self.settings.lock_ttl_ms)
@@ -361,8 +378,21 @@ class Engine:
                 continue
             del self._next[name]
             spec = self.entries.get(name)
-            if spec is not None:
-                due.append(spec)
+            if spec is None:
+                continue
+            settle = self._settle_until_ms
+            state = self.states.get(name)
+            if (
+                settle is not None
+                and now_ms < settle
+                and (state is None or state.last_tick_ms is None)
+            ):
+                # Redis lost its data and this entry's last tick is unknown: give its
+                # previous owner one node TTL to come back and restore it.
+                self._next[name] = settle
+                heapq.heappush(self._heap, (settle, name))
+                continue
+            due.append(spec)
         if not due:
             return 0
         claims: list[Tick] = []
@@ -408,6 +438,22 @@ class Engine:
         if base is None:
             logger.debug("dcron: anchoring %s at %s", spec.name, now_ms)
             return [Tick(name=spec.name, tick_ms=now_ms, fire=False)]
+        state = self.states.get(spec.name) or EntryState()
+        if (
+            self._reset_at_ms is not None
+            and state.last_tick_ms is None
+            and base < self._reset_at_ms
+        ):
+            # Nobody restored this entry's last tick after the data loss: whether the
+            # ticks before the reset were sent is unknown, so none of them is replayed.
+            lost = tickmath.latest_tick(spec.schedule, base, self._reset_at_ms)
+            if lost is not None:
+                logger.warning(
+                    "dcron: %s lost its state with the Redis data; ticks up to %s are not replayed",
+                    spec.name,
+                    tickmath.tick_iso(lost),
+                )
+                return [Tick(name=spec.name, tick_ms=lost, fire=False)]
         policy = spec.misfire_policy or self.settings.misfire_policy
         grace_s = (
             spec.misfire_grace_s

@@ -575,6 +575,14 @@ class Registry:
         skipped = {str(raw[i]): str(raw[i + 1]) for i in range(1, len(raw), 2)}
         return StaticSyncResult(changed=int(raw[0]), skipped=skipped)
 
+    def restore_anchors(self, anchors: Mapping[str, int]) -> None:
+        """Put back anchors after Redis lost its data (HSETNX: an anchor is set once)."""
+        if anchors:
+            pipe = self.client.pipeline(transaction=False)
+            for name, anchor_ms in anchors.items():
+                pipe.hsetnx(self.keys.anchor, name, anchor_ms)
+            self._execute(pipe)
+
     def entries(self) -> tuple[dict[str, EntrySpec], dict[str, str]]:
         """Every entry that parses, and ``name -> error`` for those that do not."""
         raw: dict[str, str] = self._run(lambda: self.client.hgetall(self.keys.entries))

@@ -1,0 +1,46 @@
+"""Fixtures of the end-to-end tests: one :class:`~tests.e2e.harness.Cluster` per test.
+
+The cluster runs on the test's own ``redis_server`` (registry db 0, broker db 1). Its
+processes are always killed afterwards; when a test fails, the tail of every process's
+log is attached to the failure report (sections ``e2e log: ...``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Generator, Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.e2e.harness import Cluster
+from tests.servers import RedisServer
+
+CLUSTER_KEY = pytest.StashKey[Cluster]()
+
+
+@pytest.fixture
+def cluster(
+    redis_server: RedisServer, tmp_path: Path, request: pytest.FixtureRequest
+) -> Iterator[Cluster]:
+    """Beat/worker processes on a fresh redis-server; all killed at teardown."""
+    c = Cluster(redis_server, tmp_path / "procs")
+    request.node.stash[CLUSTER_KEY] = c
+    try:
+        yield c
+    finally:
+        c.cleanup()
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(
+    item: pytest.Item, call: pytest.CallInfo[None]
+) -> Generator[None, None, None]:
+    outcome = yield
+    report = outcome.get_result()
+    if report.when == "teardown" or not report.failed:
+        return
+    c = item.stash.get(CLUSTER_KEY, None)
+    if c is None:
+        return
+    for title, tail in c.report():
+        report.sections.append((f"e2e log: {title}", tail))
