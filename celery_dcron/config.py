@@ -115,8 +115,9 @@ SETTINGS: tuple[Setting, ...] = (
         "dcron_lock_ttl",
         30.0,
         "float (seconds)",
-        "Lifetime of a per-tick fire lock. A claim that was never marked sent is re-published "
-        "by the owner once its claimer is dead or this has passed.",
+        "Lifetime of a per-tick fire lock (``SET NX PX``): the same tick cannot be claimed "
+        "again while it lives, even after a ``reset``. A claim never marked sent is "
+        "re-published by the entry's owner once its claimer is dead.",
     ),
     Setting(
         "dcron_check_tasks",

@@ -482,8 +482,9 @@ class Engine:
                 )  # fmt: skip
             else:
                 logger.warning(
-                    "dcron: %s dropped %d missed ticks (policy %s, grace %ss), up to tick=%s",
-                    spec.name, plan.missed, policy.value, grace_s,
+                    "dcron: %s dropped %d missed ticks (policy %s, grace %s), up to tick=%s",
+                    spec.name, plan.missed, policy.value,
+                    "none" if grace_s is None else f"{grace_s}s",
                     tickmath.tick_iso(plan.skip_to or base),
                 )  # fmt: skip
         if not ticks and plan.skip_to is not None:
