@@ -176,11 +176,15 @@ def ls(ctx: click.Context, as_json: bool) -> None:
     rows = [view.entry(name) for name in sorted(view.entries)]
 
     def text() -> str:
-        lines = [f"{'NAME':<30} {'STATE':<8} {'OWNER':<30} {'NEXT':<29} {'RUNS':>5}  SCHEDULE"]
+        lines = [
+            f"{'NAME':<30} {'STATE':<8} {'OWNER':<30} {'NEXT':<29} {'LAST':<29} {'RUNS':>5}  "
+            "SCHEDULE"
+        ]
         for r in rows:
             lines.append(
                 f"{r['name']:<30} {r['state']:<8} {r['owner'] or '-':<30} "
-                f"{r['next_tick'] or '-':<29} {r['runs']:>5}  {r['schedule_text']}"
+                f"{r['next_tick'] or '-':<29} {r['last_tick'] or '-':<29} {r['runs']:>5}  "
+                f"{r['schedule_text']}"
             )
         for name, error in view.bad.items():
             lines.append(f"{name:<30} BROKEN   {error}")
