@@ -168,3 +168,34 @@ def rank_of(word: int) -> int:
 def entry_hashes32(entries: Sequence[str]) -> list[int]:
     """:func:`hash32` of every entry, in order."""
     return [hash64(entry) >> 32 for entry in entries]
+
+
+class WholeListStrategy:
+    """Base of the strategies that place the sorted entry list as a whole (round-robin,
+    range): the owner of one entry depends on every entry, so only :meth:`assign` exists.
+    Subclasses say where the ``i``-th of ``total`` sorted entries goes among ``count`` nodes.
+    """
+
+    name = ""
+    #: The owner of one entry depends on all entries: call :meth:`assign`.
+    needs_all_entries = True
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}()"
+
+    def owner(self, entry: str, nodes: Sequence[NodeRef]) -> str | None:
+        """Always raises: the owner of one entry depends on the whole entry list."""
+        raise NotImplementedError(
+            f"{self.name}: owner() cannot place entry {entry!r} without the whole entry "
+            "list; call assign(entries, nodes) (the engine always does)"
+        )
+
+    def assign(self, entries: Sequence[str], nodes: Sequence[NodeRef]) -> dict[str, str]:
+        ids = node_ids(nodes)
+        if not ids:
+            return {}
+        names = sorted(set(entries))
+        return {name: ids[self._place(i, len(names), len(ids))] for i, name in enumerate(names)}
+
+    def _place(self, i: int, total: int, count: int) -> int:
+        raise NotImplementedError

@@ -24,35 +24,15 @@ Bounds asserted by ``tests/unit/test_strategies.py``:
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
-from ..interfaces import NodeRef
-from ._common import node_ids
+from ._common import WholeListStrategy
 
 __all__ = ["RangeStrategy"]
 
 
-class RangeStrategy:
+class RangeStrategy(WholeListStrategy):
     """Contiguous ranges of sorted entry names over sorted node ids; only :meth:`assign`."""
 
     name = "range"
-    #: The owner of one entry depends on all entries: call :meth:`assign`.
-    needs_all_entries = True
 
-    def __repr__(self) -> str:
-        return f"{type(self).__name__}()"
-
-    def owner(self, entry: str, nodes: Sequence[NodeRef]) -> str | None:
-        """Always raises: the owner of one entry depends on the whole entry list."""
-        raise NotImplementedError(
-            f"{self.name}: owner() cannot place entry {entry!r} without the whole entry "
-            "list; call assign(entries, nodes) (the engine always does)"
-        )
-
-    def assign(self, entries: Sequence[str], nodes: Sequence[NodeRef]) -> dict[str, str]:
-        ids = node_ids(nodes)
-        if not ids:
-            return {}
-        names = sorted(set(entries))
-        count, total = len(ids), len(names)
-        return {name: ids[i * count // total] for i, name in enumerate(names)}
+    def _place(self, i: int, total: int, count: int) -> int:
+        return i * count // total
