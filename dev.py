@@ -31,7 +31,7 @@ ROOT = os.path.dirname(os.path.abspath(__file__))
 EXTRAS = {
     "test": ("test", "django", "demo"),
     "demo": ("demo", "django"),
-    "lint": ("lint", "django"),
+    "lint": ("lint", "django", "metrics"),
 }
 STAMP_NAME = ".celery_dcron-dev-stamp.json"
 TRUE = ("1", "true", "yes", "on")
@@ -219,8 +219,32 @@ def run(argv: list[str], env: dict[str, str], cwd: str | None = None) -> None:
     os.execve(argv[0], argv, env)
 
 
+CHROMIUM_NAMES = ("chromium", "chromium-browser", "google-chrome")
+
+
+def ensure_browser(python: str, env: dict[str, str]) -> None:
+    """The admin's browser test needs Chromium: the system's (Debian: apt-get install
+    chromium), $DCRON_CHROMIUM, or Playwright's own, downloaded here when none is found."""
+    if env.get("DCRON_CHROMIUM") or any(shutil.which(n) for n in CHROMIUM_NAMES):
+        return
+    probe = (
+        "import os\nfrom playwright.sync_api import sync_playwright\n"
+        "with sync_playwright() as p: raise SystemExit(0 if os.path.exists("
+        "p.chromium.executable_path) else 1)"
+    )
+    if subprocess.run([python, "-c", probe], env=env).returncode == 0:
+        return
+    say("no Chromium found: downloading Playwright's (python -m playwright install chromium)")
+    if subprocess.run([python, "-m", "playwright", "install", "chromium"], env=env).returncode:
+        say(
+            "warning: could not install Chromium; the browser test will fail. Install it "
+            "(Debian/Ubuntu: apt-get install chromium) or set DCRON_CHROMIUM=/path/to/chrome"
+        )
+
+
 def cmd_test(args: list[str]) -> None:
     python, env = prepare("test")
+    ensure_browser(python, env)
     run([python, "-m", "pytest", *args], env)
 
 

@@ -118,6 +118,15 @@ class DynamicTasks:
         spec = self._build(name, task, fields)
         return self.registry.put_entry(spec, expected_version=None, force=False)
 
+    def build(
+        self, name: str, task: str | None = None, *, now_ms: int | None = None, **fields: Any
+    ) -> EntrySpec:
+        """Validate the fields of :meth:`add` and return the entry it would write, without
+        writing anything. A one-off ``at=`` must be after ``now_ms`` (default: the Redis
+        server's time; pass your own to validate without Redis, as the Django admin does).
+        """
+        return self._build(name, task, fields, now_ms=now_ms)
+
     def force_add(self, name: str, task: str | None = None, **fields: Any) -> EntrySpec:
         """Add or overwrite ``name``, even a deleted (tombstoned) or static one."""
         spec = self._build(name, task, fields)
@@ -192,7 +201,14 @@ class DynamicTasks:
 
     # -- validation ----------------------------------------------------------------
 
-    def _build(self, name: str, task: str | None, fields: Mapping[str, Any]) -> EntrySpec:
+    def _build(
+        self,
+        name: str,
+        task: str | None,
+        fields: Mapping[str, Any],
+        *,
+        now_ms: int | None = None,
+    ) -> EntrySpec:
         _check_name(name)
         _check_fields(name, fields)
         given = [f for f in _SCHEDULE_FIELDS if fields.get(f) is not None]
@@ -204,10 +220,15 @@ class DynamicTasks:
         changes = dict(fields)
         changes["task"] = task
         blank = EntrySpec(name=name, task="", schedule=IntervalSchedule(every_ms=1000))
-        return self._apply(blank, changes, creating=True)
+        return self._apply(blank, changes, creating=True, now_ms=now_ms)
 
     def _apply(
-        self, spec: EntrySpec, changes: Mapping[str, Any], *, creating: bool = False
+        self,
+        spec: EntrySpec,
+        changes: Mapping[str, Any],
+        *,
+        creating: bool = False,
+        now_ms: int | None = None,
     ) -> EntrySpec:
         name = spec.name
         _check_fields(name, changes)
@@ -215,7 +236,7 @@ class DynamicTasks:
         if creating or "task" in changes:
             has_payload = changes.get("payload") is not None or "payload" in spec.kwargs
             new["task"] = self._task(name, changes.get("task"), has_payload=has_payload)
-        schedule = self._schedule(spec, changes, creating=creating)
+        schedule = self._schedule(spec, changes, creating=creating, now_ms=now_ms)
         if schedule is not None:
             new["schedule"] = schedule
         if "args" in changes:
@@ -304,7 +325,12 @@ class DynamicTasks:
         return task
 
     def _schedule(
-        self, spec: EntrySpec, changes: Mapping[str, Any], *, creating: bool
+        self,
+        spec: EntrySpec,
+        changes: Mapping[str, Any],
+        *,
+        creating: bool,
+        now_ms: int | None = None,
     ) -> Schedule | None:
         name = spec.name
         given = [f for f in _SCHEDULE_FIELDS if changes.get(f) is not None]
@@ -336,7 +362,8 @@ class DynamicTasks:
                 return IntervalSchedule(every_ms=_every_ms(value))
             if kind == "at":
                 at_ms = _instant(name, "at", value, tz)
-                now_ms = self.registry.server_ms()
+                if now_ms is None:
+                    now_ms = self.registry.server_ms()
                 if at_ms <= now_ms:
                     raise InvalidScheduleError(
                         f"at: {value!s} is in the past; give a future time, or use run_now()"

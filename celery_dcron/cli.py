@@ -8,23 +8,15 @@ take ``--json``. Bad input exits non-zero with a message naming the field.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from typing import Any
 
 import click
 
 from .api import DynamicTasks
-from .entries import EntrySpec, EntryState, Node, NodeStatus
+from .entries import EntrySpec, NodeStatus
 from .exceptions import DcronError
-from .schedules import (
-    AtSchedule,
-    CronSchedule,
-    IntervalSchedule,
-    Schedule,
-    SolarSchedule,
-)
-from .strategies import get_strategy
-from .ticks import next_tick, tick_iso
+from .status import ClusterView, describe_schedule
 
 __all__ = ["dcron"]
 
@@ -53,79 +45,6 @@ def _out(data: Any, as_json: bool, text: Callable[[], str]) -> None:
         click.echo(text())
 
 
-def _describe_schedule(s: Schedule) -> str:
-    if isinstance(s, IntervalSchedule):
-        return f"every {s.every_ms / 1000:g}s"
-    if isinstance(s, CronSchedule):
-        return f"cron {s.expr!r} {s.tz}"
-    if isinstance(s, SolarSchedule):
-        return f"solar {s.event} ({s.lat}, {s.lon})"
-    if isinstance(s, AtSchedule):
-        return f"at {tick_iso(s.at_ms)}"
-    return repr(s)
-
-
-def _next_ms(spec: EntrySpec, state: EntryState) -> int | None:
-    base = state.last_tick_ms if state.last_tick_ms is not None else state.anchor_ms
-    if base is None or not spec.enabled:
-        return None
-    if spec.start_ms is not None and spec.start_ms - 1 > base:
-        base = spec.start_ms - 1
-    try:
-        nxt = next_tick(spec.schedule, base)
-    except DcronError:
-        return None
-    if nxt is None or (spec.end_ms is not None and nxt > spec.end_ms):
-        return None
-    if spec.max_runs is not None and state.run_count >= spec.max_runs:
-        return None
-    return nxt
-
-
-class _View:
-    """Nodes, entries, states and ownership, read once."""
-
-    def __init__(self, tasks: DynamicTasks) -> None:
-        reg = tasks.registry
-        self.nodes, self.server_ms = reg.nodes()
-        self.entries, self.bad = reg.entries()
-        self.states = reg.states()
-        self.paused = reg.is_paused()
-        self.deleted = reg.tombstones()
-        self.static = reg.static_names()
-        s = tasks.settings
-        strategy = get_strategy(s.strategy, virtual_nodes=s.virtual_nodes)
-        working = [n for n in self.nodes if n.status is NodeStatus.WORKING]
-        self.owner: Mapping[str, str] = strategy.assign(sorted(self.entries), working)
-
-    def entry(self, name: str) -> dict[str, Any]:
-        spec = self.entries[name]
-        state = self.states.get(name) or EntryState()
-        nxt = _next_ms(spec, state)
-        return {
-            **spec.to_json(),
-            "schedule_text": _describe_schedule(spec.schedule),
-            "owner": self.owner.get(name),
-            "state": "paused" if not spec.enabled else ("finished" if nxt is None else "active"),
-            "next_tick": None if nxt is None else tick_iso(nxt),
-            "last_tick": None if state.last_tick_ms is None else tick_iso(state.last_tick_ms),
-            "runs": state.run_count,
-            "last_node": state.last_node,
-        }
-
-    def node(self, node: Node) -> dict[str, Any]:
-        return {
-            "id": node.id,
-            "host": node.host,
-            "pid": node.pid,
-            "version": node.version,
-            "status": node.status.value,
-            "heartbeat_age_s": round(max(self.server_ms - node.heartbeat_ms, 0) / 1000, 3),
-            "started": tick_iso(node.started_ms) if node.started_ms else None,
-            "entries_owned": sum(1 for o in self.owner.values() if o == node.id),
-        }
-
-
 @click.group(name="dcron")
 def dcron() -> None:
     """celery_dcron: the distributed beat's nodes and entries."""
@@ -137,7 +56,7 @@ def dcron() -> None:
 def status(ctx: click.Context, as_json: bool) -> None:
     """Nodes, their status, heartbeat age and entries owned."""
     tasks = _tasks(ctx)
-    view: _View = _run(lambda: _View(tasks))
+    view: ClusterView = _run(lambda: ClusterView.read(tasks.registry, tasks.settings))
     nodes = [view.node(n) for n in view.nodes]
     data = {
         "namespace": tasks.settings.namespace,
@@ -172,7 +91,7 @@ def status(ctx: click.Context, as_json: bool) -> None:
 def ls(ctx: click.Context, as_json: bool) -> None:
     """Entries with owner, next tick, last tick, runs and state."""
     tasks = _tasks(ctx)
-    view: _View = _run(lambda: _View(tasks))
+    view: ClusterView = _run(lambda: ClusterView.read(tasks.registry, tasks.settings))
     rows = [view.entry(name) for name in sorted(view.entries)]
 
     def text() -> str:
@@ -200,7 +119,7 @@ def ls(ctx: click.Context, as_json: bool) -> None:
 def show(ctx: click.Context, name: str, as_json: bool) -> None:
     """One entry: its definition and its state."""
     tasks = _tasks(ctx)
-    view: _View = _run(lambda: _View(tasks))
+    view: ClusterView = _run(lambda: ClusterView.read(tasks.registry, tasks.settings))
     if name not in view.entries:
         deleted = " (deleted: tombstoned)" if name in view.deleted else ""
         raise click.ClickException(f"name: no entry {name!r}{deleted}")
@@ -264,7 +183,7 @@ def add(ctx: click.Context, /, name: str, **o: Any) -> None:
         fields["payload"] = _json_arg("payload", o["payload_json"])
     adder = tasks.force_add if o["force"] else tasks.add
     spec: EntrySpec = _run(lambda: adder(name, o["task"], **fields))
-    click.echo(f"added {spec.name} (version {spec.version}): {_describe_schedule(spec.schedule)}")
+    click.echo(f"added {spec.name} (version {spec.version}): {describe_schedule(spec.schedule)}")
 
 
 @dcron.command()
@@ -324,7 +243,7 @@ def resume_all(ctx: click.Context) -> None:
 def ring(ctx: click.Context, as_json: bool) -> None:
     """How the entries are distributed over the working nodes."""
     tasks = _tasks(ctx)
-    view: _View = _run(lambda: _View(tasks))
+    view: ClusterView = _run(lambda: ClusterView.read(tasks.registry, tasks.settings))
     per_node: dict[str, list[str]] = {
         n.id: [] for n in view.nodes if n.status is NodeStatus.WORKING
     }

@@ -22,8 +22,10 @@ def _mono_ms() -> float:
 class RedisClock:
     """Cluster time = local monotonic time + offset learned from Redis ``TIME``.
 
-    ``now_ms()`` never goes backwards. Until the first sample it follows the local
-    wall clock (used only before any claim can be made: claims need Redis anyway).
+    ``now_ms()`` never goes backwards once synced. Until the first sample it follows the
+    local wall clock (used only before any claim can be made: claims need Redis anyway),
+    and those readings are not remembered: a skewed wall clock must not hold cluster time
+    ahead of the server's.
     """
 
     def __init__(self, *, window: int = 8) -> None:
@@ -54,12 +56,22 @@ class RedisClock:
 
     def now_ms(self) -> int:
         offset = self._offset_ms
-        now = int(time.time() * 1000) if offset is None else int(_mono_ms() + offset)
+        if offset is None:
+            return int(time.time() * 1000)
+        now = int(_mono_ms() + offset)
         with self._lock:
             if now < self._last_ms:
                 now = self._last_ms
             self._last_ms = now
         return now
+
+    def sleep_until(self, target_ms: int) -> None:
+        """Return once ``now_ms() >= target_ms`` (at once if it already is)."""
+        while True:
+            delay_ms = target_ms - self.now_ms()
+            if delay_ms <= 0:
+                return
+            time.sleep(delay_ms / 1000.0)
 
 
 class ManualClock:
@@ -76,6 +88,10 @@ class ManualClock:
 
     def observe(self, server_ms: float, sent_mono_ms: float, received_mono_ms: float) -> None:
         """Ignored: a manual clock does not follow Redis."""
+
+    def sleep_until(self, target_ms: int) -> None:
+        """Waiting takes no time here: the clock jumps to ``target_ms`` (never back)."""
+        self._now_ms = max(self._now_ms, target_ms)
 
     def set(self, now_ms: int) -> None:
         self._now_ms = now_ms

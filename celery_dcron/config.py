@@ -13,15 +13,20 @@ import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 from .entries import MisfirePolicy
 from .exceptions import ConfigurationError, InvalidEntryError
+from .topology import (
+    SENTINEL_OPTIONS,
+    RedisTarget,
+    mask_url,
+    parse_redis_target,
+    redis_url_from_broker,
+)
 
 __all__ = ["SETTINGS", "Setting", "Settings", "mask_url"]
 
 DEFAULT_REDIS_URL = "redis://localhost:6379/0"
-_REDIS_SCHEMES = ("redis", "rediss", "unix")
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,8 +44,40 @@ SETTINGS: tuple[Setting, ...] = (
         None,
         "str",
         "Redis holding the registry. ``redis://``, ``rediss://`` (TLS) or ``unix://`` URL, "
-        "with password or ACL user. Default: the broker URL when it is a Redis URL, "
-        f"else ``{DEFAULT_REDIS_URL}``.",
+        "with password or ACL user; for Redis Sentinel ``sentinel://host:26379;"
+        "sentinel://host2:26379`` (with ``master_name`` in "
+        "``dcron_redis_transport_options``), for Redis Cluster ``redis+cluster://host:6379;"
+        "redis+cluster://host2:6379`` (``rediss+cluster://`` with TLS). Default: the broker "
+        "URL when it is a ``redis://``, ``rediss://`` or ``sentinel://`` URL, else "
+        f"``{DEFAULT_REDIS_URL}``.",
+    ),
+    Setting(
+        "dcron_redis_transport_options",
+        None,
+        "dict or None",
+        "Options of a ``sentinel://`` ``dcron_redis_url``, with the keys of Celery's "
+        "``broker_transport_options``: ``master_name`` (required), ``sentinel_kwargs`` "
+        "(connection options of the sentinels themselves, e.g. their ``password``), "
+        "``min_other_sentinels``, and ``ssl`` (TLS to the master: ``True`` or a dict of "
+        "redis-py ``ssl_*`` options). ``None``: when the URL is the broker's, the "
+        "sentinel keys of ``broker_transport_options``.",
+    ),
+    Setting(
+        "dcron_redis_wait_replicas",
+        0,
+        "int",
+        "A claim counts only once this many replicas have it (Redis ``WAIT``, in the "
+        "claim's round trip): until then its tick is not published and the claim is "
+        "retried, as when Redis is unreachable. Guards against a failover that loses the "
+        "last writes; see Redis Sentinel and Cluster in the operations guide for the value "
+        "to choose. ``0``: do not wait.",
+    ),
+    Setting(
+        "dcron_redis_wait_timeout",
+        0.5,
+        "float (seconds)",
+        "How long a claim waits for ``dcron_redis_wait_replicas`` before this attempt is "
+        "given up (and retried). Must be below ``dcron_socket_timeout``.",
     ),
     Setting(
         "dcron_key_prefix",
@@ -147,23 +184,31 @@ SETTINGS: tuple[Setting, ...] = (
         "float (seconds)",
         "Socket timeout of Redis commands. Keep it below the node TTL.",
     ),
+    Setting(
+        "dcron_reconcile_interval",
+        60.0,
+        "float (seconds)",
+        "How often each instance asks an external source of entries (the Django app "
+        "``celery_dcron.contrib.django``, or any receiver of the ``reconcile`` signal) to "
+        "bring the registry up to date. It also asks when it starts and after Redis lost "
+        "its data. ``0`` turns the periodic call off.",
+    ),
+    Setting(
+        "dcron_metrics_port",
+        None,
+        "int or None",
+        "Serve Prometheus metrics on this port (extra ``metrics``: prometheus-client); "
+        "``None``: off; ``0``: a free port, logged. One port per instance on a host.",
+    ),
+    Setting(
+        "dcron_metrics_addr",
+        "0.0.0.0",
+        "str",
+        "Address the metrics server listens on.",
+    ),
 )
 
 _DEFAULTS = {s.name: s.default for s in SETTINGS}
-
-
-def mask_url(url: str) -> str:
-    """``url`` with its password replaced by ``***``, for logs and reprs."""
-    try:
-        parts = urlsplit(url)
-    except ValueError:
-        return "<invalid url>"
-    if parts.password is None:
-        return url
-    user = parts.username or ""
-    host = parts.hostname or ""
-    netloc = f"{user}:***@{host}" + (f":{parts.port}" if parts.port else "")
-    return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -171,6 +216,10 @@ class Settings:
     """Validated ``dcron_*`` settings. Build with :meth:`from_app` or directly in tests."""
 
     redis_url: str = field(default=DEFAULT_REDIS_URL, repr=False)
+    #: options of a sentinel:// URL (``master_name``, ``sentinel_kwargs``, ...)
+    redis_transport_options: Mapping[str, Any] = field(default_factory=dict, repr=False)
+    redis_wait_replicas: int = 0
+    redis_wait_timeout_s: float = 0.5
     key_prefix: str = "dcron"
     namespace: str = "default"
     heartbeat_interval_s: float = 1.0
@@ -186,6 +235,9 @@ class Settings:
     socket_timeout_s: float = 2.0
     default_task: str | None = None
     max_payload_bytes: int = 65536
+    reconcile_interval_s: float = 60.0
+    metrics_port: int | None = None
+    metrics_addr: str = "0.0.0.0"
     node_id: str = field(default_factory=lambda: default_node_id())
 
     def __post_init__(self) -> None:
@@ -211,12 +263,23 @@ class Settings:
     def lock_ttl_ms(self) -> int:
         return int(self.lock_ttl_s * 1000)
 
+    @property
+    def redis_target(self) -> RedisTarget:
+        """``redis_url`` and its transport options, parsed: single, sentinel or cluster."""
+        return parse_redis_target(self.redis_url, self.redis_transport_options)
+
     def _validate(self) -> None:
-        scheme = urlsplit(self.redis_url).scheme
-        if scheme not in _REDIS_SCHEMES:
+        parse_redis_target(self.redis_url, self.redis_transport_options)  # names the setting
+        if self.redis_wait_replicas < 0:
             raise ConfigurationError(
-                f"dcron_redis_url: {mask_url(self.redis_url)!r} is not a Redis URL; "
-                "use redis://host:port/db, rediss://... (TLS) or unix:///path.sock"
+                f"dcron_redis_wait_replicas: {self.redis_wait_replicas} must be >= 0 (0: no wait)"
+            )
+        if self.redis_wait_timeout_s <= 0 or (
+            self.redis_wait_replicas and self.redis_wait_timeout_s >= self.socket_timeout_s
+        ):
+            raise ConfigurationError(
+                f"dcron_redis_wait_timeout: {self.redis_wait_timeout_s}s must be > 0 and below "
+                f"dcron_socket_timeout ({self.socket_timeout_s}s)"
             )
         for name, value in (
             ("dcron_key_prefix", self.key_prefix),
@@ -255,6 +318,14 @@ class Settings:
             raise ConfigurationError(
                 f"dcron_max_payload_bytes: {self.max_payload_bytes} must be a positive integer"
             )
+        if self.metrics_port is not None and not 0 <= self.metrics_port <= 65535:
+            raise ConfigurationError(
+                f"dcron_metrics_port: {self.metrics_port} must be a port 0-65535 or None"
+            )
+        if self.reconcile_interval_s < 0:
+            raise ConfigurationError(
+                f"dcron_reconcile_interval: {self.reconcile_interval_s} must be >= 0 (0: off)"
+            )
         if self.default_task is not None and not self.default_task:
             raise ConfigurationError("dcron_default_task: must be a task name or None")
 
@@ -271,7 +342,13 @@ class Settings:
             value = conf.get(name)
             return _DEFAULTS[name] if value is None else value
 
-        redis_url = conf.get("dcron_redis_url") or _redis_url_from_broker(broker_url)
+        redis_url = conf.get("dcron_redis_url")
+        options = conf.get("dcron_redis_transport_options")
+        if not redis_url:
+            redis_url = redis_url_from_broker(broker_url) or DEFAULT_REDIS_URL
+            if options is None and redis_url.startswith("sentinel://"):
+                broker_options = conf.get("broker_transport_options") or {}
+                options = {k: broker_options[k] for k in SENTINEL_OPTIONS if k in broker_options}
         if not isinstance(redis_url, str):
             raise ConfigurationError(f"dcron_redis_url: expected a URL string, got {redis_url!r}")
         try:
@@ -283,6 +360,13 @@ class Settings:
         grace = conf.get("dcron_misfire_grace")
         kwargs: dict[str, Any] = {
             "redis_url": redis_url,
+            "redis_transport_options": {} if options is None else options,
+            "redis_wait_replicas": _typed(
+                "dcron_redis_wait_replicas", get("dcron_redis_wait_replicas"), int
+            ),
+            "redis_wait_timeout_s": _seconds(
+                "dcron_redis_wait_timeout", get("dcron_redis_wait_timeout")
+            ),
             "key_prefix": _typed("dcron_key_prefix", get("dcron_key_prefix"), str),
             "namespace": _typed("dcron_namespace", get("dcron_namespace"), str),
             "heartbeat_interval_s": _seconds(
@@ -308,6 +392,15 @@ class Settings:
             "max_payload_bytes": _typed(
                 "dcron_max_payload_bytes", get("dcron_max_payload_bytes"), int
             ),
+            "reconcile_interval_s": _seconds(
+                "dcron_reconcile_interval", get("dcron_reconcile_interval")
+            ),
+            "metrics_port": (
+                None
+                if conf.get("dcron_metrics_port") is None
+                else _typed("dcron_metrics_port", conf.get("dcron_metrics_port"), int)
+            ),
+            "metrics_addr": _typed("dcron_metrics_addr", get("dcron_metrics_addr"), str),
         }
         kwargs.update(overrides)
         return cls(**kwargs)
@@ -328,19 +421,9 @@ def default_node_id() -> str:
 
 def _broker_url(app: Any) -> str | None:
     url = app.conf.broker_url or app.conf.get("broker_url")
-    if isinstance(url, (list, tuple)):
-        url = url[0] if url else None
+    if isinstance(url, (list, tuple)):  # kombu's failover list: one ';'-joined URL
+        url = ";".join(u for u in url if isinstance(u, str)) or None
     return url if isinstance(url, str) else None
-
-
-def _redis_url_from_broker(broker_url: str | None) -> str:
-    if broker_url:
-        scheme = urlsplit(broker_url.split(";")[0]).scheme
-        if scheme in ("redis", "rediss"):
-            return broker_url.split(";")[0]
-        if scheme == "redis+socket":
-            return "unix" + broker_url.split(";")[0][len("redis+socket") :]
-    return DEFAULT_REDIS_URL
 
 
 def _typed(name: str, value: Any, kind: type) -> Any:

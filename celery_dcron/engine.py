@@ -17,11 +17,14 @@ backs off and everything is reloaded once Redis answers again.
 from __future__ import annotations
 
 import contextlib
+import functools
 import heapq
 import logging
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import replace
 from typing import Any
 
@@ -33,10 +36,11 @@ from .entries import EntrySpec, EntryState, NodeStatus, Tick
 from .exceptions import RegistryUnavailableError
 from .interfaces import Strategy
 from .membership import EventListener, Membership
-from .registry import Registry
-from .schedules import IntervalSchedule
+from .metrics import Metrics, NullMetrics
+from .registry import MAX_TICKS_PER_SCRIPT, Registry
+from .schedules import IntervalSchedule, Schedule
 
-__all__ = ["Engine", "Publisher"]
+__all__ = ["Engine", "PublishBatch", "Publisher"]
 
 logger = logging.getLogger(__name__)
 
@@ -46,6 +50,16 @@ Publisher = Callable[[EntrySpec, Tick, str], None]
 ErrorHook = Callable[[EntrySpec, Tick, BaseException], None]
 #: ``check(spec)`` returns why an entry cannot run here, or None.
 EntryCheck = Callable[[EntrySpec], str | None]
+#: ``batch()`` opens a context in which publishes may be buffered; leaving it sends them
+#: (one broker round trip) or raises, and then none of them counts as sent.
+PublishBatch = Callable[[], AbstractContextManager[object]]
+
+#: Ticks per claim round trip: one claim script never blocks Redis long (a few ms).
+CLAIM_CHUNK = MAX_TICKS_PER_SCRIPT
+#: Messages per publish batch (one broker round trip when the transport batches).
+PUBLISH_BATCH = 100
+#: Catch-up and recovery summaries show this many entries in full.
+SUMMARY_DETAILS = 10
 
 _MAX_BACKOFF_S = 5.0
 
@@ -66,6 +80,9 @@ class Engine:
         on_publish_error: ErrorHook | None = None,
         version: str = "",
         listen: bool = True,
+        publish_batch: PublishBatch | None = None,
+        claim_ahead_ms: int = 0,
+        metrics: Metrics | None = None,
     ) -> None:
         self.settings = settings
         self.registry = registry
@@ -75,6 +92,10 @@ class Engine:
         self.static_entries = list(static_entries)
         self.check = check
         self.on_publish_error = on_publish_error
+        self.publish_batch = publish_batch
+        #: claim ticks due up to this long ahead (each is still published at its tick)
+        self.claim_ahead_ms = claim_ahead_ms
+        self.metrics = metrics or NullMetrics()
         self.membership = Membership(
             registry,
             clock,
@@ -101,9 +122,13 @@ class Engine:
         self._nodes_seen = False
         self._connected = False
         self._failures = 0
+        self._up_reported = False
         self._next_beat = 0.0
         self._next_recover = 0.0
+        self._next_reconcile = 0.0
+        self._seen_once = False
         self._seen_versions = (-1, -1)
+        self._seen_epoch = ""
         self._on_time_ms = max(1000, settings.heartbeat_interval_ms)
         self._safe_publish_s = settings.node_ttl_s / 2
         #: the cluster-wide pause flag, learnt from each heartbeat: claim nothing while set
@@ -130,6 +155,10 @@ class Engine:
             if now_mono >= self._next_beat or not self._connected or self._dirty(clear=False):
                 self._beat()
                 self._next_beat = now_mono + self.settings.heartbeat_interval_s
+            interval = self.settings.reconcile_interval_s
+            if interval and now_mono >= self._next_reconcile:
+                self._next_reconcile = now_mono + interval
+                _send(signals.reconcile, self, reason="periodic")
             settle = self._settle_until_ms
             if settle is not None and self.clock.now_ms() >= settle:
                 self._settle_until_ms = None
@@ -147,6 +176,9 @@ class Engine:
                         self.run_requests()
                 if self._after_run:
                     self._apply_after_run()
+            if self._failures or not self._up_reported:
+                self.metrics.registry_up(True)
+                self._up_reported = True
             self._failures = 0
         except RegistryUnavailableError as exc:
             return self._unavailable(exc)
@@ -191,7 +223,12 @@ class Engine:
             self.registry.load_scripts()
         hb, members_changed, entries_changed = self.membership.beat()
         versions = (hb.members_version, hb.entries_version)
-        reset = versions[0] < self._seen_versions[0] or versions[1] < self._seen_versions[1]
+        # A new epoch means the data is gone, even if the versions climbed back meanwhile
+        # (the others reconnected first); lower versions, a registry of an older release.
+        reset = (bool(self._seen_epoch) and bool(hb.epoch) and hb.epoch != self._seen_epoch) or (
+            versions[0] < self._seen_versions[0] or versions[1] < self._seen_versions[1]
+        )
+        self._seen_epoch = hb.epoch or self._seen_epoch
         reconnected = not self._connected
         self._connected = True
         self._seen_versions = versions
@@ -212,11 +249,16 @@ class Engine:
                     {n: st.anchor_ms for n, st in self.states.items() if st.anchor_ms is not None}
                 )
             self._sync_static()
+            _send(signals.reconcile, self, reason="reset" if reset else "start")
+            self._next_reconcile = time.monotonic() + self.settings.reconcile_interval_s
             if reset:
                 self._reseed_states()
                 self._reset_at_ms = self.clock.now_ms()
                 self._settle_until_ms = self._reset_at_ms + self.settings.node_ttl_ms
         full = reset or reconnected
+        if reconnected and not reset and self._synced and self._seen_once:
+            _send(signals.reconcile, self, reason="reconnect")
+        self._seen_once = True
         if full or entries_changed or event_entries:
             self._load_entries()
             self._requests_due = True
@@ -260,7 +302,16 @@ class Engine:
         entries, bad = self.registry.entries()
         for name, error in bad.items():
             self._skip_once(name, f"malformed entry in the registry: {error}")
-        old, self.entries = self.entries, entries
+        old = self.entries
+        static = {s.name: s for s in self.static_entries}
+        for name, spec in entries.items():
+            # One object per definition, the one already known or this instance's static
+            # one: 100,000 entries hold ~30 MB less.
+            for known in (old.get(name), static.get(name)):
+                if known is not None and known == spec:
+                    entries[name] = known
+                    break
+        self.entries = entries
         if not self._entries_seen:  # the first load is the starting point, not news
             self._entries_seen = True
             return
@@ -315,6 +366,11 @@ class Engine:
                 len(working),
             )
         self.owned = owned
+        self.metrics.membership(
+            Counter(n.status.value for n in self.membership.nodes),
+            entries=len(self.entries),
+            owned=len(owned),
+        )
         self._heap = []
         self._next = {}
         for name in owned:
@@ -349,7 +405,7 @@ class Engine:
         if base is None:
             due = 0  # no anchor yet: anchor it on the next pass
         else:
-            nxt = tickmath.next_tick(spec.schedule, base)
+            nxt = _next_tick(spec.schedule, base)
             if self._finished(spec, nxt):
                 self._next.pop(spec.name, None)
                 state = self.states.get(spec.name) or EntryState()
@@ -370,9 +426,51 @@ class Engine:
         return None
 
     def run_pass(self, now_ms: int) -> int:
-        """Claim and publish every owned tick due at ``now_ms``. Returns ticks published."""
-        due: list[EntrySpec] = []
-        while self._heap and self._heap[0][0] <= now_ms:
+        """Claim and publish every owned tick due at ``now_ms``. Returns ticks published.
+
+        With ``claim_ahead_ms``, ticks due by ``now_ms + claim_ahead_ms`` are claimed in
+        the same round trip and each is published at its tick, never before. Claims go
+        to Redis in chunks of at most :data:`CLAIM_CHUNK` ticks, each chunk published
+        and marked sent before the next is claimed.
+        """
+        due = self._pop_due(now_ms, now_ms + self.claim_ahead_ms)
+        if not due:
+            return 0
+        catchup = _Summary()
+        planned = [(spec, when, self._plan(spec, now_ms, catchup, when)) for spec, when in due]
+        catchup.log(
+            "catch-up of %d entries: %d ticks missed, %d fired by their misfire policy, "
+            "%d entries dropped theirs",
+            catchup.count, catchup.totals["missed"], catchup.totals["fired"],
+            catchup.totals["dropped"],
+        )  # fmt: skip
+        chunks = _chunks(planned, CLAIM_CHUNK)
+        claimed: list[tuple[EntrySpec, int, list[Tick]]] = []
+        sent = 0
+        try:
+            for i, chunk in enumerate(chunks):
+                try:
+                    won = self._claim(chunk)
+                except RegistryUnavailableError:
+                    for later in chunks[i:]:
+                        self._reschedule(later)  # try again once Redis answers
+                    raise
+                claimed.extend(chunk)
+                published = self._publish_all(won, time.monotonic())
+                self._mark_sent(published)
+                sent += len(published)
+        finally:
+            # The next ticks, once the burst is out: a cron's next tick costs ~30 µs.
+            for spec, _, _ in claimed:
+                if spec.name in self.owned:
+                    self._schedule(spec)
+        return sent
+
+    def _pop_due(self, now_ms: int, horizon_ms: int) -> list[tuple[EntrySpec, int]]:
+        """Owned entries whose next tick is at or before ``horizon_ms``, with that tick."""
+        due: list[tuple[EntrySpec, int]] = []
+        deferred: list[tuple[int, str]] = []
+        while self._heap and self._heap[0][0] <= horizon_ms:
             when, name = heapq.heappop(self._heap)
             if self._next.get(name) != when or name not in self.owned:
                 continue
@@ -390,26 +488,27 @@ class Engine:
                 # Redis lost its data and this entry's last tick is unknown: give its
                 # previous owner one node TTL to come back and restore it.
                 self._next[name] = settle
-                heapq.heappush(self._heap, (settle, name))
+                deferred.append((settle, name))
                 continue
-            due.append(spec)
-        if not due:
-            return 0
-        claims: list[Tick] = []
-        for spec in due:
-            claims.extend(self._plan(spec, now_ms))
-        limits = {s.name: s.max_runs for s in due if s.max_runs is not None}
-        try:
-            results = self.registry.claim(
-                claims, node_id=self.node_id, lock_ttl_ms=self.settings.lock_ttl_ms, max_runs=limits
-            )
-        except RegistryUnavailableError:
-            for spec in due:  # try again once Redis answers
-                self._next[spec.name] = now_ms
-                heapq.heappush(self._heap, (now_ms, spec.name))
-            raise
-        claimed_at = time.monotonic()
+            due.append((spec, when))
+        for item in deferred:  # pushed back after the loop: settle may be <= horizon_ms
+            heapq.heappush(self._heap, item)
+        return due
+
+    def _reschedule(self, planned: Sequence[tuple[EntrySpec, int, list[Tick]]]) -> None:
+        for spec, when, _ in planned:
+            self._next[spec.name] = when
+            heapq.heappush(self._heap, (when, spec.name))
+
+    def _claim(self, planned: Sequence[tuple[EntrySpec, int, list[Tick]]]) -> list[Tick]:
+        """Claim the planned ticks in one round trip; the ticks won, to publish."""
+        claims = [tick for _, _, ticks in planned for tick in ticks]
+        limits = {s.name: s.max_runs for s, _, _ in planned if s.max_runs is not None}
+        results = self.registry.claim(
+            claims, node_id=self.node_id, lock_ttl_ms=self.settings.lock_ttl_ms, max_runs=limits
+        )
         won: list[Tick] = []
+        lost = 0
         for result in results:
             tick = result.tick
             old = self.states.get(tick.name) or EntryState()
@@ -420,24 +519,28 @@ class Engine:
             if result.won and tick.fire:
                 won.append(tick)
             elif tick.fire:
+                lost += 1
                 logger.debug(
                     "dcron: %s tick=%s already claimed (last tick %s)",
                     tick.name,
                     tickmath.tick_iso(tick.tick_ms),
                     last,
                 )
-        sent = self._publish_all(won, claimed_at)
-        for spec in due:
-            if spec.name in self.owned:
-                self._schedule(spec)
-        self._mark_sent(sent)
-        return len(sent)
+        self.metrics.claims_lost(lost)
+        return won
 
-    def _plan(self, spec: EntrySpec, now_ms: int) -> list[Tick]:
+    def _plan(self, spec: EntrySpec, now_ms: int, catchup: _Summary, due_ms: int) -> list[Tick]:
+        """The ticks to claim for ``spec``, whose next tick ``due_ms`` is due at ``now_ms``
+        (or is claimed ahead: ``due_ms > now_ms``)."""
         base = self._base_ms(spec)
         if base is None:
-            logger.debug("dcron: anchoring %s at %s", spec.name, now_ms)
-            return [Tick(name=spec.name, tick_ms=now_ms, fire=False)]
+            anchor = now_ms
+            if isinstance(spec.schedule, IntervalSchedule):  # on the entry's grid
+                every = spec.schedule.every_ms
+                phase = tickmath.interval_phase_ms(self.settings.namespace, spec.name, every)
+                anchor = tickmath.phased_anchor(now_ms, every, phase)
+            logger.debug("dcron: anchoring %s at %s", spec.name, anchor)
+            return [Tick(name=spec.name, tick_ms=anchor, fire=False)]
         state = self.states.get(spec.name) or EntryState()
         if (
             self._reset_at_ms is not None
@@ -454,6 +557,10 @@ class Engine:
                     tickmath.tick_iso(lost),
                 )
                 return [Tick(name=spec.name, tick_ms=lost, fire=False)]
+        if due_ms >= now_ms and self._settle_until_ms is None:
+            # Planned at its next tick, claimed on time or ahead: nothing was missed, and
+            # plan_due would say "fire due_ms" (for a cron, at ~3 croniter steps' cost).
+            return self._limit(spec, [due_ms])
         policy = spec.misfire_policy or self.settings.misfire_policy
         grace_s = (
             spec.misfire_grace_s
@@ -469,27 +576,36 @@ class Engine:
             max_catchup=self.settings.misfire_max_catchup,
             on_time_ms=self._on_time_ms,
         )
-        fire = [t for t in plan.fire if spec.end_ms is None or t <= spec.end_ms]
-        if spec.max_runs is not None:
-            runs = (self.states.get(spec.name) or EntryState()).run_count
-            fire = fire[: max(spec.max_runs - runs, 0)]
-        ticks = [Tick(name=spec.name, tick_ms=t) for t in fire]
+        ticks = self._limit(spec, plan.fire)
+        fire = [t.tick_ms for t in ticks]
         if plan.missed:
             if fire:
-                logger.warning(
-                    "dcron: %s missed %d ticks; policy %s fires %d (up to tick=%s)",
-                    spec.name, plan.missed, policy.value, len(fire), tickmath.tick_iso(fire[-1]),
-                )  # fmt: skip
+                detail = (
+                    f"{spec.name} missed {plan.missed} ticks; policy {policy.value} fires "
+                    f"{len(fire)} (up to tick={tickmath.tick_iso(fire[-1])})"
+                )
             else:
-                logger.warning(
-                    "dcron: %s dropped %d missed ticks (policy %s, grace %s), up to tick=%s",
-                    spec.name, plan.missed, policy.value,
-                    "none" if grace_s is None else f"{grace_s}s",
-                    tickmath.tick_iso(plan.skip_to or base),
-                )  # fmt: skip
+                detail = (
+                    f"{spec.name} dropped {plan.missed} missed ticks (policy {policy.value}, "
+                    f"grace {'none' if grace_s is None else f'{grace_s}s'}), up to "
+                    f"tick={tickmath.tick_iso(plan.skip_to or base)}"
+                )
+            catchup.add(detail, missed=plan.missed, fired=len(fire), dropped=int(not fire))
+            dropped_by_grace = not fire and grace_s is not None and policy.value != "skip"
+            self.metrics.skipped(
+                "grace" if dropped_by_grace else policy.value, plan.missed - len(fire)
+            )
         if not ticks and plan.skip_to is not None:
             ticks.append(Tick(name=spec.name, tick_ms=plan.skip_to, fire=False))
         return ticks
+
+    def _limit(self, spec: EntrySpec, fire: Sequence[int]) -> list[Tick]:
+        """The ticks of ``fire`` that ``end_at`` and ``max_runs`` still allow."""
+        allowed = [t for t in fire if spec.end_ms is None or t <= spec.end_ms]
+        if spec.max_runs is not None:
+            runs = (self.states.get(spec.name) or EntryState()).run_count
+            allowed = allowed[: max(spec.max_runs - runs, 0)]
+        return [Tick(name=spec.name, tick_ms=t) for t in allowed]
 
     # -- run-now requests and after-run actions ----------------------------------
 
@@ -536,6 +652,7 @@ class Engine:
                 self._publish_failed(spec, tick, exc)
                 continue
             done.append(request)
+            self.metrics.run_now()
             logger.info(
                 "dcron: fired %s run-now at=%s node=%s id=%s",
                 spec.name, tickmath.tick_iso(request.request_ms), self.node_id, tid,
@@ -571,12 +688,21 @@ class Engine:
     # -- publishing --------------------------------------------------------------
 
     def _publish_all(self, ticks: Sequence[Tick], claimed_at: float) -> list[Tick]:
+        """Publish claimed ticks oldest first, none before its tick; returns those sent.
+
+        Ticks already due go out together, up to :data:`PUBLISH_BATCH` per broker batch.
+        """
         sent: list[Tick] = []
+        todo = sorted(ticks, key=lambda t: t.tick_ms)
         keepalive_at = time.monotonic() + self.settings.heartbeat_interval_s
-        for tick in ticks:
-            spec = self.entries.get(tick.name)
-            if spec is None:
-                continue
+        while todo:
+            if todo[0].tick_ms > self.clock.now_ms():
+                self.clock.sleep_until(todo[0].tick_ms)  # claimed ahead: not before its tick
+            now_ms = self.clock.now_ms()
+            size = 1
+            while size < min(len(todo), PUBLISH_BATCH) and todo[size].tick_ms <= now_ms:
+                size += 1
+            batch, todo = todo[:size], todo[size:]
             if time.monotonic() >= keepalive_at:
                 # A long burst must not starve the heartbeat, or the others would take
                 # this node for dead mid-pass. Versions are left for the next full beat.
@@ -585,43 +711,85 @@ class Engine:
                 keepalive_at = time.monotonic() + self.settings.heartbeat_interval_s
             if time.monotonic() - claimed_at > self._safe_publish_s:
                 # We were paused or slow since the claim: another node may have taken
-                # it over. Publish only if the claim is still ours.
+                # them over. Publish only the claims that are still ours.
                 try:
-                    still_ours = self.registry.retake(
-                        [tick], node_id=self.node_id, lock_ttl_ms=self.settings.lock_ttl_ms
-                    )[0]
+                    batch = self._still_ours(batch)
                 except RegistryUnavailableError:
                     self._unmarked.update(sent)  # published: never publish them again
                     raise
-                if not still_ours:
-                    logger.warning(
-                        "dcron: %s tick=%s was taken over while this node stalled; not sent",
-                        tick.name,
-                        tickmath.tick_iso(tick.tick_ms),
-                    )
-                    continue
                 claimed_at = time.monotonic()
-            task_id = tickmath.task_id(self.settings.namespace, tick.name, tick.tick_ms)
-            try:
-                self.publish(spec, tick, task_id)
-            except Exception as exc:
-                self._failed.add(tick)
-                self._next_recover = time.monotonic() + self.settings.heartbeat_interval_s
-                logger.error(
-                    "dcron: publish failed %s tick=%s id=%s: %r (will retry with the same id)",
-                    tick.name, tickmath.tick_iso(tick.tick_ms), task_id, exc,
-                )  # fmt: skip
-                self._publish_failed(spec, tick, exc)
-                continue
-            self._failed.discard(tick)
-            sent.append(tick)
-            logger.info(
-                "dcron: fired %s tick=%s node=%s id=%s",
-                tick.name, tickmath.tick_iso(tick.tick_ms), self.node_id, task_id,
-            )  # fmt: skip
+            sent.extend(self._publish_batch(batch))
         return sent
 
+    def _still_ours(self, ticks: Sequence[Tick]) -> list[Tick]:
+        flags = self.registry.retake(
+            ticks, node_id=self.node_id, lock_ttl_ms=self.settings.lock_ttl_ms
+        )
+        for tick, ours in zip(ticks, flags, strict=True):
+            if not ours:
+                logger.warning(
+                    "dcron: %s tick=%s was taken over while this node stalled; not sent",
+                    tick.name,
+                    tickmath.tick_iso(tick.tick_ms),
+                )
+        return [tick for tick, ours in zip(ticks, flags, strict=True) if ours]
+
+    def _publish_batch(self, ticks: Sequence[Tick]) -> list[Tick]:
+        """Publish ``ticks`` in one broker batch (when the publisher batches); the sent ones.
+
+        When the batch as a whole fails (its round trip to the broker), delivery of each
+        of its messages is uncertain: all of them count as failed and are published
+        again with the same task ids.
+        """
+        done: list[tuple[Tick, EntrySpec, str]] = []
+        failed: set[Tick] = set()
+        try:
+            with self.publish_batch() if self.publish_batch else contextlib.nullcontext():
+                for tick in ticks:
+                    spec = self.entries.get(tick.name)
+                    if spec is None:
+                        continue
+                    task_id = tickmath.task_id(self.settings.namespace, tick.name, tick.tick_ms)
+                    try:
+                        self.publish(spec, tick, task_id)
+                    except Exception as exc:
+                        failed.add(tick)
+                        self._tick_failed(spec, tick, task_id, exc)
+                        continue
+                    done.append((tick, spec, task_id))
+        except Exception as exc:  # the batch as a whole (or opening it) failed
+            for tick in ticks:
+                spec = self.entries.get(tick.name)
+                if spec is not None and tick not in failed:
+                    task_id = tickmath.task_id(self.settings.namespace, tick.name, tick.tick_ms)
+                    self._tick_failed(spec, tick, task_id, exc)
+            return []
+        sent_ms = self.clock.now_ms()
+        lateness = [(sent_ms - tick.tick_ms) / 1000.0 for tick, _, _ in done]
+        self.metrics.dispatched(
+            lateness, catchup=sum(1 for late in lateness if late * 1000 > self._on_time_ms)
+        )
+        sent = [tick for tick, _, _ in done]
+        self._failed.difference_update(sent)
+        if logger.isEnabledFor(logging.INFO):  # tick_iso is not free, and bursts are long
+            for tick, _, task_id in done:
+                logger.info(
+                    "dcron: fired %s tick=%s node=%s id=%s",
+                    tick.name, tickmath.tick_iso(tick.tick_ms), self.node_id, task_id,
+                )  # fmt: skip
+        return sent
+
+    def _tick_failed(self, spec: EntrySpec, tick: Tick, task_id: str, exc: Exception) -> None:
+        self._failed.add(tick)
+        self._next_recover = time.monotonic() + self.settings.heartbeat_interval_s
+        logger.error(
+            "dcron: publish failed %s tick=%s id=%s: %r (will retry with the same id)",
+            tick.name, tickmath.tick_iso(tick.tick_ms), task_id, exc,
+        )  # fmt: skip
+        self._publish_failed(spec, tick, exc)
+
     def _publish_failed(self, spec: EntrySpec, tick: Tick, exc: BaseException) -> None:
+        self.metrics.publish_failed()
         if self.on_publish_error is not None:
             try:
                 self.on_publish_error(spec, tick, exc)
@@ -655,6 +823,7 @@ class Engine:
         janitor = bool(working) and working[0] == self.node_id
         candidates: list[Tick] = []
         orphans: list[Tick] = []
+        dropped = _Summary()
         now_ms = self.clock.now_ms()
         for claim in pending:
             tick = Tick(name=claim.name, tick_ms=claim.tick_ms)
@@ -673,14 +842,14 @@ class Engine:
                 else self.settings.misfire_grace_s
             )
             if grace_s is not None and now_ms - claim.tick_ms > grace_s * 1000:
-                logger.warning(
-                    "dcron: %s tick=%s was claimed by %s but never sent, and is past its "
-                    "grace; dropped",
-                    claim.name, tickmath.tick_iso(claim.tick_ms), claim.node,
-                )  # fmt: skip
+                dropped.add(
+                    f"{claim.name} tick={tickmath.tick_iso(claim.tick_ms)} was claimed by "
+                    f"{claim.node} but never sent, and is past its grace; dropped"
+                )
                 orphans.append(tick)
                 continue
             candidates.append(tick)
+        dropped.log("dropped %d unsent claims past their grace", dropped.count)
         if orphans:
             self.registry.drop_pending(orphans)
         if not candidates:
@@ -689,12 +858,13 @@ class Engine:
             candidates, node_id=self.node_id, lock_ttl_ms=self.settings.lock_ttl_ms
         )
         won = [t for t, ok in zip(candidates, won_flags, strict=True) if ok]
+        again = _Summary()
         for tick in won:
-            logger.warning(
-                "dcron: re-publishing unsent claim %s tick=%s with its original id",
-                tick.name,
-                tickmath.tick_iso(tick.tick_ms),
+            again.add(
+                f"re-publishing unsent claim {tick.name} tick={tickmath.tick_iso(tick.tick_ms)} "
+                "with its original id"
             )
+        again.log("re-publishing %d unsent claims with their original ids", again.count)
         sent = self._publish_all(won, time.monotonic())
         self._mark_sent(sent)
         return len(sent)
@@ -705,7 +875,10 @@ class Engine:
         wait = self._next_beat - time.monotonic()
         due = self.next_due_ms()
         if due is not None and self.membership.status is NodeStatus.WORKING and not self.paused:
-            wait = min(wait, (due - self.clock.now_ms()) / 1000.0)
+            # Wake a little before the tick when claiming ahead, so that the claim's
+            # round trip is over by then; the publish itself still waits for the tick.
+            lead_ms = self.claim_ahead_ms // 4
+            wait = min(wait, (due - lead_ms - self.clock.now_ms()) / 1000.0)
         if self._failed:
             wait = min(wait, self._next_recover - time.monotonic())
         return max(wait, 0.0)
@@ -713,6 +886,7 @@ class Engine:
     def _unavailable(self, exc: RegistryUnavailableError) -> float:
         self._failures += 1
         self._connected = False
+        self.metrics.registry_up(False)
         backoff: float = min(0.25 * (2 ** min(self._failures - 1, 5)), _MAX_BACKOFF_S)
         level = (
             logging.WARNING
@@ -738,6 +912,68 @@ class Engine:
             "entries": len(self.entries),
             "nodes": [n.id for n in self.membership.working_nodes()],
         }
+
+
+def _next_tick(schedule: Schedule, after_ms: int) -> int | None:
+    """``ticks.next_tick``, remembered for the schedules where it is not plain arithmetic.
+
+    A cron step costs ~30 µs, and entries that share an expression share their ticks: the
+    10,000 entries of a burst, or 100,000 entries rescheduled after a membership change,
+    then cost one croniter step per distinct (schedule, previous tick).
+    """
+    if isinstance(schedule, IntervalSchedule):
+        return tickmath.next_tick(schedule, after_ms)
+    return _cached_next_tick(schedule, after_ms)
+
+
+_cached_next_tick = functools.lru_cache(maxsize=8192)(tickmath.next_tick)
+
+
+class _Summary:
+    """Similar events of one pass, logged as one warning that shows the first few in full
+    (:data:`SUMMARY_DETAILS`); each event is also logged on its own at DEBUG."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.totals: Counter[str] = Counter()
+        self.shown: list[str] = []
+
+    def add(self, detail: str, **totals: int) -> None:
+        logger.debug("dcron: %s", detail)
+        self.count += 1
+        self.totals.update(totals)
+        if len(self.shown) < SUMMARY_DETAILS:
+            self.shown.append(detail)
+
+    def log(self, headline: str, *args: object) -> None:
+        if not self.count:
+            return
+        more = self.count - len(self.shown)
+        logger.warning(
+            "dcron: %s: %s%s",
+            headline % args,
+            " | ".join(self.shown),
+            f" | and {more} more (each logged at DEBUG)" if more else "",
+        )
+
+
+def _chunks(
+    planned: Sequence[tuple[EntrySpec, int, list[Tick]]], max_ticks: int
+) -> list[list[tuple[EntrySpec, int, list[Tick]]]]:
+    """Consecutive groups of planned entries of at most ``max_ticks`` ticks each (an
+    entry's ticks are never split; an entry with more ticks makes a group of its own)."""
+    chunks: list[list[tuple[EntrySpec, int, list[Tick]]]] = []
+    current: list[tuple[EntrySpec, int, list[Tick]]] = []
+    size = 0
+    for item in planned:
+        if current and size + len(item[2]) > max_ticks:
+            chunks.append(current)
+            current, size = [], 0
+        current.append(item)
+        size += len(item[2])
+    if current:
+        chunks.append(current)
+    return chunks
 
 
 def _send(signal: Any, sender: Engine, **kwargs: Any) -> None:

@@ -111,27 +111,44 @@ class Membership:
 
 
 class EventListener(threading.Thread):
-    """Listens to the registry's pub/sub channel and wakes the scheduling loop."""
+    """Listens to the registry's pub/sub channel and wakes the scheduling loop.
 
-    def __init__(self, registry: Registry, wake: threading.Event) -> None:
+    On Redis Sentinel it also asks the sentinels where the master is, every
+    ``master_check_s``: when it moved, the registry's connections to the old master are
+    dropped, the loop is told to reload everything, and the subscription moves too.
+    """
+
+    def __init__(
+        self, registry: Registry, wake: threading.Event, *, master_check_s: float = 1.0
+    ) -> None:
         super().__init__(name="dcron-events", daemon=True)
         self.registry = registry
         self.wake = wake
+        self.master_check_s = master_check_s
         self.members_dirty = threading.Event()
         self.entries_dirty = threading.Event()
-        self._stop = threading.Event()
+        self._stopping = threading.Event()
 
     def stop(self) -> None:
-        self._stop.set()
+        self._stopping.set()
 
     def run(self) -> None:
         backoff = 0.1
-        while not self._stop.is_set():
+        while not self._stopping.is_set():
             pubsub = None
             try:
                 pubsub = self.registry.pubsub()
                 backoff = 0.1
-                while not self._stop.is_set():
+                check_at = time.monotonic() + self.master_check_s
+                while not self._stopping.is_set():
+                    if time.monotonic() >= check_at:
+                        check_at = time.monotonic() + self.master_check_s
+                        if self.registry.follow_master():
+                            logger.warning("dcron: the Redis master moved (Sentinel): reconnecting")
+                            self.members_dirty.set()
+                            self.entries_dirty.set()
+                            self.wake.set()
+                            break  # subscribe again, on the new master
                     message = pubsub.get_message(timeout=0.5)
                     if message is None:
                         continue
@@ -143,7 +160,7 @@ class EventListener(threading.Thread):
                     self.wake.set()
             except Exception as exc:
                 logger.debug("dcron: event listener reconnecting after %r", exc)
-                self._stop.wait(backoff)
+                self._stopping.wait(backoff)
                 backoff = min(backoff * 2, 2.0)
             finally:
                 if pubsub is not None:

@@ -7,6 +7,7 @@ all scripts touch one Redis Cluster slot; ``B`` below stands for that tag)::
     B:status      hash    node id -> "starting" | "working" | "leaving"
     B:alive       zset    node id -> heartbeat expiry (Redis server time, ms)
     B:meta        hash    "members" -> membership version, "entries" -> entries version,
+                          "epoch" -> server time when the data began (new after a loss),
                           "paused" -> "1" while the whole cluster is paused (pause_all)
     B:entries     hash    entry name -> entry JSON (static and dynamic)
     B:static      hash    entry name -> "1" for entries written from beat_schedule
@@ -33,10 +34,9 @@ from dataclasses import dataclass
 from typing import Any
 
 import redis
-from redis.backoff import ExponentialBackoff
-from redis.retry import Retry
 
-from .config import Settings, mask_url
+from . import clients
+from .config import Settings
 from .entries import ClaimResult, EntrySpec, EntryState, Node, NodeStatus, PendingClaim, Tick
 from .exceptions import (
     ConflictError,
@@ -45,10 +45,25 @@ from .exceptions import (
     InvalidEntryError,
     RegistryUnavailableError,
 )
+from .schedules import IntervalSchedule
+from .ticks import interval_phase_ms
+from .topology import RedisTarget
 
-__all__ = ["Heartbeat", "Keys", "Registry", "RunRequest", "StaticSyncResult", "connect"]
+__all__ = [
+    "Heartbeat",
+    "Keys",
+    "Registry",
+    "RunRequest",
+    "Snapshot",
+    "StaticSyncResult",
+    "connect",
+]
 
 logger = logging.getLogger(__name__)
+
+#: Ticks per claim or retake script. A claimed tick costs the script ~7 commands (~10 µs),
+#: so one call holds Redis for a few ms at most.
+MAX_TICKS_PER_SCRIPT = 500
 
 #: Errors that mean "Redis is unreachable right now"; callers retry later.
 REDIS_ERRORS: tuple[type[BaseException], ...] = (
@@ -57,7 +72,14 @@ REDIS_ERRORS: tuple[type[BaseException], ...] = (
     redis.exceptions.BusyLoadingError,
     redis.exceptions.TryAgainError,
     redis.exceptions.ClusterDownError,
+    redis.exceptions.SlotNotCoveredError,
     OSError,
+)
+#: What ``Registry._run`` looks at: outages, and replies that show a wrong dcron_redis_url.
+_CAUGHT: tuple[type[BaseException], ...] = (
+    *REDIS_ERRORS,
+    redis.exceptions.ResponseError,
+    redis.exceptions.RedisClusterException,  # "cannot be connected": no reachable node
 )
 
 
@@ -113,11 +135,24 @@ local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 """
 
+# The anchor of an entry registered now: the latest instant <= now on its interval grid
+# (every_ms, phase_ms), or now itself when every_ms is 0 (not an interval entry). The
+# same value as ticks.phased_anchor; the phase comes from ticks.interval_phase_ms.
+_ANCHOR = """
+local function anchor_at(every_s, phase_s)
+  local every = tonumber(every_s)
+  if every > 0 then return now - ((now - tonumber(phase_s)) % every) end
+  return now
+end
+"""
+
 # KEYS: nodes, status, alive, meta
 # ARGV: node_id, node_json, status, ttl_ms, channel
 # Expires dead nodes, refreshes this node, bumps the membership version (and
 # publishes "members") when the live set or a status changed.
-# Returns {server_s, server_us, members_version, entries_version, paused (0|1)}.
+# Sets the namespace's epoch (server time) if it has none: a Redis that lost its data
+# has a new one, whatever its versions have climbed back to.
+# Returns {server_s, server_us, members_version, entries_version, paused (0|1), epoch}.
 HEARTBEAT = (
     _NOW
     + """
@@ -141,8 +176,9 @@ if changed == 1 then
   redis.call('HINCRBY', KEYS[4], 'members', 1)
   redis.call('PUBLISH', ARGV[5], 'members')
 end
-local m = redis.call('HMGET', KEYS[4], 'members', 'entries', 'paused')
-return {t[1], t[2], m[1] or '0', m[2] or '0', m[3] or '0'}
+redis.call('HSETNX', KEYS[4], 'epoch', t[1] .. '.' .. t[2])
+local m = redis.call('HMGET', KEYS[4], 'members', 'entries', 'paused', 'epoch')
+return {t[1], t[2], m[1] or '0', m[2] or '0', m[3] or '0', m[4]}
 """
 )
 
@@ -157,21 +193,23 @@ return 1
 """
 
 # KEYS: entries, static, tombstones, anchor, meta
-# ARGV: channel, n, name_1, json_1, ..., name_n, json_n
+# ARGV: channel, n, then per entry i: name, json, every_ms (0 = not an interval), phase_ms
 # Writes the static entries of one beat_schedule in one step: a tombstoned name or
 # a dynamic entry of the same name is left alone (reported); static entries no
-# longer in the schedule are removed; anchors are set once (HSETNX).
+# longer in the schedule are removed; anchors are set once (HSETNX, on the entry's grid).
 # Returns {changed, name, reason, name, reason, ...}.
 SYNC_STATIC = (
     _NOW
+    + _ANCHOR
     + """
 local n = tonumber(ARGV[2])
 local changed = 0
 local out = {}
 local keep = {}
 for i = 1, n do
-  local name = ARGV[1 + 2 * i]
-  local json = ARGV[2 + 2 * i]
+  local b = 3 + 4 * (i - 1)
+  local name = ARGV[b]
+  local json = ARGV[b + 1]
   keep[name] = true
   if redis.call('HEXISTS', KEYS[3], name) == 1 then
     table.insert(out, name); table.insert(out, 'tombstoned')
@@ -184,7 +222,7 @@ for i = 1, n do
       redis.call('HSET', KEYS[2], name, '1')
       changed = changed + 1
     end
-    redis.call('HSETNX', KEYS[4], name, now)
+    redis.call('HSETNX', KEYS[4], name, anchor_at(ARGV[b + 2], ARGV[b + 3]))
   end
 end
 for _, name in ipairs(redis.call('HKEYS', KEYS[2])) do
@@ -290,12 +328,15 @@ end
 
 # KEYS: entries, static, tombstones, anchor, meta
 # ARGV: channel, name, json, expected ('' = must not exist, else the current version),
-#       force ('1' = write over a tombstone or a static entry, and drop both marks)
-# Compare-and-set of one entry definition; sets the anchor once (HSETNX, server time).
+#       force ('1' = write over a tombstone or a static entry, and drop both marks),
+#       every_ms, phase_ms (the interval grid; every_ms 0 = not an interval)
+# Compare-and-set of one entry definition; sets the anchor once (HSETNX, server time on
+# the entry's grid).
 # Returns {status, current version}: status 'ok', 'exists', 'missing', 'conflict',
 # 'tombstoned' or 'static' (a new dynamic entry may not take a static entry's name).
 PUT_ENTRY = (
     _NOW
+    + _ANCHOR
     + _VERSION
     + """
 local name = ARGV[2]
@@ -316,7 +357,7 @@ if force then
   redis.call('HDEL', KEYS[2], name)
 end
 redis.call('HSET', KEYS[1], name, ARGV[3])
-redis.call('HSETNX', KEYS[4], name, now)
+redis.call('HSETNX', KEYS[4], name, anchor_at(ARGV[6], ARGV[7]))
 redis.call('HINCRBY', KEYS[5], 'entries', 1)
 redis.call('PUBLISH', ARGV[1], 'entries')
 return {'ok', ver}
@@ -366,20 +407,26 @@ redis.call('PUBLISH', ARGV[1], 'entries')
 return n
 """
 
-# KEYS: entries, anchor, last, runs, lastnode, meta      ARGV: channel, name
-# Starts an entry afresh: anchor at now (server time), no last tick, no runs.
-# Returns 1, or 0 when there is no such entry.
+# KEYS: entries, anchor, last, runs, lastnode, meta
+# ARGV: channel, name, every_ms, phase_ms (the interval grid; every_ms 0 = not an interval)
+# Starts an entry afresh: anchor at now (server time, on the entry's grid), no last
+# tick, no runs. Returns 1, or 0 when there is no such entry.
 RESET = (
     _NOW
+    + _ANCHOR
     + """
 if redis.call('HEXISTS', KEYS[1], ARGV[2]) == 0 then return 0 end
-redis.call('HSET', KEYS[2], ARGV[2], now)
+redis.call('HSET', KEYS[2], ARGV[2], anchor_at(ARGV[3], ARGV[4]))
 for i = 3, 5 do redis.call('HDEL', KEYS[i], ARGV[2]) end
 redis.call('HINCRBY', KEYS[6], 'entries', 1)
 redis.call('PUBLISH', ARGV[1], 'entries')
 return 1
 """
 )
+
+# KEYS: meta (not read: it routes the call to the namespace's node on Redis Cluster)
+# Returns the server's TIME {seconds, microseconds}: the cluster clock (G7).
+TIME = "return redis.call('TIME')"
 
 # KEYS: meta      ARGV: channel, paused ('1'|'0')
 # Sets or clears the cluster-wide pause; heartbeats return it. Returns 1.
@@ -444,6 +491,8 @@ class Heartbeat:
     entries_version: int
     #: the cluster-wide pause flag (pause_all): claim nothing while set
     paused: bool = False
+    #: set once per life of the registry's data: a new value means Redis lost its data
+    epoch: str = ""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -463,32 +512,49 @@ class StaticSyncResult:
     skipped: Mapping[str, str]
 
 
-def connect(settings: Settings) -> redis.Redis:
-    """A redis-py client for ``settings.redis_url`` with bounded timeouts."""
-    try:
-        client: redis.Redis = redis.Redis.from_url(
-            settings.redis_url,
-            decode_responses=True,
-            socket_timeout=settings.socket_timeout_s,
-            socket_connect_timeout=settings.socket_timeout_s,
-            retry=Retry(ExponentialBackoff(cap=0.2, base=0.02), 1),
-            health_check_interval=30,
-        )
-    except ValueError as exc:
-        from .exceptions import ConfigurationError
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Snapshot:
+    """A consistent-enough picture of a namespace, read in one round trip."""
 
-        raise ConfigurationError(
-            f"dcron_redis_url: cannot use {mask_url(settings.redis_url)!r}: {exc}"
-        ) from None
-    return client
+    nodes: list[Node]
+    server_ms: int
+    #: every entry name, sorted (also those whose definition was not read)
+    names: list[str]
+    entries: dict[str, EntrySpec]
+    #: name -> error, for definitions that did not parse
+    bad: dict[str, str]
+    states: dict[str, EntryState]
+    paused: bool
+    tombstones: dict[str, int]
+    static: set[str]
+
+
+def connect(settings: Settings) -> redis.Redis:
+    """A redis-py client for ``settings.redis_url`` (single server, Sentinel or Cluster)
+    with bounded timeouts; see :mod:`celery_dcron.clients`."""
+    return clients.connect(settings)
 
 
 class Registry:
     """Typed access to one namespace of the registry."""
 
-    def __init__(self, client: redis.Redis, keys: Keys) -> None:
+    def __init__(
+        self,
+        client: redis.Redis,
+        keys: Keys,
+        *,
+        target: RedisTarget | None = None,
+        wait_replicas: int = 0,
+        wait_timeout_ms: int = 500,
+    ) -> None:
         self.client = client
         self.keys = keys
+        #: what dcron_redis_url points at (for error messages); None: not known
+        self.target = target
+        #: claims and "sent" marks count once this many replicas have them (WAIT)
+        self.wait_replicas = wait_replicas
+        self.wait_timeout_ms = wait_timeout_ms
+        self._time = client.register_script(TIME)
         self._heartbeat = client.register_script(HEARTBEAT)
         self._leave = client.register_script(LEAVE)
         self._sync_static = client.register_script(SYNC_STATIC)
@@ -504,18 +570,36 @@ class Registry:
 
     @classmethod
     def from_settings(cls, settings: Settings, client: redis.Redis | None = None) -> Registry:
-        return cls(client or connect(settings), Keys(settings.key_prefix, settings.namespace))
+        return cls(
+            client or connect(settings),
+            Keys(settings.key_prefix, settings.namespace),
+            target=settings.redis_target,
+            wait_replicas=settings.redis_wait_replicas,
+            wait_timeout_ms=int(settings.redis_wait_timeout_s * 1000),
+        )
 
     def load_scripts(self) -> None:
-        """Load every script in one round trip (redis-py reloads them after a restart)."""
-        pipe = self.client.pipeline(transaction=False)
-        for script in (
+        """Load every script in one round trip (redis-py reloads them after a restart).
+
+        On a single server or Sentinel master, also refuse a Redis Cluster node (the
+        wrong URL scheme would work by chance, until the slot moves).
+        """
+        scripts = (
             self._heartbeat, self._leave, self._sync_static, self._claim, self._retake,
             self._put_entry, self._remove_entry, self._cleanup, self._reset, self._set_paused,
-            self._run_now, self._take_requests,
-        ):  # fmt: skip
+            self._run_now, self._take_requests, self._time,
+        )  # fmt: skip
+        if clients.is_cluster(self.client):
+            for script in scripts:  # SCRIPT LOAD goes to every master; not in a pipeline
+                self._run(lambda s=script: self.client.script_load(s.script))
+            return
+        pipe = self.client.pipeline(transaction=False)
+        for script in scripts:
             pipe.script_load(script.script)
-        self._execute(pipe)
+        pipe.info("cluster")
+        *_, info = self._run(lambda: pipe.execute(raise_on_error=False))
+        if isinstance(info, dict) and str(info.get("cluster_enabled")) == "1":
+            raise clients.cluster_node_error()
 
     # -- membership ----------------------------------------------------------------
 
@@ -531,6 +615,7 @@ class Registry:
             members_version=int(raw[2]),
             entries_version=int(raw[3]),
             paused=len(raw) > 4 and str(raw[4]) == "1",
+            epoch=str(raw[5]) if len(raw) > 5 and raw[5] is not None else "",
         )
 
     def leave(self, node_id: str) -> None:
@@ -544,23 +629,8 @@ class Registry:
         pipe.hgetall(k.nodes)
         pipe.hgetall(k.status)
         pipe.zrange(k.alive, 0, -1, withscores=True)
-        pipe.time()
-        raw_nodes, statuses, alive, now = self._execute(pipe)
-        server_ms = int(now[0]) * 1000 + int(now[1]) // 1000
-        expiry = {member: int(score) for member, score in alive}
-        nodes = []
-        for node_id, text in raw_nodes.items():
-            if expiry.get(node_id, 0) <= server_ms:
-                continue
-            try:
-                node = Node.from_json(_loads(text))
-                status = NodeStatus(statuses.get(node_id, node.status.value))
-            except (ValueError, KeyError, TypeError) as exc:
-                logger.warning("dcron: skipping malformed node %r: %s", node_id, exc)
-                continue
-            nodes.append(_replace_node(node, status=status))
-        nodes.sort(key=lambda n: n.id)
-        return nodes, server_ms
+        _queue_time(pipe, k)
+        return _parse_nodes(*self._execute(pipe))
 
     # -- entries -----------------------------------------------------------------
 
@@ -568,7 +638,7 @@ class Registry:
         k = self.keys
         args: list[Any] = [k.events, len(specs)]
         for spec in specs:
-            args.extend((spec.name, spec.dumps()))
+            args.extend((spec.name, spec.dumps(), *self._grid(spec)))
         raw = self._call(
             self._sync_static, [k.entries, k.static, k.tombstones, k.anchor, k.meta], args
         )
@@ -638,17 +708,22 @@ class Registry:
         lock_ttl_ms: int,
         max_runs: Mapping[str, int | None] | None = None,
     ) -> list[ClaimResult]:
-        """Claim a batch of ticks in one round trip. Ticks of one entry go oldest first."""
-        if not ticks:
-            return []
+        """Claim a batch of ticks. Ticks of one entry go oldest first.
+
+        One round trip per :data:`MAX_TICKS_PER_SCRIPT` ticks, one after the other, so
+        that no single script holds Redis long. If one of them fails, the claims of the
+        earlier ones stay made (and pending): they are published by :meth:`retake`.
+        """
         k = self.keys
-        keys = [k.last, k.runs, k.lastnode, k.pending]
-        args: list[Any] = [node_id, lock_ttl_ms]
-        for tick in ticks:
-            keys.append(k.lock(tick.name, tick.tick_ms))
-            limit = (max_runs or {}).get(tick.name) or 0
-            args.extend((tick.name, tick.tick_ms, 1 if tick.fire else 0, limit))
-        raw = self._call(self._claim, keys, args)
+        raw: list[Any] = []
+        for part in _parts(ticks):
+            keys = [k.last, k.runs, k.lastnode, k.pending]
+            args: list[Any] = [node_id, lock_ttl_ms]
+            for tick in part:
+                keys.append(k.lock(tick.name, tick.tick_ms))
+                limit = (max_runs or {}).get(tick.name) or 0
+                args.extend((tick.name, tick.tick_ms, 1 if tick.fire else 0, limit))
+            raw.extend(self._call_durable(self._claim, keys, args))
         results = []
         for tick, (won, last, runs) in zip(ticks, raw, strict=True):
             last_ms = int(last)
@@ -665,7 +740,10 @@ class Registry:
     def mark_sent(self, ticks: Sequence[Tick]) -> None:
         if ticks:
             fields = [self.keys.pending_field(t.name, t.tick_ms) for t in ticks]
-            self._run(lambda: self.client.hdel(self.keys.pending, *fields))
+            if self.wait_replicas:  # a lost mark would make the claim be sent again
+                self._durable(self.keys.pending, lambda p: p.hdel(self.keys.pending, *fields))
+            else:
+                self._run(lambda: self.client.hdel(self.keys.pending, *fields))
 
     def pending(self) -> list[PendingClaim]:
         raw: dict[str, str] = self._run(lambda: self.client.hgetall(self.keys.pending))
@@ -683,15 +761,16 @@ class Registry:
         return out
 
     def retake(self, ticks: Sequence[Tick], *, node_id: str, lock_ttl_ms: int) -> list[bool]:
-        """Take over unsent claims that are ours or whose claimer is dead."""
-        if not ticks:
-            return []
+        """Take over unsent claims that are ours or whose claimer is dead (one round trip
+        per :data:`MAX_TICKS_PER_SCRIPT` ticks)."""
         k = self.keys
-        keys = [k.pending, k.alive] + [k.lock(t.name, t.tick_ms) for t in ticks]
-        args: list[Any] = [node_id, lock_ttl_ms] + [
-            k.pending_field(t.name, t.tick_ms) for t in ticks
-        ]
-        raw = self._call(self._retake, keys, args)
+        raw: list[Any] = []
+        for part in _parts(ticks):
+            keys = [k.pending, k.alive] + [k.lock(t.name, t.tick_ms) for t in part]
+            args: list[Any] = [node_id, lock_ttl_ms] + [
+                k.pending_field(t.name, t.tick_ms) for t in part
+            ]
+            raw.extend(self._call_durable(self._retake, keys, args))
         return [bool(int(x)) for x in raw]
 
     def drop_pending(self, ticks: Sequence[Tick]) -> None:
@@ -730,7 +809,7 @@ class Registry:
                 self._put_entry,
                 [k.entries, k.static, k.tombstones, k.anchor, k.meta],
                 [k.events, spec.name, new.dumps(), "" if expected is None else expected,
-                 "1" if force else "0"],
+                 "1" if force else "0", *self._grid(spec)],
             )  # fmt: skip
             status, version = str(status), int(version)
             if status == "ok":
@@ -786,8 +865,21 @@ class Registry:
     def reset(self, name: str) -> bool:
         """Start ``name`` afresh (anchor now, no last tick, no runs); False if absent."""
         k = self.keys
+        try:
+            spec = self.get_entry(name)
+        except InvalidEntryError:
+            spec = None  # anchored at now: the engine skips a malformed entry anyway
+        grid = self._grid(spec) if spec is not None else (0, 0)
         keys = [k.entries, k.anchor, k.last, k.runs, k.lastnode, k.meta]
-        return bool(self._call(self._reset, keys, [k.events, name]))
+        return bool(self._call(self._reset, keys, [k.events, name, *grid]))
+
+    def _grid(self, spec: EntrySpec) -> tuple[int, int]:
+        """``(every_ms, phase_ms)`` of an interval entry, ``(0, 0)`` for other schedules."""
+        schedule = spec.schedule
+        if not isinstance(schedule, IntervalSchedule):
+            return (0, 0)
+        every = schedule.every_ms
+        return (every, interval_phase_ms(self.keys.namespace, spec.name, every))
 
     def set_enabled(self, name: str, enabled: bool) -> EntrySpec:
         """Enable or disable ``name`` (compare-and-set, retried on a concurrent write)."""
@@ -850,18 +942,106 @@ class Registry:
             fields = [self.keys.pending_field(r.name, r.request_ms) for r in requests]
             self._run(lambda: self.client.hdel(self.keys.requests, *fields))
 
+    # -- read-only views -----------------------------------------------------------
+
+    def snapshot(self, names: Iterable[str] | None = None) -> Snapshot:
+        """Nodes, entries, states, flags and tombstones in one round trip (for status
+        pages). With ``names``, only those entries' definitions and states are read;
+        ``Snapshot.names`` still lists every entry (ownership needs the whole list)."""
+        k = self.keys
+        wanted = None if names is None else list(names)
+        pipe = self.client.pipeline(transaction=False)
+        pipe.hgetall(k.nodes)
+        pipe.hgetall(k.status)
+        pipe.zrange(k.alive, 0, -1, withscores=True)
+        _queue_time(pipe, k)
+        pipe.hkeys(k.entries)
+        state_keys = (k.anchor, k.last, k.runs, k.lastnode)
+        for key in (k.entries, *state_keys):
+            if wanted is None:
+                pipe.hgetall(key)
+            elif wanted:
+                pipe.hmget(key, wanted)
+        pipe.hget(k.meta, "paused")
+        pipe.hgetall(k.tombstones)
+        pipe.hkeys(k.static)
+        raw = self._execute(pipe)
+        nodes, server_ms = _parse_nodes(*raw[:4])
+        all_names: list[str] = sorted(raw[4])
+        if wanted == []:
+            hashes: list[dict[str, Any]] = [{} for _ in range(5)]
+            rest = raw[5:]
+        else:
+            hashes = raw[5:10]
+            if wanted is not None:
+                hashes = [dict(zip(wanted, r, strict=True)) for r in hashes]
+            rest = raw[10:]
+        texts, anchor, last, runs, lastnode = (
+            {n: v for n, v in h.items() if v is not None} for h in hashes
+        )
+        entries: dict[str, EntrySpec] = {}
+        bad: dict[str, str] = {}
+        for name, text in texts.items():
+            try:
+                spec = EntrySpec.loads(text)
+                if spec.name != name:
+                    raise ValueError(f"stored under {name!r} but named {spec.name!r}")
+            except (InvalidEntryError, ValueError, KeyError, TypeError) as exc:
+                bad[name] = str(exc) or type(exc).__name__
+                continue
+            entries[name] = spec
+        states = {
+            name: EntryState(
+                anchor_ms=_int_or_none(anchor.get(name)),
+                last_tick_ms=_int_or_none(last.get(name)),
+                run_count=int(runs.get(name) or 0),
+                last_node=lastnode.get(name),
+            )
+            for name in set(anchor) | set(last) | set(runs)
+        }
+        paused, tombstones, static = rest
+        return Snapshot(
+            nodes=nodes,
+            server_ms=server_ms,
+            names=all_names,
+            entries=entries,
+            bad=bad,
+            states=states,
+            paused=paused == "1",
+            tombstones={n: int(ms) for n, ms in tombstones.items()},
+            static=set(static),
+        )
+
     # -- events ------------------------------------------------------------------
 
     def pubsub(self) -> Any:
+        """A subscription to the namespace's events (called again after each failure).
+
+        On Redis Cluster the subscription goes to the node of the channel's slot; the
+        slot map is read afresh first, or after a failover it could still name the dead
+        node (only commands, not subscriptions, refresh it).
+        """
+        clients.refresh_cluster_map(self.client)
         ps = self.client.pubsub(ignore_subscribe_messages=True)  # type: ignore[no-untyped-call]
         ps.subscribe(self.keys.events)
         return ps
 
+    def follow_master(self) -> bool:
+        """On Redis Sentinel, ask the sentinels where the master is; if it moved, the
+        connections to the old one are dropped. True when it moved. Never raises.
+
+        A master replaced by ``SENTINEL FAILOVER`` or cut off by a partition still takes
+        writes until it is demoted, which can take sentinels several seconds: clients
+        must not wait for its ``READONLY`` errors to move.
+        """
+        return clients.follow_master(self.client)
+
     # -- plumbing ----------------------------------------------------------------
 
     def server_ms(self) -> int:
-        """The Redis server's time in milliseconds (the cluster clock)."""
-        sec, usec = self._run(self.client.time)
+        """The Redis server's time in milliseconds (the cluster clock): the time of the
+        server holding the namespace (on Redis Cluster, the node of its slot)."""
+        sec, usec = self._call(self._time, [self.keys.meta], [])
         return int(sec) * 1000 + int(usec) // 1000
 
     def ping(self) -> float:
@@ -873,14 +1053,63 @@ class Registry:
     def _call(self, script: Any, keys: list[str], args: list[Any]) -> Any:
         return self._run(lambda: script(keys=keys, args=args))
 
+    def _call_durable(self, script: Any, keys: list[str], args: list[Any]) -> Any:
+        """``_call``; with ``wait_replicas``, the writes count only once that many
+        replicas have them (``WAIT``, same round trip)."""
+        if not self.wait_replicas:
+            return self._call(script, keys, args)
+        return self._durable(
+            keys[0],
+            # not pipe.evalsha(): a Redis Cluster pipeline refuses that method
+            lambda p: p.execute_command("EVALSHA", script.sha, len(keys), *keys, *args),
+            script,
+        )
+
+    def _durable(self, key: str, queue: Any, script: Any = None) -> Any:
+        """Run ``queue(pipe)`` then ``WAIT``. Too few replicas is an outage: the caller
+        publishes nothing and retries (the scripts are idempotent for their claimer), so
+        that neither a failover nor a master cut off from its replicas (a split brain)
+        can make a claim that is sent twice."""
+        reply, acked = self._run(
+            lambda: clients.run_then_wait(
+                self.client, key, queue, self.wait_replicas, self.wait_timeout_ms, script
+            )
+        )
+        if acked < self.wait_replicas:
+            reason = (
+                f"writes reached {acked} of {self.wait_replicas} replicas within "
+                f"{self.wait_timeout_ms}ms (dcron_redis_wait_replicas): not counted until "
+                "replicated (replicas down or lagging, or this master was replaced)"
+            )
+            raise RegistryUnavailableError(f"dcron: {reason}") from redis.ConnectionError(reason)
+        return reply
+
     def _execute(self, pipe: Any) -> Any:
         return self._run(pipe.execute)
 
     def _run(self, fn: Any) -> Any:
         try:
             return fn()
-        except REDIS_ERRORS as exc:
-            raise RegistryUnavailableError(f"dcron: Redis unreachable: {exc}") from exc
+        except _CAUGHT as exc:
+            wrong = clients.configuration_error(exc, self.target)
+            if wrong is not None:
+                raise wrong from exc
+            if not (isinstance(exc, REDIS_ERRORS) or clients.cluster_unreachable(exc)):
+                raise
+            hint = clients.describe_error(exc, self.target)
+            if hint is None:
+                raise RegistryUnavailableError(f"dcron: Redis unreachable: {exc}") from exc
+            # the engine logs the cause: let it carry the hint
+            cause = redis.exceptions.ConnectionError(hint)
+            cause.__cause__ = exc
+            raise RegistryUnavailableError(f"dcron: Redis unreachable: {hint}") from cause
+
+
+def _queue_time(pipe: Any, keys: Keys) -> None:
+    """Add the server time to a pipeline: the TIME script, on the namespace's node (a
+    plain TIME would go to any node of a Redis Cluster; EVAL, since a cluster pipeline
+    has no script objects)."""
+    pipe.execute_command("EVAL", TIME, 1, keys.meta)
 
 
 def _write_error(name: str, status: str, version: int, expected: int | None) -> DcronError:
@@ -909,6 +1138,30 @@ def _write_error(name: str, status: str, version: int, expected: int | None) -> 
     return DcronError(f"entry {name!r}: write refused: {status}")
 
 
+def _parse_nodes(
+    raw_nodes: Mapping[str, str],
+    statuses: Mapping[str, str],
+    alive: Iterable[tuple[str, float]],
+    now: tuple[int, int],
+) -> tuple[list[Node], int]:
+    """Live nodes (heartbeat not expired), by id, and the server time in ms."""
+    server_ms = int(now[0]) * 1000 + int(now[1]) // 1000
+    expiry = {member: int(score) for member, score in alive}
+    nodes = []
+    for node_id, text in raw_nodes.items():
+        if expiry.get(node_id, 0) <= server_ms:
+            continue
+        try:
+            node = Node.from_json(_loads(text))
+            status = NodeStatus(statuses.get(node_id, node.status.value))
+        except (ValueError, KeyError, TypeError) as exc:
+            logger.warning("dcron: skipping malformed node %r: %s", node_id, exc)
+            continue
+        nodes.append(_replace_node(node, status=status))
+    nodes.sort(key=lambda n: n.id)
+    return nodes, server_ms
+
+
 def _json(data: Mapping[str, Any]) -> str:
     import json
 
@@ -919,6 +1172,12 @@ def _loads(text: str) -> Any:
     import json
 
     return json.loads(text)
+
+
+def _parts(ticks: Sequence[Tick]) -> list[Sequence[Tick]]:
+    """``ticks`` cut in order into slices of at most :data:`MAX_TICKS_PER_SCRIPT`."""
+    step = MAX_TICKS_PER_SCRIPT
+    return [ticks[i : i + step] for i in range(0, len(ticks), step)]
 
 
 def _int_or_none(value: Any) -> int | None:

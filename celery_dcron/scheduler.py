@@ -7,9 +7,14 @@ Start it like any beat scheduler, on as many machines as you like::
 
 from __future__ import annotations
 
+import contextlib
 import logging
-from collections.abc import Mapping
+import signal
+import threading
+from collections.abc import Iterator, Mapping
+from contextlib import AbstractContextManager
 from datetime import datetime, timezone
+from types import MappingProxyType
 from typing import Any
 
 from celery import beat
@@ -22,6 +27,7 @@ from .config import Settings, mask_url
 from .engine import Engine
 from .entries import EntrySpec, MisfirePolicy, Tick
 from .exceptions import DcronError, InvalidEntryError
+from .metrics import start_metrics
 from .registry import Registry
 from .schedules import from_celery
 from .strategies import get_strategy
@@ -38,6 +44,49 @@ _DCRON_KEYS = {"misfire_policy", "misfire_grace", "max_runs", "start_at", "end_a
 
 #: Options passed to ``apply_async`` as they are.
 _PUBLISH_RETRY = {"max_retries": 2, "interval_start": 0, "interval_step": 0.1, "interval_max": 0.2}
+
+#: The kwargs and options of the many entries that have none: one shared read-only mapping.
+_NOTHING: Mapping[str, Any] = MappingProxyType({})
+
+#: Ticks due within this many ms are claimed in the same round trip; each is still
+#: published at its tick, never before.
+CLAIM_AHEAD_MS = 20
+
+#: Broker operations a kombu publish batch may buffer before flushing on its own: more
+#: than the engine puts in one batch, so that a batch is sent (or fails) as a whole.
+_BATCH_MAX_OPS = 10_000
+
+
+_DEFERRED_SIGNALS = {
+    getattr(signal, name) for name in ("SIGTERM", "SIGINT", "SIGQUIT") if hasattr(signal, name)
+}
+
+
+@contextlib.contextmanager
+def _signals_deferred() -> Iterator[None]:
+    """Hold beat's stop signals until the block ends, then deliver them.
+
+    Blocking with ``pthread_sigmask`` is not enough: a process-directed signal goes to
+    any thread that does not block it (the event listener, the pidbox), and CPython then
+    runs the handler in the main thread anyway. So the handlers are swapped for one that
+    only records the signal, and the recorded signals are raised again afterwards.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    caught: list[int] = []
+
+    def record(signum: int, _frame: Any) -> None:
+        caught.append(signum)
+
+    previous = {sig: signal.signal(sig, record) for sig in _DEFERRED_SIGNALS}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, signal.SIG_DFL if handler is None else handler)
+        for sig in dict.fromkeys(caught):
+            signal.raise_signal(sig)
 
 
 def entry_from_beat(name: str, data: Mapping[str, Any], *, app_tz: str) -> EntrySpec:
@@ -83,8 +132,8 @@ def entry_from_beat(name: str, data: Mapping[str, Any], *, app_tz: str) -> Entry
         task=task,
         schedule=schedule,
         args=tuple(args),
-        kwargs=dict(kwargs),
-        options=dict(options),
+        kwargs=dict(kwargs) if kwargs else _NOTHING,
+        options=dict(options) if options else _NOTHING,
         misfire_policy=(
             MisfirePolicy.parse(policy, field_name=f"entry {name!r}: misfire_policy")
             if policy is not None
@@ -153,6 +202,9 @@ class DistributedScheduler(beat.Scheduler):
             static_entries=specs,
             check=self._check_entry,
             version=__version__,
+            publish_batch=self._publish_batch,
+            claim_ahead_ms=CLAIM_AHEAD_MS,
+            metrics=start_metrics(settings.namespace, settings.metrics_port, settings.metrics_addr),
         )
         logger.info(
             "dcron: node %s joining namespace %r at %s with %d static entries",
@@ -181,7 +233,13 @@ class DistributedScheduler(beat.Scheduler):
         engine = self._engine
         if engine is None:
             return float(self.max_interval)
-        wait = engine.step()
+        # Beat's SIGTERM/SIGINT handler raises SystemExit wherever the main thread is. Inside
+        # a step that could fall between a publish and its "sent" record, leaving a claim that
+        # the next owner re-publishes (same task id, but a second message). So the signals
+        # wait until the step is over (a step is bounded by the socket timeouts); waiting
+        # between steps stays interruptible.
+        with _signals_deferred():
+            wait = engine.step()
         engine.wait(min(wait, float(self.max_interval)))
         return 0.0
 
@@ -227,6 +285,14 @@ class DistributedScheduler(beat.Scheduler):
                 "(include= / autodiscover_tasks) or set dcron_check_tasks = False"
             )
         return None
+
+    def _publish_batch(self) -> AbstractContextManager[object]:
+        """Messages published inside go to the broker in one round trip where kombu can
+        batch (``Producer.batch``: kombu 5.7+, Redis transport); else each goes at once."""
+        batch = getattr(self.producer, "batch", None)
+        if batch is None:
+            return contextlib.nullcontext()
+        return batch(max_size=_BATCH_MAX_OPS)  # type: ignore[no-any-return]
 
     def _publish(self, spec: EntrySpec, tick: Tick, task_id: str) -> None:
         options = dict(spec.options)

@@ -20,7 +20,15 @@ entry_added        ``entry`` (:class:`~celery_dcron.entries.EntrySpec`)
 entry_changed      ``entry`` (new definition), ``old`` (previous one)
 entry_removed      ``entry`` (the last definition seen)
 publish_failed     ``entry``, ``tick`` (:class:`~celery_dcron.entries.Tick`), ``exc``
+reconcile          ``reason``: ``"start"``, ``"reset"`` (Redis lost its data),
+                   ``"reconnect"`` or ``"periodic"`` (``dcron_reconcile_interval``)
 =================  ===========================================================
+
+``reconcile`` is how an external source of entries (a database) keeps the registry
+whole: a receiver writes the entries it owns back when they are missing or differ. On
+``"reset"`` it runs after the instance restored the anchors it remembers and before it
+restores its last ticks, so restored entries keep their tick grid. The Django app
+:mod:`celery_dcron.contrib.django` connects one.
 """
 
 from __future__ import annotations
@@ -34,6 +42,7 @@ __all__ = [
     "node_joined",
     "node_left",
     "publish_failed",
+    "reconcile",
 ]
 
 node_joined = Signal(name="dcron_node_joined", providing_args=["node"])
@@ -42,3 +51,4 @@ entry_added = Signal(name="dcron_entry_added", providing_args=["entry"])
 entry_changed = Signal(name="dcron_entry_changed", providing_args=["entry", "old"])
 entry_removed = Signal(name="dcron_entry_removed", providing_args=["entry"])
 publish_failed = Signal(name="dcron_publish_failed", providing_args=["entry", "tick", "exc"])
+reconcile = Signal(name="dcron_reconcile", providing_args=["reason"])

@@ -6,7 +6,15 @@ parameter: every instance computes the same ticks from the same shared state.
 - :func:`next_tick` the first tick strictly after a time;
 - :func:`latest_tick` the latest tick in ``(after, until]`` without walking every tick;
 - :func:`plan_due` what to fire, skip or count as missed under a misfire policy;
-- :func:`task_id` the deterministic Celery task id of a tick.
+- :func:`task_id` the deterministic Celery task id of a tick;
+- :func:`interval_phase_ms` / :func:`phased_anchor` where an interval entry's grid lies.
+
+An interval entry ticks at ``anchor + k * every``. Its anchor is set once, when the
+entry is first registered, at the latest instant not after the registration time that
+is congruent to the entry's *phase* modulo ``every``; the phase is a hash of the
+namespace and the entry name. So the entries of one beat_schedule do not all tick on
+the same millisecond (they are spread over their interval), every instance agrees on
+the grid, and the grid does not depend on which instance registered the entry or when.
 
 Cron ticks follow croniter in the schedule's zone. Around DST changes (pinned by
 the tests): a wall time that falls in a spring-forward gap fires once, at the first
@@ -21,6 +29,7 @@ tick (ephem's result depends slightly on where its search starts, so only the ch
 
 from __future__ import annotations
 
+import hashlib
 import uuid
 from collections import deque
 from dataclasses import dataclass
@@ -46,8 +55,10 @@ __all__ = [
     "COUNT_CAP",
     "DCRON_UUID_NAMESPACE",
     "DuePlan",
+    "interval_phase_ms",
     "latest_tick",
     "next_tick",
+    "phased_anchor",
     "plan_due",
     "run_now_task_id",
     "task_id",
@@ -242,6 +253,29 @@ def _naive_utc(ms: int) -> datetime:
 def task_id(namespace: str, name: str, tick_ms: int) -> str:
     """The Celery task id of a tick: the same on every instance, forever."""
     return str(uuid.uuid5(DCRON_UUID_NAMESPACE, f"{namespace}\x1f{name}\x1f{tick_ms}"))
+
+
+def interval_phase_ms(namespace: str, name: str, every_ms: int) -> int:
+    """The phase of an interval entry: its ticks ``T`` satisfy ``T % every_ms == phase``.
+
+    Derived from the namespace and the entry name only (blake2b, 64 bits), so every
+    instance computes the same one. Never change it: anchors set with it would no
+    longer match new ones (existing anchors themselves never move).
+    """
+    if every_ms <= 0:
+        raise ValueError(f"every_ms must be positive, got {every_ms}")
+    digest = hashlib.blake2b(f"{namespace}\x1f{name}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big") % every_ms
+
+
+def phased_anchor(now_ms: int, every_ms: int, phase_ms: int) -> int:
+    """The latest instant ``<= now_ms`` on the grid ``phase_ms + k * every_ms``.
+
+    The first tick after this anchor, ``anchor + every_ms``, is in ``(now_ms, now_ms +
+    every_ms]``: nothing is due at registration. The registry's scripts compute the same
+    value with Redis server time (``now - (now - phase) % every``).
+    """
+    return now_ms - (now_ms - phase_ms) % every_ms
 
 
 def run_now_task_id(namespace: str, name: str, request_ms: int) -> str:

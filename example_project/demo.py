@@ -299,6 +299,23 @@ def choose_redis(explicit: str | None) -> tuple[str, str, EmbeddedRedis | None]:
 # -- Django ------------------------------------------------------------------------------
 
 
+def seed_dynamic_task() -> None:
+    """One admin-managed task, so the admin's Dynamic tasks page is not empty at first."""
+    from celery_dcron.contrib.django.models import DynamicTask
+
+    if DynamicTask.objects.exists():
+        return
+    DynamicTask.objects.create(
+        name="admin-report-15s",
+        task="demo.report",
+        schedule_kind="cron",
+        cron="*/15 * * * * *",
+        args=["from-the-admin"],
+        description="Created by the demo: edit, pause or run it from the admin.",
+    )
+    say("seeded the dynamic task admin-report-15s (see Dynamic tasks in the admin)")
+
+
 def prepare_database() -> tuple[str, str]:
     """migrate; create the superuser if absent. Returns (database label, password note)."""
     import django
@@ -322,6 +339,7 @@ def prepare_database() -> tuple[str, str]:
         note = ADMIN_PASSWORD
     else:
         note = "(existing user: its password was changed, not by the demo)"
+    seed_dynamic_task()
     from django.db import connections
 
     connections.close_all()

@@ -35,6 +35,7 @@ INSTALLED_APPS = [
     "django.contrib.messages",
     "django.contrib.staticfiles",
     "django_celery_results",
+    "celery_dcron.contrib.django",
     "example_project.demoapp",
 ]
 
@@ -146,6 +147,9 @@ CELERY_RESULT_EXTENDED = True
 CELERY_TASK_TRACK_STARTED = True
 
 # -- celery_dcron: dcron_* settings, through the CELERY_ namespace -------------------------
+
+# The Celery app the admin's Dynamic tasks page validates against and lists tasks of.
+DCRON_CELERY_APP = "example_project.celery:app"
 
 CELERY_DCRON_REDIS_URL = REDIS_URL
 CELERY_DCRON_NAMESPACE = "demo"

@@ -20,7 +20,7 @@ import redis
 from tests.servers import RedisServer, RedisServerError
 
 TESTS_DIR = Path(__file__).resolve().parent
-LAYER_MARKERS = ("unit", "integration", "e2e")
+LAYER_MARKERS = ("unit", "integration", "e2e", "django", "chaos")
 
 
 @pytest.hookimpl(tryfirst=True)
@@ -38,6 +38,27 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             continue
         if relative.parts and relative.parts[0] in LAYER_MARKERS:
             item.add_marker(getattr(pytest.mark, relative.parts[0]))
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Configure Django for tests/django (pytest-django) without DJANGO_SETTINGS_MODULE
+    in the environment, so the subprocesses of other tests (beats, the demo) never
+    inherit it."""
+    from django.conf import settings
+
+    from tests.django import settings as test_settings
+
+    if not settings.configured:
+        settings.configure(**{k: v for k, v in vars(test_settings).items() if k.isupper()})
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _no_django_reconcile_in_engines() -> None:
+    """The Django app's reconcile receiver runs in beat processes; in this test process
+    the engine tests must not reach for a database. tests/django connects it on purpose."""
+    from celery_dcron import signals
+
+    signals.reconcile.disconnect(dispatch_uid="dcron_django")
 
 
 def _start_server() -> RedisServer:

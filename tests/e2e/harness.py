@@ -323,6 +323,22 @@ class Message:
     task_id: str | None
     task: str | None
 
+    @classmethod
+    def from_headers(cls, headers: Mapping[str, Any]) -> Message:
+        """From a task message's headers (Celery protocol 2)."""
+        tick = headers.get("dcron_tick")
+        return cls(
+            entry=headers.get("periodic_task_name"),
+            tick_ms=iso_to_ms(tick) if tick else None,
+            task_id=headers.get("id"),
+            task=headers.get("task"),
+        )
+
+    @classmethod
+    def from_redis(cls, raw: str | bytes) -> Message:
+        """From one item of a Redis broker's queue list (kombu's JSON envelope)."""
+        return cls.from_headers(json.loads(raw).get("headers") or {})
+
 
 @dataclass(slots=True)
 class Published:
@@ -389,6 +405,12 @@ class Published:
             problems.append(
                 f"G1: {len(dups)} ticks published more than once:\n" + "\n".join(detail)
             )
+        problems += self.id_problems()
+        assert not problems, "\n".join(problems)
+
+    def id_problems(self) -> list[str]:
+        """Deterministic task ids, and the broker and the logs agree (duplicates aside)."""
+        problems = []
         for m in self.messages:
             if m.entry is None or m.tick_ms is None:
                 problems.append(f"message without periodic_task_name/dcron_tick headers: {m}")
@@ -414,7 +436,7 @@ class Published:
                     f"in the broker but no beat logged firing them ({self.kills} SIGKILLs "
                     f"explain at most {self.kills}): {sorted(unlogged)}"
                 )
-        assert not problems, "\n".join(problems)
+        return problems
 
     def max_gap(self, entry: str) -> int:
         return max(gaps(self.ticks(entry)), default=0)
@@ -454,8 +476,19 @@ def busiest(
 class Cluster:
     """Beat (and worker) processes of one test, on one redis-server."""
 
-    def __init__(self, server: RedisServer, workdir: Path, **env: str) -> None:
+    def __init__(
+        self,
+        server: RedisServer,
+        workdir: Path,
+        *,
+        broker: RedisServer | None = None,
+        **env: str,
+    ) -> None:
+        """``server`` holds the registry (db 0), and the broker (db 1) unless ``broker``
+        (another redis-server: its db 1) is given. A beat started with
+        ``DCRON_E2E_BROKER=<url>`` uses that broker instead."""
         self.server = server
+        self.broker = broker or server
         self.workdir = workdir
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.env = {**DEFAULT_ENV, **env}
@@ -472,7 +505,7 @@ class Cluster:
 
     @property
     def broker_url(self) -> str:
-        return self.server.url_for(BROKER_DB)
+        return self.broker.url_for(BROKER_DB)
 
     @property
     def results_url(self) -> str:
@@ -480,10 +513,17 @@ class Cluster:
 
     def client(self, db: int = REGISTRY_DB) -> redis.Redis:
         if db not in self._clients:
-            self._clients[db] = self.server.client(db=db, decode_responses=True)
+            server = self.broker if db == BROKER_DB else self.server
+            self._clients[db] = server.client(db=db, decode_responses=True)
         return self._clients[db]
 
     # -- starting
+
+    @staticmethod
+    def pythonpath(*first: str | Path) -> str:
+        """The ``PYTHONPATH`` of the processes (beatapp, the repo), after ``first``."""
+        parts = [*first, E2E_DIR, REPO_DIR, *filter(None, [os.environ.get("PYTHONPATH")])]
+        return os.pathsep.join(str(p) for p in parts)
 
     def _process_env(self, overrides: Mapping[str, str]) -> dict[str, str]:
         env = dict(os.environ)
@@ -492,9 +532,7 @@ class Cluster:
             {
                 "DCRON_E2E_BROKER": self.broker_url,
                 "DCRON_E2E_REGISTRY": self.registry_url,
-                "PYTHONPATH": os.pathsep.join(
-                    [str(E2E_DIR), str(REPO_DIR), *filter(None, [os.environ.get("PYTHONPATH")])]
-                ),
+                "PYTHONPATH": self.pythonpath(),
                 "PYTHONUNBUFFERED": "1",
                 "PYTHONDONTWRITEBYTECODE": "1",
             }
@@ -636,18 +674,7 @@ class Cluster:
         for key in self.queue_keys():
             if client.type(key) != "list":
                 continue
-            for raw in client.lrange(key, 0, -1):
-                data = json.loads(raw)
-                headers = data.get("headers") or {}
-                tick = headers.get("dcron_tick")
-                out.append(
-                    Message(
-                        entry=headers.get("periodic_task_name"),
-                        tick_ms=iso_to_ms(tick) if tick else None,
-                        task_id=headers.get("id"),
-                        task=headers.get("task"),
-                    )
-                )
+            out.extend(Message.from_redis(raw) for raw in client.lrange(key, 0, -1))
         return out
 
     def kills(self) -> int:

@@ -144,7 +144,8 @@ def test_sigkill_entries_resume_on_the_others(cluster: Cluster, policy: str) -> 
         assert_no_missing(pub, entries)
     else:
         # `once`: the missed ticks of each entry coalesce into one catch-up run, which
-        # the new owner logs ("missed N ticks; policy once fires 1 (up to tick=T)").
+        # the new owner logs in its catch-up summary line ("dcron: catch-up of K entries:
+        # ... | <entry> missed N ticks; policy once fires 1 (up to tick=T) | ...").
         for entry in entries:
             ticks = pub.ticks(entry)
             holes = [(a, b) for a, b in itertools.pairwise(ticks) if b - a != 1000]
@@ -154,7 +155,10 @@ def test_sigkill_entries_resume_on_the_others(cluster: Cluster, policy: str) -> 
                 node = pub.node_of(entry, b)
                 beat = cluster.beat_of_node(node or "")
                 assert beat is not None, f"{entry} tick {b}: no beat logged firing it"
-                pattern = rf"dcron: {re.escape(entry)} missed {missed} ticks; policy once fires 1"
+                pattern = (
+                    rf"dcron: catch-up of .*[:|] {re.escape(entry)} missed {missed} ticks; "
+                    r"policy once fires 1"
+                )
                 assert beat.grep(pattern), (
                     f"{entry}: gap {a}->{b} ({missed} missed) not logged by {beat.name} "
                     f"as a coalesced catch-up; ticks: {pub.describe(entry)}"

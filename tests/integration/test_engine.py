@@ -9,11 +9,13 @@ from __future__ import annotations
 import logging
 import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from itertools import pairwise
+from typing import Any
 
 import pytest
 
+from celery_dcron import engine as engine_module
 from celery_dcron.clock import ManualClock
 from celery_dcron.config import Settings
 from celery_dcron.engine import Engine
@@ -62,7 +64,14 @@ class Cluster:
         self.recorder = recorder
         self.engines: list[Engine] = []
 
-    def add(self, node_id: str, static: list[EntrySpec], **settings: object) -> Engine:
+    def add(
+        self,
+        node_id: str,
+        static: list[EntrySpec],
+        *,
+        engine_kw: Mapping[str, Any] | None = None,
+        **settings: object,
+    ) -> Engine:
         conf: dict[str, object] = {
             "redis_url": self.url,
             "node_id": node_id,
@@ -80,6 +89,7 @@ class Cluster:
             publish=self.recorder(node_id),  # type: ignore[arg-type]
             static_entries=static,
             listen=False,
+            **(engine_kw or {}),
         )
         self.engines.append(engine)
         return engine
@@ -363,3 +373,154 @@ def test_signals_tell_of_nodes_and_entries(cluster: Cluster) -> None:
         cluster.recorder.fail = False
         for name, receiver in receivers.items():
             getattr(signals, name).disconnect(receiver)
+
+
+# -- throughput: spread anchors, claim ahead, chunked claims, batched publishes -------------
+
+
+def test_claim_ahead_claims_a_window_at_once_and_publishes_no_tick_before_it(
+    cluster: Cluster,
+) -> None:
+    e = cluster.add("a", entries(50))
+    cluster.step_all(2)
+    cluster.align()
+    e.claim_ahead_ms = 200  # from here on (set before, the setup steps would claim ahead)
+    published: list[tuple[str, int, int]] = []  # (entry, tick, cluster time at publish)
+    e.publish = lambda spec, tick, tid: published.append(
+        (spec.name, tick.tick_ms, cluster.clock.now_ms())
+    )
+    calls: list[int] = []
+    claim = e.registry.claim
+
+    def counted_claim(ticks: list[Tick], **kw: Any) -> Any:
+        calls.append(len(ticks))
+        return claim(ticks, **kw)
+
+    e.registry.claim = counted_claim  # type: ignore[method-assign]
+    start = cluster.clock.now_ms()
+    cluster.advance(3 * S, step_ms=50)
+    assert all(at >= tick for _, tick, at in published), "a tick was published before its time"
+    assert [t for _, t, _ in published] == sorted(t for _, t, _ in published)
+    counts = Counter((name, tick) for name, tick, _ in published)
+    assert max(counts.values()) == 1
+    for i in range(50):
+        ts = sorted(t for n, t, _ in published if n == f"e{i}")
+        assert len(ts) >= 3 and all(b - a == S for a, b in pairwise(ts)), ts
+        assert ts[0] - start <= S  # spread anchors: each entry's first tick within 1 s
+    assert len(calls) < len(published) / 3  # a window of ticks per claim round trip
+
+
+def test_spread_anchors_put_entries_on_distinct_instants(cluster: Cluster) -> None:
+    e = cluster.add("a", entries(200))
+    cluster.step_all(2)
+    anchors = [st.anchor_ms for st in e.registry.states().values()]
+    assert len({a % S for a in anchors if a is not None}) > 100  # ~126 expected of 200
+
+
+def test_many_due_ticks_are_claimed_and_published_chunk_by_chunk(
+    cluster: Cluster, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(engine_module, "CLAIM_CHUNK", 10)
+    e = cluster.add("a", entries(35))
+    cluster.step_all(2)
+    cluster.align()
+    events: list[str] = []
+    claim, publish = e.registry.claim, e.publish
+
+    def logged_claim(ticks: list[Tick], **kw: Any) -> Any:
+        events.append(f"claim {len(ticks)}")
+        return claim(ticks, **kw)
+
+    def logged_publish(spec: EntrySpec, tick: Tick, tid: str) -> None:
+        events.append("pub")
+        publish(spec, tick, tid)
+
+    e.registry.claim = logged_claim  # type: ignore[method-assign]
+    e.publish = logged_publish
+    cluster.clock.advance(S)  # every entry has one tick due
+    e.step()
+    assert events == (["claim 10"] + ["pub"] * 10) * 3 + ["claim 5"] + ["pub"] * 5
+    assert_each_tick_once(cluster.recorder)
+    assert len(cluster.recorder.sent) == 35 and e.registry.pending() == []
+
+
+class FailingBatch:
+    """A publish batch whose flush (on leaving it) fails while ``fail`` is set."""
+
+    fail = True
+    opened = 0
+
+    def __enter__(self) -> None:
+        FailingBatch.opened += 1
+
+    def __exit__(self, *exc: object) -> None:
+        if FailingBatch.fail:
+            raise ConnectionError("flush failed")
+
+
+def test_a_failed_publish_batch_fails_all_its_ticks_and_resends_them_with_their_ids(
+    cluster: Cluster,
+) -> None:
+    e = cluster.add("a", entries(5), engine_kw={"publish_batch": FailingBatch})
+    errors: list[tuple[str, int]] = []
+    e.on_publish_error = lambda spec, tick, exc: errors.append((spec.name, tick.tick_ms))
+    cluster.step_all(2)
+    cluster.align()
+    FailingBatch.fail, FailingBatch.opened = True, 0
+    cluster.clock.advance(S)
+    e.step()
+    assert FailingBatch.opened == 1  # the five due ticks went into one batch
+    attempted = {(n, t): tid for n, t, tid, _ in cluster.recorder.sent}
+    assert len(errors) == 5 and set(errors) == set(attempted)
+    assert len(e.registry.pending()) == 5  # not marked sent: delivery is uncertain
+    FailingBatch.fail = False
+    cluster.recorder.sent.clear()
+    e._next_recover = 0.0
+    e.step()
+    assert {(n, t): tid for n, t, tid, _ in cluster.recorder.sent} == attempted  # same ids
+    assert e.registry.pending() == []
+
+
+def test_a_publish_batch_that_cannot_open_fails_its_ticks_for_a_retry(cluster: Cluster) -> None:
+    def broken_batch() -> Any:
+        raise ConnectionError("broker down")
+
+    e = cluster.add("a", entries(3), engine_kw={"publish_batch": broken_batch})
+    errors: list[str] = []
+    e.on_publish_error = lambda spec, tick, exc: errors.append(spec.name)
+    cluster.step_all(2)
+    cluster.align()
+    cluster.clock.advance(S)
+    e.step()
+    assert sorted(errors) == ["e0", "e1", "e2"] and cluster.recorder.sent == []
+    assert len(e.registry.pending()) == 3 and len(e._failed) == 3  # retried soon, same ids
+    e.publish_batch = None
+    e._next_recover = 0.0
+    e.step()
+    assert len(cluster.recorder.sent) == 3 and e.registry.pending() == []
+    assert_each_tick_once(cluster.recorder)
+
+
+def test_a_catch_up_is_one_warning_with_per_entry_detail_at_debug(
+    cluster: Cluster, caplog: pytest.LogCaptureFixture
+) -> None:
+    e = cluster.add("a", entries(30))
+    cluster.step_all(2)
+    cluster.align()
+    cluster.clock.advance(5 * S)  # nobody fired for 5 s: 5 ticks due per entry
+    with caplog.at_level(logging.DEBUG, logger="celery_dcron"):
+        e.step()
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1, warnings
+    assert warnings[0].startswith(
+        "dcron: catch-up of 30 entries: 120 ticks missed, 30 fired by their misfire policy, "
+        "0 entries dropped theirs: e"
+    )
+    assert warnings[0].endswith(" | and 20 more (each logged at DEBUG)")
+    details = [
+        r.getMessage()
+        for r in caplog.records
+        if r.levelno == logging.DEBUG and "missed 4 ticks; policy once fires 1" in r.getMessage()
+    ]
+    assert len(details) == 30
+    assert len(cluster.recorder.sent) == 30

@@ -9,10 +9,12 @@ import time
 import pytest
 import redis
 
+from celery_dcron import registry as registry_module
 from celery_dcron.config import Settings
 from celery_dcron.entries import EntrySpec, Node, NodeStatus, Tick
 from celery_dcron.registry import Keys, Registry, connect
-from celery_dcron.schedules import IntervalSchedule
+from celery_dcron.schedules import CronSchedule, IntervalSchedule
+from celery_dcron.ticks import interval_phase_ms
 
 T0 = 1_800_000_000_000
 
@@ -20,6 +22,12 @@ T0 = 1_800_000_000_000
 def make_registry(url: str, namespace: str = "default") -> Registry:
     settings = Settings(redis_url=url, namespace=namespace)
     return Registry.from_settings(settings)
+
+
+def script_calls(redis_url: str) -> int:
+    """How many scripts (EVALSHA) the server has run so far."""
+    stats = redis.Redis.from_url(redis_url).info("commandstats")
+    return int(stats.get("cmdstat_evalsha", {}).get("calls", 0))
 
 
 def spec(name: str, every_ms: int = 1000) -> EntrySpec:
@@ -50,15 +58,32 @@ def test_claim_batch_is_one_round_trip_and_ordered(redis_url: str) -> None:
     reg = make_registry(redis_url)
     ticks = [Tick(name=f"e{i}", tick_ms=T0) for i in range(200)]
     ticks += [Tick(name="e0", tick_ms=T0 + 1000), Tick(name="e0", tick_ms=T0 + 500)]
-    monitor_client = redis.Redis.from_url(redis_url)
     reg.load_scripts()
-    before = monitor_client.info("commandstats").get("cmdstat_evalsha", {}).get("calls", 0)
+    before = script_calls(redis_url)
     results = reg.claim(ticks, node_id="n1", lock_ttl_ms=10_000)
-    after = monitor_client.info("commandstats").get("cmdstat_evalsha", {}).get("calls", 0)
-    assert after - before == 1  # the whole batch in one script call
+    assert script_calls(redis_url) - before == 1  # the whole batch in one script call
     assert all(r.won for r in results[:201])
     assert not results[201].won  # older than the tick just claimed in the same batch
     assert len(reg.pending()) == 201
+
+
+def test_a_big_claim_is_cut_into_short_scripts_in_order(
+    redis_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(registry_module, "MAX_TICKS_PER_SCRIPT", 50)
+    reg = make_registry(redis_url)
+    reg.load_scripts()
+    # e0's ticks straddle two scripts (T0 in the first, the newer one in the last): still
+    # claimed oldest first, and the older one after it is refused
+    late = [Tick(name="e0", tick_ms=T0 + 1000), Tick(name="e0", tick_ms=T0 + 500)]
+    before = script_calls(redis_url)
+    ticks = [Tick(name=f"e{i}", tick_ms=T0) for i in range(120)] + late
+    results = reg.claim(ticks, node_id="n1", lock_ttl_ms=10_000)
+    assert script_calls(redis_url) - before == 3  # 50 + 50 + 22 ticks
+    assert [r.won for r in results] == [True] * 121 + [False]
+    assert len(reg.pending()) == 121
+    taken = reg.retake(ticks[:121], node_id="n1", lock_ttl_ms=10_000)
+    assert taken == [True] * 121
 
 
 def test_claim_retry_after_lost_reply_is_idempotent(redis_url: str) -> None:
@@ -223,6 +248,35 @@ def test_sync_static_writes_anchors_removes_stale_and_respects_dynamic_and_tombs
     assert sorted(entries) == ["a", "c"] and not bad  # b removed: no longer configured
     assert entries["a"].schedule == IntervalSchedule(every_ms=2000)
     assert entries["c"].source == "dynamic"
+
+
+def test_interval_anchors_are_spread_on_each_entrys_grid_and_never_move(redis_url: str) -> None:
+    reg = make_registry(redis_url, namespace="grid")
+    reg.client.hset(reg.keys.anchor, "old", "1700000000123")  # anchored by an earlier version
+    before = reg.server_ms()
+    specs = [spec(f"e{i}", 60_000) for i in range(50)] + [spec("old", 60_000)]
+    cron = EntrySpec(name="c", task="t", schedule=CronSchedule(expr="* * * * *"))
+    reg.sync_static([*specs, cron])
+    after = reg.server_ms()
+    states = reg.states()
+    anchors = {name: st.anchor_ms for name, st in states.items()}
+    assert anchors["old"] == 1_700_000_000_123  # an existing anchor is kept (HSETNX)
+    assert before <= (anchors["c"] or 0) <= after  # not an interval: anchored at now
+    for s in specs[:-1]:
+        anchor = anchors[s.name]
+        assert anchor is not None
+        assert anchor % 60_000 == interval_phase_ms("grid", s.name, 60_000)
+        assert before - 60_000 < anchor <= after  # nothing due: first tick after now
+    assert len(set(anchors[s.name] for s in specs[:-1])) > 40  # spread over the minute
+    # a dynamic entry is anchored the same way; a reset re-anchors it on its grid
+    created = reg.put_entry(spec("dyn", 5000).with_changes(source="dynamic"), expected_version=None)
+    phase = interval_phase_ms("grid", "dyn", 5000)
+    assert (reg.states()["dyn"].anchor_ms or 0) % 5000 == phase
+    reg.claim([Tick(name="dyn", tick_ms=T0)], node_id="n1", lock_ttl_ms=1000)
+    assert reg.reset(created.name)
+    state = reg.states()["dyn"]
+    assert state.last_tick_ms is None and (state.anchor_ms or 0) % 5000 == phase
+    assert reg.server_ms() - 5000 < (state.anchor_ms or 0)
 
 
 def test_malformed_entries_are_reported_not_raised(redis_url: str) -> None:

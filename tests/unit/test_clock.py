@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import time
 
+import pytest
+
 from celery_dcron.clock import ManualClock, RedisClock
 
 
@@ -39,6 +41,24 @@ def test_two_instances_with_skewed_local_clocks_agree() -> None:
     b.observe(server_ms=server, sent_mono_ms=mono, received_mono_ms=mono)
     assert abs(a.now_ms() - b.now_ms()) < 5
     assert abs(a.now_ms() - server) < 1000
+
+
+def test_a_reading_before_the_first_sample_does_not_hold_the_clock_ahead(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Found by tests/chaos/test_clock_skew.py: a beat whose wall clock was 30 s ahead read
+    # the clock once before its first heartbeat (its node's start time), and the
+    # never-backwards guard then held cluster time 30 s ahead: it fired 30 ticks early at
+    # once, then nothing for 30 s.
+    clock = RedisClock()
+    real_s = time.time()
+    monkeypatch.setattr(time, "time", lambda: real_s + 30.0)  # the local wall clock
+    early = clock.now_ms()  # before any sample: the local wall clock
+    monkeypatch.undo()
+    assert abs(early - (real_s + 30.0) * 1000) < 1000
+    mono = time.monotonic() * 1000
+    clock.observe(server_ms=time.time() * 1000, sent_mono_ms=mono, received_mono_ms=mono)
+    assert abs(clock.now_ms() - time.time() * 1000) < 1000, "cluster time is the server's"
 
 
 def test_manual_clock() -> None:

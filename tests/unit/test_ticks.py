@@ -28,8 +28,10 @@ from celery_dcron.ticks import (
     COUNT_CAP,
     DCRON_UUID_NAMESPACE,
     DuePlan,
+    interval_phase_ms,
     latest_tick,
     next_tick,
+    phased_anchor,
     plan_due,
     task_id,
     tick_iso,
@@ -548,6 +550,37 @@ def test_plan_invariants(
     else:
         assert (got.fire, got.skip_to, got.missed) == ((), None, 0)
     assert got.next_ms == (latest if latest is not None else last) + every
+
+
+# -- interval phases ----------------------------------------------------------------------
+
+
+def test_interval_phase_is_a_stable_hash_of_namespace_and_name() -> None:
+    assert interval_phase_ms("default", "report", 1000) == interval_phase_ms(
+        "default", "report", 1000
+    )
+    # pinned: changing the hash would move the grid of every entry anchored from now on
+    assert interval_phase_ms("ns", "e", 1000) == 983
+    assert interval_phase_ms("ns", "e", 60_000) == 38_983
+    phases = {interval_phase_ms("default", f"e{i:05d}", 1000) for i in range(1000)}
+    assert len(phases) > 550  # 1000 names over 1000 ms: spread, not one instant (~632)
+    assert interval_phase_ms("other", "e", 1000) != interval_phase_ms("ns", "e", 1000)
+    with pytest.raises(ValueError, match="every_ms"):
+        interval_phase_ms("ns", "e", 0)
+
+
+@given(
+    now=st.integers(min_value=0, max_value=4_000_000_000_000),
+    every=st.integers(min_value=1, max_value=400 * D),
+    phase=st.integers(min_value=0, max_value=400 * D),
+)
+def test_phased_anchor_is_on_the_grid_and_nothing_is_due(now: int, every: int, phase: int) -> None:
+    phase %= every
+    anchor = phased_anchor(now, every, phase)
+    assert anchor <= now < anchor + every  # the first tick is after now, within one interval
+    assert anchor % every == phase % every
+    first = next_tick(IntervalSchedule(every_ms=every), anchor)
+    assert first is not None and now < first <= now + every
 
 
 # -- task ids -----------------------------------------------------------------------------

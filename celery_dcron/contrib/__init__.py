@@ -1,0 +1,1 @@
+"""Optional integrations. Nothing here is imported by the core package."""

@@ -1,0 +1,121 @@
+"""What the cluster looks like right now: nodes, entries, owners, next and last runs.
+
+One read-only view, shared by the CLI (``celery dcron status|ls|ring``) and the Django
+admin, built from one :meth:`Registry.snapshot <celery_dcron.registry.Registry.snapshot>`
+(one round trip). Ownership is computed here with the configured strategy, exactly as
+the instances compute it, so "owner" is the node that fires the entry's next tick.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from .config import Settings
+from .entries import EntrySpec, EntryState, Node, NodeStatus
+from .exceptions import DcronError
+from .registry import Registry, Snapshot
+from .schedules import AtSchedule, CronSchedule, IntervalSchedule, Schedule, SolarSchedule
+from .strategies import get_strategy
+from .ticks import next_tick, tick_iso
+
+__all__ = ["ClusterView", "describe_schedule", "next_run_ms"]
+
+
+def describe_schedule(s: Schedule) -> str:
+    """A short human form: ``every 5s``, ``cron '0 7 * * *' Europe/Paris``, ``at ...``."""
+    if isinstance(s, IntervalSchedule):
+        return f"every {s.every_ms / 1000:g}s"
+    if isinstance(s, CronSchedule):
+        return f"cron {s.expr!r} {s.tz}"
+    if isinstance(s, SolarSchedule):
+        return f"solar {s.event} ({s.lat}, {s.lon})"
+    if isinstance(s, AtSchedule):
+        return f"at {tick_iso(s.at_ms)}"
+    return repr(s)
+
+
+def next_run_ms(spec: EntrySpec, state: EntryState) -> int | None:
+    """The next tick the owner will fire, or None (paused, finished, not anchored yet)."""
+    base = state.last_tick_ms if state.last_tick_ms is not None else state.anchor_ms
+    if base is None or not spec.enabled:
+        return None
+    if spec.start_ms is not None and spec.start_ms - 1 > base:
+        base = spec.start_ms - 1
+    try:
+        nxt = next_tick(spec.schedule, base)
+    except DcronError:
+        return None
+    if nxt is None or (spec.end_ms is not None and nxt > spec.end_ms):
+        return None
+    if spec.max_runs is not None and state.run_count >= spec.max_runs:
+        return None
+    return nxt
+
+
+class ClusterView:
+    """Nodes, entries, states and ownership of one namespace, read once."""
+
+    def __init__(self, snapshot: Snapshot, settings: Settings) -> None:
+        self.snapshot = snapshot
+        self.nodes = snapshot.nodes
+        self.server_ms = snapshot.server_ms
+        self.entries = snapshot.entries
+        self.bad = snapshot.bad
+        self.states = snapshot.states
+        self.paused = snapshot.paused
+        self.deleted = snapshot.tombstones
+        self.static = snapshot.static
+        strategy = get_strategy(settings.strategy, virtual_nodes=settings.virtual_nodes)
+        working = [n for n in self.nodes if n.status is NodeStatus.WORKING]
+        self.owner: Mapping[str, str] = strategy.assign(snapshot.names, working)
+
+    @classmethod
+    def read(
+        cls, registry: Registry, settings: Settings, names: Iterable[str] | None = None
+    ) -> ClusterView:
+        """One round trip; with ``names``, only those entries are read in full."""
+        return cls(registry.snapshot(names), settings)
+
+    def state_of(self, name: str) -> str:
+        """``active``, ``paused``, ``finished``, ``waiting`` (not anchored yet) or
+        ``missing`` (not in the registry)."""
+        spec = self.entries.get(name)
+        if spec is None:
+            return "missing"
+        if not spec.enabled:
+            return "paused"
+        state = self.states.get(name) or EntryState()
+        if state.anchor_ms is None and state.last_tick_ms is None:
+            return "waiting"
+        return "active" if next_run_ms(spec, state) is not None else "finished"
+
+    def entry(self, name: str) -> dict[str, Any]:
+        spec = self.entries[name]
+        state = self.states.get(name) or EntryState()
+        nxt = next_run_ms(spec, state)
+        return {
+            **spec.to_json(),
+            "schedule_text": describe_schedule(spec.schedule),
+            "owner": self.owner.get(name),
+            "state": self.state_of(name),
+            "next_tick": None if nxt is None else tick_iso(nxt),
+            "last_tick": None if state.last_tick_ms is None else tick_iso(state.last_tick_ms),
+            "runs": state.run_count,
+            "last_node": state.last_node,
+        }
+
+    def owned_by(self, node_id: str) -> int:
+        return sum(1 for o in self.owner.values() if o == node_id)
+
+    def node(self, node: Node) -> dict[str, Any]:
+        return {
+            "id": node.id,
+            "host": node.host,
+            "pid": node.pid,
+            "version": node.version,
+            "status": node.status.value,
+            "heartbeat_age_s": round(max(self.server_ms - node.heartbeat_ms, 0) / 1000, 3),
+            "started": tick_iso(node.started_ms) if node.started_ms else None,
+            "entries_owned": self.owned_by(node.id),
+        }
