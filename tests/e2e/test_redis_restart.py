@@ -53,8 +53,9 @@ def test_redis_restart_with_data_loss(
     )
     cluster.assert_alive(*beats)
     time.sleep(max(down_s + OUTAGE_S - time.time(), 0))  # the fault lasts OUTAGE_S: not a check
-    redis_server.start()  # same port, no data
+    # Taken before the start: an instance may reconnect before start() has returned.
     up_s = now_ms() / 1000
+    redis_server.start()  # same port, no data
     # G5: nothing is published while Redis is unreachable.
     fired_while_down = [f for f in cluster.fired() if down_s + 0.5 < f.logged_at < up_s]
     assert not fired_while_down, f"fired while Redis was down: {fired_while_down}"
