@@ -228,6 +228,8 @@ class Engine:
         reset = (bool(self._seen_epoch) and bool(hb.epoch) and hb.epoch != self._seen_epoch) or (
             versions[0] < self._seen_versions[0] or versions[1] < self._seen_versions[1]
         )
+        if not reset and hb.epoch and hb.epoch != self._seen_epoch and hb.reset_ms is not None:
+            self._join_rebuilt(hb.reset_ms)
         self._seen_epoch = hb.epoch or self._seen_epoch
         reconnected = not self._connected
         self._connected = True
@@ -246,7 +248,8 @@ class Engine:
                 # Anchors never change, so every instance's copy is exact: put them back
                 # before the static sync would anchor the entries anew (the grid holds).
                 self.registry.restore_anchors(
-                    {n: st.anchor_ms for n, st in self.states.items() if st.anchor_ms is not None}
+                    {n: st.anchor_ms for n, st in self.states.items() if st.anchor_ms is not None},
+                    reset_ms=self.clock.now_ms(),
                 )
             self._sync_static()
             _send(signals.reconcile, self, reason="reset" if reset else "start")
@@ -272,6 +275,22 @@ class Engine:
             self.membership.beat()
             self._refresh_nodes()
             self._reassign()
+
+    def _join_rebuilt(self, reset_ms: int) -> None:
+        """This instance first meets a registry that others rebuilt after a data loss at
+        ``reset_ms``. It knows no last tick, but the rule of the instances that saw the
+        loss holds for it too: an entry whose last tick nobody restored skips its ticks up
+        to the reset (their previous owner may have sent them), and waits one node TTL
+        after the reset for that owner to come back and restore it."""
+        self._reset_at_ms = reset_ms
+        settle = reset_ms + self.settings.node_ttl_ms
+        if settle > self.clock.now_ms():
+            self._settle_until_ms = settle
+        logger.info(
+            "dcron: the registry was rebuilt after a data loss at %s; entries without a "
+            "restored last tick skip their ticks up to then",
+            tickmath.tick_iso(reset_ms),
+        )
 
     def _sync_static(self) -> None:
         result = self.registry.sync_static(self.static_entries)

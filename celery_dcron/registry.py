@@ -8,7 +8,9 @@ all scripts touch one Redis Cluster slot; ``B`` below stands for that tag)::
     B:alive       zset    node id -> heartbeat expiry (Redis server time, ms)
     B:meta        hash    "members" -> membership version, "entries" -> entries version,
                           "epoch" -> server time when the data began (new after a loss),
-                          "paused" -> "1" while the whole cluster is paused (pause_all)
+                          "paused" -> "1" while the whole cluster is paused (pause_all),
+                          "reset" -> cluster time (ms) at which the first instance that
+                          noticed a data loss rebuilt the registry (absent on new data)
     B:entries     hash    entry name -> entry JSON (static and dynamic)
     B:static      hash    entry name -> "1" for entries written from beat_schedule
     B:tombstones  hash    entry name -> deletion time (ms); re-adding is refused
@@ -152,7 +154,8 @@ end
 # publishes "members") when the live set or a status changed.
 # Sets the namespace's epoch (server time) if it has none: a Redis that lost its data
 # has a new one, whatever its versions have climbed back to.
-# Returns {server_s, server_us, members_version, entries_version, paused (0|1), epoch}.
+# Returns {server_s, server_us, members_version, entries_version, paused (0|1), epoch,
+# reset (ms, or nil on data that was never rebuilt after a loss)}.
 HEARTBEAT = (
     _NOW
     + """
@@ -177,8 +180,8 @@ if changed == 1 then
   redis.call('PUBLISH', ARGV[5], 'members')
 end
 redis.call('HSETNX', KEYS[4], 'epoch', t[1] .. '.' .. t[2])
-local m = redis.call('HMGET', KEYS[4], 'members', 'entries', 'paused', 'epoch')
-return {t[1], t[2], m[1] or '0', m[2] or '0', m[3] or '0', m[4]}
+local m = redis.call('HMGET', KEYS[4], 'members', 'entries', 'paused', 'epoch', 'reset')
+return {t[1], t[2], m[1] or '0', m[2] or '0', m[3] or '0', m[4], m[5]}
 """
 )
 
@@ -493,6 +496,8 @@ class Heartbeat:
     paused: bool = False
     #: set once per life of the registry's data: a new value means Redis lost its data
     epoch: str = ""
+    #: when this data was rebuilt after a loss (cluster time, ms); None on new data
+    reset_ms: int | None = None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -616,6 +621,7 @@ class Registry:
             entries_version=int(raw[3]),
             paused=len(raw) > 4 and str(raw[4]) == "1",
             epoch=str(raw[5]) if len(raw) > 5 and raw[5] is not None else "",
+            reset_ms=int(raw[6]) if len(raw) > 6 and raw[6] is not None else None,
         )
 
     def leave(self, node_id: str) -> None:
@@ -645,13 +651,15 @@ class Registry:
         skipped = {str(raw[i]): str(raw[i + 1]) for i in range(1, len(raw), 2)}
         return StaticSyncResult(changed=int(raw[0]), skipped=skipped)
 
-    def restore_anchors(self, anchors: Mapping[str, int]) -> None:
-        """Put back anchors after Redis lost its data (HSETNX: an anchor is set once)."""
-        if anchors:
-            pipe = self.client.pipeline(transaction=False)
-            for name, anchor_ms in anchors.items():
-                pipe.hsetnx(self.keys.anchor, name, anchor_ms)
-            self._execute(pipe)
+    def restore_anchors(self, anchors: Mapping[str, int], *, reset_ms: int) -> None:
+        """After Redis lost its data: put back the anchors (HSETNX: an anchor is set once)
+        and record when the data was rebuilt (the first call wins), so that instances that
+        start later know which entries lost their last tick with the data."""
+        pipe = self.client.pipeline(transaction=False)
+        pipe.hsetnx(self.keys.meta, "reset", reset_ms)
+        for name, anchor_ms in anchors.items():
+            pipe.hsetnx(self.keys.anchor, name, anchor_ms)
+        self._execute(pipe)
 
     def entries(self) -> tuple[dict[str, EntrySpec], dict[str, str]]:
         """Every entry that parses, and ``name -> error`` for those that do not."""

@@ -10,15 +10,15 @@ Both tests come from the chaos suite (tests/chaos/test_registry_loss.py).
    ticks it had already sent (G1). Fixed: the registry's ``epoch`` (set once per life
    of the data) changes with a loss, whatever the versions do.
 2. A *new* instance that starts after a loss and before the previous owners reconnect
-   sees entries with an anchor (restored by the others) and no last tick, and replays
-   their ticks from the anchor, ticks the old owner already sent. Not fixed yet.
+   saw entries with an anchor (restored by the others) and no last tick, and replayed
+   their ticks from the anchor, ticks the old owner had already sent (G1). Fixed: the
+   first instance that rebuilds the registry records the reset time in it, and a new
+   instance applies the same rule as those that saw the loss.
 """
 
 from __future__ import annotations
 
 from itertools import pairwise
-
-import pytest
 
 from celery_dcron.clock import ManualClock
 from celery_dcron.engine import Engine
@@ -88,11 +88,6 @@ def test_a_data_loss_is_noticed_after_the_others_pushed_the_versions_back_up(
     assert_every_tick_once(c, static)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a new instance replays from the anchor the ticks of entries whose owner has "
-    "not reconnected yet after a data loss (G1); see the module docstring",
-)
 def test_a_new_instance_after_a_data_loss_does_not_replay_the_ticks_of_a_late_owner(
     redis_server: RedisServer,
 ) -> None:
