@@ -29,7 +29,7 @@ import sys
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
 EXTRAS = {
-    "test": ("test", "django", "demo"),
+    "test": ("test", "django", "demo", "docs"),
     "demo": ("demo", "django"),
     "lint": ("lint", "django", "metrics"),
 }

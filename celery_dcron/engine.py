@@ -62,6 +62,8 @@ PUBLISH_BATCH = 100
 SUMMARY_DETAILS = 10
 
 _MAX_BACKOFF_S = 5.0
+#: Heartbeat this long after a peer's expiry (server time), so that Redis sees it expired.
+_EXPIRY_MARGIN_S = 0.02
 
 
 class Engine:
@@ -129,6 +131,7 @@ class Engine:
         self._seen_once = False
         self._seen_versions = (-1, -1)
         self._seen_epoch = ""
+        self._peer_expiry_ms: int | None = None
         self._on_time_ms = max(1000, settings.heartbeat_interval_ms)
         self._safe_publish_s = settings.node_ttl_s / 2
         #: the cluster-wide pause flag, learnt from each heartbeat: claim nothing while set
@@ -154,7 +157,7 @@ class Engine:
             now_mono = time.monotonic()
             if now_mono >= self._next_beat or not self._connected or self._dirty(clear=False):
                 self._beat()
-                self._next_beat = now_mono + self.settings.heartbeat_interval_s
+                self._next_beat = now_mono + self._next_beat_in_s()
             interval = self.settings.reconcile_interval_s
             if interval and now_mono >= self._next_reconcile:
                 self._next_reconcile = now_mono + interval
@@ -231,6 +234,7 @@ class Engine:
         if not reset and hb.epoch and hb.epoch != self._seen_epoch and hb.reset_ms is not None:
             self._join_rebuilt(hb.reset_ms)
         self._seen_epoch = hb.epoch or self._seen_epoch
+        self._peer_expiry_ms = hb.peer_expiry_ms
         reconnected = not self._connected
         self._connected = True
         self._seen_versions = versions
@@ -275,6 +279,18 @@ class Engine:
             self.membership.beat()
             self._refresh_nodes()
             self._reassign()
+
+    def _next_beat_in_s(self) -> float:
+        """Until the next heartbeat: the interval, or sooner when another node's heartbeat
+        expires first. A dead node's entries then move at its expiry, not up to one interval
+        later: failover within the node TTL. Live nodes' expiries lie a TTL ahead, so this
+        adds a heartbeat only when a node stops heartbeating."""
+        interval = self.settings.heartbeat_interval_s
+        expiry = self._peer_expiry_ms
+        if expiry is None:
+            return interval
+        until_s = max(expiry - self.clock.now_ms(), 0) / 1000.0
+        return min(interval, until_s + _EXPIRY_MARGIN_S)
 
     def _join_rebuilt(self, reset_ms: int) -> None:
         """This instance first meets a registry that others rebuilt after a data loss at

@@ -155,7 +155,8 @@ end
 # Sets the namespace's epoch (server time) if it has none: a Redis that lost its data
 # has a new one, whatever its versions have climbed back to.
 # Returns {server_s, server_us, members_version, entries_version, paused (0|1), epoch,
-# reset (ms, or nil on data that was never rebuilt after a loss)}.
+# reset (ms, or nil on data that was never rebuilt after a loss), the earliest heartbeat
+# expiry of another node (ms, or nil when alone)}.
 HEARTBEAT = (
     _NOW
     + """
@@ -181,7 +182,12 @@ if changed == 1 then
 end
 redis.call('HSETNX', KEYS[4], 'epoch', t[1] .. '.' .. t[2])
 local m = redis.call('HMGET', KEYS[4], 'members', 'entries', 'paused', 'epoch', 'reset')
-return {t[1], t[2], m[1] or '0', m[2] or '0', m[3] or '0', m[4], m[5]}
+local first = redis.call('ZRANGE', KEYS[3], 0, 1, 'WITHSCORES')
+local peer = false
+for i = 1, #first, 2 do
+  if first[i] ~= ARGV[1] then peer = first[i + 1]; break end
+end
+return {t[1], t[2], m[1] or '0', m[2] or '0', m[3] or '0', m[4], m[5], peer}
 """
 )
 
@@ -498,6 +504,8 @@ class Heartbeat:
     epoch: str = ""
     #: when this data was rebuilt after a loss (cluster time, ms); None on new data
     reset_ms: int | None = None
+    #: the earliest heartbeat expiry of another node (server time, ms); None when alone
+    peer_expiry_ms: int | None = None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -622,6 +630,7 @@ class Registry:
             paused=len(raw) > 4 and str(raw[4]) == "1",
             epoch=str(raw[5]) if len(raw) > 5 and raw[5] is not None else "",
             reset_ms=int(raw[6]) if len(raw) > 6 and raw[6] is not None else None,
+            peer_expiry_ms=int(float(raw[7])) if len(raw) > 7 and raw[7] is not None else None,
         )
 
     def leave(self, node_id: str) -> None:

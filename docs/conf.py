@@ -35,6 +35,28 @@ def _read_version() -> str:
         return "0.0.0+unknown"
 
 
+def _setup_django() -> None:
+    """autodoc imports celery_dcron.contrib.django's models: give Django minimal settings."""
+    try:
+        import django
+        from django.conf import settings
+    except ImportError:  # the API page then warns, and -W fails: install the docs extra
+        return
+    if not settings.configured:
+        settings.configure(
+            INSTALLED_APPS=[
+                "django.contrib.contenttypes",
+                "django.contrib.auth",
+                "celery_dcron.contrib.django",
+            ],
+            DATABASES={},
+            USE_TZ=True,
+        )
+        django.setup()
+
+
+_setup_django()
+
 project = "celery_dcron"
 author = "celery_dcron contributors"
 copyright = "2026, celery_dcron contributors"

@@ -86,6 +86,8 @@ FIRED_RE = re.compile(
     r"dcron: fired (?P<entry>\S+) tick=(?P<tick>\S+) node=(?P<node>\S+) id=(?P<id>\S+)\s*$"
 )
 LOG_TIME_RE = re.compile(r"^\[(?P<at>\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}): ")
+#: one per claim, alone or inside "re-publishing <n> unsent claims ...: ... | ..."
+REPUBLISHED_RE = re.compile(r"re-publishing unsent claim (\S+) tick=(\S+) with its original id")
 
 T = TypeVar("T")
 
@@ -280,6 +282,10 @@ class Beat(Proc):
 
     node_id: str | None = None
 
+    def republished(self) -> set[tuple[str, int]]:
+        """(entry, tick) of every ``re-publishing unsent claim`` this beat logged."""
+        return {(m[1], iso_to_ms(m[2])) for m in REPUBLISHED_RE.finditer(self.log_text())}
+
     def fired(self) -> list[Fired]:
         out = []
         for line in self.log_lines():
@@ -349,6 +355,10 @@ class Published:
     fired: list[Fired]
     #: SIGKILLs the test sent: that many messages may lack their ``fired`` log line.
     kills: int = 0
+    #: beat name -> times (epoch s) of the SIGKILLs the test sent it
+    killed_at: dict[str, list[float]] = field(default_factory=dict)
+    #: (entry, tick) -> names of the beats that logged re-publishing it as an unsent claim
+    republished: dict[tuple[str, int], set[str]] = field(default_factory=dict)
     from_broker: bool = True
     nodes_by_tick: dict[tuple[str, int], list[str]] = field(default_factory=dict)
 
@@ -389,10 +399,40 @@ class Published:
             for t in self.ticks(entry)
         )
 
-    def assert_once(self) -> None:
-        """G1: every (entry, tick) published at most once, with its deterministic task id."""
+    def kill_window(self, key: tuple[str, int], n: int) -> str:
+        """Why a duplicate is the window G1 documents, or "" if it is not. The window: a
+        SIGKILL between a publish and its "mark sent" leaves a pending claim, which the
+        next owner re-publishes with the same task id. So: two copies, one of them logged
+        as re-published, the other sent by a beat SIGKILLed just after (or not logged at
+        all, when the kill came before the log line)."""
+        again = self.republished.get(key, set())
+        if n != 2 or len(again) != 1:
+            return ""
+        first = [f for f in self.fired if (f.entry, f.tick_ms) == key and f.beat not in again]
+        if first:
+            f = first[0]
+            kills = [at for at in self.killed_at.get(f.beat, []) if 0 <= at - f.logged_at <= 1]
+            return (
+                f"SIGKILL to {f.beat} {kills[0] - f.logged_at:+.3f}s after it sent" if kills else ""
+            )
+        tick_s = key[1] / 1000
+        killed = [b for b, ats in self.killed_at.items() if any(at >= tick_s for at in ats)]
+        return f"first sender unlogged; SIGKILL to {killed} after the tick" if killed else ""
+
+    def assert_once(self, *, kill_window: bool = True) -> None:
+        """G1: every (entry, tick) published at most once, with its deterministic task id.
+
+        With ``kill_window`` (the default), a duplicate in the one window the README
+        documents for G1 (SIGKILL between publish and "mark sent"; the same id again) is
+        printed, not failed: tests that SIGKILL at random times land in it now and then."""
         problems = []
         dups = self.duplicates()
+        if kill_window:
+            for key, n in sorted(dups.items()):
+                why = self.kill_window(key, n)
+                if why:
+                    print(f"G1 window (documented), {key[0]} tick={key[1]}: {why}")
+                    del dups[key]
         if dups:
             detail = []
             for (entry, tick), n in sorted(dups.items()):
@@ -680,19 +720,43 @@ class Cluster:
     def kills(self) -> int:
         return sum(1 for b in self.beats for _, sig in b.events if sig == "SIGKILL")
 
+    def killed_at(self) -> dict[str, list[float]]:
+        return {b.name: [at for at, sig in b.events if sig == "SIGKILL"] for b in self.beats}
+
+    def republished(self) -> dict[tuple[str, int], set[str]]:
+        out: dict[tuple[str, int], set[str]] = defaultdict(set)
+        for beat in self.beats:
+            for key in beat.republished():
+                out[key].add(beat.name)
+        return dict(out)
+
     def count_published(self) -> Published:
         """Every task message in the broker queue, keyed by (entry, tick), with log info."""
         messages = self.messages()
         counts: Counter[tuple[str, int]] = Counter(
             (m.entry, m.tick_ms) for m in messages if m.entry is not None and m.tick_ms is not None
         )
-        return Published(counts=counts, messages=messages, fired=self.fired(), kills=self.kills())
+        return Published(
+            counts=counts,
+            messages=messages,
+            fired=self.fired(),
+            kills=self.kills(),
+            killed_at=self.killed_at(),
+            republished=self.republished(),
+        )
 
     def count_fired(self) -> Published:
         """Like :meth:`count_published` but from the beats' logs (when the broker lost its data)."""
         fired = self.fired()
         counts: Counter[tuple[str, int]] = Counter((f.entry, f.tick_ms) for f in fired)
-        return Published(counts=counts, messages=[], fired=fired, from_broker=False)
+        return Published(
+            counts=counts,
+            messages=[],
+            fired=fired,
+            from_broker=False,
+            killed_at=self.killed_at(),
+            republished=self.republished(),
+        )
 
     def wait_ticks(
         self,

@@ -125,7 +125,8 @@ def test_sigkill_entries_resume_on_the_others(cluster: Cluster, policy: str) -> 
 
     pub = cluster.count_published()
     pub.assert_once()
-    # G3: the victim's entries fire again on the others within TTL + 1 heartbeat.
+    # G3: the victim's entries fire again on the others within the TTL (the survivors
+    # heartbeat at its expiry), plus slack for a loaded machine.
     late, latency = {}, {}
     for entry in owned:
         first = min(
@@ -134,10 +135,10 @@ def test_sigkill_entries_resume_on_the_others(cluster: Cluster, policy: str) -> 
         )
         assert first is not None, f"{entry} never fired after the SIGKILL"
         latency[entry] = round(first - killed_s, 3)
-        if first - killed_s > TTL_S + HEARTBEAT_S + SLACK_S:
+        if first - killed_s > TTL_S + SLACK_S:
             late[entry] = latency[entry]
     print(f"failover after SIGKILL of {victim.name} (s): {latency}")
-    assert not late, f"failover slower than TTL {TTL_S}s + heartbeat {HEARTBEAT_S}s: {late}"
+    assert not late, f"failover slower than TTL {TTL_S}s + slack {SLACK_S}s: {late}"
     for entry in entries:
         assert pub.max_gap(entry) <= (TTL_S + 2.0) * 1000, f"{entry}: {pub.describe(entry)}"
     if policy == "all":

@@ -202,6 +202,32 @@ def test_dead_owner_entries_are_caught_up_by_policy(
     assert ticks_of(cluster.recorder, "e0")[-1] == last + 10 * S
 
 
+def test_the_next_heartbeat_comes_at_a_silent_peers_expiry(cluster: Cluster) -> None:
+    """G3: a survivor heartbeats when a dead peer's heartbeat expires (server time), not up
+    to one heartbeat interval later, so the peer's entries move within the node TTL."""
+    conf = {"heartbeat_interval_s": 1.0, "node_ttl_s": 3.0}
+    a = cluster.add("a", entries(2), **conf)
+    b = cluster.add("b", entries(2), **conf)
+    cluster.clock.set(_server_ms(cluster.url))
+    cluster.step_all(2)
+    assert a._next_beat_in_s() == 1.0  # b heartbeats: its expiry lies a TTL ahead
+    b.stopped = True  # b dies silently: its expiry no longer moves
+    a._next_beat = 0.0
+    a.step()
+    expiry = a._peer_expiry_ms
+    assert expiry is not None and expiry > cluster.clock.now_ms()
+    cluster.clock.set(expiry - 400)
+    assert a._next_beat_in_s() == pytest.approx(0.42, abs=0.005)
+    cluster.clock.set(expiry + 50)  # the expiry passed: heartbeat at once (+ margin)
+    assert a._next_beat_in_s() == pytest.approx(0.02, abs=0.005)
+    # Alone in the registry (the others expired or left): the plain interval.
+    a.registry.leave("b")
+    a._next_beat = 0.0
+    a.step()
+    assert a._peer_expiry_ms is None
+    assert a._next_beat_in_s() == 1.0
+
+
 def test_grace_window_drops_a_too_old_missed_tick(
     cluster: Cluster, caplog: pytest.LogCaptureFixture
 ) -> None:

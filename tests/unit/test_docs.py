@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 from celery_dcron.config import SETTINGS
@@ -28,3 +30,16 @@ def test_readme_settings_table_lists_every_setting() -> None:
 def test_readme_starts_with_the_two_commands() -> None:
     head = (ROOT / "README.md").read_text().split("\n## ", 1)[0]
     assert "python dev.py demo" in head and "python dev.py test" in head
+
+
+def test_the_docs_build_without_a_warning(tmp_path: Path) -> None:
+    """``tox -e docs`` in the test run: every page, cross-reference and autodoc import
+    (the API page imports the package and its Django app) builds with warnings as errors."""
+    out = subprocess.run(
+        [sys.executable, "-m", "sphinx", "-W", "--keep-going", "-q", "-b", "html", "-d",
+         str(tmp_path / "doctrees"), str(ROOT / "docs"), str(tmp_path / "html")],
+        capture_output=True, text=True, timeout=300, check=False,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    assert (tmp_path / "html" / "migration.html").exists()
+    assert "DynamicTask" in (tmp_path / "html" / "api.html").read_text()
