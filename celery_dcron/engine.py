@@ -35,6 +35,7 @@ from .config import Settings
 from .entries import EntrySpec, EntryState, NodeStatus, Tick
 from .exceptions import RegistryUnavailableError
 from .interfaces import Strategy
+from .logfields import fields
 from .membership import EventListener, Membership
 from .metrics import Metrics, NullMetrics
 from .registry import MAX_TICKS_PER_SCRIPT, Registry
@@ -246,7 +247,10 @@ class Engine:
             )  # fmt: skip
             self.paused = hb.paused
         if reset:
-            logger.warning("dcron: the registry was reset (Redis lost its data); rebuilding")
+            logger.warning(
+                "dcron: the registry was reset (Redis lost its data); rebuilding",
+                extra=fields("registry_reset", node=self.node_id),
+            )
         if not self._synced or reset:
             if reset:
                 # Anchors never change, so every instance's copy is exact: put them back
@@ -306,6 +310,7 @@ class Engine:
             "dcron: the registry was rebuilt after a data loss at %s; entries without a "
             "restored last tick skip their ticks up to then",
             tickmath.tick_iso(reset_ms),
+            extra=fields("registry_rebuilt", node=self.node_id, reset_ms=reset_ms),
         )
 
     def _sync_static(self) -> None:
@@ -373,7 +378,10 @@ class Engine:
     def _skip_once(self, name: str, reason: str) -> None:
         if self._skipped_reasons.get(name) != reason:
             self._skipped_reasons[name] = reason
-            logger.error("dcron: skipping entry %r: %s", name, reason)
+            logger.error(
+                "dcron: skipping entry %r: %s", name, reason,
+                extra=fields("entry_skipped", entry=name, node=self.node_id, reason=reason),
+            )  # fmt: skip
 
     def _runnable(self, spec: EntrySpec) -> bool:
         if not spec.enabled:
@@ -395,11 +403,12 @@ class Engine:
         if owned != self.owned:
             logger.info(
                 "dcron: node %s owns %d of %d entries (%d working nodes)",
-                self.node_id,
-                len(owned),
-                len(self.entries),
-                len(working),
-            )
+                self.node_id, len(owned), len(self.entries), len(working),
+                extra=fields(
+                    "ownership", node=self.node_id, owned=len(owned),
+                    entries=len(self.entries), working=len(working),
+                ),
+            )  # fmt: skip
         self.owned = owned
         self.metrics.membership(
             Counter(n.status.value for n in self.membership.nodes),
@@ -471,7 +480,7 @@ class Engine:
         due = self._pop_due(now_ms, now_ms + self.claim_ahead_ms)
         if not due:
             return 0
-        catchup = _Summary()
+        catchup = _Summary("catch_up", self.node_id)
         planned = [(spec, when, self._plan(spec, now_ms, catchup, when)) for spec, when in due]
         catchup.log(
             "catch-up of %d entries: %d ticks missed, %d fired by their misfire policy, "
@@ -557,10 +566,12 @@ class Engine:
                 lost += 1
                 logger.debug(
                     "dcron: %s tick=%s already claimed (last tick %s)",
-                    tick.name,
-                    tickmath.tick_iso(tick.tick_ms),
-                    last,
-                )
+                    tick.name, tickmath.tick_iso(tick.tick_ms), last,
+                    extra=fields(
+                        "claim_lost", entry=tick.name, tick_ms=tick.tick_ms,
+                        node=self.node_id, last_tick_ms=last,
+                    ),
+                )  # fmt: skip
         self.metrics.claims_lost(lost)
         return won
 
@@ -588,9 +599,9 @@ class Engine:
             if lost is not None:
                 logger.warning(
                     "dcron: %s lost its state with the Redis data; ticks up to %s are not replayed",
-                    spec.name,
-                    tickmath.tick_iso(lost),
-                )
+                    spec.name, tickmath.tick_iso(lost),
+                    extra=fields("state_lost", entry=spec.name, tick_ms=lost, node=self.node_id),
+                )  # fmt: skip
                 return [Tick(name=spec.name, tick_ms=lost, fire=False)]
         if due_ms >= now_ms and self._settle_until_ms is None:
             # Planned at its next tick, claimed on time or ahead: nothing was missed, and
@@ -691,6 +702,10 @@ class Engine:
             logger.info(
                 "dcron: fired %s run-now at=%s node=%s id=%s",
                 spec.name, tickmath.tick_iso(request.request_ms), self.node_id, tid,
+                extra=fields(
+                    "fired", entry=spec.name, tick_ms=request.request_ms, task_id=tid,
+                    node=self.node_id, run_now=True,
+                ),
             )  # fmt: skip
         self.registry.done_requests(done)
         return len(done)
@@ -764,9 +779,11 @@ class Engine:
             if not ours:
                 logger.warning(
                     "dcron: %s tick=%s was taken over while this node stalled; not sent",
-                    tick.name,
-                    tickmath.tick_iso(tick.tick_ms),
-                )
+                    tick.name, tickmath.tick_iso(tick.tick_ms),
+                    extra=fields(
+                        "taken_over", entry=tick.name, tick_ms=tick.tick_ms, node=self.node_id
+                    ),
+                )  # fmt: skip
         return [tick for tick, ours in zip(ticks, flags, strict=True) if ours]
 
     def _publish_batch(self, ticks: Sequence[Tick]) -> list[Tick]:
@@ -811,6 +828,10 @@ class Engine:
                 logger.info(
                     "dcron: fired %s tick=%s node=%s id=%s",
                     tick.name, tickmath.tick_iso(tick.tick_ms), self.node_id, task_id,
+                    extra=fields(
+                        "fired", entry=tick.name, tick_ms=tick.tick_ms, task_id=task_id,
+                        node=self.node_id, run_now=False,
+                    ),
                 )  # fmt: skip
         return sent
 
@@ -820,6 +841,10 @@ class Engine:
         logger.error(
             "dcron: publish failed %s tick=%s id=%s: %r (will retry with the same id)",
             tick.name, tickmath.tick_iso(tick.tick_ms), task_id, exc,
+            extra=fields(
+                "publish_failed", entry=tick.name, tick_ms=tick.tick_ms, task_id=task_id,
+                node=self.node_id, error=repr(exc),
+            ),
         )  # fmt: skip
         self._publish_failed(spec, tick, exc)
 
@@ -858,7 +883,7 @@ class Engine:
         janitor = bool(working) and working[0] == self.node_id
         candidates: list[Tick] = []
         orphans: list[Tick] = []
-        dropped = _Summary()
+        dropped = _Summary("pending_dropped", self.node_id)
         now_ms = self.clock.now_ms()
         for claim in pending:
             tick = Tick(name=claim.name, tick_ms=claim.tick_ms)
@@ -893,7 +918,7 @@ class Engine:
             candidates, node_id=self.node_id, lock_ttl_ms=self.settings.lock_ttl_ms
         )
         won = [t for t, ok in zip(candidates, won_flags, strict=True) if ok]
-        again = _Summary()
+        again = _Summary("republished", self.node_id)
         for tick in won:
             again.add(
                 f"re-publishing unsent claim {tick.name} tick={tickmath.tick_iso(tick.tick_ms)} "
@@ -928,13 +953,16 @@ class Engine:
             if self._failures in (1, 2) or self._failures % 20 == 0
             else logging.DEBUG
         )
+        cause = exc.__cause__ or exc
         logger.log(
             level,
             "dcron: Redis unreachable (attempt %d), publishing nothing; retrying in %.2fs: %s",
-            self._failures,
-            backoff,
-            exc.__cause__ or exc,
-        )
+            self._failures, backoff, cause,
+            extra=fields(
+                "redis_unreachable", node=self.node_id, attempt=self._failures,
+                retry_s=backoff, error=str(cause),
+            ),
+        )  # fmt: skip
         return backoff
 
     # -- introspection -------------------------------------------------------------
@@ -968,7 +996,9 @@ class _Summary:
     """Similar events of one pass, logged as one warning that shows the first few in full
     (:data:`SUMMARY_DETAILS`); each event is also logged on its own at DEBUG."""
 
-    def __init__(self) -> None:
+    def __init__(self, event: str, node: str) -> None:
+        self.event = event
+        self.node = node
         self.count = 0
         self.totals: Counter[str] = Counter()
         self.shown: list[str] = []
@@ -984,11 +1014,13 @@ class _Summary:
         if not self.count:
             return
         more = self.count - len(self.shown)
+        counts = {"entries": self.count, **self.totals} if self.totals else {"count": self.count}
         logger.warning(
             "dcron: %s: %s%s",
             headline % args,
             " | ".join(self.shown),
             f" | and {more} more (each logged at DEBUG)" if more else "",
+            extra=fields(self.event, node=self.node, **counts),
         )
 
 

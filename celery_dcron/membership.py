@@ -19,6 +19,7 @@ from dataclasses import replace
 from .clock import ManualClock, RedisClock
 from .entries import Node, NodeStatus
 from .exceptions import RegistryUnavailableError
+from .logfields import fields
 from .registry import Heartbeat, Registry
 
 __all__ = ["EventListener", "Membership"]
@@ -88,6 +89,9 @@ class Membership:
             logger.info(
                 "dcron: nodes %s",
                 ", ".join(f"{n.id}({n.status.value})" for n in nodes) or "none",
+                extra=fields(
+                    "nodes", node=self.node.id, nodes={n.id: n.status.value for n in nodes}
+                ),
             )
         self.nodes = nodes
         return nodes

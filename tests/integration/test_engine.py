@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 import time
 from collections import Counter
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from itertools import pairwise
 from typing import Any
 
@@ -111,14 +111,6 @@ class Cluster:
         while self.clock.now_ms() < end:
             self.clock.advance(min(step_ms, end - self.clock.now_ms()))
             self.step_all()
-
-
-@pytest.fixture
-def cluster(redis_url: str) -> Iterator[Cluster]:
-    c = Cluster(redis_url, ManualClock(start_ms=_server_ms(redis_url)), Recorder())
-    yield c
-    for e in c.engines:
-        e.stopped = True
 
 
 def _server_ms(url: str) -> int:

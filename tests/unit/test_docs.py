@@ -43,3 +43,14 @@ def test_the_docs_build_without_a_warning(tmp_path: Path) -> None:
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     assert (tmp_path / "html" / "migration.html").exists()
     assert "DynamicTask" in (tmp_path / "html" / "api.html").read_text()
+
+
+def test_monitoring_page_lists_every_structured_log_event_and_field() -> None:
+    from celery_dcron.logfields import EVENTS
+
+    page = (ROOT / "docs" / "monitoring.rst").read_text()
+    table = page.split("Structured logs", 1)[1]
+    for event, names in EVENTS.items():
+        assert f"``{event}``" in table, event
+        for name in names:
+            assert f"``{name}``" in table, (event, name)
