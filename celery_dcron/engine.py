@@ -493,6 +493,8 @@ class Engine:
         sent = 0
         try:
             for i, chunk in enumerate(chunks):
+                # Taken before the round trip: a pause while Redis runs the claim counts.
+                claiming_at = time.monotonic()
                 try:
                     won = self._claim(chunk)
                 except RegistryUnavailableError:
@@ -500,7 +502,7 @@ class Engine:
                         self._reschedule(later)  # try again once Redis answers
                     raise
                 claimed.extend(chunk)
-                published = self._publish_all(won, time.monotonic())
+                published = self._publish_all(won, claiming_at)
                 self._mark_sent(published)
                 sent += len(published)
         finally:
@@ -762,12 +764,13 @@ class Engine:
             if time.monotonic() - claimed_at > self._safe_publish_s:
                 # We were paused or slow since the claim: another node may have taken
                 # them over. Publish only the claims that are still ours.
+                checking_at = time.monotonic()
                 try:
                     batch = self._still_ours(batch)
                 except RegistryUnavailableError:
                     self._unmarked.update(sent)  # published: never publish them again
                     raise
-                claimed_at = time.monotonic()
+                claimed_at = checking_at
             sent.extend(self._publish_batch(batch))
         return sent
 
@@ -914,6 +917,7 @@ class Engine:
             self.registry.drop_pending(orphans)
         if not candidates:
             return 0
+        retaking_at = time.monotonic()
         won_flags = self.registry.retake(
             candidates, node_id=self.node_id, lock_ttl_ms=self.settings.lock_ttl_ms
         )
@@ -925,7 +929,7 @@ class Engine:
                 "with its original id"
             )
         again.log("re-publishing %d unsent claims with their original ids", again.count)
-        sent = self._publish_all(won, time.monotonic())
+        sent = self._publish_all(won, retaking_at)
         self._mark_sent(sent)
         return len(sent)
 

@@ -289,6 +289,36 @@ def test_a_stalled_claimer_does_not_publish_a_claim_taken_over(
     assert "taken over" in caplog.text
 
 
+def test_a_pause_while_redis_runs_the_claim_counts_as_a_stall(
+    cluster: Cluster, caplog: pytest.LogCaptureFixture
+) -> None:
+    """G1: the owner freezes after Redis ran its claim and before the reply is read (a
+    SIGSTOP, a GC pause); meanwhile its TTL runs out and the new owner re-publishes the
+    pending claim. On waking, the old owner must check the claim before publishing."""
+    a = cluster.add("a", entries(1))
+    b = cluster.add("b", entries(1))
+    cluster.step_all(3)
+    cluster.align()
+    owner, other = (a, b) if a.owned else (b, a)
+    claim = owner.registry.claim
+
+    def claim_then_freeze(*args: Any, **kwargs: Any) -> Any:
+        results = claim(*args, **kwargs)
+        time.sleep(0.6)  # frozen past the node TTL (0.5 s) with the reply unread
+        other._next_beat = 0.0
+        other.step()  # the owner expired: the other takes e0 and its unsent claim
+        return results
+
+    owner.registry.claim = claim_then_freeze  # type: ignore[method-assign]
+    cluster.clock.advance(S)
+    with caplog.at_level(logging.WARNING, logger="celery_dcron"):
+        owner.step()
+    sent = [(n, t, node) for n, t, _, node in cluster.recorder.sent if t == cluster.clock.now_ms()]
+    assert sent == [("e0", cluster.clock.now_ms(), other.node_id)], cluster.recorder.sent
+    assert "taken over while this node stalled" in caplog.text
+    assert_each_tick_once(cluster.recorder)
+
+
 def test_malformed_and_unrunnable_entries_are_skipped_others_run(cluster: Cluster) -> None:
     e = cluster.add("a", entries(2))
     e.check = lambda spec: "unknown task" if spec.name == "e1" else None
