@@ -13,8 +13,9 @@ its arrival time on the test's clock (never a beat's: a beat's clock may be skew
 :class:`Report` counts (entry, tick) pairs and task ids:
 
 duplicates  (entry, tick) published more than once. The README's G1 names one window,
-            SIGKILL (or SIGSTOP) of the sender between its publish and its "mark sent":
-            the next owner re-publishes the claim *with the same task id*. A duplicate
+            SIGKILL (or SIGSTOP) of the sender between its publish and its "mark sent",
+            or the sender cut off from Redis then (a partition or blackhole fault): the
+            next owner re-publishes the claim *with the same task id*. A duplicate
             is counted in that window (``window``) only if it is exactly that: two copies,
             one id (the deterministic one), one of them a ``re-publishing unsent claim``
             line, and the first sender SIGKILLed or SIGSTOPped within ``WINDOW_S`` of
@@ -312,6 +313,12 @@ class Report:
             b.name: [(at, sig) for at, sig in b.events if sig in ("SIGKILL", "SIGSTOP")]
             for b in cluster.beats
         }
+        # Cutting a beat off from Redis right after a publish loses its "mark sent" just
+        # as a SIGKILL does (faults named "partition <beat> ..." / "blackhole <beat> ...").
+        for fault in self.faults:
+            mode, _, rest = fault.what.partition(" ")
+            if mode in ("partition", "blackhole") and rest:
+                signals.setdefault(rest.split()[0], []).append((fault.at_s, mode.upper()))
         ids: dict[tuple[str, int], set[str | None]] = defaultdict(set)
         for m in self.pub.messages:
             if m.entry is not None and m.tick_ms is not None:

@@ -27,7 +27,8 @@ def scrape(port: int) -> dict[str, float]:
 
 def test_two_beats_serve_metrics_that_add_up(cluster: Cluster) -> None:
     ports = [free_port(), free_port()]
-    beats = [cluster.spawn(DCRON_E2E_METRICS_PORT=str(p)) for p in ports]
+    # 24 entries: with 6, consistent hashing left one beat without any (about 1 run in 32)
+    beats = [cluster.spawn(DCRON_E2E_METRICS_PORT=str(p), DCRON_E2E_ENTRIES="24") for p in ports]
     cluster.wait_working(*beats)
     cluster.wait_ticks(3)
     ns = '{namespace="e2e"}'
@@ -36,7 +37,7 @@ def test_two_beats_serve_metrics_that_add_up(cluster: Cluster) -> None:
         timeout=20, what="both beats to report dispatched ticks",
     )  # fmt: skip
     a, b = (scrape(p) for p in ports)
-    entries = len(cluster.client().hkeys(KEYS.entries))  # 6 + celery.backend_cleanup
+    entries = len(cluster.client().hkeys(KEYS.entries))  # 24 + celery.backend_cleanup
     for m in (a, b):
         assert m['dcron_nodes{namespace="e2e",status="working"}'] == 2
         assert m[f"dcron_entries{ns}"] == entries
