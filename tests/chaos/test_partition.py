@@ -33,7 +33,7 @@ from tests.e2e.harness import Cluster, busiest, wait_until
 from tests.proxy import TcpProxy
 from tests.servers import RedisServer
 
-ENTRIES = every(12)
+ENTRIES = every(18)  # so that the victim, one of 3 random node ids, owns some (P(none) ~ 0.07 %)
 CUT_S = 2 * TTL_S
 
 
