@@ -18,10 +18,12 @@ duplicates  (entry, tick) published more than once. The README's G1 names one wi
             next owner re-publishes the claim *with the same task id*. A duplicate
             is counted in that window (``window``) only if it is exactly that: two copies,
             one id (the deterministic one), one of them a ``re-publishing unsent claim``
-            line, and the first sender SIGKILLed or SIGSTOPped within ``WINDOW_S`` of
-            sending it or before logging it. The broker has a window of its own: a publish
-            that reached it but whose reply (LPUSH's, an AMQP confirm) was lost with the
-            connection is reported failed and retried: two copies, one id, and a
+            line, and the first sender SIGKILLed, SIGSTOPped or cut off within
+            ``WINDOW_S`` of sending it, or before logging it, or resumed (SIGCONT) within
+            ``WINDOW_S`` before logging it (frozen between its last check and the write).
+            The broker has a window of its own: a publish that reached it but whose
+            reply (LPUSH's, an AMQP confirm) was lost with the connection is reported
+            failed and retried: two copies, one id, and a
             ``publish failed`` line for that tick. Any other duplicate fails the test.
 misses      ticks that the entry's misfire policy says must arrive and did not:
             ``all`` - every tick of the grid between the first and the last published;
@@ -310,7 +312,7 @@ class Report:
         republished = _republished(cluster)
         failed = {(e, t) for e, t, _ in failed_publishes(cluster)}
         signals = {
-            b.name: [(at, sig) for at, sig in b.events if sig in ("SIGKILL", "SIGSTOP")]
+            b.name: [(at, sig) for at, sig in b.events if sig in ("SIGKILL", "SIGSTOP", "SIGCONT")]
             for b in cluster.beats
         }
         # Cutting a beat off from Redis right after a publish loses its "mark sent" just
@@ -516,6 +518,11 @@ def _window(
     f = first[0]
     for at, sig in signals.get(f.beat, []):
         # logged_at is the sender's own (possibly skewed) clock: compare loosely
-        if -WINDOW_S <= at - f.logged_at <= WINDOW_S:
+        if sig == "SIGCONT":
+            # Frozen between its last check and the socket write, it sent on waking
+            # (after the others had re-published): its line comes just after the SIGCONT.
+            if 0 <= f.logged_at - at <= WINDOW_S:
+                return f"{f.beat} sent {f.logged_at - at:.2f}s after its SIGCONT"
+        elif -WINDOW_S <= at - f.logged_at <= WINDOW_S:
             return f"{sig} to {f.beat} {at - f.logged_at:+.2f}s after it sent"
     return ""
