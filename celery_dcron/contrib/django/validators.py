@@ -35,7 +35,6 @@ SOURCE = "django"
 _FIELD_MAP = {
     "every": "interval_seconds",
     "tz": "timezone",
-    "misfire_grace": "misfire_grace",
     "schedule": "schedule_kind",
 }
 _MODEL_FIELDS = {
