@@ -17,6 +17,7 @@ from .api import DynamicTasks
 from .entries import EntrySpec, NodeStatus
 from .exceptions import DcronError
 from .status import ClusterView, describe_schedule
+from .ticks import tick_iso
 
 __all__ = ["dcron"]
 
@@ -62,6 +63,7 @@ def status(ctx: click.Context, as_json: bool) -> None:
         "namespace": tasks.settings.namespace,
         "strategy": tasks.settings.strategy,
         "paused": view.paused,
+        "rebuilt_after_data_loss": None if view.reset_ms is None else tick_iso(view.reset_ms),
         "entries": len(view.entries),
         "unowned": len(view.entries) - len(view.owner),
         "nodes": nodes,
@@ -80,6 +82,11 @@ def status(ctx: click.Context, as_json: bool) -> None:
             )
         if data["unowned"]:
             lines.append(f"  {data['unowned']} entries have no working node")
+        if data["rebuilt_after_data_loss"]:
+            lines.append(
+                f"  the registry was rebuilt after a Redis data loss at "
+                f"{data['rebuilt_after_data_loss']}"
+            )
         return "\n".join(lines)
 
     _out(data, as_json, text)

@@ -540,6 +540,8 @@ class Snapshot:
     paused: bool
     tombstones: dict[str, int]
     static: set[str]
+    #: when the registry was rebuilt after a data loss (cluster time, ms); None if never
+    reset_ms: int | None = None
 
 
 def connect(settings: Settings) -> redis.Redis:
@@ -979,7 +981,7 @@ class Registry:
                 pipe.hgetall(key)
             elif wanted:
                 pipe.hmget(key, wanted)
-        pipe.hget(k.meta, "paused")
+        pipe.hmget(k.meta, ["paused", "reset"])
         pipe.hgetall(k.tombstones)
         pipe.hkeys(k.static)
         raw = self._execute(pipe)
@@ -1016,7 +1018,7 @@ class Registry:
             )
             for name in set(anchor) | set(last) | set(runs)
         }
-        paused, tombstones, static = rest
+        (paused, reset), tombstones, static = rest
         return Snapshot(
             nodes=nodes,
             server_ms=server_ms,
@@ -1027,6 +1029,7 @@ class Registry:
             paused=paused == "1",
             tombstones={n: int(ms) for n, ms in tombstones.items()},
             static=set(static),
+            reset_ms=_int_or_none(reset),
         )
 
     # -- events ------------------------------------------------------------------

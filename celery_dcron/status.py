@@ -64,6 +64,8 @@ class ClusterView:
         self.bad = snapshot.bad
         self.states = snapshot.states
         self.paused = snapshot.paused
+        #: when the registry was rebuilt after Redis lost its data (ms), or None
+        self.reset_ms = snapshot.reset_ms
         self.deleted = snapshot.tombstones
         self.static = snapshot.static
         strategy = get_strategy(settings.strategy, virtual_nodes=settings.virtual_nodes)

@@ -125,6 +125,11 @@ def test_cluster_page_lists_nodes_and_counts(
     page = client.get(CLUSTER_URL).content.decode()
     assert "node-a" in page and "node-b" in page and "working" in page
     assert "4 entries (4 django)" in page
+    assert "lost its data" not in page
+    cluster.engines[0].registry.client.flushdb()  # Redis loses its data; the engines rebuild
+    cluster.step_all(2)
+    page = client.get(CLUSTER_URL).content.decode()
+    assert "Redis lost its data; the registry was rebuilt at 20" in page
     for e in cluster.engines:
         e.stopped = True
 

@@ -16,6 +16,7 @@ from celery_dcron.config import Settings
 from celery_dcron.engine import Engine
 from celery_dcron.registry import Registry
 from celery_dcron.strategies import get_strategy
+from celery_dcron.ticks import tick_iso
 from tests.integration.test_engine import _server_ms
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -109,6 +110,21 @@ def test_status_and_ring_show_nodes_and_ownership(cli: CLI, redis_url: str) -> N
     assert cli.json("status")["paused"] is False
     for e in engines:
         e.stop()
+
+
+def test_status_says_when_the_registry_was_rebuilt_after_a_data_loss(
+    cli: CLI, redis_url: str
+) -> None:
+    e = engine(redis_url, "node-0")
+    assert cli.json("status")["rebuilt_after_data_loss"] is None
+    assert "data loss" not in cli("status").stdout
+    e.registry.client.flushdb()  # Redis lost its data
+    e._next_beat = 0.0
+    e.step()  # the engine notices the new epoch and rebuilds
+    rebuilt = cli.json("status")["rebuilt_after_data_loss"]
+    assert rebuilt == tick_iso(e._reset_at_ms or 0)
+    assert f"the registry was rebuilt after a Redis data loss at {rebuilt}" in cli("status").stdout
+    e.stop()
 
 
 @pytest.mark.parametrize(

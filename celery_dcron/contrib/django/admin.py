@@ -339,6 +339,7 @@ class ClusterStatusAdmin(admin.ModelAdmin):
                     "namespace": namespace,
                     "strategy": dt.settings.strategy,
                     "paused": view.paused,
+                    "reset": None if view.reset_ms is None else tick_iso(view.reset_ms),
                     "server_time": tick_iso(view.server_ms),
                     "nodes": [view.node(n) for n in view.nodes],
                     "entries": len(view.snapshot.names),
