@@ -54,3 +54,10 @@ def test_monitoring_page_lists_every_structured_log_event_and_field() -> None:
         assert f"``{event}``" in table, event
         for name in names:
             assert f"``{name}``" in table, (event, name)
+
+
+def test_ci_runs_the_readme_test_command_verbatim() -> None:
+    head = (ROOT / "README.md").read_text().split("\n## ", 1)[0]
+    (line,) = [ln for ln in head.splitlines() if ln.startswith("python dev.py test")]
+    ci = (ROOT / ".ci" / "run").read_text().splitlines()
+    assert line in ci, f".ci/run must run the README's test command: {line!r}"
