@@ -701,14 +701,7 @@ class Engine:
                 continue
             done.append(request)
             self.metrics.run_now()
-            logger.info(
-                "dcron: fired %s run-now at=%s node=%s id=%s",
-                spec.name, tickmath.tick_iso(request.request_ms), self.node_id, tid,
-                extra=fields(
-                    "fired", entry=spec.name, tick_ms=request.request_ms, task_id=tid,
-                    node=self.node_id, run_now=True,
-                ),
-            )  # fmt: skip
+            self._log_fired(spec.name, request.request_ms, tid, run_now=True)
         self.registry.done_requests(done)
         return len(done)
 
@@ -828,15 +821,20 @@ class Engine:
         self._failed.difference_update(sent)
         if logger.isEnabledFor(logging.INFO):  # tick_iso is not free, and bursts are long
             for tick, _, task_id in done:
-                logger.info(
-                    "dcron: fired %s tick=%s node=%s id=%s",
-                    tick.name, tickmath.tick_iso(tick.tick_ms), self.node_id, task_id,
-                    extra=fields(
-                        "fired", entry=tick.name, tick_ms=tick.tick_ms, task_id=task_id,
-                        node=self.node_id, run_now=False,
-                    ),
-                )  # fmt: skip
+                self._log_fired(tick.name, tick.tick_ms, task_id, run_now=False)
         return sent
+
+    def _log_fired(self, name: str, tick_ms: int, task_id: str, *, run_now: bool) -> None:
+        """``fired <entry> tick=<T> ...``, or ``fired <entry> run-now at=<T> ...``."""
+        logger.info(
+            "dcron: fired %s %s=%s node=%s id=%s",
+            name, "run-now at" if run_now else "tick", tickmath.tick_iso(tick_ms),
+            self.node_id, task_id,
+            extra=fields(
+                "fired", entry=name, tick_ms=tick_ms, task_id=task_id, node=self.node_id,
+                run_now=run_now,
+            ),
+        )  # fmt: skip
 
     def _tick_failed(self, spec: EntrySpec, tick: Tick, task_id: str, exc: Exception) -> None:
         self._failed.add(tick)
