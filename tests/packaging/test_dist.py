@@ -21,12 +21,15 @@ import subprocess
 import sys
 import tarfile
 import textwrap
+import time
 import zipfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+
+from tests.servers import RedisServer
 
 pytestmark = pytest.mark.packaging
 
@@ -280,3 +283,76 @@ def test_installed_files_include_the_package_data(installed: Installed) -> None:
     )
     recorded = set(out.split())
     assert not [f for f in DATA_FILES if f not in recorded], recorded
+
+
+# -- a beat and a worker on a Redis broker, from a plain install -------------------------------
+
+#: The smallest real deployment: broker and registry on one Redis, one static entry every
+#: second, a task that appends its task id to a file (the worker's proof of delivery).
+BROKER_APP = """\
+import os
+
+from celery import Celery
+
+app = Celery("dcron_broker_app", broker=os.environ["SMOKE_BROKER_URL"])
+app.conf.beat_schedule = {"touch": {"task": "dcron_broker_app.touch", "schedule": 1.0}}
+app.conf.dcron_namespace = "smoke"
+
+
+@app.task(name="dcron_broker_app.touch")
+def touch():
+    with open(os.environ["SMOKE_OUT"], "a") as out:
+        out.write(touch.request.id + "\\n")
+"""
+
+
+def test_a_plain_install_runs_beat_and_worker_on_a_redis_broker(
+    installed: Installed, redis_server: RedisServer
+) -> None:
+    """``pip install celery-dcron`` with no extra: a beat sends, a worker runs (issue 13).
+
+    kombu's Redis transport imports ``packaging``, which only ``kombu[redis]`` brings; a
+    plain ``kombu`` requirement let every beat and worker die at start with
+    ``ModuleNotFoundError``, and the test extras hid it.
+    """
+    (installed.workdir / "dcron_broker_app.py").write_text(BROKER_APP)
+    out = installed.workdir / f"runs-{installed.kind}.txt"
+    env = clean_env(
+        PYTHONPATH=str(installed.workdir), SMOKE_BROKER_URL=redis_server.url, SMOKE_OUT=str(out)
+    )
+    common = [installed.celery, "-A", "dcron_broker_app"]
+    procs = {
+        "worker": [*common, "worker", "--pool", "solo", "--loglevel", "INFO", "--without-gossip"],
+        "beat": [*common, "beat", "-S", "dcron", "--loglevel", "INFO"],
+    }
+    logs = {name: installed.workdir / f"{name}-{installed.kind}.log" for name in procs}
+    running: dict[str, subprocess.Popen[bytes]] = {}
+    dead: dict[str, int | None] = {}
+    runs: list[str] = []
+    try:
+        for name, args in procs.items():
+            with logs[name].open("wb") as log:
+                running[name] = subprocess.Popen(
+                    args, cwd=installed.workdir, env=env, stdout=log, stderr=subprocess.STDOUT
+                )
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and len(runs) < 2:
+            dead = {n: p.returncode for n, p in running.items() if p.poll() is not None}
+            if dead:
+                break
+            runs = out.read_text().split() if out.exists() else []
+            time.sleep(0.2)
+    finally:
+        for proc in running.values():
+            if proc.poll() is None:
+                proc.terminate()
+        for proc in running.values():
+            try:
+                proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+    tails = "\n".join(f"--- {n}\n{logs[n].read_text()[-3000:]}" for n in procs)
+    assert not dead, f"exited early: {dead}\n{tails}"
+    assert len(runs) >= 2, f"the worker ran {len(runs)} tick(s) in 60 s\n{tails}"
+    assert len(set(runs)) == len(runs), runs
