@@ -9,6 +9,7 @@ anything this package raises on purpose::
     │   └── InvalidScheduleError  its schedule is invalid (cron, interval, tz, ...)
     ├── EntryNotFoundError        no entry by that name in the namespace
     ├── ConflictError             a concurrent edit, a deleted (tombstoned) or static name
+    │   └── VersionConflictError  the entry changed since it was read (compare-and-set)
     └── RegistryUnavailableError  Redis cannot be reached; nothing was claimed
 
 Messages name the field and the fix, for example::
@@ -26,6 +27,7 @@ __all__ = [
     "InvalidEntryError",
     "InvalidScheduleError",
     "RegistryUnavailableError",
+    "VersionConflictError",
 ]
 
 
@@ -38,7 +40,15 @@ class ConfigurationError(DcronError):
 
 
 class InvalidEntryError(DcronError, ValueError):
-    """An entry definition is invalid; the message names the entry and the field."""
+    """An entry definition is invalid; the message names the entry and the field.
+
+    ``field`` names the invalid field (``"schedule"``, ``"options.queue"``, ...) for
+    code that reacts to it; None when the error is not about one field.
+    """
+
+    def __init__(self, *args: object, field: str | None = None) -> None:
+        super().__init__(*args)
+        self.field = field
 
 
 class InvalidScheduleError(InvalidEntryError):
@@ -55,6 +65,11 @@ class EntryNotFoundError(DcronError, KeyError):
 class ConflictError(DcronError):
     """A write was refused: the entry changed since it was read (version), its name is
     deleted (tombstoned), or it belongs to another source. The message names the fix."""
+
+
+class VersionConflictError(ConflictError):
+    """A compare-and-set write was refused: the entry's stored version is no longer the
+    one the write expected (someone else changed it). Read it again and re-apply."""
 
 
 class RegistryUnavailableError(DcronError, ConnectionError):

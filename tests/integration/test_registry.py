@@ -9,10 +9,11 @@ import time
 import pytest
 import redis
 
-from celery_dcron import registry as registry_module
 from celery_dcron.config import Settings
 from celery_dcron.entries import EntrySpec, Node, NodeStatus, Tick
+from celery_dcron.exceptions import ConflictError, VersionConflictError
 from celery_dcron.registry import Keys, Registry, connect
+from celery_dcron.registry import claims as claims_module
 from celery_dcron.schedules import CronSchedule, IntervalSchedule
 from celery_dcron.ticks import interval_phase_ms
 
@@ -70,7 +71,7 @@ def test_claim_batch_is_one_round_trip_and_ordered(redis_url: str) -> None:
 def test_a_big_claim_is_cut_into_short_scripts_in_order(
     redis_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(registry_module, "MAX_TICKS_PER_SCRIPT", 50)
+    monkeypatch.setattr(claims_module, "MAX_TICKS_PER_SCRIPT", 50)
     reg = make_registry(redis_url)
     reg.load_scripts()
     # e0's ticks straddle two scripts (T0 in the first, the newer one in the last): still
@@ -289,6 +290,28 @@ def test_malformed_entries_are_reported_not_raised(redis_url: str) -> None:
     entries, bad = reg.entries()
     assert list(entries) == ["good"]
     assert set(bad) == {"junk", "weird"}
+
+
+def test_a_stale_version_is_a_version_conflict_that_set_enabled_retries(
+    redis_url: str,
+) -> None:
+    reg = make_registry(redis_url)
+    first = reg.put_entry(spec("x").with_changes(source="dynamic"), expected_version=None)
+    reg.put_entry(first.with_changes(description="theirs"), expected_version=1)
+    with pytest.raises(VersionConflictError, match="changed by someone else"):
+        reg.put_entry(first.with_changes(description="mine"), expected_version=1)
+    with pytest.raises(VersionConflictError):
+        reg.remove_entry("x", tombstone=False, expected_version=1)
+    with pytest.raises(ConflictError) as exists:
+        reg.put_entry(first, expected_version=None)
+    assert not isinstance(exists.value, VersionConflictError)
+    # set_enabled reads version 1 (stale), is refused, reads again and succeeds
+    reads = iter([first])
+    read = reg.entry_store.get_entry
+    reg.entry_store.get_entry = lambda name: next(reads, None) or read(name)  # type: ignore[method-assign]
+    disabled = reg.set_enabled("x", False)
+    assert not disabled.enabled and disabled.version == 3
+    assert disabled.description == "theirs"
 
 
 def test_namespaces_do_not_share_keys(redis_url: str) -> None:

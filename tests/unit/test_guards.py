@@ -18,13 +18,13 @@ KEY_LIKE = re.compile(
 def test_no_redis_key_literal_outside_the_registry() -> None:
     offenders = []
     for path in PACKAGE.rglob("*.py"):
-        if path.name == "registry.py" or "migrations" in path.parts:
+        if path.relative_to(PACKAGE).parts[0] == "registry" or "migrations" in path.parts:
             continue
         for node in ast.walk(ast.parse(path.read_text())):
             is_str = isinstance(node, ast.Constant) and isinstance(node.value, str)
             if is_str and KEY_LIKE.search(node.value):
                 offenders.append(f"{path.relative_to(PACKAGE)}:{node.lineno}: {node.value!r}")
-    assert not offenders, "Redis key names belong in registry.py:\n" + "\n".join(offenders)
+    assert not offenders, "Redis key names belong in registry/:\n" + "\n".join(offenders)
 
 
 def test_import_is_light_and_works_without_django() -> None:
@@ -98,12 +98,12 @@ def _key_violations(script: str) -> list[str]:
 
 
 def _registry_scripts() -> dict[str, str]:
-    from celery_dcron import registry
+    from celery_dcron.registry import scripts
 
     return {
-        name: value
-        for name, value in vars(registry).items()
-        if isinstance(value, str) and re.search(r"redis\.p?call\(", value)
+        name: value.source
+        for name, value in vars(scripts).items()
+        if isinstance(value, scripts.Script)
     }
 
 
@@ -114,6 +114,19 @@ def test_every_lua_script_takes_every_key_it_touches_from_KEYS() -> None:
     assert {"HEARTBEAT", "CLAIM", "RETAKE", "PUT_ENTRY", "CLEANUP", "TIME"} <= set(scripts)
     problems = [f"{name}: {p}" for name, text in scripts.items() for p in _key_violations(text)]
     assert not problems, "\n".join(problems)
+
+
+def test_every_script_names_as_many_keys_as_it_indexes() -> None:
+    """Keys are bound by name (``Script.keys``): the highest ``KEYS[n]`` a script reads
+    with a literal n is the number of keys it names, so a script cannot read a key its
+    callers do not pass, nor be passed one it ignores (per-tick locks follow, unnamed)."""
+    from celery_dcron.registry import Keys, scripts
+
+    for script in scripts.ALL:
+        indexes = [int(n) for n in re.findall(r"KEYS\[(\d+)\]", script.source)]
+        assert max(indexes, default=len(script.keys)) == len(script.keys), script.name
+        bound = script.bind(Keys("p", "n"), ["extra"])
+        assert bound[-1] == "extra" and len(set(bound)) == len(script.keys) + 1
 
 
 def test_the_lua_key_guard_catches_built_keys() -> None:

@@ -12,7 +12,7 @@ from redis.sentinel import SentinelManagedConnection, SentinelManagedSSLConnecti
 from celery_dcron import clients
 from celery_dcron.config import Settings
 from celery_dcron.exceptions import ConfigurationError
-from celery_dcron.registry import Registry
+from celery_dcron.registry import Registry, scripts
 from celery_dcron.topology import Topology, mask_url, parse_redis_target
 
 SENTINELS = "sentinel://:s3cret@s1:26379/2;sentinel://s2;sentinel://s3:26380"
@@ -160,6 +160,6 @@ def test_cluster_client_is_built_on_first_use() -> None:
     client = clients.connect(s)
     assert isinstance(client, clients.LazyCluster) and clients.is_cluster(client)
     registry = Registry.from_settings(s, client)  # registers the scripts: no I/O
-    assert len(registry._claim.sha) == 40
+    assert len(registry.transport.registered(scripts.CLAIM).sha) == 40
     with pytest.raises(redis.exceptions.RedisClusterException):
         client.ping()

@@ -1,0 +1,286 @@
+"""The Redis registry: the only package that knows Redis keys, scripts and channels.
+
+:class:`Registry` is the facade the rest of celery_dcron uses (it satisfies
+:class:`celery_dcron.interfaces.Registry`); behind it, one module per concern:
+
+- :mod:`~celery_dcron.registry.keys`: every key and channel name, and the schema;
+- :mod:`~celery_dcron.registry.scripts`: the Lua scripts and their contracts;
+- :mod:`~celery_dcron.registry.codec`: the records returned, JSON in and out;
+- :mod:`~celery_dcron.registry.transport`: the client, script calls, error mapping;
+- the stores: :mod:`~celery_dcron.registry.nodes` (membership),
+  :mod:`~celery_dcron.registry.entries` (definitions), :mod:`~celery_dcron.registry.claims`
+  (run state and claims), :mod:`~celery_dcron.registry.requests` (run-now),
+  :mod:`~celery_dcron.registry.events` (channel, pause flag) and
+  :mod:`~celery_dcron.registry.snapshot` (a whole namespace at once).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+import redis
+
+from ..config import Settings
+from ..entries import ClaimResult, EntrySpec, EntryState, Node, PendingClaim, Tick
+from ..topology import RedisTarget
+from .claims import MAX_TICKS_PER_SCRIPT, ClaimStore
+from .codec import Heartbeat, RunRequest, Snapshot, StaticSyncResult
+from .entries import EntryStore
+from .events import EventStore
+from .keys import Keys
+from .nodes import NodeStore
+from .requests import RequestStore
+from .snapshot import SnapshotReader
+from .transport import REDIS_ERRORS, Transport, connect
+
+__all__ = [
+    "MAX_TICKS_PER_SCRIPT",
+    "REDIS_ERRORS",
+    "Heartbeat",
+    "Keys",
+    "Registry",
+    "RunRequest",
+    "Snapshot",
+    "StaticSyncResult",
+    "connect",
+]
+
+
+class Registry:
+    """Typed access to one namespace of the registry.
+
+    Every method may raise :class:`~celery_dcron.exceptions.RegistryUnavailableError`
+    (Redis unreachable: nothing changed, or the call is safe to retry).
+    """
+
+    def __init__(
+        self,
+        client: redis.Redis,
+        keys: Keys,
+        *,
+        target: RedisTarget | None = None,
+        wait_replicas: int = 0,
+        wait_timeout_ms: int = 500,
+    ) -> None:
+        self.transport = Transport(
+            client, keys, target=target, wait_replicas=wait_replicas,
+            wait_timeout_ms=wait_timeout_ms,
+        )  # fmt: skip
+        self.node_store = NodeStore(self.transport)
+        self.entry_store = EntryStore(self.transport)
+        self.claim_store = ClaimStore(self.transport)
+        self.request_store = RequestStore(self.transport)
+        self.event_store = EventStore(self.transport)
+        self.snapshot_reader = SnapshotReader(self.transport, self.node_store, self.claim_store)
+
+    @classmethod
+    def from_settings(cls, settings: Settings, client: redis.Redis | None = None) -> Registry:
+        return cls(
+            client or connect(settings),
+            Keys(settings.key_prefix, settings.namespace),
+            target=settings.redis_target,
+            wait_replicas=settings.redis_wait_replicas,
+            wait_timeout_ms=int(settings.redis_wait_timeout_s * 1000),
+        )
+
+    @property
+    def client(self) -> redis.Redis:
+        return self.transport.client
+
+    @property
+    def keys(self) -> Keys:
+        return self.transport.keys
+
+    @property
+    def target(self) -> RedisTarget | None:
+        """What dcron_redis_url points at (for error messages); None: not known."""
+        return self.transport.target
+
+    @property
+    def wait_replicas(self) -> int:
+        """Claims and "sent" marks count once this many replicas have them (WAIT)."""
+        return self.transport.wait_replicas
+
+    @property
+    def wait_timeout_ms(self) -> int:
+        return self.transport.wait_timeout_ms
+
+    # -- connection ------------------------------------------------------------------
+
+    def load_scripts(self) -> None:
+        """Load every script in one round trip; refuse a Redis Cluster node on a
+        single-server URL."""
+        self.transport.load_scripts()
+
+    def server_ms(self) -> int:
+        """The Redis server's time in milliseconds (the cluster clock)."""
+        return self.transport.server_ms()
+
+    def ping(self) -> float:
+        """Round trip to Redis in seconds; raises RegistryUnavailableError."""
+        return self.transport.ping()
+
+    def follow_master(self) -> bool:
+        """On Redis Sentinel, ask the sentinels where the master is; if it moved, the
+        connections to the old one are dropped. True when it moved. Never raises.
+
+        A master replaced by ``SENTINEL FAILOVER`` or cut off by a partition still takes
+        writes until it is demoted, which can take sentinels several seconds: clients
+        must not wait for its ``READONLY`` errors to move.
+        """
+        return self.transport.follow_master()
+
+    # -- membership (NodeStore) --------------------------------------------------------
+
+    def heartbeat(self, node: Node, ttl_ms: int) -> Heartbeat:
+        return self.node_store.heartbeat(node, ttl_ms)
+
+    def leave(self, node_id: str) -> None:
+        self.node_store.leave(node_id)
+
+    def nodes(self) -> tuple[list[Node], int]:
+        """Live nodes (heartbeat not expired) with their status, and the server time."""
+        return self.node_store.nodes()
+
+    # -- entries (EntryStore) ----------------------------------------------------------
+
+    def sync_static(self, specs: Sequence[EntrySpec]) -> StaticSyncResult:
+        return self.entry_store.sync_static(specs)
+
+    def restore_anchors(self, anchors: Mapping[str, int], *, reset_ms: int) -> None:
+        """After Redis lost its data: put back the anchors and record when the data was
+        rebuilt (the first call wins)."""
+        self.entry_store.restore_anchors(anchors, reset_ms=reset_ms)
+
+    def entries(self) -> tuple[dict[str, EntrySpec], dict[str, str]]:
+        """Every entry that parses, and ``name -> error`` for those that do not."""
+        return self.entry_store.entries()
+
+    def get_entry(self, name: str) -> EntrySpec | None:
+        """The entry ``name``, or None. A malformed stored entry raises InvalidEntryError."""
+        return self.entry_store.get_entry(name)
+
+    def get_entry_version(self, name: str) -> int:
+        """The stored version of ``name``; -1 when there is no such entry."""
+        return self.entry_store.get_entry_version(name)
+
+    def put_entry(
+        self, spec: EntrySpec, *, expected_version: int | None, force: bool = False
+    ) -> EntrySpec:
+        """Write ``spec`` with compare-and-set on its version; returns it as stored.
+
+        ``expected_version=None`` creates (refused when the name exists); an int updates
+        the entry only if its stored version is still that (else VersionConflictError).
+        ``force`` writes over a tombstone or a static entry, and with
+        ``expected_version=None`` over anything.
+        """
+        return self.entry_store.put_entry(spec, expected_version=expected_version, force=force)
+
+    def set_enabled(self, name: str, enabled: bool) -> EntrySpec:
+        """Enable or disable ``name`` (compare-and-set, retried on a concurrent write)."""
+        return self.entry_store.set_enabled(name, enabled)
+
+    def remove_entry(
+        self, name: str, *, tombstone: bool, expected_version: int | None = None
+    ) -> bool:
+        """Remove the definition and run state; False if there was none.
+
+        With ``tombstone`` the name stays deleted: re-adding it is refused until
+        :meth:`reuse_deleted` or a forced write (the tombstone is set even if absent).
+        """
+        return self.entry_store.remove_entry(
+            name, tombstone=tombstone, expected_version=expected_version
+        )
+
+    def cleanup(self, name: str) -> int:
+        """Erase every trace of ``name``; returns how many fields were removed."""
+        return self.entry_store.cleanup(name)
+
+    def reuse_deleted(self, name: str) -> bool:
+        """Remove the tombstone of ``name``; False if it had none."""
+        return self.entry_store.reuse_deleted(name)
+
+    def tombstones(self) -> dict[str, int]:
+        """Deleted names and when they were deleted (ms)."""
+        return self.entry_store.tombstones()
+
+    def static_names(self) -> set[str]:
+        return self.entry_store.static_names()
+
+    def reset(self, name: str) -> bool:
+        """Start ``name`` afresh (anchor now, no last tick, no runs); False if absent."""
+        return self.entry_store.reset(name)
+
+    # -- run state and claims (ClaimStore) -----------------------------------------------
+
+    def states(self, names: Iterable[str] | None = None) -> dict[str, EntryState]:
+        """Shared state of the given entries (all when ``names`` is None): one round trip."""
+        return self.claim_store.states(names)
+
+    def claim(
+        self,
+        ticks: Sequence[Tick],
+        *,
+        node_id: str,
+        lock_ttl_ms: int,
+        max_runs: Mapping[str, int | None] | None = None,
+    ) -> list[ClaimResult]:
+        """Claim a batch of ticks (those of one entry oldest first), in round trips of
+        :data:`MAX_TICKS_PER_SCRIPT` ticks; if one fails, the earlier claims stay made
+        (and pending): they are published by :meth:`retake`."""
+        return self.claim_store.claim(
+            ticks, node_id=node_id, lock_ttl_ms=lock_ttl_ms, max_runs=max_runs
+        )
+
+    def mark_sent(self, ticks: Sequence[Tick]) -> None:
+        self.claim_store.mark_sent(ticks)
+
+    def pending(self) -> list[PendingClaim]:
+        return self.claim_store.pending()
+
+    def retake(self, ticks: Sequence[Tick], *, node_id: str, lock_ttl_ms: int) -> list[bool]:
+        """Take over unsent claims that are ours or whose claimer is dead."""
+        return self.claim_store.retake(ticks, node_id=node_id, lock_ttl_ms=lock_ttl_ms)
+
+    def drop_pending(self, ticks: Sequence[Tick]) -> None:
+        """Forget unsent claims (their entry was removed)."""
+        self.claim_store.drop_pending(ticks)
+
+    # -- run-now requests (RequestStore) -------------------------------------------------
+
+    def run_now(self, name: str) -> int:
+        """Ask the owner of ``name`` for an extra dispatch; returns the request time (ms)."""
+        return self.request_store.run_now(name)
+
+    def requests(self) -> list[RunRequest]:
+        return self.request_store.requests()
+
+    def take_requests(self, requests: Sequence[RunRequest], *, node_id: str) -> list[bool]:
+        """Take run-now requests (waiting, ours, or a dead node's): one node wins each."""
+        return self.request_store.take_requests(requests, node_id=node_id)
+
+    def done_requests(self, requests: Sequence[RunRequest]) -> None:
+        """Forget run-now requests that were sent (or whose entry is gone)."""
+        self.request_store.done_requests(requests)
+
+    # -- events and the pause flag (EventStore) ------------------------------------------
+
+    def pubsub(self) -> Any:
+        """A subscription to the namespace's events (called again after each failure)."""
+        return self.event_store.pubsub()
+
+    def set_paused(self, paused: bool) -> None:
+        """Pause (or resume) the whole namespace: no instance claims anything while set."""
+        self.event_store.set_paused(paused)
+
+    def is_paused(self) -> bool:
+        return self.event_store.is_paused()
+
+    # -- read-only views -----------------------------------------------------------------
+
+    def snapshot(self, names: Iterable[str] | None = None) -> Snapshot:
+        """Nodes, entries, states, flags and tombstones in one round trip (for status
+        pages). With ``names``, only those entries' definitions and states are read;
+        ``Snapshot.names`` still lists every entry (ownership needs the whole list)."""
+        return self.snapshot_reader.snapshot(names)

@@ -1,0 +1,125 @@
+"""Claims in Redis: run state, claiming ticks, marking them sent, and taking over the
+unsent claims of dead nodes.
+
+A claim is one atomic step (:data:`~celery_dcron.registry.scripts.CLAIM`): the entry's
+last tick only ever grows, and a per-tick lock (``SET NX PX``) lets one node fire a tick.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+from ..entries import ClaimResult, EntryState, PendingClaim, Tick
+from . import scripts
+from .codec import decode_states
+from .transport import Store
+
+__all__ = ["MAX_TICKS_PER_SCRIPT", "ClaimStore"]
+
+#: Ticks per claim or retake script. A claimed tick costs the script ~7 commands (~10 µs),
+#: so one call holds Redis for a few ms at most.
+MAX_TICKS_PER_SCRIPT = 500
+
+
+class ClaimStore(Store):
+    """The ``anchor``, ``last``, ``runs``, ``lastnode`` and ``pending`` keys and the
+    per-tick locks."""
+
+    def states(self, names: Iterable[str] | None = None) -> dict[str, EntryState]:
+        """Shared state of the given entries (all when ``names`` is None): one round trip."""
+        wanted = None if names is None else list(names)
+        if wanted == []:
+            return {}
+        pipe = self.transport.pipeline()
+        self.queue_states(pipe, wanted)
+        results = self.transport.execute(pipe)
+        if wanted is not None:
+            results = [dict(zip(wanted, r, strict=True)) for r in results]
+        return decode_states(*results)
+
+    def queue_states(self, pipe: Any, wanted: list[str] | None) -> None:
+        """Add the four state hashes to a pipeline: whole (``wanted`` None) or the fields
+        of ``wanted`` (HMGET: a list of values, None where absent)."""
+        k = self.keys
+        for key in (k.anchor, k.last, k.runs, k.lastnode):
+            if wanted is None:
+                pipe.hgetall(key)
+            else:
+                pipe.hmget(key, wanted)
+
+    def claim(
+        self,
+        ticks: Sequence[Tick],
+        *,
+        node_id: str,
+        lock_ttl_ms: int,
+        max_runs: Mapping[str, int | None] | None = None,
+    ) -> list[ClaimResult]:
+        """Claim a batch of ticks. Ticks of one entry go oldest first.
+
+        One round trip per :data:`MAX_TICKS_PER_SCRIPT` ticks, one after the other, so
+        that no single script holds Redis long. If one of them fails, the claims of the
+        earlier ones stay made (and pending): they are published by :meth:`retake`.
+        """
+        k = self.keys
+        raw: list[Any] = []
+        for part in _parts(ticks):
+            locks = [k.lock(tick.name, tick.tick_ms) for tick in part]
+            args: list[Any] = [node_id, lock_ttl_ms]
+            for tick in part:
+                limit = (max_runs or {}).get(tick.name) or 0
+                args.extend((tick.name, tick.tick_ms, 1 if tick.fire else 0, limit))
+            raw.extend(self.transport.call_durable(scripts.CLAIM, args, locks))
+        results = []
+        for tick, (won, last, runs) in zip(ticks, raw, strict=True):
+            last_ms = int(last)
+            results.append(
+                ClaimResult(
+                    tick=tick,
+                    won=bool(int(won)),
+                    last_tick_ms=None if last_ms < 0 else last_ms,
+                    run_count=int(runs),
+                )
+            )
+        return results
+
+    def mark_sent(self, ticks: Sequence[Tick]) -> None:
+        """Forget the pending claims of ``ticks``: they were published."""
+        if ticks:
+            t, pending = self.transport, self.keys.pending
+            fields = [self.keys.pending_field(tick.name, tick.tick_ms) for tick in ticks]
+            if t.wait_replicas:  # a lost mark would make the claim be sent again
+                t.durable(pending, lambda p: p.hdel(pending, *fields))
+            else:
+                t.run(lambda: t.client.hdel(pending, *fields))
+
+    def pending(self) -> list[PendingClaim]:
+        """Claims not yet marked sent (a malformed field is logged and dropped)."""
+        return [
+            PendingClaim(name=name, tick_ms=tick_ms, node=node, task_id="", claimed_ms=0)
+            for name, tick_ms, node in self.read_fields(self.keys.pending, "pending claim")
+        ]
+
+    def retake(self, ticks: Sequence[Tick], *, node_id: str, lock_ttl_ms: int) -> list[bool]:
+        """Take over unsent claims that are ours or whose claimer is dead (one round trip
+        per :data:`MAX_TICKS_PER_SCRIPT` ticks)."""
+        k = self.keys
+        raw: list[Any] = []
+        for part in _parts(ticks):
+            locks = [k.lock(t.name, t.tick_ms) for t in part]
+            fields = [k.pending_field(t.name, t.tick_ms) for t in part]
+            raw.extend(
+                self.transport.call_durable(scripts.RETAKE, [node_id, lock_ttl_ms, *fields], locks)
+            )
+        return [bool(int(x)) for x in raw]
+
+    def drop_pending(self, ticks: Sequence[Tick]) -> None:
+        """Forget unsent claims (their entry was removed)."""
+        self.mark_sent(ticks)
+
+
+def _parts(ticks: Sequence[Tick]) -> list[Sequence[Tick]]:
+    """``ticks`` cut in order into slices of at most :data:`MAX_TICKS_PER_SCRIPT`."""
+    step = MAX_TICKS_PER_SCRIPT
+    return [ticks[i : i + step] for i in range(0, len(ticks), step)]

@@ -1,0 +1,198 @@
+"""Entry definitions in Redis: static sync, dynamic writes (compare-and-set on the
+version), removal with tombstones, anchors, reset and clean-up.
+
+Every write bumps the entries version and publishes ``"entries"``, so owners reload.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from ..entries import EntrySpec
+from ..exceptions import (
+    ConflictError,
+    DcronError,
+    EntryNotFoundError,
+    InvalidEntryError,
+    VersionConflictError,
+)
+from ..schedules import IntervalSchedule
+from ..ticks import interval_phase_ms
+from . import scripts
+from .codec import StaticSyncResult, decode_entries, decode_entry
+from .transport import Store
+
+__all__ = ["EntryStore"]
+
+#: Attempts of a write that is retried on a concurrent change.
+_ATTEMPTS = 20
+
+
+class EntryStore(Store):
+    """The ``entries``, ``static``, ``tombstones`` and ``anchor`` keys (and, on removal,
+    an entry's run state)."""
+
+    def sync_static(self, specs: Sequence[EntrySpec]) -> StaticSyncResult:
+        """Write the static entries of one ``beat_schedule`` in one step."""
+        args: list[Any] = [self.keys.events, len(specs)]
+        for spec in specs:
+            args.extend((spec.name, spec.dumps(), *self.grid(spec)))
+        raw = self.transport.call(scripts.SYNC_STATIC, args)
+        skipped = {str(raw[i]): str(raw[i + 1]) for i in range(1, len(raw), 2)}
+        return StaticSyncResult(changed=int(raw[0]), skipped=skipped)
+
+    def restore_anchors(self, anchors: Mapping[str, int], *, reset_ms: int) -> None:
+        """After Redis lost its data: put back the anchors (HSETNX: an anchor is set once)
+        and record when the data was rebuilt (the first call wins), so that instances that
+        start later know which entries lost their last tick with the data."""
+        pipe = self.transport.pipeline()
+        pipe.hsetnx(self.keys.meta, "reset", reset_ms)
+        for name, anchor_ms in anchors.items():
+            pipe.hsetnx(self.keys.anchor, name, anchor_ms)
+        self.transport.execute(pipe)
+
+    def entries(self) -> tuple[dict[str, EntrySpec], dict[str, str]]:
+        """Every entry that parses, and ``name -> error`` for those that do not."""
+        t = self.transport
+        return decode_entries(t.run(lambda: t.client.hgetall(self.keys.entries)))
+
+    def get_entry(self, name: str) -> EntrySpec | None:
+        """The entry ``name``, or None. A malformed stored entry raises InvalidEntryError."""
+        t = self.transport
+        text = t.run(lambda: t.client.hget(self.keys.entries, name))
+        if text is None:
+            return None
+        try:
+            return decode_entry(text)
+        except InvalidEntryError as exc:
+            raise InvalidEntryError(f"entry {name!r}: malformed in the registry: {exc}") from None
+
+    def get_entry_version(self, name: str) -> int:
+        """The stored version of ``name``; -1 when there is no such entry."""
+        spec = self.get_entry(name)
+        return -1 if spec is None else spec.version
+
+    def put_entry(
+        self, spec: EntrySpec, *, expected_version: int | None, force: bool = False
+    ) -> EntrySpec:
+        """Write ``spec`` with compare-and-set on its version; returns it as stored.
+
+        ``expected_version=None`` creates (refused when the name exists); an int updates
+        the entry only if its stored version is still that. ``force`` writes over a
+        tombstone or a static entry, and with ``expected_version=None`` over anything.
+        """
+        for _ in range(_ATTEMPTS):
+            expected = expected_version
+            if force and expected is None:
+                current = self.get_entry_version(spec.name)
+                expected = None if current < 0 else current
+            new = spec.with_changes(version=(expected or 0) + 1)
+            status, version = self.transport.call(
+                scripts.PUT_ENTRY,
+                [self.keys.events, spec.name, new.dumps(), "" if expected is None else expected,
+                 "1" if force else "0", *self.grid(spec)],
+            )  # fmt: skip
+            status, version = str(status), int(version)
+            if status == "ok":
+                return new
+            if status in ("exists", "conflict") and force and expected_version is None:
+                continue  # someone wrote in between: read the new version and force again
+            raise _write_error(spec.name, status, version, expected)
+        raise ConflictError(f"entry {spec.name!r}: too many concurrent writes; try again")
+
+    def set_enabled(self, name: str, enabled: bool) -> EntrySpec:
+        """Enable or disable ``name`` (compare-and-set, retried on a concurrent write)."""
+        for _ in range(_ATTEMPTS):
+            spec = self.get_entry(name)
+            if spec is None:
+                raise EntryNotFoundError(f"entry {name!r}: not found")
+            if spec.enabled is enabled:
+                return spec
+            try:
+                return self.put_entry(
+                    spec.with_changes(enabled=enabled), expected_version=spec.version, force=False
+                )
+            except VersionConflictError:
+                continue  # written in between: read it again
+        raise ConflictError(f"entry {name!r}: too many concurrent writes; try again")
+
+    def remove_entry(
+        self, name: str, *, tombstone: bool, expected_version: int | None = None
+    ) -> bool:
+        """Remove the definition and run state; False if there was none.
+
+        With ``tombstone`` the name stays deleted: re-adding it is refused until
+        :meth:`reuse_deleted` or a forced write (the tombstone is set even if absent).
+        """
+        status, version = self.transport.call(
+            scripts.REMOVE_ENTRY,
+            [self.keys.events, name, "1" if tombstone else "0",
+             "" if expected_version is None else expected_version],
+        )  # fmt: skip
+        if str(status) == "conflict":
+            raise _write_error(name, "conflict", int(version), expected_version)
+        return str(status) == "ok"
+
+    def cleanup(self, name: str) -> int:
+        """Erase every trace of ``name``; returns how many fields were removed."""
+        return int(self.transport.call(scripts.CLEANUP, [self.keys.events, name]))
+
+    def reuse_deleted(self, name: str) -> bool:
+        """Remove the tombstone of ``name``; False if it had none."""
+        t = self.transport
+        return bool(t.run(lambda: t.client.hdel(self.keys.tombstones, name)))
+
+    def tombstones(self) -> dict[str, int]:
+        """Deleted names and when they were deleted (ms)."""
+        t = self.transport
+        raw: dict[str, str] = t.run(lambda: t.client.hgetall(self.keys.tombstones))
+        return {name: int(ms) for name, ms in raw.items()}
+
+    def static_names(self) -> set[str]:
+        t = self.transport
+        return set(t.run(lambda: t.client.hkeys(self.keys.static)))
+
+    def reset(self, name: str) -> bool:
+        """Start ``name`` afresh (anchor now, no last tick, no runs); False if absent."""
+        try:
+            spec = self.get_entry(name)
+        except InvalidEntryError:
+            spec = None  # anchored at now: the engine skips a malformed entry anyway
+        grid = self.grid(spec) if spec is not None else (0, 0)
+        return bool(self.transport.call(scripts.RESET, [self.keys.events, name, *grid]))
+
+    def grid(self, spec: EntrySpec) -> tuple[int, int]:
+        """``(every_ms, phase_ms)`` of an interval entry, ``(0, 0)`` for other schedules."""
+        schedule = spec.schedule
+        if not isinstance(schedule, IntervalSchedule):
+            return (0, 0)
+        every = schedule.every_ms
+        return (every, interval_phase_ms(self.keys.namespace, spec.name, every))
+
+
+def _write_error(name: str, status: str, version: int, expected: int | None) -> DcronError:
+    """The error for a write the script refused with ``status``."""
+    if status == "missing":
+        return EntryNotFoundError(f"entry {name!r}: not found; add it first")
+    if status == "exists":
+        return ConflictError(
+            f"entry {name!r}: already exists (version {version}); use update() to change it "
+            "or force_add() to replace it"
+        )
+    if status == "conflict":
+        return VersionConflictError(
+            f"entry {name!r}: version: changed by someone else (now version {version}, you "
+            f"had {expected}); read it again and re-apply your change"
+        )
+    if status == "tombstoned":
+        return ConflictError(
+            f"entry {name!r}: the name is deleted (tombstoned); use force_add() to overwrite "
+            "it or reuse_deleted() to free the name"
+        )
+    if status == "static":
+        return ConflictError(
+            f"entry {name!r}: a static entry (beat_schedule) has that name; change it in the "
+            "config, or use force_add() to replace it by a dynamic entry"
+        )
+    return DcronError(f"entry {name!r}: write refused: {status}")

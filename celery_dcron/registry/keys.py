@@ -1,0 +1,86 @@
+"""Every Redis key and channel name of one namespace: the registry's schema.
+
+Schema (every key of one namespace shares the hash tag ``{prefix:namespace}``, so
+all scripts touch one Redis Cluster slot; ``B`` below stands for that tag)::
+
+    B:nodes       hash    node id -> node JSON (host, pid, version, weight, ...)
+    B:status      hash    node id -> "starting" | "working" | "leaving"
+    B:alive       zset    node id -> heartbeat expiry (Redis server time, ms)
+    B:meta        hash    "members" -> membership version, "entries" -> entries version,
+                          "epoch" -> server time when the data began (new after a loss),
+                          "paused" -> "1" while the whole cluster is paused (pause_all),
+                          "reset" -> cluster time (ms) at which the first instance that
+                          noticed a data loss rebuilt the registry (absent on new data)
+    B:entries     hash    entry name -> entry JSON (static and dynamic)
+    B:static      hash    entry name -> "1" for entries written from beat_schedule
+    B:tombstones  hash    entry name -> deletion time (ms); re-adding is refused
+    B:anchor      hash    entry name -> registration time (ms); no earlier tick fires
+    B:last        hash    entry name -> last claimed tick (ms); only ever grows
+    B:runs        hash    entry name -> number of ticks claimed for dispatch
+    B:lastnode    hash    entry name -> node id of the last claim
+    B:pending     hash    "<tick_ms>:<name>" -> node id: claimed, not yet marked sent
+    B:requests    hash    "<request_ms>:<name>" -> "" (a run-now request waiting for the
+                          entry's owner) or the node id that took it and has not yet sent it
+    B:lock:<name>:<tick_ms>   string  per-tick fire lock (SET NX PX), value node id
+    B:events      channel "members" | "entries" (pub/sub wake-ups; polling is the fallback)
+
+Nothing read back is unpickled: values are JSON or plain integers
+(see :mod:`celery_dcron.registry.codec`).
+"""
+
+from __future__ import annotations
+
+from typing import Literal, get_args
+
+__all__ = ["KeyName", "Keys"]
+
+#: The name of a fixed key of the namespace: an attribute of :class:`Keys`. Scripts
+#: declare the keys they take by these names (:mod:`celery_dcron.registry.scripts`).
+KeyName = Literal[
+    "nodes", "status", "alive", "meta", "entries", "static", "tombstones", "anchor", "last",
+    "runs", "lastnode", "pending", "requests",
+]  # fmt: skip
+
+
+class Keys:
+    """Every key and channel name of one namespace. Nothing else builds key names."""
+
+    def __init__(self, prefix: str, namespace: str) -> None:
+        self.prefix = prefix
+        self.namespace = namespace
+        base = "{" + f"{prefix}:{namespace}" + "}"
+        self.base = base
+        self.nodes = f"{base}:nodes"
+        self.status = f"{base}:status"
+        self.alive = f"{base}:alive"
+        self.meta = f"{base}:meta"
+        self.entries = f"{base}:entries"
+        self.static = f"{base}:static"
+        self.tombstones = f"{base}:tombstones"
+        self.anchor = f"{base}:anchor"
+        self.last = f"{base}:last"
+        self.runs = f"{base}:runs"
+        self.lastnode = f"{base}:lastnode"
+        self.pending = f"{base}:pending"
+        self.requests = f"{base}:requests"
+        self.events = f"{base}:events"
+
+    def named(self, name: KeyName) -> str:
+        """The fixed key called ``name`` (``keys.named("last") == keys.last``)."""
+        return str(getattr(self, name))
+
+    def lock(self, name: str, tick_ms: int) -> str:
+        return f"{self.base}:lock:{name}:{tick_ms}"
+
+    @staticmethod
+    def pending_field(name: str, tick_ms: int) -> str:
+        return f"{tick_ms}:{name}"
+
+    @staticmethod
+    def parse_pending_field(field: str) -> tuple[str, int]:
+        tick, _, name = field.partition(":")
+        return name, int(tick)
+
+    def all_fixed(self) -> tuple[str, ...]:
+        """Every fixed key of the namespace (not the per-tick locks)."""
+        return tuple(self.named(name) for name in get_args(KeyName))

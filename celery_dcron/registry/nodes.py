@@ -1,0 +1,41 @@
+"""Membership in Redis: heartbeats, leaving, the live nodes and their status."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ..entries import Node
+from . import scripts
+from .codec import Heartbeat, decode_heartbeat, decode_nodes, dumps
+from .transport import Store
+
+__all__ = ["NodeStore"]
+
+
+class NodeStore(Store):
+    """The ``nodes``, ``status`` and ``alive`` keys, and the members version."""
+
+    def heartbeat(self, node: Node, ttl_ms: int) -> Heartbeat:
+        """Refresh ``node`` for ``ttl_ms`` and expire dead nodes; returns the server
+        time, versions and cluster flags."""
+        args = [node.id, dumps(node.to_json()), node.status.value, ttl_ms, self.keys.events]
+        return decode_heartbeat(self.transport.call(scripts.HEARTBEAT, args))
+
+    def leave(self, node_id: str) -> None:
+        """Remove ``node_id`` at once (a graceful stop hands its entries over)."""
+        self.transport.call(scripts.LEAVE, [node_id, self.keys.events])
+
+    def nodes(self) -> tuple[list[Node], int]:
+        """Live nodes (heartbeat not expired) with their status, and the server time."""
+        pipe = self.transport.pipeline()
+        self.queue_nodes(pipe)
+        return decode_nodes(*self.transport.execute(pipe))
+
+    def queue_nodes(self, pipe: Any) -> None:
+        """Add what :func:`~celery_dcron.registry.codec.decode_nodes` takes to a
+        pipeline: nodes, statuses, heartbeat expiries and the server time."""
+        k = self.keys
+        pipe.hgetall(k.nodes)
+        pipe.hgetall(k.status)
+        pipe.zrange(k.alive, 0, -1, withscores=True)
+        self.transport.queue_time(pipe)
