@@ -1,16 +1,22 @@
-"""Protocols between the layers: a clock, an ownership strategy.
+"""Protocols between the layers: a clock, an ownership strategy, the registry.
 
-Pure module: no I/O. The registry (Redis) is a concrete class in
-:mod:`celery_dcron.registry`; the engine depends on the narrow protocols here so
-unit tests can inject a :class:`~celery_dcron.clock.ManualClock`.
+Pure module: no I/O, and no import of Redis. The Redis registry
+(:class:`celery_dcron.registry.Registry`) and the in-memory one used by tests both
+satisfy :class:`Registry`; one contract suite (``tests/integration/test_registry_contract.py``)
+runs against both. The engine depends on these narrow protocols, so unit tests can
+inject a :class:`~celery_dcron.clock.ManualClock` and an in-memory registry.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-from typing import Protocol, runtime_checkable
+from collections.abc import Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
-__all__ = ["Clock", "NodeRef", "Strategy"]
+if TYPE_CHECKING:
+    from .entries import ClaimResult, EntrySpec, EntryState, Node, PendingClaim, Tick
+    from .registry import Heartbeat, RunRequest, Snapshot, StaticSyncResult
+
+__all__ = ["Clock", "NodeRef", "Registry", "Strategy", "Subscription"]
 
 
 @runtime_checkable
@@ -46,4 +52,188 @@ class Strategy(Protocol):
 
     def assign(self, entries: Sequence[str], nodes: Sequence[NodeRef]) -> Mapping[str, str]:
         """Owner id of every entry; empty when ``nodes`` is empty."""
+        ...
+
+
+class Subscription(Protocol):
+    """A subscription to a namespace's events (what :meth:`Registry.pubsub` returns)."""
+
+    def get_message(self, timeout: float = 0.0) -> Mapping[str, Any] | None:
+        """The next event within ``timeout`` seconds, or None: ``{"data": "members"}``
+        (a node joined, left or changed status) or ``{"data": "entries"}``."""
+        ...
+
+    def close(self) -> None: ...
+
+
+class Registry(Protocol):
+    """The shared state of one namespace: nodes, entries, run state, claims, requests.
+
+    Every method is one atomic step against the cluster clock (the registry's time,
+    not the caller's). Every method may raise
+    :class:`~celery_dcron.exceptions.RegistryUnavailableError`: nothing was changed
+    then, or the call is safe to retry (claims and retakes are idempotent for their node).
+    Writes to entries, the pause flag and run-now requests bump the entries version
+    and notify ``"entries"``; membership changes bump the members version and notify
+    ``"members"``.
+    """
+
+    # -- membership ---------------------------------------------------------------
+
+    def load_scripts(self) -> None:
+        """Prepare the connection (the Redis registry loads its scripts); idempotent."""
+        ...
+
+    def heartbeat(self, node: Node, ttl_ms: int) -> Heartbeat:
+        """Register ``node`` with its status, alive for ``ttl_ms`` from now; forget nodes
+        whose heartbeat expired. Returns the clock, the versions, the pause flag, the
+        data's epoch and reset time, and the earliest heartbeat expiry of another node."""
+        ...
+
+    def leave(self, node_id: str) -> None:
+        """Deregister ``node_id`` at once (the others take over without waiting)."""
+        ...
+
+    def nodes(self) -> tuple[list[Node], int]:
+        """Live nodes (heartbeat not expired) by id, with their status; and the clock."""
+        ...
+
+    def pubsub(self) -> Subscription:
+        """A new subscription to this namespace's events."""
+        ...
+
+    def follow_master(self) -> bool:
+        """Reconnect if the primary moved (Sentinel); True when it did. Never raises."""
+        ...
+
+    def server_ms(self) -> int:
+        """The cluster clock, in milliseconds."""
+        ...
+
+    # -- entries ------------------------------------------------------------------
+
+    def sync_static(self, specs: Sequence[EntrySpec]) -> StaticSyncResult:
+        """Write the static entries of one ``beat_schedule``; anchor new ones; remove
+        static entries no longer listed; leave tombstoned and dynamic names alone."""
+        ...
+
+    def restore_anchors(self, anchors: Mapping[str, int], *, reset_ms: int) -> None:
+        """After a data loss: put back anchors (set once) and record ``reset_ms``
+        (the first call wins)."""
+        ...
+
+    def entries(self) -> tuple[dict[str, EntrySpec], dict[str, str]]:
+        """Every entry that parses, and ``name -> error`` for those that do not."""
+        ...
+
+    def get_entry(self, name: str) -> EntrySpec | None:
+        """The entry ``name`` or None; InvalidEntryError when it is malformed."""
+        ...
+
+    def put_entry(
+        self, spec: EntrySpec, *, expected_version: int | None, force: bool = False
+    ) -> EntrySpec:
+        """Compare-and-set one definition; returns it as stored (version bumped).
+
+        ``expected_version=None`` creates: ConflictError if the name exists, is
+        tombstoned or static. An int updates: EntryNotFoundError if absent,
+        ConflictError if the stored version differs or the name is tombstoned.
+        ``force`` writes over a tombstone or a static entry (and, creating, anything).
+        """
+        ...
+
+    def remove_entry(
+        self, name: str, *, tombstone: bool, expected_version: int | None = None
+    ) -> bool:
+        """Remove the definition and run state; False if there was none. ``tombstone``
+        keeps the name deleted. ConflictError when ``expected_version`` differs."""
+        ...
+
+    def cleanup(self, name: str) -> int:
+        """Erase every trace of ``name`` (also its tombstone, unsent claims and run-now
+        requests); how many fields were removed."""
+        ...
+
+    def reuse_deleted(self, name: str) -> bool:
+        """Remove the tombstone of ``name``; False if it had none."""
+        ...
+
+    def tombstones(self) -> dict[str, int]:
+        """Deleted names and when they were deleted (ms)."""
+        ...
+
+    def reset(self, name: str) -> bool:
+        """Start ``name`` afresh (anchored now, no last tick, no runs); False if absent."""
+        ...
+
+    def set_enabled(self, name: str, enabled: bool) -> EntrySpec:
+        """Enable or disable ``name``; EntryNotFoundError if absent."""
+        ...
+
+    def set_paused(self, paused: bool) -> None:
+        """Pause or resume the whole namespace (heartbeats carry the flag)."""
+        ...
+
+    def is_paused(self) -> bool: ...
+
+    # -- run state and claims -----------------------------------------------------
+
+    def states(self, names: Iterable[str] | None = None) -> dict[str, EntryState]:
+        """Run state of the given entries (all when None); entries without any absent."""
+        ...
+
+    def claim(
+        self,
+        ticks: Sequence[Tick],
+        *,
+        node_id: str,
+        lock_ttl_ms: int,
+        max_runs: Mapping[str, int | None] | None = None,
+    ) -> list[ClaimResult]:
+        """Claim ticks, in order (an entry's ticks oldest first). A tick wins iff it is
+        newer than the entry's last tick and (to fire) runs are under ``max_runs`` and
+        its per-tick lock is free; a firing win stays pending until :meth:`mark_sent`.
+        The same node claiming its own pending tick again wins again (a retry)."""
+        ...
+
+    def mark_sent(self, ticks: Sequence[Tick]) -> None:
+        """The claims of ``ticks`` were published: no longer pending."""
+        ...
+
+    def pending(self) -> list[PendingClaim]:
+        """Claims made and not yet marked sent, with their holder (in no set order)."""
+        ...
+
+    def retake(self, ticks: Sequence[Tick], *, node_id: str, lock_ttl_ms: int) -> list[bool]:
+        """Take over pending claims that are ours or whose holder is not alive."""
+        ...
+
+    def drop_pending(self, ticks: Sequence[Tick]) -> None:
+        """Forget unsent claims (their entry was removed, or they are past their grace)."""
+        ...
+
+    # -- run-now requests ---------------------------------------------------------
+
+    def run_now(self, name: str) -> int:
+        """Ask the owner of ``name`` for an extra dispatch; returns the request time (ms).
+        EntryNotFoundError if absent."""
+        ...
+
+    def requests(self) -> list[RunRequest]:
+        """Run-now requests not yet done (waiting or taken), in no set order."""
+        ...
+
+    def take_requests(self, requests: Sequence[RunRequest], *, node_id: str) -> list[bool]:
+        """Take requests that are waiting, ours, or held by a node no longer alive."""
+        ...
+
+    def done_requests(self, requests: Sequence[RunRequest]) -> None:
+        """Forget requests that were sent (or whose entry is gone)."""
+        ...
+
+    # -- views --------------------------------------------------------------------
+
+    def snapshot(self, names: Iterable[str] | None = None) -> Snapshot:
+        """Nodes, entries, states, flags and tombstones at once; with ``names``, only
+        those entries' definitions and states (``Snapshot.names`` lists every entry)."""
         ...

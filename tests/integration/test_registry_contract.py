@@ -1,0 +1,556 @@
+"""One contract, two registries: every test runs on the Redis registry (a real
+redis-server) and on the in-memory one (a manual clock). The Redis registry is the
+truth: a test that fails on "memory" only is a bug in ``celery_dcron.registry.memory``.
+
+Time: the Redis registry follows the server's clock, the memory one its injected clock.
+``Backend.advance`` moves the memory clock, and sleeps as long on Redis; TTLs stay short.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+import pytest
+import redis
+
+from celery_dcron.clock import ManualClock
+from celery_dcron.config import Settings
+from celery_dcron.entries import EntrySpec, Node, NodeStatus, Tick
+from celery_dcron.exceptions import (
+    ConflictError,
+    EntryNotFoundError,
+    InvalidEntryError,
+    RegistryUnavailableError,
+)
+from celery_dcron.interfaces import Registry, Subscription
+from celery_dcron.registry import Registry as RedisRegistry
+from celery_dcron.registry.memory import MemoryRegistry
+from celery_dcron.schedules import CronSchedule, IntervalSchedule
+from celery_dcron.ticks import interval_phase_ms
+
+T0 = 1_800_000_000_000
+NS = "contract"
+#: Node TTL for the expiry tests, and how far to move past it (real ms on Redis).
+TTL_MS = 300
+PAST_TTL_MS = 450
+
+
+@dataclass
+class Backend:
+    kind: str
+    reg: Registry
+    #: move the registry's clock forward by this many ms
+    advance: Callable[[int], object]
+    #: what a Redis restart without persistence does
+    lose_data: Callable[[], object]
+    #: store raw text as an entry's definition (as a buggy writer could)
+    write_raw: Callable[[str, str], object]
+    #: a registry of the same kind that cannot reach its data
+    unreachable: Callable[[], Registry]
+
+
+def _memory() -> Backend:
+    clock = ManualClock(start_ms=T0 + 123_456)
+    reg = MemoryRegistry(clock, namespace=NS)
+
+    def write_raw(name: str, text: str) -> None:
+        reg._data.entries[name] = text  # no public way to store a malformed entry
+
+    def unreachable() -> Registry:
+        down = MemoryRegistry(clock, namespace=NS)
+        down.available = False
+        return down
+
+    return Backend("memory", reg, clock.advance, reg.lose_data, write_raw, unreachable)
+
+
+def _redis(url: str) -> Iterator[Backend]:
+    reg = RedisRegistry.from_settings(Settings(redis_url=url, namespace=NS))
+    client = redis.Redis.from_url(url)
+
+    def unreachable() -> Registry:
+        s = Settings(redis_url="redis://127.0.0.1:1/0", namespace=NS, socket_timeout_s=0.5)
+        return RedisRegistry.from_settings(s)
+
+    yield Backend(
+        "redis",
+        reg,
+        lambda ms: time.sleep(ms / 1000),
+        lambda: client.flushall(),
+        lambda name, text: reg.client.hset(reg.keys.entries, name, text),
+        unreachable,
+    )
+    client.close()
+
+
+@pytest.fixture(params=["memory", "redis"])
+def backend(request: pytest.FixtureRequest) -> Iterator[Backend]:
+    if request.param == "memory":
+        yield _memory()
+    else:
+        yield from _redis(request.getfixturevalue("redis_url"))
+
+
+def spec(name: str, every_ms: int = 1000, **kw: object) -> EntrySpec:
+    return EntrySpec(name=name, task="t.add", schedule=IntervalSchedule(every_ms=every_ms), **kw)  # type: ignore[arg-type]
+
+
+def dynamic(name: str, every_ms: int = 1000) -> EntrySpec:
+    return spec(name, every_ms, source="dynamic")
+
+
+def tick(name: str, at: int, *, fire: bool = True) -> Tick:
+    return Tick(name=name, tick_ms=at, fire=fire)
+
+
+def versions(reg: Registry) -> tuple[int, int]:
+    """(members, entries) versions, read by a heartbeat of a node that never changes."""
+    hb = reg.heartbeat(Node(id="probe", status=NodeStatus.WORKING), ttl_ms=60_000)
+    return hb.members_version, hb.entries_version
+
+
+def wait_events(sub: Subscription, want: set[str], timeout_s: float = 2.0) -> set[str]:
+    seen: set[str] = set()
+    deadline = time.monotonic() + timeout_s
+    while not want <= seen and time.monotonic() < deadline:
+        message = sub.get_message(timeout=0.05)
+        if message is not None:
+            seen.add(str(message.get("data")))
+    return seen
+
+
+# -- membership ---------------------------------------------------------------------
+
+
+def test_heartbeat_registers_nodes_with_status_and_versions(backend: Backend) -> None:
+    reg = backend.reg
+    a = Node(id="a", host="h", pid=1, status=NodeStatus.STARTING)
+    hb1 = reg.heartbeat(a, ttl_ms=60_000)
+    assert abs(hb1.server_ms - reg.server_ms()) < 1000
+    assert hb1.peer_expiry_ms is None  # alone
+    assert not hb1.paused and hb1.epoch and hb1.reset_ms is None
+    assert reg.heartbeat(a, ttl_ms=60_000).members_version == hb1.members_version
+    hb3 = reg.heartbeat(Node(id="a", status=NodeStatus.WORKING), ttl_ms=60_000)
+    assert hb3.members_version > hb1.members_version  # a status change is a change
+    reg.heartbeat(Node(id="b", status=NodeStatus.LEAVING), ttl_ms=30_000)
+    hb4 = reg.heartbeat(Node(id="a", status=NodeStatus.WORKING), ttl_ms=60_000)
+    assert hb4.peer_expiry_ms is not None
+    assert 0 < hb4.peer_expiry_ms - hb4.server_ms <= 30_000  # b's expiry, not ours
+    nodes, server_ms = reg.nodes()
+    assert [(n.id, n.status) for n in nodes] == [
+        ("a", NodeStatus.WORKING),
+        ("b", NodeStatus.LEAVING),
+    ]
+    assert abs(server_ms - hb4.server_ms) < 1000
+
+
+def test_an_expired_node_disappears_and_counts_as_a_membership_change(backend: Backend) -> None:
+    reg = backend.reg
+    a = Node(id="a", status=NodeStatus.WORKING)
+    reg.heartbeat(a, ttl_ms=60_000)
+    before = reg.heartbeat(Node(id="b", status=NodeStatus.WORKING), ttl_ms=TTL_MS)
+    assert [n.id for n in reg.nodes()[0]] == ["a", "b"]
+    backend.advance(PAST_TTL_MS)
+    assert [n.id for n in reg.nodes()[0]] == ["a"]  # expired by the registry's clock
+    after = reg.heartbeat(a, ttl_ms=60_000)
+    assert after.members_version > before.members_version
+    assert after.peer_expiry_ms is None  # b was forgotten
+    # an expired node that heartbeats again is back, as a change
+    again = reg.heartbeat(Node(id="b", status=NodeStatus.WORKING), ttl_ms=60_000)
+    assert again.members_version > after.members_version
+    assert [n.id for n in reg.nodes()[0]] == ["a", "b"]
+
+
+def test_leave_deregisters_at_once(backend: Backend) -> None:
+    reg = backend.reg
+    hb = reg.heartbeat(Node(id="a", status=NodeStatus.WORKING), ttl_ms=60_000)
+    reg.heartbeat(Node(id="b", status=NodeStatus.WORKING), ttl_ms=60_000)
+    reg.leave("a")
+    assert [n.id for n in reg.nodes()[0]] == ["b"]
+    assert reg.heartbeat(Node(id="b", status=NodeStatus.WORKING), ttl_ms=60_000).members_version > (
+        hb.members_version
+    )
+
+
+def test_events_tell_members_and_entries_changes_apart(backend: Backend) -> None:
+    reg = backend.reg
+    sub = reg.pubsub()
+    try:
+        reg.heartbeat(Node(id="a"), ttl_ms=60_000)
+        assert wait_events(sub, {"members"}) == {"members"}
+        reg.put_entry(dynamic("x"), expected_version=None)
+        assert wait_events(sub, {"entries"}) == {"entries"}
+        assert not reg.follow_master()
+    finally:
+        sub.close()
+
+
+# -- entries ------------------------------------------------------------------------
+
+
+def test_put_get_is_compare_and_set_on_the_version(backend: Backend) -> None:
+    reg = backend.reg
+    _, v0 = versions(reg)
+    created = reg.put_entry(dynamic("x").with_changes(version=7), expected_version=None)
+    assert created.version == 1  # the registry numbers versions, not the caller
+    assert reg.get_entry("x") == created
+    assert reg.get_entry("nope") is None
+    with pytest.raises(ConflictError):
+        reg.put_entry(dynamic("x"), expected_version=None)  # exists
+    updated = reg.put_entry(dynamic("x", 2000), expected_version=1)
+    assert updated.version == 2 and reg.get_entry("x") == updated
+    with pytest.raises(ConflictError):
+        reg.put_entry(dynamic("x", 3000), expected_version=1)  # stale version
+    with pytest.raises(EntryNotFoundError):
+        reg.put_entry(dynamic("y"), expected_version=1)
+    forced = reg.put_entry(dynamic("x", 4000), expected_version=None, force=True)
+    assert forced.version == 3 and reg.get_entry("x") == forced
+    assert versions(reg)[1] == v0 + 3  # each write bumps the entries version once
+    entries, bad = reg.entries()
+    assert entries == {"x": forced} and bad == {}
+    with pytest.raises(InvalidEntryError):  # checked before anything is written
+        reg.put_entry(dynamic("z").with_changes(args=(object(),)), expected_version=None)
+    assert reg.get_entry("z") is None
+
+
+def test_remove_clears_state_and_a_tombstone_keeps_the_name_deleted(backend: Backend) -> None:
+    reg = backend.reg
+    reg.put_entry(dynamic("x"), expected_version=None)
+    reg.claim([tick("x", T0)], node_id="n1", lock_ttl_ms=60_000)
+    with pytest.raises(ConflictError):
+        reg.remove_entry("x", tombstone=False, expected_version=9)
+    assert reg.get_entry("x") is not None
+    before = reg.server_ms()
+    assert reg.remove_entry("x", tombstone=True, expected_version=1)
+    assert reg.get_entry("x") is None and "x" not in reg.states()
+    assert not reg.remove_entry("x", tombstone=True)  # nothing left to remove
+    assert before <= reg.tombstones()["x"] <= reg.server_ms()
+    with pytest.raises(ConflictError):
+        reg.put_entry(dynamic("x"), expected_version=None)
+    assert reg.sync_static([spec("x")]).skipped == {"x": "tombstoned"}
+    assert reg.reuse_deleted("x") and not reg.reuse_deleted("x")
+    assert reg.put_entry(dynamic("x"), expected_version=None).version == 1
+    # a tombstone can be set on an absent name; a forced write drops it
+    assert not reg.remove_entry("y", tombstone=True)
+    assert "y" in reg.tombstones()
+    assert reg.put_entry(dynamic("y"), expected_version=None, force=True).version == 1
+    assert "y" not in reg.tombstones()
+
+
+def test_a_static_name_is_refused_to_new_dynamic_entries_unless_forced(backend: Backend) -> None:
+    reg = backend.reg
+    reg.sync_static([spec("s")])
+    with pytest.raises(ConflictError):
+        reg.put_entry(dynamic("s"), expected_version=None)
+    replaced = reg.put_entry(dynamic("s", 5000), expected_version=None, force=True)
+    assert replaced.source == "dynamic" and reg.get_entry("s") == replaced
+    assert reg.snapshot().static == set()  # now a dynamic entry ...
+    assert reg.sync_static([spec("s")]).skipped == {"s": "dynamic"}  # ... kept by sync
+    assert reg.get_entry("s") == replaced
+
+
+def test_sync_static_writes_anchors_once_and_removes_unlisted_entries(backend: Backend) -> None:
+    reg = backend.reg
+    _, v0 = versions(reg)
+    before = reg.server_ms()
+    cron = EntrySpec(name="c", task="t", schedule=CronSchedule(expr="* * * * *"))
+    first = reg.sync_static([spec("a", 60_000), spec("b"), cron])
+    after = reg.server_ms()
+    assert first.changed == 3 and dict(first.skipped) == {}
+    states = reg.states()
+    anchor_a = states["a"].anchor_ms
+    assert anchor_a is not None and states["a"].last_tick_ms is None
+    assert anchor_a % 60_000 == interval_phase_ms(NS, "a", 60_000)  # on the entry's grid
+    assert before - 60_000 < anchor_a <= after  # nothing due yet
+    assert before <= (states["c"].anchor_ms or 0) <= after  # not an interval: now
+    assert reg.sync_static([spec("a", 60_000), spec("b"), cron]).changed == 0
+    assert versions(reg)[1] == v0 + 1  # an unchanged schedule writes nothing
+    backend.advance(5)
+    changed = reg.sync_static([spec("a", 30_000), spec("b")])
+    assert changed.changed == 2  # a rewritten, c removed
+    entries, _ = reg.entries()
+    assert sorted(entries) == ["a", "b"]
+    assert entries["a"].schedule == IntervalSchedule(every_ms=30_000)
+    assert reg.states()["a"].anchor_ms == anchor_a  # an anchor never moves
+    assert reg.snapshot().static == {"a", "b"}
+
+
+def test_malformed_entries_are_reported_not_raised(backend: Backend) -> None:
+    reg = backend.reg
+    reg.sync_static([spec("good")])
+    backend.write_raw("junk", "{not json")
+    backend.write_raw("alias", spec("other").dumps())
+    entries, bad = reg.entries()
+    assert list(entries) == ["good"] and set(bad) == {"junk", "alias"}
+    with pytest.raises(InvalidEntryError):
+        reg.get_entry("junk")
+    snap = reg.snapshot()
+    assert set(snap.entries) == {"good"} and set(snap.bad) == {"junk", "alias"}
+    assert snap.names == ["alias", "good", "junk"]
+
+
+# -- claims -------------------------------------------------------------------------
+
+
+def test_claim_wins_once_and_refuses_the_same_or_an_older_tick(backend: Backend) -> None:
+    reg = backend.reg
+    first = reg.claim([tick("a", T0)], node_id="n1", lock_ttl_ms=60_000)[0]
+    assert (first.won, first.last_tick_ms, first.run_count) == (True, T0, 1)
+    same = reg.claim([tick("a", T0)], node_id="n2", lock_ttl_ms=60_000)[0]
+    assert (same.won, same.last_tick_ms, same.run_count) == (False, T0, 1)
+    older = reg.claim([tick("a", T0 - 1000)], node_id="n2", lock_ttl_ms=60_000)[0]
+    assert (older.won, older.last_tick_ms) == (False, T0)
+    newer = reg.claim([tick("a", T0 + 1000)], node_id="n2", lock_ttl_ms=60_000)[0]
+    assert (newer.won, newer.last_tick_ms, newer.run_count) == (True, T0 + 1000, 2)
+    state = reg.states()["a"]
+    assert (state.last_tick_ms, state.run_count, state.last_node) == (T0 + 1000, 2, "n2")
+    assert state.anchor_ms is None  # claims never anchor
+
+
+def test_a_batch_is_claimed_in_order(backend: Backend) -> None:
+    reg = backend.reg
+    ticks = [tick("e0", T0), tick("e1", T0), tick("e0", T0 + 1000), tick("e0", T0 + 500)]
+    results = reg.claim(ticks, node_id="n1", lock_ttl_ms=60_000)
+    assert [r.won for r in results] == [True, True, True, False]
+    assert results[3].last_tick_ms == T0 + 1000 and results[3].run_count == 2
+    assert sorted((p.name, p.tick_ms) for p in reg.pending()) == [
+        ("e0", T0),
+        ("e0", T0 + 1000),
+        ("e1", T0),
+    ]
+
+
+def test_a_lost_reply_retried_by_the_claimer_counts_as_won_until_sent(backend: Backend) -> None:
+    reg = backend.reg
+    assert reg.claim([tick("a", T0)], node_id="n1", lock_ttl_ms=60_000)[0].won
+    retry = reg.claim([tick("a", T0)], node_id="n1", lock_ttl_ms=60_000)[0]
+    assert retry.won and retry.run_count == 1  # counted once
+    assert not reg.claim([tick("a", T0)], node_id="n2", lock_ttl_ms=60_000)[0].won
+    reg.mark_sent([tick("a", T0)])
+    assert reg.pending() == []
+    assert not reg.claim([tick("a", T0)], node_id="n1", lock_ttl_ms=60_000)[0].won
+
+
+def test_a_skip_claim_advances_the_last_tick_without_a_run(backend: Backend) -> None:
+    reg = backend.reg
+    skip = reg.claim([tick("a", T0, fire=False)], node_id="n1", lock_ttl_ms=60_000)[0]
+    assert (skip.won, skip.last_tick_ms, skip.run_count) == (True, T0, 0)
+    assert reg.pending() == []
+    assert not reg.claim([tick("a", T0)], node_id="n1", lock_ttl_ms=60_000)[0].won
+    state = reg.states()["a"]
+    assert (state.last_tick_ms, state.run_count, state.last_node) == (T0, 0, None)
+
+
+def test_max_runs_stops_claims_without_moving_the_last_tick(backend: Backend) -> None:
+    reg = backend.reg
+    won = [
+        reg.claim([tick("a", T0 + i)], node_id="n1", lock_ttl_ms=60_000, max_runs={"a": 2})[0]
+        for i in range(4)
+    ]
+    assert [r.won for r in won] == [True, True, False, False]
+    assert won[3].last_tick_ms == T0 + 1 and won[3].run_count == 2
+    # no limit given (None) means no limit
+    assert reg.claim([tick("a", T0 + 9)], node_id="n1", lock_ttl_ms=1000, max_runs={"a": None})[
+        0
+    ].won
+
+
+def test_the_per_tick_lock_outlives_a_reset_until_its_ttl(backend: Backend) -> None:
+    reg = backend.reg
+    reg.put_entry(dynamic("a"), expected_version=None)
+    assert reg.claim([tick("a", T0)], node_id="n1", lock_ttl_ms=TTL_MS)[0].won
+    reg.mark_sent([tick("a", T0)])
+    assert reg.reset("a")  # the last tick is gone, the tick's fire lock is not
+    blocked = reg.claim([tick("a", T0)], node_id="n2", lock_ttl_ms=TTL_MS)[0]
+    assert (blocked.won, blocked.last_tick_ms, blocked.run_count) == (False, None, 0)
+    assert reg.claim([tick("a", T0 + 1)], node_id="n2", lock_ttl_ms=TTL_MS)[0].won
+    reg.reset("a")
+    backend.advance(PAST_TTL_MS)
+    assert reg.claim([tick("a", T0)], node_id="n2", lock_ttl_ms=TTL_MS)[0].won
+
+
+# -- pending claims -----------------------------------------------------------------
+
+
+def test_retake_refuses_a_live_holder_and_takes_a_dead_ones_claim(backend: Backend) -> None:
+    reg = backend.reg
+    reg.heartbeat(Node(id="holder", status=NodeStatus.WORKING), ttl_ms=TTL_MS)
+    t = tick("a", T0)
+    assert reg.claim([t], node_id="holder", lock_ttl_ms=60_000)[0].won
+    assert reg.retake([t], node_id="other", lock_ttl_ms=60_000) == [False]
+    assert reg.retake([t], node_id="holder", lock_ttl_ms=60_000) == [True]
+    backend.advance(PAST_TTL_MS)
+    assert reg.retake([t, tick("a", T0 + 1)], node_id="other", lock_ttl_ms=60_000) == [
+        True,
+        False,  # never claimed: nothing to retake
+    ]
+    assert [(p.name, p.tick_ms, p.node) for p in reg.pending()] == [("a", T0, "other")]
+    reg.mark_sent([t])
+    assert reg.retake([t], node_id="other", lock_ttl_ms=60_000) == [False]
+
+
+def test_a_claim_of_a_node_that_never_heartbeated_can_be_retaken(backend: Backend) -> None:
+    reg = backend.reg
+    t = tick("a", T0)
+    reg.claim([t], node_id="ghost", lock_ttl_ms=60_000)
+    assert reg.retake([t], node_id="n1", lock_ttl_ms=60_000) == [True]
+    assert [(p.name, p.node) for p in reg.pending()] == [("a", "n1")]
+
+
+def test_drop_pending_forgets_unsent_claims(backend: Backend) -> None:
+    reg = backend.reg
+    reg.claim([tick("a", T0), tick("b", T0)], node_id="n1", lock_ttl_ms=60_000)
+    reg.drop_pending([tick("a", T0)])
+    assert [(p.name, p.node) for p in reg.pending()] == [("b", "n1")]
+    assert reg.states()["a"].last_tick_ms == T0  # the claim itself stands
+
+
+def test_states_of_some_entries_or_all(backend: Backend) -> None:
+    reg = backend.reg
+    reg.sync_static([spec("a")])
+    reg.claim([tick("b", T0)], node_id="n1", lock_ttl_ms=60_000)
+    assert set(reg.states()) == {"a", "b"}
+    assert set(reg.states(["b", "missing"])) == {"b"}
+    assert reg.states([]) == {}
+
+
+# -- run-now requests ---------------------------------------------------------------
+
+
+def test_run_now_requests_are_taken_by_one_live_node_until_done(backend: Backend) -> None:
+    reg = backend.reg
+    with pytest.raises(EntryNotFoundError):
+        reg.run_now("x")
+    reg.put_entry(dynamic("x"), expected_version=None)
+    _, v0 = versions(reg)
+    at = reg.run_now("x")
+    assert abs(at - reg.server_ms()) < 1000 and versions(reg)[1] == v0 + 1
+    [waiting] = reg.requests()
+    assert (waiting.name, waiting.request_ms, waiting.holder) == ("x", at, "")
+    reg.heartbeat(Node(id="n1", status=NodeStatus.WORKING), ttl_ms=TTL_MS)
+    assert reg.take_requests([waiting], node_id="n1") == [True]
+    assert reg.take_requests([waiting], node_id="n2") == [False]  # n1 is alive
+    assert reg.take_requests([waiting], node_id="n1") == [True]  # a retry of its own
+    assert [r.holder for r in reg.requests()] == ["n1"]
+    backend.advance(PAST_TTL_MS)
+    assert reg.take_requests([waiting], node_id="n2") == [True]  # n1 died
+    reg.done_requests([waiting])
+    assert reg.requests() == []
+    assert reg.take_requests([waiting], node_id="n2") == [False]
+    assert reg.take_requests([], node_id="n2") == []
+
+
+# -- flags and resets ---------------------------------------------------------------
+
+
+def test_set_enabled_writes_only_a_change(backend: Backend) -> None:
+    reg = backend.reg
+    with pytest.raises(EntryNotFoundError):
+        reg.set_enabled("x", False)
+    reg.put_entry(dynamic("x"), expected_version=None)
+    off = reg.set_enabled("x", False)
+    assert not off.enabled and off.version == 2 and reg.get_entry("x") == off
+    assert reg.set_enabled("x", False) == off  # already disabled: nothing written
+    on = reg.set_enabled("x", True)
+    assert on.enabled and on.version == 3
+    reg.sync_static([spec("s")])  # static entries can be paused too, and stay static
+    assert not reg.set_enabled("s", False).enabled
+    assert reg.snapshot().static == {"s"}
+
+
+def test_pause_all_reaches_every_heartbeat(backend: Backend) -> None:
+    reg = backend.reg
+    _, v0 = versions(reg)
+    assert not reg.is_paused()
+    reg.set_paused(True)
+    hb = reg.heartbeat(Node(id="n1"), ttl_ms=60_000)
+    assert reg.is_paused() and hb.paused and reg.snapshot().paused
+    assert hb.entries_version == v0 + 1
+    reg.set_paused(False)
+    assert not reg.is_paused() and not reg.heartbeat(Node(id="n1"), ttl_ms=60_000).paused
+
+
+def test_reset_starts_an_entry_afresh_on_its_grid(backend: Backend) -> None:
+    reg = backend.reg
+    assert not reg.reset("x")
+    reg.put_entry(dynamic("x", 5000), expected_version=None)
+    reg.claim([tick("x", T0), tick("x", T0 + 5000)], node_id="n1", lock_ttl_ms=60_000)
+    backend.advance(10)
+    before = reg.server_ms()
+    assert reg.reset("x")
+    state = reg.states()["x"]
+    assert (state.last_tick_ms, state.run_count, state.last_node) == (None, 0, None)
+    assert state.anchor_ms is not None
+    assert state.anchor_ms % 5000 == interval_phase_ms(NS, "x", 5000)
+    assert before - 5000 < state.anchor_ms <= reg.server_ms()
+
+
+def test_cleanup_erases_every_trace_of_an_entry(backend: Backend) -> None:
+    reg = backend.reg
+    reg.put_entry(dynamic("x"), expected_version=None)  # entry + anchor
+    reg.claim([tick("x", T0)], node_id="n1", lock_ttl_ms=60_000)  # last, runs, node, pending
+    reg.run_now("x")  # a request
+    reg.put_entry(dynamic("y"), expected_version=None)
+    reg.claim([tick("y", T0)], node_id="n1", lock_ttl_ms=60_000)
+    assert reg.cleanup("x") == 7
+    assert reg.get_entry("x") is None and "x" not in reg.states()
+    assert [p.name for p in reg.pending()] == ["y"] and reg.requests() == []
+    reg.remove_entry("y", tombstone=True)
+    assert reg.cleanup("y") == 2  # the tombstone and the unsent claim
+    assert reg.tombstones() == {} and reg.pending() == []
+
+
+def test_snapshot_reads_nodes_entries_states_and_flags_at_once(backend: Backend) -> None:
+    reg = backend.reg
+    reg.heartbeat(Node(id="n1", status=NodeStatus.WORKING), ttl_ms=60_000)
+    reg.sync_static([spec("a"), spec("b")])
+    reg.put_entry(dynamic("c"), expected_version=None)
+    reg.remove_entry("gone", tombstone=True)
+    reg.claim([tick("a", T0)], node_id="n1", lock_ttl_ms=60_000)
+    snap = reg.snapshot()
+    assert [n.id for n in snap.nodes] == ["n1"] and snap.nodes[0].status is NodeStatus.WORKING
+    assert abs(snap.server_ms - reg.server_ms()) < 1000
+    assert snap.names == ["a", "b", "c"] and set(snap.entries) == {"a", "b", "c"}
+    assert snap.states == reg.states() and snap.states["a"].last_tick_ms == T0
+    assert snap.static == {"a", "b"} and set(snap.tombstones) == {"gone"}
+    assert (snap.paused, snap.bad, snap.reset_ms) == (False, {}, None)
+    some = reg.snapshot(["a", "zzz"])
+    assert some.names == ["a", "b", "c"]  # every name, for ownership
+    assert set(some.entries) == {"a"} and set(some.states) == {"a"}
+    none = reg.snapshot([])
+    assert none.names == ["a", "b", "c"] and none.entries == {} and none.states == {}
+
+
+def test_a_data_loss_shows_as_a_new_epoch_and_restored_anchors_are_set_once(
+    backend: Backend,
+) -> None:
+    reg = backend.reg
+    node = Node(id="n1", status=NodeStatus.WORKING)
+    reg.sync_static([spec("a")])
+    anchor = reg.states()["a"].anchor_ms
+    assert anchor is not None
+    old = reg.heartbeat(node, ttl_ms=60_000)
+    assert reg.heartbeat(node, ttl_ms=60_000).epoch == old.epoch  # stable while data lives
+    backend.advance(5)
+    backend.lose_data()
+    new = reg.heartbeat(node, ttl_ms=60_000)
+    assert new.epoch and new.epoch != old.epoch
+    assert new.entries_version < old.entries_version and new.reset_ms is None
+    assert reg.entries() == ({}, {}) and reg.states() == {}
+    reg.restore_anchors({"a": anchor}, reset_ms=T0)
+    reg.restore_anchors({"a": anchor + 1, "b": 42}, reset_ms=T0 + 1)  # the first one wins
+    assert reg.states()["a"].anchor_ms == anchor and reg.states()["b"].anchor_ms == 42
+    assert reg.heartbeat(node, ttl_ms=60_000).reset_ms == T0
+    assert reg.snapshot().reset_ms == T0
+    reg.sync_static([spec("a")])
+    assert reg.states()["a"].anchor_ms == anchor  # the static sync keeps the restored anchor
+
+
+def test_an_unreachable_registry_raises_and_claims_nothing(backend: Backend) -> None:
+    down = backend.unreachable()
+    with pytest.raises(RegistryUnavailableError):
+        down.claim([tick("a", T0)], node_id="n1", lock_ttl_ms=60_000)
+    with pytest.raises(RegistryUnavailableError):
+        down.heartbeat(Node(id="n1"), ttl_ms=60_000)
