@@ -25,11 +25,16 @@ import math
 import re
 from collections.abc import Mapping
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, ClassVar
 
 from .config import Settings
 from .entries import AFTER_RUN_ACTIONS, EntrySpec, EntryState, MisfirePolicy
-from .exceptions import EntryNotFoundError, InvalidEntryError, InvalidScheduleError
+from .exceptions import (
+    ConfigurationError,
+    EntryNotFoundError,
+    InvalidEntryError,
+    InvalidScheduleError,
+)
 from .registry import Registry
 from .schedules import (
     AtSchedule,
@@ -39,6 +44,7 @@ from .schedules import (
     datetime_to_ms,
     from_celery,
 )
+from .taskcheck import argument_mismatch, load_task_modules
 from .ticks import run_now_task_id
 
 __all__ = ["OPTION_KEYS", "DynamicTasks"]
@@ -55,15 +61,22 @@ _FIELDS = frozenset(
     }
 )  # fmt: skip
 _SCHEDULE_FIELDS = ("cron", "every", "at", "schedule")
+#: The fields that make up the task's call: an update of one checks its arguments again.
+_CALL_FIELDS = frozenset({"task", "args", "kwargs", "payload"})
 _NAME = re.compile(r"^[^\x00-\x1f\x7f{}]{1,200}$")
 
 
 class DynamicTasks:
     """Dynamic entries of one namespace (``dcron_namespace``) of an app's registry.
 
-    ``check_tasks`` (default: the ``dcron_check_tasks`` setting) refuses task names
-    the app does not know; pass False when this process does not import the tasks.
+    ``check_tasks`` (default True, whatever the beat's ``dcron_check_tasks``) refuses a
+    task name the app does not know, once the app's task modules are loaded (``include``,
+    ``imports``, ``autodiscover_tasks``), and args/kwargs that do not fit the signature of
+    a task it knows. Pass False when this process cannot import the tasks.
     """
+
+    #: How to turn the task check off, named by its errors (the CLI names its flag).
+    check_off_hint: ClassVar[str] = "pass check_tasks=False"
 
     def __init__(
         self,
@@ -71,12 +84,12 @@ class DynamicTasks:
         *,
         settings: Settings | None = None,
         registry: Registry | None = None,
-        check_tasks: bool | None = None,
+        check_tasks: bool = True,
     ) -> None:
         self.app = app
         self.settings = settings or Settings.from_app(app)
         self.registry = registry or Registry.from_settings(self.settings)
-        self.check_tasks = self.settings.check_tasks if check_tasks is None else check_tasks
+        self.check_tasks = check_tasks
 
     # -- reading -------------------------------------------------------------------
 
@@ -266,7 +279,7 @@ class DynamicTasks:
             if not isinstance(changes["enabled"], bool):
                 raise InvalidEntryError(f"entry {name!r}: enabled: must be True or False")
             new["enabled"] = changes["enabled"]
-        tz = changes.get("tz")
+        tz = self._zone_of_naive(spec, changes, creating=creating)
         for key, attr in (("start_at", "start_ms"), ("end_at", "end_ms")):
             if key in changes:
                 value = changes[key]
@@ -300,7 +313,21 @@ class DynamicTasks:
             new["description"] = desc
         result = spec.with_changes(**new)
         self._check_result(result)
+        if self.check_tasks and (creating or changes.keys() & _CALL_FIELDS):
+            self._check_arguments(result)
         return result
+
+    def _check_arguments(self, spec: EntrySpec) -> None:
+        task = self.app.tasks.get(spec.task)
+        if task is None:
+            return
+        mismatch = argument_mismatch(task, spec.args, spec.kwargs)
+        if mismatch is not None:
+            field, reason = mismatch
+            raise InvalidEntryError(
+                f"entry {spec.name!r}: {reason}; fix them, or {self.check_off_hint}",
+                field=field,
+            )
 
     def _task(self, name: str, task: Any, *, has_payload: bool) -> str:
         if task is None:
@@ -317,12 +344,36 @@ class DynamicTasks:
             task = self.settings.default_task
         if not isinstance(task, str) or not task.strip():
             raise InvalidEntryError(f"entry {name!r}: task: must be a task name, got {task!r}")
-        if self.check_tasks and task not in self.app.tasks:
+        if self.check_tasks and not self._known(name, task):
             raise InvalidEntryError(
-                f"entry {name!r}: task: {task!r} is not registered in this Celery app; "
-                "check the name, import its module, or pass check_tasks=False"
+                f"entry {name!r}: task: {task!r} is not registered in this Celery app (its "
+                "include=, imports and autodiscover_tasks modules are loaded); check the "
+                f"name, or {self.check_off_hint}",
+                field="task",
             )
         return task
+
+    def _known(self, name: str, task: str) -> bool:
+        """Whether the app knows ``task``, once its task modules are imported."""
+        if task in self.app.tasks:
+            return True
+        try:
+            load_task_modules(self.app)
+        except Exception as exc:  # the user's modules: any error, named with the fix
+            raise ConfigurationError(
+                f"entry {name!r}: task: importing the Celery app's task modules to check "
+                f"{task!r} failed: {exc!r}; fix that module, or {self.check_off_hint}"
+            ) from exc
+        return task in self.app.tasks
+
+    def _zone_of_naive(
+        self, spec: EntrySpec, changes: Mapping[str, Any], *, creating: bool
+    ) -> str | None:
+        """The zone of naive datetimes: ``tz=``, else (in an update) the entry's own."""
+        tz = changes.get("tz")
+        if tz is None and not creating and isinstance(spec.schedule, CronSchedule):
+            return spec.schedule.tz
+        return tz if isinstance(tz, str) else None
 
     def _schedule(
         self,
@@ -343,6 +394,10 @@ class DynamicTasks:
         if tz is not None and not isinstance(tz, str):
             raise InvalidScheduleError(f"entry {name!r}: tz: must be an IANA zone name like 'UTC'")
         app_tz = str(getattr(self.app.conf, "timezone", None) or "UTC")
+        # A partial update keeps the zone: a cron (or crontab) given without tz= takes the
+        # entry's own, and only a new entry (or a change from another kind) the app's.
+        naive_tz = self._zone_of_naive(spec, changes, creating=creating)
+        zone = naive_tz or app_tz
         try:
             if not given:
                 if tz is not None and isinstance(spec.schedule, CronSchedule):
@@ -357,11 +412,11 @@ class DynamicTasks:
                     raise InvalidScheduleError(
                         f"cron: {value!r} must be a string like '*/5 * * * *'"
                     )
-                return CronSchedule(expr=value, tz=tz or app_tz)
+                return CronSchedule(expr=value, tz=zone)
             if kind == "every":
                 return IntervalSchedule(every_ms=_every_ms(value))
             if kind == "at":
-                at_ms = _instant(name, "at", value, tz)
+                at_ms = _instant(name, "at", value, naive_tz)
                 if now_ms is None:
                     now_ms = self.registry.server_ms()
                 if at_ms <= now_ms:
@@ -369,7 +424,7 @@ class DynamicTasks:
                         f"at: {value!s} is in the past; give a future time, or use run_now()"
                     )
                 return AtSchedule(at_ms=at_ms)
-            return from_celery(value, entry=name, app_tz=tz or app_tz)
+            return from_celery(value, entry=name, app_tz=zone)
         except InvalidScheduleError as exc:
             message = str(exc)
             if message.startswith(f"entry {name!r}"):

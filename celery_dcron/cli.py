@@ -15,19 +15,25 @@ import click
 
 from .api import DynamicTasks
 from .entries import EntrySpec, NodeStatus
-from .exceptions import DcronError
-from .status import ClusterView, describe_schedule
+from .exceptions import ConflictError, DcronError, VersionConflictError
+from .status import ClusterView, describe_schedule, plural
 from .ticks import tick_iso
 
 __all__ = ["dcron"]
 
 
-def _tasks(ctx: click.Context, *, check_tasks: bool | None = None) -> DynamicTasks:
+class _CliTasks(DynamicTasks):
+    """:class:`DynamicTasks` whose errors name this CLI's flag, not the API's keyword."""
+
+    check_off_hint = "use --no-check-task"
+
+
+def _tasks(ctx: click.Context, *, check_tasks: bool = True) -> DynamicTasks:
     app = getattr(ctx.find_root().obj, "app", None)
     if app is None:
         raise click.UsageError("no Celery app: run it as `celery -A proj dcron ...`")
     try:
-        return DynamicTasks(app, check_tasks=check_tasks)
+        return _CliTasks(app, check_tasks=check_tasks)
     except DcronError as exc:
         raise click.ClickException(str(exc)) from None
 
@@ -59,20 +65,21 @@ def status(ctx: click.Context, as_json: bool) -> None:
     tasks = _tasks(ctx)
     view: ClusterView = _run(lambda: ClusterView.read(tasks.registry, tasks.settings))
     nodes = [view.node(n) for n in view.nodes]
+    entries, unowned = len(view.entries), len(view.entries) - len(view.owner)
     data = {
         "namespace": tasks.settings.namespace,
         "strategy": tasks.settings.strategy,
         "paused": view.paused,
         "rebuilt_after_data_loss": None if view.reset_ms is None else tick_iso(view.reset_ms),
-        "entries": len(view.entries),
-        "unowned": len(view.entries) - len(view.owner),
+        "entries": entries,
+        "unowned": unowned,
         "nodes": nodes,
     }
 
     def text() -> str:
         lines = [
             f"namespace {data['namespace']} (strategy {data['strategy']}): "
-            f"{len(nodes)} nodes, {data['entries']} entries"
+            f"{plural(len(nodes), 'node')}, {plural(entries, 'entry', 'entries')}"
             + (", PAUSED (pause-all)" if view.paused else "")
         ]
         for n in nodes:
@@ -80,8 +87,9 @@ def status(ctx: click.Context, as_json: bool) -> None:
                 f"  {n['id']:<40} {n['status']:<9} heartbeat {n['heartbeat_age_s']:.1f}s ago  "
                 f"owns {n['entries_owned']}"
             )
-        if data["unowned"]:
-            lines.append(f"  {data['unowned']} entries have no working node")
+        if unowned:
+            verb = "has" if unowned == 1 else "have"
+            lines.append(f"  {plural(unowned, 'entry', 'entries')} {verb} no working node")
         if data["rebuilt_after_data_loss"]:
             lines.append(
                 f"  the registry was rebuilt after a Redis data loss at "
@@ -128,11 +136,49 @@ def show(ctx: click.Context, name: str, as_json: bool) -> None:
     tasks = _tasks(ctx)
     view: ClusterView = _run(lambda: ClusterView.read(tasks.registry, tasks.settings))
     if name not in view.entries:
-        deleted = " (deleted: tombstoned)" if name in view.deleted else ""
-        raise click.ClickException(f"name: no entry {name!r}{deleted}")
+        if name in view.deleted:
+            raise click.ClickException(
+                f"name: {name!r} is deleted (tombstoned); `celery dcron reuse {name}` frees "
+                "the name"
+            )
+        raise click.ClickException(f"name: no entry {name!r}")
     row = view.entry(name)
     row["static"] = name in view.static
-    _out(row, as_json, lambda: "\n".join(f"{k}: {v}" for k, v in sorted(row.items())))
+    _out(row, as_json, lambda: _describe(row))
+
+
+def _describe(row: dict[str, Any]) -> str:
+    """An entry as ``field: value`` lines: values in JSON, times in ISO 8601, no reprs."""
+
+    def when(ms: int | None) -> str:
+        return "-" if ms is None else tick_iso(ms)
+
+    runs = str(row["runs"]) + (f" of {row['max_runs']}" if row.get("max_runs") else "")
+    grace = row.get("misfire_grace_s")
+    lines = [
+        ("name", row["name"]),
+        ("task", row["task"]),
+        ("schedule", row["schedule_text"]),
+        ("state", row["state"]),
+        ("source", row["source"] + (" (beat_schedule)" if row["static"] else "")),
+        ("owner", row["owner"] or "- (no working node)"),
+        ("next tick", row["next_tick"] or "-"),
+        ("last tick", row["last_tick"] or "-"),
+        ("last node", row["last_node"] or "-"),
+        ("runs", runs),
+        ("args", json.dumps(row["args"])),
+        ("kwargs", json.dumps(row["kwargs"], sort_keys=True)),
+        ("options", " ".join(f"{k}={json.dumps(v) if not isinstance(v, str) else v}"
+                             for k, v in sorted(row["options"].items())) or "-"),
+        ("start at", when(row.get("start_ms"))),
+        ("end at", when(row.get("end_ms"))),
+        ("after run", row.get("after_run") or "-"),
+        ("misfire policy", row.get("misfire_policy") or "the dcron_misfire_policy setting"),
+        ("misfire grace", "the dcron_misfire_grace setting" if grace is None else f"{grace:g}s"),
+        ("description", row.get("description") or "-"),
+        ("version", str(row["version"])),
+    ]  # fmt: skip
+    return "\n".join(f"{label + ':':<16}{value}" for label, value in lines)
 
 
 def _json_arg(field: str, value: str | None) -> Any:
@@ -160,16 +206,35 @@ def _json_arg(field: str, value: str | None) -> Any:
 @click.option("--start-at", help="Do not fire before this ISO 8601 datetime.")
 @click.option("--end-at", help="Do not fire after this ISO 8601 datetime.")
 @click.option("--max-runs", type=int, help="Stop after this many runs.")
-@click.option("--after-run", type=click.Choice(["delete", "tombstone", "disable"]))
-@click.option("--misfire-policy", type=click.Choice(["once", "all", "skip"]))
-@click.option("--description", default="")
+@click.option(
+    "--after-run",
+    type=click.Choice(["delete", "tombstone", "disable"]),
+    help="What to do once it ran for the last time (--at, --max-runs or --end-at): delete "
+    "it, delete it and keep the name deleted (tombstone), or disable it.",
+)
+@click.option(
+    "--misfire-policy",
+    type=click.Choice(["once", "all", "skip"]),
+    help="Ticks missed while no node fired it: run once, run each, or skip them "
+    "(default: the dcron_misfire_policy setting).",
+)
+@click.option("--description", default="", help="Free text, shown by show and the admin.")
 @click.option("--disabled", is_flag=True, help="Add it paused.")
-@click.option("--force", is_flag=True, help="Overwrite an existing, deleted or static name.")
-@click.option("--no-check-task", is_flag=True, help="Do not require a task known to the app.")
+@click.option(
+    "--force",
+    is_flag=True,
+    help="Overwrite an existing, deleted (tombstoned) or static name.",
+)
+@click.option(
+    "--no-check-task",
+    is_flag=True,
+    help="Do not require a task known to the app (after loading its task modules), nor "
+    "args/kwargs that fit its signature.",
+)
 @click.pass_context
 def add(ctx: click.Context, /, name: str, **o: Any) -> None:
     """Add a dynamic entry (exactly one of --cron, --every, --at)."""
-    tasks = _tasks(ctx, check_tasks=False if o["no_check_task"] else None)
+    tasks = _tasks(ctx, check_tasks=not o["no_check_task"])
     fields: dict[str, Any] = {
         "cron": o["cron"],
         "every": o["every"],
@@ -188,9 +253,30 @@ def add(ctx: click.Context, /, name: str, **o: Any) -> None:
     }
     if o["payload_json"] is not None:
         fields["payload"] = _json_arg("payload", o["payload_json"])
-    adder = tasks.force_add if o["force"] else tasks.add
-    spec: EntrySpec = _run(lambda: adder(name, o["task"], **fields))
-    click.echo(f"added {spec.name} (version {spec.version}): {describe_schedule(spec.schedule)}")
+    if o["force"]:
+        spec: EntrySpec = _run(lambda: tasks.force_add(name, o["task"], **fields))
+    else:
+        try:
+            spec = tasks.add(name, o["task"], **fields)
+        except VersionConflictError as exc:
+            raise click.ClickException(str(exc)) from None
+        except ConflictError:  # the registry's message names the API: name the commands
+            raise click.ClickException(_taken(tasks, name)) from None
+        except DcronError as exc:
+            raise click.ClickException(str(exc)) from None
+    click.echo(f"added {spec.name!r} (version {spec.version}): {describe_schedule(spec.schedule)}")
+
+
+def _taken(tasks: DynamicTasks, name: str) -> str:
+    if name in _run(tasks.deleted):
+        return (
+            f"name: {name!r} is deleted (tombstoned); free it with `celery dcron reuse "
+            f"{name}`, or add it with --force"
+        )
+    return (
+        f"name: {name!r} is taken (an existing or a static entry); choose another name, "
+        "or replace it with --force"
+    )
 
 
 @dcron.command()
@@ -203,27 +289,94 @@ def rm(ctx: click.Context, name: str, tombstone: bool, cleanup: bool) -> None:
     tasks = _tasks(ctx)
     if cleanup:
         _run(lambda: tasks.cleanup(name))
+        click.echo(f"erased every trace of {name!r}")
     elif tombstone:
-        _run(lambda: tasks.mark_deleted(name))
+        existed = _run(lambda: tasks.mark_deleted(name))
+        click.echo(
+            f"{'removed' if existed else 'no entry'} {name!r}; the name stays deleted "
+            f"(tombstoned) until `celery dcron reuse {name}` or `add --force`"
+        )
     else:
         _run(lambda: tasks.remove(name))
-    click.echo(f"removed {name}")
+        click.echo(f"removed {name!r}")
 
 
-def _simple(command: str, doc: str, action: Callable[[DynamicTasks, str], Any]) -> None:
-    @dcron.command(name=command, help=doc)
-    @click.argument("name")
-    @click.pass_context
-    def _cmd(ctx: click.Context, name: str) -> None:
-        tasks = _tasks(ctx)
-        result = _run(lambda: action(tasks, name))
-        click.echo(f"{command} {name}" + (f": task id {result}" if command == "run" else ""))
+@dcron.command()
+@click.argument("name")
+@click.pass_context
+def pause(ctx: click.Context, name: str) -> None:
+    """Pause (disable) an entry."""
+    _set_enabled(ctx, name, enabled=False)
 
 
-_simple("pause", "Pause (disable) an entry.", lambda t, n: t.pause(n))
-_simple("resume", "Resume (enable) an entry.", lambda t, n: t.resume(n))
-_simple("run", "Run an entry once now, in addition to its schedule.", lambda t, n: t.run_now(n))
-_simple("reset", "Start an entry afresh (anchor now, no runs).", lambda t, n: t.reset(n))
+@dcron.command()
+@click.argument("name")
+@click.pass_context
+def resume(ctx: click.Context, name: str) -> None:
+    """Resume (enable) an entry; missed ticks follow its misfire policy."""
+    _set_enabled(ctx, name, enabled=True)
+
+
+def _set_enabled(ctx: click.Context, name: str, *, enabled: bool) -> None:
+    tasks = _tasks(ctx)
+    before: EntrySpec = _run(lambda: tasks.get(name))
+    if before.enabled is enabled:
+        click.echo(f"{name!r} was {'not paused' if enabled else 'already paused'}")
+        return
+    _run(lambda: tasks.resume(name) if enabled else tasks.pause(name))
+    click.echo(f"{'resumed' if enabled else 'paused'} {name!r}")
+
+
+def _run_now(ctx: click.Context, name: str) -> None:
+    tasks = _tasks(ctx)
+    task_id = _run(lambda: tasks.run_now(name))
+    click.echo(f"asked the owner of {name!r} to run it now: task id {task_id}")
+
+
+_RUN_HELP = "Run an entry once now, in addition to its schedule; prints the task id."
+dcron.command(name="run", help=_RUN_HELP)(click.argument("name")(click.pass_context(_run_now)))
+dcron.command(name="run-now", help=f"{_RUN_HELP} Same as run.")(
+    click.argument("name")(click.pass_context(_run_now))
+)
+
+
+@dcron.command()
+@click.argument("name")
+@click.pass_context
+def reset(ctx: click.Context, name: str) -> None:
+    """Start an entry afresh (anchor now, no runs)."""
+    tasks = _tasks(ctx)
+    _run(lambda: tasks.reset(name))
+    click.echo(f"reset {name!r}: anchored now, no runs")
+
+
+@dcron.command()
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@click.pass_context
+def deleted(ctx: click.Context, as_json: bool) -> None:
+    """Deleted (tombstoned) names, refused by add until reuse or add --force."""
+    tasks = _tasks(ctx)
+    names: dict[str, int] = _run(tasks.deleted)
+    data = {name: tick_iso(ms) for name, ms in sorted(names.items())}
+    _out(
+        data,
+        as_json,
+        lambda: (
+            "\n".join(f"{name:<40} deleted {at}" for name, at in data.items()) or "no deleted names"
+        ),
+    )
+
+
+@dcron.command()
+@click.argument("name")
+@click.pass_context
+def reuse(ctx: click.Context, name: str) -> None:
+    """Free a deleted (tombstoned) name, so that add (and beat_schedule) may use it again."""
+    tasks = _tasks(ctx)
+    if _run(lambda: tasks.reuse_deleted(name)):
+        click.echo(f"{name!r} can be used again")
+    else:
+        click.echo(f"{name!r} was not deleted: nothing to do")
 
 
 @dcron.command(name="pause-all")
@@ -268,7 +421,8 @@ def ring(ctx: click.Context, as_json: bool) -> None:
     def text() -> str:
         lines = [f"strategy {tasks.settings.strategy}"]
         for node, info in data["nodes"].items():  # type: ignore[attr-defined]
-            lines.append(f"  {node:<40} {info['count']:>6} entries  {info['share']:>7.1%}")
+            count = plural(info["count"], "entry", "entries")
+            lines.append(f"  {node:<40} {count:>14}  {info['share']:>7.1%}")
         return "\n".join(lines)
 
     _out(data, as_json, text)

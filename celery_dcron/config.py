@@ -158,10 +158,15 @@ SETTINGS: tuple[Setting, ...] = (
     ),
     Setting(
         "dcron_check_tasks",
-        True,
+        False,
         "bool",
-        "Skip (and log) entries whose task is not registered in the beat's Celery app. Set "
-        "False to send unknown task names anyway, as Celery beat does.",
+        "What an instance does with an entry whose task its Celery app does not import: "
+        "``False`` sends it by name, as Celery beat does (the workers must know it); ``True`` "
+        "skips it and logs an error. Either way, an entry whose args or kwargs do not fit "
+        "the signature of a task the instance imports is skipped and logged, naming the "
+        "field: Celery would refuse to send it (a task with ``typing=False`` is not "
+        "checked). The API and the CLI do not read this setting: they refuse unknown task "
+        "names unless given ``check_tasks=False`` or ``--no-check-task``.",
     ),
     Setting(
         "dcron_default_task",
@@ -231,7 +236,7 @@ class Settings:
     misfire_grace_s: float | None = None
     misfire_max_catchup: int = 100
     lock_ttl_s: float = 30.0
-    check_tasks: bool = True
+    check_tasks: bool = False
     socket_timeout_s: float = 2.0
     default_task: str | None = None
     max_payload_bytes: int = 65536

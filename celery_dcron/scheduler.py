@@ -30,7 +30,9 @@ from .exceptions import DcronError, InvalidEntryError
 from .metrics import start_metrics
 from .registry import Registry
 from .schedules import from_celery
+from .status import plural
 from .strategies import get_strategy
+from .taskcheck import argument_mismatch
 from .ticks import tick_iso
 
 __all__ = ["DistributedScheduler", "entry_from_beat"]
@@ -207,11 +209,11 @@ class DistributedScheduler(beat.Scheduler):
             metrics=start_metrics(settings.namespace, settings.metrics_port, settings.metrics_addr),
         )
         logger.info(
-            "dcron: node %s joining namespace %r at %s with %d static entries",
+            "dcron: node %s joining namespace %r at %s with %s",
             settings.node_id,
             settings.namespace,
             mask_url(settings.redis_url),
-            len(specs),
+            plural(len(specs), "static entry", "static entries"),
         )
         self._engine.start()
 
@@ -275,15 +277,24 @@ class DistributedScheduler(beat.Scheduler):
     # -- the engine's callbacks --------------------------------------------------
 
     def _check_entry(self, spec: EntrySpec) -> str | None:
-        if (
-            self._settings is not None
-            and self._settings.check_tasks
-            and spec.task not in self.app.tasks
-        ):
-            return (
-                f"task {spec.task!r} is not registered in this beat's Celery app; import it "
-                "(include= / autodiscover_tasks) or set dcron_check_tasks = False"
-            )
+        """Why this beat must not send ``spec`` (the engine skips and logs it), or None.
+
+        A task this beat does not import is sent by name, as Celery beat does, unless
+        ``dcron_check_tasks``; one it imports must take the entry's args and kwargs
+        (Celery's own check before sending, see :mod:`celery_dcron.taskcheck`)."""
+        task = self.app.tasks.get(spec.task)
+        if task is None:
+            if self._settings is not None and self._settings.check_tasks:
+                return (
+                    f"task: {spec.task!r} is not registered in this beat's Celery app; import "
+                    "it (include= / autodiscover_tasks), or set dcron_check_tasks = False to "
+                    "send it by name"
+                )
+            return None
+        mismatch = argument_mismatch(task, spec.args, spec.kwargs)
+        if mismatch is not None:
+            field, reason = mismatch
+            return f"{reason}; fix the entry's {field}"
         return None
 
     def _publish_batch(self) -> AbstractContextManager[object]:

@@ -19,7 +19,12 @@ from .schedules import AtSchedule, CronSchedule, IntervalSchedule, Schedule, Sol
 from .strategies import get_strategy
 from .ticks import next_tick, tick_iso
 
-__all__ = ["ClusterView", "describe_schedule", "next_run_ms"]
+__all__ = ["ClusterView", "describe_schedule", "next_run_ms", "plural"]
+
+
+def plural(count: int, singular: str, plural_form: str | None = None) -> str:
+    """``1 node``, ``2 nodes``, ``0 nodes``; ``plural(n, "entry", "entries")``."""
+    return f"{count} {singular if count == 1 else plural_form or singular + 's'}"
 
 
 def describe_schedule(s: Schedule) -> str:

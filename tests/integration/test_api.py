@@ -6,20 +6,27 @@ and every step heartbeats, so a change made through the API is seen at the next 
 
 from __future__ import annotations
 
+import importlib
+import itertools
+import sys
+import textwrap
+import uuid
 from collections.abc import Iterator
 from datetime import datetime, timedelta, timezone
 from itertools import pairwise
+from pathlib import Path
 from typing import Any
 
 import pytest
 from celery import Celery
+from celery.schedules import crontab
 
 from celery_dcron import ConflictError, DynamicTasks, EntryNotFoundError, InvalidEntryError
 from celery_dcron.clock import ManualClock
 from celery_dcron.config import Settings
 from celery_dcron.entries import EntrySpec
 from celery_dcron.exceptions import InvalidScheduleError
-from celery_dcron.schedules import IntervalSchedule, ms_to_datetime
+from celery_dcron.schedules import CronSchedule, IntervalSchedule, ms_to_datetime, schedule_to_json
 from celery_dcron.ticks import run_now_task_id, task_id
 from tests.integration.test_engine import (
     Cluster,
@@ -30,6 +37,7 @@ from tests.integration.test_engine import (
 )
 
 S = 1000
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def make_app() -> Celery:
@@ -41,6 +49,9 @@ def make_app() -> Celery:
 
     @app.task(name="sink", shared=False)
     def sink(payload: Any = None) -> None: ...
+
+    @app.task(name="t2", shared=False)
+    def t2(*args: Any, **kwargs: Any) -> None: ...
 
     return app
 
@@ -320,3 +331,193 @@ def test_unknown_task_and_bad_name_are_refused(api: DynamicTasks) -> None:
     with pytest.raises(InvalidScheduleError):
         api.add("e", "t", cron="* * *")
     assert api.list() == []
+
+
+# -- partial updates change only what they are given (issue 13) ---------------------------
+
+PARIS = "Europe/Paris"
+START = datetime(2030, 1, 1, 8, tzinfo=timezone.utc)
+END = datetime(2031, 1, 1, 8, tzinfo=timezone.utc)
+
+
+def full_entry(api: DynamicTasks) -> EntrySpec:
+    """An entry with every field away from its default."""
+    return api.add(
+        "full", "t", cron="0 7 * * mon-fri", tz=PARIS, args=[1, 2], kwargs={"k": "v"},
+        payload={"p": 1}, options={"queue": "reports", "priority": 3}, enabled=False,
+        start_at=START, end_at=END, max_runs=5, after_run="disable", misfire_policy="all",
+        misfire_grace=30, description="the full one",
+    )  # fmt: skip
+
+
+def flat(spec: EntrySpec) -> dict[str, Any]:
+    data = spec.to_json()
+    data.update({f"schedule.{k}": v for k, v in data.pop("schedule").items()})
+    return data
+
+
+@pytest.mark.parametrize(
+    ("changes", "changed"),
+    [
+        ({"cron": "30 8 * * *"}, {"schedule.expr"}),
+        ({"schedule": crontab(minute="30", hour="8")}, {"schedule.expr", "schedule.day_or"}),
+        ({"tz": "Asia/Tokyo"}, {"schedule.tz"}),
+        ({"task": "t2"}, {"task"}),
+        ({"args": [3]}, {"args"}),
+        ({"kwargs": {"k": "w"}}, {"kwargs"}),
+        ({"payload": {"p": 2}}, {"kwargs"}),
+        ({"options": {"queue": "other"}}, {"options"}),
+        ({"enabled": True}, {"enabled"}),
+        ({"start_at": START + timedelta(days=1)}, {"start_ms"}),
+        ({"end_at": END + timedelta(days=1)}, {"end_ms"}),
+        ({"max_runs": 6}, {"max_runs"}),
+        ({"after_run": "tombstone"}, {"after_run"}),
+        ({"misfire_policy": "skip"}, {"misfire_policy"}),
+        ({"misfire_grace": 60}, {"misfire_grace_s"}),
+        ({"description": "changed"}, {"description"}),
+    ],
+    ids=lambda v: ",".join(sorted(v)) if isinstance(v, (dict, set)) else str(v),
+)
+def test_a_partial_update_changes_only_the_fields_it_is_given(
+    api: DynamicTasks, changes: dict[str, Any], changed: set[str]
+) -> None:
+    before = flat(full_entry(api))
+    after = flat(api.update("full", **changes))
+    assert after == flat(api.get("full"))
+    differ = {k for k in before.keys() | after.keys() if before.get(k) != after.get(k)}
+    assert differ == changed | {"version"}, (before, after)
+
+
+def test_a_cron_update_keeps_the_entrys_time_zone(api: DynamicTasks) -> None:
+    api.add("paris", "t", cron="0 7 * * *", tz=PARIS)
+    spec = api.update("paris", cron="30 7 * * *")
+    assert schedule_to_json(spec.schedule) == {"kind": "cron", "expr": "30 7 * * *",
+                                               "tz": PARIS, "day_or": True}  # fmt: skip
+    spec = api.update("paris", schedule=crontab(minute="0", hour="9"))
+    assert schedule_to_json(spec.schedule)["tz"] == PARIS
+    assert schedule_to_json(api.update("paris", cron="0 6 * * *", tz="UTC").schedule)["tz"] == "UTC"
+    # an interval has no zone: changing to cron takes the app's, as an add does
+    api.add("iv", "t", every=60)
+    assert schedule_to_json(api.update("iv", cron="0 6 * * *").schedule)["tz"] == "UTC"
+
+
+def test_naive_datetimes_of_an_update_take_the_entrys_time_zone(api: DynamicTasks) -> None:
+    api.add("paris", "t", cron="0 7 * * *", tz=PARIS)
+    spec = api.update("paris", start_at=datetime(2030, 6, 1, 9))  # 09:00 in Paris: 07:00 UTC
+    assert spec.start_ms == int(datetime(2030, 6, 1, 7, tzinfo=timezone.utc).timestamp() * 1000)
+
+
+# -- task checks (issue 13) ------------------------------------------------------------
+
+
+def test_args_of_a_known_task_are_checked_against_its_signature(redis_url: str) -> None:
+    app = make_app()
+
+    @app.task(name="report", shared=False)
+    def report(day: str, fmt: str = "pdf") -> None: ...
+
+    api = DynamicTasks(app, settings=Settings(redis_url=redis_url, node_id="api"))
+    with pytest.raises(InvalidEntryError, match=r"entry 'r': args: .*report") as err:
+        api.add("r", "report", every=60, args=["mon", "pdf", "extra"])
+    assert err.value.field == "args" and "check_tasks=False" in str(err.value)
+    with pytest.raises(InvalidEntryError, match="entry 'r': kwargs: ") as err:
+        api.add("r", "report", every=60, args=["mon"], kwargs={"colour": "red"})
+    assert err.value.field == "kwargs"
+    api.add("r", "report", every=60, args=["mon"])
+    with pytest.raises(InvalidEntryError, match="entry 'r': args: "):
+        api.update("r", args=[])
+    assert api.update("r", args=[], kwargs={"day": "tue"}).kwargs == {"day": "tue"}
+    unchecked = DynamicTasks(app, settings=api.settings, check_tasks=False)
+    assert unchecked.update("r", args=[1, 2, 3]).args == (1, 2, 3)
+
+
+def test_the_api_checks_tasks_whatever_the_beats_setting(redis_url: str) -> None:
+    # dcron_check_tasks is what the beat instances do with a task they do not import;
+    # an entry typed into the API is checked unless check_tasks=False.
+    for beat_checks in (False, True):
+        settings = Settings(redis_url=redis_url, node_id="api", check_tasks=beat_checks)
+        api = DynamicTasks(make_app(), settings=settings)
+        with pytest.raises(InvalidEntryError, match="check_tasks=False") as err:
+            api.add("e", "proj.nope", every=1)
+        assert err.value.field == "task"
+        assert (
+            DynamicTasks(make_app(), settings=settings, check_tasks=False)
+            .add(f"e{beat_checks}", "proj.nope", every=1)
+            .task
+            == "proj.nope"
+        )
+
+
+def write_project(root: Path, package: str, *, how: str) -> None:
+    """A package ``<package>`` with a Celery app in ``celery.py`` whose tasks are in
+    ``tasks.py``, found through ``include=`` or ``autodiscover_tasks`` (``how``)."""
+    pkg = root / package
+    pkg.mkdir()
+    (pkg / "__init__.py").write_text("")
+    include = f"include=[{package + '.tasks'!r}], " if how == "include" else ""
+    discover = f"app.autodiscover_tasks([{package!r}])\n" if how == "autodiscover" else ""
+    (pkg / "celery.py").write_text(
+        "import os\nfrom celery import Celery\n\n"
+        f"app = Celery({package!r}, {include}set_as_current=False)\n"
+        "app.conf.update(broker_url='memory://', timezone='UTC',\n"
+        "                dcron_redis_url=os.environ.get('DCRON_TEST_REDIS_URL', ''),\n"
+        "                dcron_namespace=os.environ.get('DCRON_TEST_NAMESPACE', 'default'))\n"
+        + discover
+    )
+    (pkg / "tasks.py").write_text(
+        f"from {package}.celery import app\n\n\n"
+        f"@app.task\ndef report(day, fmt='pdf'):\n    return day\n"
+    )
+
+
+@pytest.mark.parametrize("how", ["include", "autodiscover"])
+def test_the_api_loads_the_apps_task_modules_before_checking(
+    redis_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, how: str
+) -> None:
+    package = f"proj_{how}_{uuid.uuid4().hex[:8]}"
+    write_project(tmp_path, package, how=how)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setenv("DCRON_TEST_REDIS_URL", redis_url)
+    app = importlib.import_module(f"{package}.celery").app
+    assert f"{package}.tasks" not in sys.modules
+    api = DynamicTasks(app)
+    spec = api.add("r", f"{package}.tasks.report", every=60, args=["mon"])
+    assert spec.task == f"{package}.tasks.report"
+    with pytest.raises(InvalidEntryError, match="args: "):
+        api.add("r2", f"{package}.tasks.report", every=60)
+
+
+def example(path: str) -> str:
+    """The first Python example of a page (an rst ``code-block`` or a Markdown fence)."""
+    text = (ROOT / path).read_text()
+    if path.endswith(".rst"):
+        block = text.split(".. code-block:: python\n\n", 1)[1]
+        lines = itertools.takewhile(lambda line: not line or line.startswith("   "),
+                                    block.splitlines())  # fmt: skip
+        return textwrap.dedent("\n".join(lines))
+    return text.split("## Dynamic tasks", 1)[1].split("```python\n", 1)[1].split("```", 1)[0]
+
+
+@pytest.mark.parametrize("path", ["docs/dynamic.rst", "README.md"])
+def test_the_documented_python_example_runs(redis_url: str, path: str) -> None:
+    app = Celery("proj", set_as_current=False)
+    app.conf.update(timezone="UTC", dcron_redis_url=redis_url, dcron_default_task="proj.mail")
+
+    @app.task(name="proj.tasks.report", shared=False)
+    def report(n: int = 0) -> None: ...
+
+    @app.task(name="proj.tasks.poll", shared=False)
+    def poll() -> None: ...
+
+    @app.task(name="proj.tasks.launch", shared=False)
+    def launch() -> None: ...
+
+    @app.task(name="proj.mail", shared=False)
+    def mail(payload: Any) -> None: ...
+
+    launch_time = datetime(2030, 1, 1, 9, tzinfo=timezone.utc)
+    exec(compile(example(path), path, "exec"), {"app": app, "launch_time": launch_time})
+    api = DynamicTasks(app)
+    if "report" in {spec.name for spec in api.list()}:
+        assert api.get("report").schedule == CronSchedule(expr="30 7 * * mon-fri",
+                                                          tz="Europe/Paris")  # fmt: skip

@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import click
 import pytest
 
 from celery_dcron.clock import ManualClock
@@ -17,17 +18,19 @@ from celery_dcron.engine import Engine
 from celery_dcron.registry import Registry
 from celery_dcron.strategies import get_strategy
 from celery_dcron.ticks import tick_iso
+from tests.integration.test_api import write_project
 from tests.integration.test_engine import _server_ms
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
 class CLI:
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, app: str = "tests.integration.cliapp") -> None:
         self.env = {**os.environ, "DCRON_TEST_REDIS_URL": url, "PYTHONPATH": str(ROOT)}
+        self.app = app
 
     def __call__(self, *args: str, ok: bool = True) -> subprocess.CompletedProcess[str]:
-        cmd = [sys.executable, "-m", "celery", "-A", "tests.integration.cliapp", "dcron", *args]
+        cmd = [sys.executable, "-m", "celery", "-A", self.app, "dcron", *args]
         out = subprocess.run(
             cmd, cwd=ROOT, env=self.env, capture_output=True, text=True, timeout=60, check=False
         )
@@ -66,7 +69,7 @@ def engine(url: str, node_id: str) -> Engine:
 def test_add_ls_show_pause_resume_run_rm(cli: CLI, redis_url: str) -> None:
     out = cli("add", "report", "--task", "cliapp.t", "--cron", "0 7 * * mon-fri",
               "--tz", "Europe/Paris", "--args", "[1, 2]", "--queue", "reports")  # fmt: skip
-    assert "added report (version 1)" in out.stdout
+    assert "added 'report' (version 1)" in out.stdout
     cli("add", "mail", "--payload", '{"to": "a@b.c"}', "--every", "30")
     rows = cli.json("ls")
     assert [r["name"] for r in rows] == ["mail", "report"]
@@ -149,3 +152,80 @@ def test_bad_input_exits_non_zero_naming_the_field(cli: CLI, args: list[str], fi
     out = cli(*args, ok=False)
     assert field in out.stderr, out.stderr
     assert cli.json("ls") == []
+
+
+# -- first run and drop-in (issue 13) ------------------------------------------------------
+
+
+@pytest.mark.parametrize("how", ["include", "autodiscover"])
+def test_add_finds_tasks_of_the_apps_task_modules(cli: CLI, tmp_path: Path, how: str) -> None:
+    package = f"proj_{how}"
+    write_project(tmp_path, package, how=how)
+    project = CLI(cli.env["DCRON_TEST_REDIS_URL"], app=package)
+    project.env["PYTHONPATH"] = f"{tmp_path}{os.pathsep}{ROOT}"
+    out = project("add", "r", "--task", f"{package}.tasks.report", "--every", "60",
+                  "--args", '["mon"]')  # fmt: skip
+    assert "added 'r'" in out.stdout
+    err = project("add", "r2", "--task", f"{package}.tasks.nope", "--every", "60", ok=False)
+    assert "--no-check-task" in err.stderr and "check_tasks=False" not in err.stderr
+    err = project("add", "r2", "--task", f"{package}.tasks.report", "--every", "60", ok=False)
+    assert "args: " in err.stderr and "--no-check-task" in err.stderr
+    project("add", "r2", "--task", f"{package}.tasks.nope", "--every", "60", "--no-check-task")
+
+
+def test_show_pause_resume_and_names_speak_human(cli: CLI) -> None:
+    cli("add", "report", "--task", "cliapp.t", "--cron", "0 7 * * mon-fri",
+        "--tz", "Europe/Paris", "--args", "[1, null, true]", "--kwargs", '{"k": "v"}',
+        "--queue", "reports", "--max-runs", "3", "--after-run", "disable",
+        "--description", "daily")  # fmt: skip
+    show = cli("show", "report").stdout
+    for python_repr in ("{'", "None", "True", "False", "_ms"):
+        assert python_repr not in show, show
+    assert "cron '0 7 * * mon-fri' Europe/Paris" in show
+    assert "[1, null, true]" in show and '{"k": "v"}' in show and "queue=reports" in show
+    assert cli("pause", "report").stdout.strip() == "paused 'report'"
+    assert cli("pause", "report").stdout.strip() == "'report' was already paused"
+    assert cli("resume", "report").stdout.strip() == "resumed 'report'"
+    assert cli("resume", "report").stdout.strip() == "'report' was not paused"
+    assert "task id" in cli("run-now", "report").stdout
+
+
+def test_tombstoned_names_are_listed_reused_or_forced(cli: CLI) -> None:
+    cli("add", "report", "--task", "cliapp.t", "--every", "5")
+    cli("rm", "report", "--tombstone")
+    assert "report" in cli("deleted").stdout
+    assert list(cli.json("deleted")) == ["report"]
+    err = cli("add", "report", "--task", "cliapp.t", "--every", "5", ok=False)
+    assert "dcron reuse report" in err.stderr and "--force" in err.stderr
+    assert cli("reuse", "report").stdout.strip() == "'report' can be used again"
+    assert "was not deleted" in cli("reuse", "report").stdout
+    cli("add", "report", "--task", "cliapp.t", "--every", "5")
+    cli("rm", "report", "--tombstone")
+    cli("add", "report", "--task", "cliapp.t", "--every", "5", "--force")
+    assert cli.json("deleted") == {}
+
+
+def test_every_command_and_option_has_help() -> None:
+    from celery_dcron.cli import dcron
+
+    for name, command in dcron.commands.items():
+        assert command.help, name
+        for param in command.params:
+            if isinstance(param, click.Option):
+                assert param.help, f"{name} {param.opts}"
+
+
+def test_counts_agree_with_their_nouns(cli: CLI, redis_url: str) -> None:
+    cli("add", "e0", "--task", "cliapp.t", "--every", "60")
+    first = cli("status").stdout
+    assert "0 nodes, 1 entry" in first and "1 entry has no working node" in first
+    e = engine(redis_url, "node-0")
+    status = cli("status").stdout
+    assert "1 node, 1 entry" in status
+    assert "1 entry " in cli("ring").stdout
+    cli("add", "e1", "--task", "cliapp.t", "--every", "60")
+    e._next_beat = 0.0
+    e.step()
+    assert "1 node, 2 entries" in cli("status").stdout
+    assert "2 entries " in cli("ring").stdout
+    e.stop()

@@ -10,7 +10,8 @@ from celery.beat import Service
 from celery.schedules import crontab, schedule
 
 import celery_dcron
-from celery_dcron.entries import MisfirePolicy
+from celery_dcron.config import Settings
+from celery_dcron.entries import EntrySpec, MisfirePolicy
 from celery_dcron.exceptions import InvalidEntryError, InvalidScheduleError
 from celery_dcron.scheduler import DistributedScheduler, entry_from_beat
 from celery_dcron.schedules import CronSchedule, IntervalSchedule
@@ -120,3 +121,86 @@ def test_public_names() -> None:
     }  # fmt: skip
     for name in celery_dcron.__all__:
         assert getattr(celery_dcron, name) is not None
+
+
+# -- which entries this beat sends (issue 13: send by name, as Celery beat does) ----------
+
+
+def checker(check_tasks: bool | None = None) -> tuple[Celery, DistributedScheduler]:
+    """An app with a few tasks and a lazy scheduler on its settings (nothing connects)."""
+    conf = {} if check_tasks is None else {"dcron_check_tasks": check_tasks}
+    app = make_app(dcron_redis_url="redis://127.0.0.1:1/0", **conf)
+
+    @app.task(name="report", shared=False)
+    def report(day: str, fmt: str = "pdf") -> None: ...
+
+    @app.task(name="bound", bind=True, shared=False)
+    def bound(self: object, n: int) -> None: ...
+
+    @app.task(name="untyped", typing=False, shared=False)
+    def untyped(n: int) -> None: ...
+
+    class Klass(app.Task):  # type: ignore[name-defined,misc]
+        name = "klass"
+
+        def run(self, n: int) -> None: ...
+
+    app.register_task(Klass())
+    sched = DistributedScheduler(app, lazy=True)
+    sched._settings = Settings.from_app(app)
+    return app, sched
+
+
+def spec(task: str, args: tuple[object, ...] = (), **kwargs: object) -> EntrySpec:
+    return EntrySpec(name="e", task=task, schedule=IntervalSchedule(every_ms=1000),
+                     args=args, kwargs=kwargs)  # fmt: skip
+
+
+def test_unknown_tasks_are_sent_by_name_by_default() -> None:
+    assert Settings.from_mapping({}).check_tasks is False
+    _, sched = checker()
+    assert sched._check_entry(spec("proj.elsewhere", (1,), x=2)) is None
+
+
+def test_check_tasks_refuses_unknown_tasks_naming_the_field_and_the_fix() -> None:
+    _, sched = checker(check_tasks=True)
+    reason = sched._check_entry(spec("proj.elsewhere"))
+    assert reason is not None
+    assert reason.startswith("task: 'proj.elsewhere'") and "dcron_check_tasks = False" in reason
+    assert sched._check_entry(spec("report", ("mon",))) is None
+
+
+@pytest.mark.parametrize("check_tasks", [None, True])
+@pytest.mark.parametrize(
+    ("entry", "field"),
+    [
+        (spec("report", ("mon", "pdf", "extra")), "args"),
+        (spec("report", ("mon",), colour="red"), "kwargs"),
+        (spec("report", ("mon",), day="tue"), "kwargs"),
+        (spec("report"), "args"),
+        (spec("bound", (1, 2)), "args"),
+        (spec("klass", (), m=1), "kwargs"),
+    ],
+)
+def test_args_of_a_known_task_must_fit_its_signature(
+    check_tasks: bool | None, entry: EntrySpec, field: str
+) -> None:
+    _, sched = checker(check_tasks)
+    reason = sched._check_entry(entry)
+    assert reason is not None and reason.startswith(f"{field}: "), reason
+    assert entry.task in reason
+
+
+@pytest.mark.parametrize(
+    "entry",
+    [
+        spec("report", ("mon",)),
+        spec("report", (), day="mon", fmt="csv"),
+        spec("bound", (1,)),
+        spec("klass", (), n=1),
+        spec("untyped", (1, 2, 3)),  # typing=False: Celery does not check, nor do we
+    ],
+)
+def test_args_that_fit_are_accepted(entry: EntrySpec) -> None:
+    _, sched = checker(check_tasks=True)
+    assert sched._check_entry(entry) is None
