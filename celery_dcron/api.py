@@ -228,7 +228,8 @@ class DynamicTasks:
         if len(given) != 1:
             raise InvalidScheduleError(
                 f"entry {name!r}: schedule: give exactly one of cron=, every=, at= or "
-                f"schedule= (got {', '.join(given) or 'none'})"
+                f"schedule= (got {', '.join(given) or 'none'})",
+                field="schedule",
             )
         changes = dict(fields)
         changes["task"] = task
@@ -256,7 +257,8 @@ class DynamicTasks:
             args = changes["args"] if changes["args"] is not None else ()
             if not isinstance(args, (list, tuple)):
                 raise InvalidEntryError(
-                    f"entry {name!r}: args: must be a list, got {type(args).__name__}"
+                    f"entry {name!r}: args: must be a list, got {type(args).__name__}",
+                    field="args",
                 )
             new["args"] = tuple(args)
         kwargs = dict(spec.kwargs)
@@ -264,7 +266,8 @@ class DynamicTasks:
             given = changes["kwargs"] if changes["kwargs"] is not None else {}
             if not isinstance(given, Mapping) or not all(isinstance(k, str) for k in given):
                 raise InvalidEntryError(
-                    f"entry {name!r}: kwargs: must be a dict with string keys, got {given!r}"
+                    f"entry {name!r}: kwargs: must be a dict with string keys, got {given!r}",
+                    field="kwargs",
                 )
             payload = kwargs.get("payload")
             kwargs = dict(given)
@@ -277,7 +280,9 @@ class DynamicTasks:
             new["options"] = _options(name, changes["options"])
         if "enabled" in changes:
             if not isinstance(changes["enabled"], bool):
-                raise InvalidEntryError(f"entry {name!r}: enabled: must be True or False")
+                raise InvalidEntryError(
+                    f"entry {name!r}: enabled: must be True or False", field="enabled"
+                )
             new["enabled"] = changes["enabled"]
         tz = self._zone_of_naive(spec, changes, creating=creating)
         for key, attr in (("start_at", "start_ms"), ("end_at", "end_ms")):
@@ -291,7 +296,8 @@ class DynamicTasks:
             if action is not None and action not in AFTER_RUN_ACTIONS:
                 raise InvalidEntryError(
                     f"entry {name!r}: after_run: {action!r} must be one of "
-                    f"{', '.join(AFTER_RUN_ACTIONS)} (or None)"
+                    f"{', '.join(AFTER_RUN_ACTIONS)} (or None)",
+                    field="after_run",
                 )
             new["after_run"] = action
         if "misfire_policy" in changes:
@@ -309,7 +315,9 @@ class DynamicTasks:
         if "description" in changes:
             desc = changes["description"] or ""
             if not isinstance(desc, str):
-                raise InvalidEntryError(f"entry {name!r}: description: must be a string")
+                raise InvalidEntryError(
+                    f"entry {name!r}: description: must be a string", field="description"
+                )
             new["description"] = desc
         result = spec.with_changes(**new)
         self._check_result(result)
@@ -333,7 +341,8 @@ class DynamicTasks:
         if task is None:
             if not has_payload:
                 raise InvalidEntryError(
-                    f"entry {name!r}: task: give a task name, or a payload for dcron_default_task"
+                    f"entry {name!r}: task: give a task name, or a payload for dcron_default_task",
+                    field="task",
                 )
             if self.settings.default_task is None:
                 raise InvalidEntryError(
@@ -343,7 +352,9 @@ class DynamicTasks:
                 )
             task = self.settings.default_task
         if not isinstance(task, str) or not task.strip():
-            raise InvalidEntryError(f"entry {name!r}: task: must be a task name, got {task!r}")
+            raise InvalidEntryError(
+                f"entry {name!r}: task: must be a task name, got {task!r}", field="task"
+            )
         if self.check_tasks and not self._known(name, task):
             raise InvalidEntryError(
                 f"entry {name!r}: task: {task!r} is not registered in this Celery app (its "
@@ -388,11 +399,14 @@ class DynamicTasks:
         if len(given) > 1:
             raise InvalidScheduleError(
                 f"entry {name!r}: schedule: give only one of cron=, every=, at=, schedule= "
-                f"(got {', '.join(given)})"
+                f"(got {', '.join(given)})",
+                field="schedule",
             )
         tz = changes.get("tz")
         if tz is not None and not isinstance(tz, str):
-            raise InvalidScheduleError(f"entry {name!r}: tz: must be an IANA zone name like 'UTC'")
+            raise InvalidScheduleError(
+                f"entry {name!r}: tz: must be an IANA zone name like 'UTC'", field="tz"
+            )
         app_tz = str(getattr(self.app.conf, "timezone", None) or "UTC")
         # A partial update keeps the zone: a cron (or crontab) given without tz= takes the
         # entry's own, and only a new entry (or a change from another kind) the app's.
@@ -403,14 +417,16 @@ class DynamicTasks:
                 if tz is not None and isinstance(spec.schedule, CronSchedule):
                     return CronSchedule(expr=spec.schedule.expr, tz=tz, day_or=spec.schedule.day_or)
                 if tz is not None and not creating:
-                    raise InvalidScheduleError("tz: only cron schedules have a timezone")
+                    raise InvalidScheduleError(
+                        "tz: only cron schedules have a timezone", field="tz"
+                    )
                 return None
             kind = given[0]
             value = changes[kind]
             if kind == "cron":
                 if not isinstance(value, str):
                     raise InvalidScheduleError(
-                        f"cron: {value!r} must be a string like '*/5 * * * *'"
+                        f"cron: {value!r} must be a string like '*/5 * * * *'", field="cron"
                     )
                 return CronSchedule(expr=value, tz=zone)
             if kind == "every":
@@ -421,15 +437,18 @@ class DynamicTasks:
                     now_ms = self.registry.server_ms()
                 if at_ms <= now_ms:
                     raise InvalidScheduleError(
-                        f"at: {value!s} is in the past; give a future time, or use run_now()"
+                        f"at: {value!s} is in the past; give a future time, or use run_now()",
+                        field="at",
                     )
                 return AtSchedule(at_ms=at_ms)
             return from_celery(value, entry=name, app_tz=zone)
         except InvalidScheduleError as exc:
+            if exc.field is None:  # about the schedule given (or the zone of an update)
+                exc.field = given[0] if given else "tz"
             message = str(exc)
             if message.startswith(f"entry {name!r}"):
                 raise
-            raise InvalidScheduleError(f"entry {name!r}: {message}") from None
+            raise InvalidScheduleError(f"entry {name!r}: {message}", field=exc.field) from None
 
     def _check_result(self, spec: EntrySpec) -> None:
         name = spec.name
@@ -438,10 +457,13 @@ class DynamicTasks:
         ):
             raise InvalidEntryError(
                 f"entry {name!r}: after_run: only entries that end can have one; use at=, "
-                "max_runs= or end_at="
+                "max_runs= or end_at=",
+                field="after_run",
             )
         if spec.start_ms is not None and spec.end_ms is not None and spec.end_ms < spec.start_ms:
-            raise InvalidEntryError(f"entry {name!r}: end_at: must not be before start_at")
+            raise InvalidEntryError(
+                f"entry {name!r}: end_at: must not be before start_at", field="end_at"
+            )
         try:
             body = json.dumps({"args": list(spec.args), "kwargs": dict(spec.kwargs)})
         except (TypeError, ValueError) as exc:
@@ -454,7 +476,8 @@ class DynamicTasks:
             raise InvalidEntryError(
                 f"entry {name!r}: payload: args + kwargs + payload are {size} bytes of JSON, "
                 f"over dcron_max_payload_bytes ({self.settings.max_payload_bytes}); store "
-                "the data elsewhere and pass a reference, or raise the setting"
+                "the data elsewhere and pass a reference, or raise the setting",
+                field="payload",
             )
         spec.dumps()
 
@@ -463,7 +486,8 @@ def _check_name(name: Any) -> None:
     if not isinstance(name, str) or not _NAME.match(name) or name != name.strip():
         raise InvalidEntryError(
             f"name: {name!r} is not a valid entry name; use 1-200 printable characters "
-            "without '{', '}' or leading/trailing spaces"
+            "without '{', '}' or leading/trailing spaces",
+            field="name",
         )
 
 
@@ -479,31 +503,41 @@ def _options(name: str, value: Any) -> dict[str, Any]:
     if value is None:
         return {}
     if not isinstance(value, Mapping):
-        raise InvalidEntryError(f"entry {name!r}: options: must be a dict, got {value!r}")
+        raise InvalidEntryError(
+            f"entry {name!r}: options: must be a dict, got {value!r}", field="options"
+        )
     unknown = set(value) - OPTION_KEYS
     if unknown:
         raise InvalidEntryError(
             f"entry {name!r}: options: unknown keys {sorted(unknown)}; allowed: "
-            f"{sorted(OPTION_KEYS)}"
+            f"{sorted(OPTION_KEYS)}",
+            field="options",
         )
     priority = value.get("priority")
     if priority is not None and (
         isinstance(priority, bool) or not isinstance(priority, int) or not 0 <= priority <= 255
     ):
-        raise InvalidEntryError(f"entry {name!r}: options.priority: must be an integer 0-255")
+        raise InvalidEntryError(
+            f"entry {name!r}: options.priority: must be an integer 0-255", field="options.priority"
+        )
     expires = value.get("expires")
     if expires is not None and (
         isinstance(expires, bool) or not isinstance(expires, (int, float)) or expires <= 0
     ):
         raise InvalidEntryError(
-            f"entry {name!r}: options.expires: must be a positive number of seconds"
+            f"entry {name!r}: options.expires: must be a positive number of seconds",
+            field="options.expires",
         )
     headers = value.get("headers")
     if headers is not None and not isinstance(headers, Mapping):
-        raise InvalidEntryError(f"entry {name!r}: options.headers: must be a dict")
+        raise InvalidEntryError(
+            f"entry {name!r}: options.headers: must be a dict", field="options.headers"
+        )
     for key in ("queue", "routing_key", "exchange"):
         if value.get(key) is not None and not isinstance(value[key], str):
-            raise InvalidEntryError(f"entry {name!r}: options.{key}: must be a string")
+            raise InvalidEntryError(
+                f"entry {name!r}: options.{key}: must be a string", field=f"options.{key}"
+            )
     return dict(value)
 
 
@@ -514,10 +548,13 @@ def _every_ms(value: Any) -> int:
         seconds = float(value)
     else:
         raise InvalidScheduleError(
-            f"every: {value!r} must be a number of seconds or a datetime.timedelta"
+            f"every: {value!r} must be a number of seconds or a datetime.timedelta",
+            field="every",
         )
     if not math.isfinite(seconds) or round(seconds * 1000) <= 0:
-        raise InvalidScheduleError(f"every: {value!r} must be a positive number of seconds")
+        raise InvalidScheduleError(
+            f"every: {value!r} must be a positive number of seconds", field="every"
+        )
     return round(seconds * 1000)
 
 
@@ -530,24 +567,29 @@ def _instant(name: str, field: str, value: Any, tz: str | None) -> int:
         except ValueError:
             raise InvalidScheduleError(
                 f"entry {name!r}: {field}: {value!r} is not an ISO 8601 datetime "
-                "(e.g. '2030-01-31T09:00:00+00:00')"
+                "(e.g. '2030-01-31T09:00:00+00:00')",
+                field=field,
             ) from None
     if not isinstance(dt, datetime):
         raise InvalidScheduleError(
-            f"entry {name!r}: {field}: must be a datetime or an ISO 8601 string, got {value!r}"
+            f"entry {name!r}: {field}: must be a datetime or an ISO 8601 string, got {value!r}",
+            field=field,
         )
     if dt.tzinfo is None or dt.utcoffset() is None:
         if tz is None:
             raise InvalidScheduleError(
                 f"entry {name!r}: {field}: {value!s} has no timezone; give an aware datetime "
-                "(e.g. with tzinfo=timezone.utc or a '+00:00' suffix) or tz="
+                "(e.g. with tzinfo=timezone.utc or a '+00:00' suffix) or tz=",
+                field=field,
             )
         from zoneinfo import ZoneInfo
 
         try:
             dt = dt.replace(tzinfo=ZoneInfo(tz))
         except (KeyError, ValueError):
-            raise InvalidScheduleError(f"entry {name!r}: tz: unknown timezone {tz!r}") from None
+            raise InvalidScheduleError(
+                f"entry {name!r}: tz: unknown timezone {tz!r}", field="tz"
+            ) from None
     return datetime_to_ms(dt)
 
 
@@ -555,7 +597,7 @@ def _positive_int(name: str, field: str, value: Any) -> int | None:
     if value is None:
         return None
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise InvalidEntryError(f"entry {name!r}: {field}: must be a positive integer")
+        raise InvalidEntryError(f"entry {name!r}: {field}: must be a positive integer", field=field)
     return value
 
 
@@ -563,5 +605,7 @@ def _seconds(name: str, field: str, value: Any) -> float:
     if isinstance(value, timedelta):
         value = value.total_seconds()
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
-        raise InvalidEntryError(f"entry {name!r}: {field}: must be a positive number of seconds")
+        raise InvalidEntryError(
+            f"entry {name!r}: {field}: must be a positive number of seconds", field=field
+        )
     return float(value)

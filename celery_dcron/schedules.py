@@ -105,12 +105,15 @@ def _is_real(value: object) -> bool:
 
 def _zone(tz: object, where: str) -> ZoneInfo:
     if not isinstance(tz, str) or not tz:
-        raise InvalidScheduleError(f"{where}: tz must be an IANA zone name such as 'UTC'")
+        raise InvalidScheduleError(
+            f"{where}: tz must be an IANA zone name such as 'UTC'", field="tz"
+        )
     try:
         return ZoneInfo(tz)
     except (ZoneInfoNotFoundError, ValueError, OSError):
         raise InvalidScheduleError(
-            f"{where}: unknown timezone {tz!r}; use an IANA name such as 'Europe/Paris' or 'UTC'"
+            f"{where}: unknown timezone {tz!r}; use an IANA name such as 'Europe/Paris' or 'UTC'",
+            field="tz",
         ) from None
 
 
@@ -226,13 +229,18 @@ class SolarSchedule:
     def __post_init__(self) -> None:
         if self.event not in SOLAR_EVENTS:
             raise InvalidScheduleError(
-                f"solar event {self.event!r} is unknown; use one of {', '.join(SOLAR_EVENTS)}"
+                f"solar event {self.event!r} is unknown; use one of {', '.join(SOLAR_EVENTS)}",
+                field="event",
             )
         where = f"solar {self.event!r}"
         if not _is_real(self.lat) or not -90 <= self.lat <= 90:
-            raise InvalidScheduleError(f"{where}: lat {self.lat!r} must be between -90 and 90")
+            raise InvalidScheduleError(
+                f"{where}: lat {self.lat!r} must be between -90 and 90", field="lat"
+            )
         if not _is_real(self.lon) or not -180 <= self.lon <= 180:
-            raise InvalidScheduleError(f"{where}: lon {self.lon!r} must be between -180 and 180")
+            raise InvalidScheduleError(
+                f"{where}: lon {self.lon!r} must be between -180 and 180", field="lon"
+            )
         load_ephem()
 
 
@@ -345,7 +353,7 @@ def from_celery(obj: object, *, entry: str, app_tz: str) -> Schedule:
     try:
         return _from_celery(obj, app_tz)
     except InvalidScheduleError as exc:
-        raise InvalidScheduleError(f"entry {entry!r}: {exc}") from None
+        raise InvalidScheduleError(f"entry {entry!r}: {exc}", field=exc.field) from None
 
 
 def _from_celery(obj: object, app_tz: str) -> Schedule:

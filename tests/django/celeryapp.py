@@ -24,3 +24,8 @@ def ping(*args: Any, **kwargs: Any) -> str:
 @app.task(name="djtest.receive")
 def receive(payload: Any = None) -> Any:
     return payload
+
+
+@app.task(name="djtest.add")
+def add(x: int, y: int = 0) -> int:
+    return x + y

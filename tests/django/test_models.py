@@ -11,7 +11,7 @@ from django.core.exceptions import ValidationError
 from celery_dcron.api import DynamicTasks
 from celery_dcron.contrib.django.models import DynamicTask
 from celery_dcron.contrib.django.validators import spec_for
-from celery_dcron.schedules import AtSchedule, CronSchedule, IntervalSchedule
+from celery_dcron.schedules import AtSchedule, CronSchedule, IntervalSchedule, SolarSchedule
 from tests.django.conftest import make_task
 
 pytestmark = pytest.mark.django_db
@@ -38,7 +38,41 @@ def field_errors(task: DynamicTask) -> dict[str, list[str]]:
             "at",
             "in the past",
         ),
-        ({"task": "no.such.task"}, "task", "not registered"),
+        ({"task": "djtest.add", "args": [1, 2, 3]}, "args", "too many positional"),
+        ({"task": "djtest.add", "args": [1], "kwargs": {"z": 1}}, "kwargs", "z"),
+        ({"task": "djtest.add", "args": [], "kwargs": {"y": 1}}, "args", "x"),
+        ({"task": "djtest.add", "args": [1], "payload": {"p": 1}}, "payload", "payload"),
+        ({"schedule_kind": "solar", "cron": ""}, "solar_event", "needs an event"),
+        ({"schedule_kind": "solar", "cron": "", "solar_event": "sunrise"}, "latitude", "needs"),
+        (
+            {"schedule_kind": "solar", "cron": "", "solar_event": "sunrise", "latitude": 1},
+            "longitude",
+            "needs",
+        ),
+        (
+            {
+                "schedule_kind": "solar",
+                "cron": "",
+                "solar_event": "sunrise",
+                "latitude": 91,
+                "longitude": 2,
+            },
+            "latitude",
+            "between -90 and 90",
+        ),
+        (
+            {
+                "schedule_kind": "solar",
+                "cron": "",
+                "solar_event": "sunrise",
+                "latitude": 48,
+                "longitude": 200,
+            },
+            "longitude",
+            "between -180 and 180",
+        ),
+        ({"schedule_kind": "solar", "cron": "", "solar_event": "moonrise"}, "solar_event", ""),
+        ({"schedule_kind": "interval", "interval_seconds": 5, "timezone": "UTC"}, "timezone", ""),
         ({"args": {"a": 1}}, "args", "must be a list"),
         ({"kwargs": [1, 2]}, "kwargs", "dict"),
         ({"options": {"queue": 5}}, "options", "queue"),
@@ -93,6 +127,42 @@ def test_interval_one_off_and_payload_only(dt: DynamicTasks) -> None:
     payload.full_clean()
     spec = spec_for(payload)
     assert spec.task == "djtest.receive" and spec.kwargs == {"payload": {"k": [1, 2]}}
+
+
+def test_a_task_this_process_does_not_import_is_accepted(dt: DynamicTasks) -> None:
+    """The web process may not import every task module: the model does not refuse the
+    name (the admin warns), and its arguments are not checked."""
+    task = make_task(task="elsewhere.only_on_workers", args=[1, 2, 3])
+    task.full_clean()
+    assert spec_for(task).task == "elsewhere.only_on_workers"
+
+
+def test_arguments_that_fit_the_signature_pass(dt: DynamicTasks) -> None:
+    make_task(task="djtest.add", args=[1], kwargs={"y": 2}).full_clean()
+    make_task(task="djtest.add", args=[], kwargs={"x": 1}).full_clean()
+    make_task(task="", payload={"any": "json"}).full_clean()  # djtest.receive(payload=None)
+
+
+def test_a_solar_schedule_builds_the_api_s_solar_entry(dt: DynamicTasks) -> None:
+    task = make_task(
+        schedule_kind="solar", cron="", solar_event="sunset", latitude=48.85, longitude=2.35
+    )
+    task.full_clean()
+    assert spec_for(task).schedule == SolarSchedule(event="sunset", lat=48.85, lon=2.35)
+
+
+def test_validators_import_no_model() -> None:
+    """models -> validators, never the reverse (the import circle of issue 10)."""
+    import ast
+    from pathlib import Path
+
+    from celery_dcron.contrib.django import validators
+
+    tree = ast.parse(Path(validators.__file__).read_text())
+    imported = {
+        node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom) and node.module
+    }
+    assert not {m for m in imported if m.endswith("models")}, imported
 
 
 def test_an_old_one_off_can_still_be_edited(dt: DynamicTasks) -> None:

@@ -26,6 +26,8 @@ import pytest
 from tests.servers import RedisServer
 
 ROOT = Path(__file__).resolve().parents[2]
+#: Screenshots of the pages the test visits, to look at (and keep as CI artifacts).
+SCREENSHOTS = Path(os.environ.get("DCRON_SCREENSHOTS", "/tmp/dcron-admin-screenshots"))
 PASSWORD = "browser-test-pw"
 CHROMIUM_ARGS = [
     "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
@@ -129,7 +131,8 @@ def page(demo: Demo) -> Iterator[Any]:
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=executable, headless=True,
                                     args=CHROMIUM_ARGS)  # fmt: skip
-        page = browser.new_page()
+        page = browser.new_page(viewport={"width": 1400, "height": 900})
+        SCREENSHOTS.mkdir(parents=True, exist_ok=True)
         page.set_default_timeout(15_000)
         try:
             yield page
@@ -152,7 +155,7 @@ def test_admin_in_a_browser_create_fix_watch_pause_run_now_cluster(page: Any, de
     # an invalid cron: the error is shown on the cron field
     page.goto(f"{base}/admin/celery_dcron/dynamictask/add/")
     page.fill("#id_name", "browser-task")
-    page.select_option("#id_task", "demo.heartbeat")
+    page.fill("#id_task", "demo.heartbeat")  # typed; the registered names are suggested
     page.select_option("#id_schedule_kind", "cron")
     page.fill("#id_cron", "61 * * * *")
     page.click("input[name=_save]")
@@ -174,6 +177,20 @@ def test_admin_in_a_browser_create_fix_watch_pause_run_now_cluster(page: Any, de
     wait_for(fired, 20, "the beat to fire browser-task (owner and last run shown)")
     text = row_text(page, "browser-task")
     assert "active" in text
+    assert re.search(r"\d\d:\d\d:\d\d UTC \((\d+ s ago|now)\)", text), text  # human time
+
+    # at 1400 px the whole list fits: the last-run and runs columns are not cut
+    page.set_viewport_size({"width": 1400, "height": 900})
+    page.reload()
+    page.screenshot(path=str(SCREENSHOTS / "changelist-1400.png"), full_page=True)
+    width = page.evaluate("document.documentElement.clientWidth")
+    for column in ("th.column-last_run", "th.column-runs", "td.field-runs"):
+        box = page.locator(f"#result_list {column}").first.bounding_box()
+        assert box is not None and box["x"] + box["width"] <= width, (column, box, width)
+    scroller = page.locator("#changelist .results").first
+    assert scroller.evaluate("e => e.scrollWidth <= e.clientWidth"), "the list scrolls sideways"
+    assert "Static entries (beat_schedule, read-only)" in page.locator("#dcron-static").inner_text()
+    assert "heartbeat-2s" in page.locator("#dcron-static").inner_text()
 
     # pause it with the action
     page.locator("#result_list tr", has_text="browser-task").first.locator(
@@ -206,5 +223,7 @@ def test_admin_in_a_browser_create_fix_watch_pause_run_now_cluster(page: Any, de
     page.click("a[href$='/admin/celery_dcron/clusterstatus/']")
     nodes = page.locator("table.dcron-nodes").inner_text()
     assert nodes.count("working") == 2, nodes
+    assert "refreshes itself every 5 seconds" in page.locator(".dcron-refresh").inner_text()
+    page.screenshot(path=str(SCREENSHOTS / "cluster.png"), full_page=True)
 
     assert demo.stop() == 0, demo.output()[-4000:]  # the demo's own check: no tick sent twice

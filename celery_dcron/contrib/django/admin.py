@@ -2,44 +2,118 @@
 
 from __future__ import annotations
 
+import re
 from collections import defaultdict
-from collections.abc import Iterable
+from datetime import datetime
 from typing import Any
+from urllib.parse import urlencode
 
 from django import forms
+from django.apps import apps
 from django.contrib import admin, messages
 from django.db.models import QuerySet
 from django.http import HttpRequest, HttpResponse
 from django.template.response import TemplateResponse
+from django.urls import NoReverseMatch, reverse
 from django.utils.html import format_html, format_html_join
+from django.utils.safestring import SafeString, mark_safe
 from django.utils.translation import gettext_lazy as _
 
 from celery_dcron.exceptions import DcronError
+from celery_dcron.schedules import datetime_to_ms
 from celery_dcron.status import ClusterView
+from celery_dcron.taskcheck import load_task_modules
 from celery_dcron.ticks import tick_iso
 
 from . import sync
+from .live import LiveEntry, app_zone, read_live, when, when_parts
 from .models import ClusterStatus, DynamicTask
-from .validators import celery_app, dynamic_tasks
+from .validators import celery_app, dynamic_tasks, registered_task
 
 __all__ = ["ClusterStatusAdmin", "DynamicTaskAdmin", "DynamicTaskForm"]
 
 RECENT_RUNS = 10
+#: The cluster page reloads itself this often (seconds).
+CLUSTER_REFRESH_S = 5
 
 
 def registered_tasks() -> list[str]:
     """Task names of the Celery app, without Celery's own (as django-celery-beat lists)."""
     app = celery_app()
-    app.loader.import_default_modules()
+    load_task_modules(app)
     return sorted(name for name in app.tasks if not name.startswith("celery."))
 
 
+def result_link(task_id: str, pk: Any = None) -> SafeString:
+    """``task_id`` linked to its django-celery-results row (``pk``, or looked up), or to
+    the results list searched for it when there is no row yet; plain without the app."""
+    if apps.is_installed("django_celery_results"):
+        try:
+            if pk is None:
+                from django_celery_results.models import TaskResult
+
+                pk = TaskResult.objects.filter(task_id=task_id).values_list("pk", flat=True)
+                pk = pk.first()
+            if pk is not None:
+                url = reverse("admin:django_celery_results_taskresult_change", args=[pk])
+            else:
+                url = reverse("admin:django_celery_results_taskresult_changelist")
+                url += "?" + urlencode({"q": task_id})
+        except NoReverseMatch:  # the app's models are not in this admin site
+            pass
+        else:
+            return format_html('<a href="{}"><code>{}</code></a>', url, task_id)
+    return format_html("<code>{}</code>", task_id)
+
+
+def _when(ms: int | None, entry: LiveEntry) -> SafeString | str:
+    """``2026-12-04 14:05:00 CET (in 3 min)``, the exact UTC instant on hover."""
+    if ms is None:
+        return "-"
+    moment, distance = when_parts(ms, entry.tz, entry.now_ms)
+    return format_html(
+        '<span class="dcron-when" title="{}">{} <span class="dcron-rel">({})</span></span>',
+        tick_iso(ms),
+        moment,
+        distance,
+    )
+
+
+def breakable(text: str) -> SafeString:
+    """``text`` with line-break opportunities after ``. : / _``: long task names and
+    node ids wrap instead of widening the list."""
+    parts = re.split(r"(?<=[.:/_])", text)
+    return format_html_join(mark_safe("<wbr>"), "{}", ((p,) for p in parts))
+
+
+class TaskNameInput(forms.TextInput):
+    """A text input suggesting the registered task names (``<datalist>``): a task the
+    web process does not import can still be typed."""
+
+    def __init__(self, attrs: dict[str, Any] | None = None) -> None:
+        super().__init__({"list": "dcron-task-names", "size": 40, **(attrs or {})})
+        self.names: list[str] = []
+
+    def render(
+        self, name: str, value: Any, attrs: dict[str, Any] | None = None, renderer: Any = None
+    ) -> SafeString:
+        options = format_html_join("", '<option value="{}">', ((n,) for n in self.names))
+        return format_html(
+            '{}<datalist id="dcron-task-names">{}</datalist>',
+            super().render(name, value, attrs, renderer),
+            options,
+        )
+
+
 class DynamicTaskForm(forms.ModelForm):
-    task = forms.ChoiceField(
+    task = forms.CharField(
         label=_("task"),
         required=False,
+        max_length=200,
+        widget=TaskNameInput,
         help_text=_(
-            "A task registered in the Celery app. Blank: send the payload to dcron_default_task."
+            "A Celery task name (the registered ones are suggested; another one is saved "
+            "with a warning). Blank: send the payload to dcron_default_task."
         ),
     )
 
@@ -49,50 +123,20 @@ class DynamicTaskForm(forms.ModelForm):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        names = registered_tasks()
-        current = self.initial.get("task") or (self.instance.task if self.instance else "")
-        if current and current not in names:
-            names.append(current)
-        task_field = self.fields["task"]
-        assert isinstance(task_field, forms.ChoiceField)
-        task_field.choices = [("", "---------")] + [(n, n) for n in names]
-
-
-def _registry_rows(tasks: Iterable[DynamicTask]) -> tuple[dict[int, dict[str, Any]], list[str]]:
-    """Registry data of each row (by pk): one snapshot per namespace on the page."""
-    by_namespace: dict[str, list[DynamicTask]] = defaultdict(list)
-    for task in tasks:
-        by_namespace[task.namespace].append(task)
-    rows: dict[int, dict[str, Any]] = {}
-    errors = []
-    for namespace, group in by_namespace.items():
-        dt = dynamic_tasks(namespace)
-        try:
-            view = ClusterView.read(dt.registry, dt.settings, [t.name for t in group])
-        except DcronError as exc:
-            errors.append(f"{dt.settings.namespace}: {exc}")
-            continue
-        for task in group:
-            spec = view.entries.get(task.name)
-            if spec is None:
-                rows[task.pk] = {"state": "missing"}
-                continue
-            if spec.source != "django":
-                rows[task.pk] = {"state": f"clash ({spec.source} entry)"}
-                continue
-            data = view.entry(task.name)
-            rows[task.pk] = data
-    return rows, errors
+        widget = self.fields["task"].widget
+        assert isinstance(widget, TaskNameInput)
+        widget.names = registered_tasks()
 
 
 @admin.register(DynamicTask)
 class DynamicTaskAdmin(admin.ModelAdmin):
     form = DynamicTaskForm
+    change_list_template = "admin/celery_dcron/dynamictask_change_list.html"
+    # "enabled" is in the state column ("paused"): the list fits 1,400 px with both sidebars.
     list_display = (
         "name",
-        "task",
+        "task_name",
         "schedule",
-        "enabled",
         "registry_state",
         "owner",
         "next_run",
@@ -102,12 +146,27 @@ class DynamicTaskAdmin(admin.ModelAdmin):
     list_filter = ("enabled", "schedule_kind", "namespace")
     search_fields = ("name", "task", "description")
     actions = ("enable_tasks", "disable_tasks", "run_now", "reset_runs")
-    readonly_fields = ("recent_runs", "total_run_count", "last_run_at", "created_at", "updated_at")
+    #: Read-only on the change page: live registry state and results, then the row's dates.
+    readonly_fields = (
+        "registry_state", "owner", "next_run", "last_run", "runs", "recent_runs",
+        "created_at", "updated_at",
+    )  # fmt: skip
     fieldsets = (
         (None, {"fields": ("name", "task", "enabled", "description", "namespace")}),
         (
             _("Schedule"),
-            {"fields": ("schedule_kind", "cron", "interval_seconds", "at", "timezone")},
+            {
+                "fields": (
+                    "schedule_kind",
+                    "cron",
+                    "interval_seconds",
+                    "at",
+                    "timezone",
+                    "solar_event",
+                    "latitude",
+                    "longitude",
+                )
+            },
         ),
         (_("Arguments"), {"fields": ("args", "kwargs", "payload", "options")}),
         (
@@ -123,21 +182,27 @@ class DynamicTaskAdmin(admin.ModelAdmin):
                 )
             },
         ),
-        (
-            _("Runs"),
-            {
-                "fields": (
-                    "recent_runs",
-                    "total_run_count",
-                    "last_run_at",
-                    "created_at",
-                    "updated_at",
-                )
-            },
-        ),
+        (_("Runs (live, from the registry)"), {"fields": readonly_fields}),
     )
 
-    # -- list ----------------------------------------------------------------------
+    # -- live registry state ---------------------------------------------------------
+
+    def _attach(
+        self, request: HttpRequest, tasks: list[DynamicTask], *, with_static: bool = False
+    ) -> list[tuple[str, LiveEntry]]:
+        """Read the registry for ``tasks`` (one round trip per namespace) and hang each
+        row's state on it. Returns the static entries when ``with_static``."""
+        live = read_live(tasks, static_of=[""], with_static=with_static)
+        for task in tasks:
+            task._dcron = live.rows.get((task.namespace, task.name))
+        for error in live.errors:
+            messages.warning(request, f"Registry unavailable, state not shown: {error}")
+        return live.static
+
+    @staticmethod
+    def _live(task: DynamicTask) -> LiveEntry | None:
+        entry: LiveEntry | None = getattr(task, "_dcron", None)
+        return entry
 
     def changelist_view(
         self, request: HttpRequest, extra_context: dict[str, Any] | None = None
@@ -145,50 +210,79 @@ class DynamicTaskAdmin(admin.ModelAdmin):
         response = super().changelist_view(request, extra_context)
         context = getattr(response, "context_data", None)
         cl = context.get("cl") if context else None
-        if cl is not None:
+        if context is not None and cl is not None:
             page = list(cl.result_list)  # evaluated once; the template reuses these objects
-            rows, errors = _registry_rows(page)
-            for task in page:
-                task._dcron = rows.get(task.pk, {})
-            for error in errors:
-                messages.warning(request, f"Registry unavailable, state not shown: {error}")
+            filtered = bool(cl.query or cl.has_active_filters)
+            static = self._attach(request, page, with_static=not filtered)
+            context["dcron_filtered"] = filtered
+            context["dcron_static"] = [
+                {
+                    "namespace": namespace,
+                    "name": e.name,
+                    "task": breakable(e.spec.task) if e.spec else "",
+                    "schedule": e.schedule_text,
+                    "state": e.state,
+                    "owner": breakable(e.owner) if e.owner else "-",
+                    "next": _when(e.next_ms, e),
+                    "last": _when(e.last_ms, e),
+                    "runs": e.runs,
+                }
+                for namespace, e in static
+            ]
+            context["dcron_namespaces"] = len({n for n, _ in static}) > 1
         return response
 
-    @staticmethod
-    def _reg(task: DynamicTask) -> dict[str, Any]:
-        return getattr(task, "_dcron", {})
+    def get_object(self, request: HttpRequest, object_id: str, from_field: Any = None) -> Any:
+        task = super().get_object(request, object_id, from_field)
+        if task is not None and request.method == "GET":
+            self._attach(request, [task])
+        return task
 
     @admin.display(description=_("schedule"))
     def schedule(self, task: DynamicTask) -> str:
-        text = self._reg(task).get("schedule_text")
-        if text:
-            return str(text)
+        live = self._live(task)
+        if live is not None and live.schedule_text:
+            return live.schedule_text
         if task.schedule_kind == "cron":
             return f"cron {task.cron!r} {task.timezone}".strip()
         if task.schedule_kind == "interval":
             return f"every {task.interval_seconds:g}s" if task.interval_seconds else "-"
+        if task.schedule_kind == "solar":
+            return f"solar {task.solar_event} ({task.latitude}, {task.longitude})"
         return f"at {task.at}"
+
+    @admin.display(description=_("task"), ordering="task")
+    def task_name(self, task: DynamicTask) -> SafeString:
+        return breakable(task.task or "-")
 
     @admin.display(description=_("state"))
     def registry_state(self, task: DynamicTask) -> str:
-        return str(self._reg(task).get("state", "-"))
+        """The registry's state; without the registry, the row's enabled flag."""
+        live = self._live(task)
+        if live is None:
+            return "enabled" if task.enabled else "disabled"
+        return live.state
 
     @admin.display(description=_("owner"))
-    def owner(self, task: DynamicTask) -> str:
-        return str(self._reg(task).get("owner") or "-")
+    def owner(self, task: DynamicTask) -> SafeString | str:
+        live = self._live(task)
+        return breakable(live.owner) if live and live.owner else "-"
 
     @admin.display(description=_("next run"))
-    def next_run(self, task: DynamicTask) -> str:
-        return str(self._reg(task).get("next_tick") or "-")
+    def next_run(self, task: DynamicTask) -> SafeString | str:
+        live = self._live(task)
+        return "-" if live is None else _when(live.next_ms, live)
 
     @admin.display(description=_("last run"))
-    def last_run(self, task: DynamicTask) -> str:
-        return str(self._reg(task).get("last_tick") or "-")
+    def last_run(self, task: DynamicTask) -> SafeString | str:
+        live = self._live(task)
+        return "-" if live is None else _when(live.last_ms, live)
 
     @admin.display(description=_("runs"))
     def runs(self, task: DynamicTask) -> str:
-        runs = self._reg(task).get("runs")
-        return "-" if runs is None else str(runs)
+        """The registry's run count: the one count the list and the change page show."""
+        live = self._live(task)
+        return "-" if live is None or live.runs is None else str(live.runs)
 
     # -- change form -----------------------------------------------------------------
 
@@ -205,6 +299,15 @@ class DynamicTaskAdmin(admin.ModelAdmin):
             messages.warning(request, failure)
         return response
 
+    def save_model(self, request: HttpRequest, obj: DynamicTask, form: Any, change: bool) -> None:
+        super().save_model(request, obj, form, change)
+        if obj.task and registered_task(obj.task) is None:
+            messages.warning(
+                request,
+                f"Task {obj.task!r} is not registered in this web process's Celery app: "
+                "saved anyway. Check the name; a worker that does not know it rejects the runs.",
+            )
+
     def delete_view(
         self, request: HttpRequest, object_id: str, extra_context: dict[str, Any] | None = None
     ) -> HttpResponse:
@@ -215,12 +318,10 @@ class DynamicTaskAdmin(admin.ModelAdmin):
         return response
 
     @admin.display(description=_("recent runs"))
-    def recent_runs(self, task: DynamicTask) -> str:  # a SafeString
+    def recent_runs(self, task: DynamicTask) -> SafeString | str:
         """The last results of this task from django-celery-results, if installed."""
         if task.pk is None:
             return "-"
-        from django.apps import apps
-
         if not apps.is_installed("django_celery_results"):
             return "django-celery-results is not installed"
         from django_celery_results.models import TaskResult
@@ -230,25 +331,29 @@ class DynamicTaskAdmin(admin.ModelAdmin):
         ]
         if not results:
             return "no results yet (results need result_extended = True)"
+        live = self._live(task)
+
+        def shown(date: datetime) -> SafeString | str:
+            aware = date.tzinfo is not None and date.utcoffset() is not None
+            return _when(datetime_to_ms(date), live) if live and aware else str(date)
+
         rows = format_html_join(
             "",
-            "<tr><td>{}</td><td>{}</td><td>{}</td><td><code>{}</code></td></tr>",
+            "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
             (
                 (
                     r.status,
-                    r.date_done or r.date_created,
+                    shown(r.date_done or r.date_created),
                     (r.result or "")[:200],
-                    r.task_id,
+                    result_link(r.task_id, r.pk),
                 )
                 for r in results
             ),
         )
-        return str(
-            format_html(
-                '<table class="dcron-runs"><thead><tr><th>status</th><th>date</th>'
-                "<th>result</th><th>task id</th></tr></thead><tbody>{}</tbody></table>",
-                rows,
-            )
+        return format_html(
+            '<table class="dcron-runs"><thead><tr><th>status</th><th>date</th>'
+            "<th>result</th><th>task id</th></tr></thead><tbody>{}</tbody></table>",
+            rows,
         )
 
     # -- actions ---------------------------------------------------------------------
@@ -272,36 +377,39 @@ class DynamicTaskAdmin(admin.ModelAdmin):
     def disable_tasks(self, request: HttpRequest, queryset: QuerySet[DynamicTask]) -> None:
         self._set_enabled(request, queryset, False)
 
-    def _each(
-        self, request: HttpRequest, queryset: QuerySet[DynamicTask], verb: str, fn: Any
-    ) -> None:
+    @admin.action(description=_("Run selected tasks now (once, extra)"))
+    def run_now(self, request: HttpRequest, queryset: QuerySet[DynamicTask]) -> None:
         done = []
         for task in queryset:
             try:
-                result = fn(dynamic_tasks(task.namespace), task)
+                tid = dynamic_tasks(task.namespace).run_now(task.name)
             except DcronError as exc:
                 self.message_user(request, f"{task}: {exc}", messages.ERROR)
                 continue
-            done.append(f"{task}" + (f" (task id {result})" if result else ""))
+            done.append(format_html("{} (task id {})", task, result_link(tid)))
         if done:
-            self.message_user(request, f"{verb}: {', '.join(done)}", messages.SUCCESS)
-
-    @admin.action(description=_("Run selected tasks now (once, extra)"))
-    def run_now(self, request: HttpRequest, queryset: QuerySet[DynamicTask]) -> None:
-        self._each(request, queryset, "Sent to run now", lambda dt, task: dt.run_now(task.name))
+            joined = format_html_join(", ", "{}", ((d,) for d in done))
+            self.message_user(request, format_html("Sent to run now: {}", joined), messages.SUCCESS)
 
     @admin.action(description=_("Reset run count and last run"))
     def reset_runs(self, request: HttpRequest, queryset: QuerySet[DynamicTask]) -> None:
-        def reset(dt: Any, task: DynamicTask) -> None:
-            dt.reset(task.name)
+        done = []
+        for task in queryset:
+            try:
+                dynamic_tasks(task.namespace).reset(task.name)
+            except DcronError as exc:
+                self.message_user(request, f"{task}: {exc}", messages.ERROR)
+                continue
             DynamicTask.objects.filter(pk=task.pk).update(total_run_count=0, last_run_at=None)
-
-        self._each(request, queryset, "Reset", reset)
+            done.append(str(task))
+        if done:
+            self.message_user(request, f"Reset: {', '.join(done)}", messages.SUCCESS)
 
 
 @admin.register(ClusterStatus)
 class ClusterStatusAdmin(admin.ModelAdmin):
-    """The read-only cluster page: nodes, their status, heartbeat age, entries owned."""
+    """The read-only cluster page: nodes, their status, heartbeat age, entries owned.
+    It reloads itself every :data:`CLUSTER_REFRESH_S` seconds."""
 
     def has_add_permission(self, request: HttpRequest) -> bool:
         return False
@@ -334,14 +442,19 @@ class ClusterStatusAdmin(admin.ModelAdmin):
                 clusters.append({"namespace": namespace, "error": str(exc)})
                 continue
             owned = {n.id for n in view.nodes}
+            tz = app_zone(dt)
+            now_ms = view.server_ms
             clusters.append(
                 {
                     "namespace": namespace,
                     "strategy": dt.settings.strategy,
                     "paused": view.paused,
-                    "reset": None if view.reset_ms is None else tick_iso(view.reset_ms),
-                    "server_time": tick_iso(view.server_ms),
-                    "nodes": [view.node(n) for n in view.nodes],
+                    "reset": None if view.reset_ms is None else when(view.reset_ms, tz, now_ms),
+                    "server_time": when_parts(now_ms, tz, now_ms)[0],
+                    "nodes": [
+                        {**view.node(n), "started": n.started_ms and when(n.started_ms, tz, now_ms)}
+                        for n in view.nodes
+                    ],
                     "entries": len(view.snapshot.names),
                     "unowned": sum(
                         1 for n in view.snapshot.names if view.owner.get(n) not in owned
@@ -354,6 +467,7 @@ class ClusterStatusAdmin(admin.ModelAdmin):
             **self.admin_site.each_context(request),
             "title": "Cluster",
             "clusters": clusters,
+            "refresh_s": CLUSTER_REFRESH_S,
             "opts": self.model._meta,
             **(extra_context or {}),
         }

@@ -4,15 +4,24 @@ A :class:`DynamicTask` row is the source of truth for its registry entry (source
 ``"django"``): saving or deleting the row writes or removes the entry when the
 transaction commits, and :func:`~celery_dcron.contrib.django.sync.reconcile` repairs the
 registry from these rows. Run state (owner, last tick, run count) lives in Redis; the
-``last_run_at`` / ``total_run_count`` columns are a copy refreshed by each reconcile.
+``last_run_at`` / ``total_run_count`` columns are a copy refreshed by each reconcile (the
+admin shows the registry's values, never this copy).
+
+Validation is :mod:`.validators` (the core API's rules), which imports no model.
 """
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
+from django.core.exceptions import ValidationError
 from django.db import models
 from django.utils.translation import gettext_lazy as _
+
+from celery_dcron.schedules import SOLAR_EVENTS
+
+from .validators import check_arguments, check_name_free, spec_for
 
 __all__ = ["ClusterStatus", "DynamicTask"]
 
@@ -21,6 +30,7 @@ class ScheduleKind(models.TextChoices):
     CRON = "cron", _("cron (with optional seconds field)")
     INTERVAL = "interval", _("interval")
     AT = "at", _("one-off (at a date and time)")
+    SOLAR = "solar", _("solar event (sunrise, sunset... at a place)")
 
 
 class AfterRun(models.TextChoices):
@@ -74,6 +84,26 @@ class DynamicTask(models.Model):
         _("every (seconds)"), null=True, blank=True, help_text=_("For interval schedules.")
     )
     at = models.DateTimeField(_("run at"), null=True, blank=True, help_text=_("For one-offs."))
+    solar_event = models.CharField(
+        _("solar event"),
+        max_length=24,
+        blank=True,
+        default="",
+        choices=[(event, event.replace("_", " ")) for event in SOLAR_EVENTS],
+        help_text=_("For solar schedules: Celery's solar events."),
+    )
+    latitude = models.FloatField(
+        _("latitude"),
+        null=True,
+        blank=True,
+        help_text=_("For solar schedules: degrees, -90 (south) to 90 (north)."),
+    )
+    longitude = models.FloatField(
+        _("longitude"),
+        null=True,
+        blank=True,
+        help_text=_("For solar schedules: degrees, -180 (west) to 180 (east)."),
+    )
     timezone = models.CharField(
         _("timezone"),
         max_length=64,
@@ -142,9 +172,23 @@ class DynamicTask(models.Model):
         return f"{self.namespace}/{self.name}" if self.namespace else self.name
 
     def clean(self) -> None:
-        from .validators import validate_task
+        """The API's validation (:func:`~.validators.spec_for`), the task's signature
+        when this process knows the task, and the name free in the table and the registry.
 
-        validate_task(self)
+        A one-off ``at`` must be in the future only when it is new or changed, so that an
+        old one-off can still be edited (for its description, say)."""
+        changed_at = True
+        if self.pk is not None:
+            old = type(self)._default_manager.filter(pk=self.pk).values_list("at", flat=True)
+            changed_at = old.first() != self.at
+        spec = spec_for(self, now_ms=int(time.time() * 1000) if changed_at else 0)
+        check_arguments(spec, self)
+        others = type(self)._default_manager.filter(namespace=self.namespace, name=self.name)
+        if others.exclude(pk=self.pk).exists():
+            raise ValidationError(
+                {"name": _("A dynamic task with this name exists in this namespace.")}
+            )
+        check_name_free(self)
 
 
 class ClusterStatus(DynamicTask):

@@ -32,8 +32,14 @@ from django.db import close_old_connections, transaction
 from django.db.models.signals import post_delete, post_save
 
 from celery_dcron import signals as dcron_signals
+from celery_dcron.api import DynamicTasks
 from celery_dcron.entries import EntrySpec, EntryState
-from celery_dcron.exceptions import ConflictError, DcronError, RegistryUnavailableError
+from celery_dcron.exceptions import (
+    ConflictError,
+    DcronError,
+    EntryNotFoundError,
+    RegistryUnavailableError,
+)
 from celery_dcron.status import next_run_ms
 
 from .models import DynamicTask
@@ -64,22 +70,46 @@ def _same(a: EntrySpec, b: EntrySpec) -> bool:
     return a.with_changes(version=0) == b.with_changes(version=0)
 
 
+# -- the two writes ------------------------------------------------------------------
+# Everything this app writes to Redis goes through these two functions.
+# TODO(issue 10): DynamicTasks has no public call yet to write an entry of another
+# source ("django") nor to remove one by compare-and-set; when it has (DynamicTasks.put
+# and DynamicTasks.remove(expected_version=)), these become one call each.
+
+
+def _write(
+    tasks: DynamicTasks, spec: EntrySpec, *, expected_version: int | None, force: bool
+) -> None:
+    tasks.registry.put_entry(spec, expected_version=expected_version, force=force)
+
+
+def _discard(tasks: DynamicTasks, spec: EntrySpec) -> None:
+    tasks.registry.remove_entry(spec.name, tombstone=False, expected_version=spec.version)
+
+
+def _existing(tasks: DynamicTasks, name: str) -> EntrySpec | None:
+    try:
+        return tasks.get(name)
+    except EntryNotFoundError:
+        return None
+
+
 def push(task: DynamicTask) -> bool:
     """Write the entry of ``task`` to the registry now. False if it could not (logged)."""
-    registry = dynamic_tasks(task.namespace).registry
+    tasks = dynamic_tasks(task.namespace)
     try:
-        spec = spec_for(task, check_tasks=False)
+        spec = spec_for(task)
     except ValidationError as exc:
         _failed(f"dynamic task {task}: not written to the registry: {exc.messages}")
         return False
     try:
-        existing = registry.get_entry(task.name)
+        existing = _existing(tasks, task.name)
         if existing is not None and existing.source != SOURCE:
             _failed(f"dynamic task {task}: not written: a {existing.source} entry has that name")
             return False
         if existing is not None and _same(existing, spec):
             return True
-        registry.put_entry(spec, expected_version=None, force=True)
+        _write(tasks, spec, expected_version=None, force=True)
     except DcronError as exc:
         _failed(
             f"dynamic task {task}: not written to the registry yet ({exc}); "
@@ -91,12 +121,12 @@ def push(task: DynamicTask) -> bool:
 
 def remove(namespace: str, name: str) -> bool:
     """Remove the admin entry ``name`` from the registry (not a static or API one)."""
-    registry = dynamic_tasks(namespace).registry
+    tasks = dynamic_tasks(namespace)
     try:
-        existing = registry.get_entry(name)
+        existing = _existing(tasks, name)
         if existing is None or existing.source != SOURCE:
             return True
-        registry.remove_entry(name, tombstone=False, expected_version=existing.version)
+        _discard(tasks, existing)
     except DcronError as exc:
         _failed(
             f"dynamic task {namespace}/{name}: not removed from the registry yet ({exc}); "
@@ -197,8 +227,8 @@ def reconcile(namespaces: Iterable[str] | None = None, *, dry_run: bool = False)
 def _reconcile_namespace(
     namespace: str, rows: list[DynamicTask], report: ReconcileReport, dry_run: bool
 ) -> None:
-    registry = dynamic_tasks(namespace).registry
-    snap = registry.snapshot()
+    tasks = dynamic_tasks(namespace)
+    snap = tasks.registry.snapshot()  # a read: one round trip for the whole namespace
     seen: set[str] = set()
     for task in rows:
         seen.add(task.name)
@@ -227,12 +257,12 @@ def _reconcile_namespace(
             if not dry_run:
                 DynamicTask.objects.filter(pk=task.pk).delete()
                 if task.after_run == "delete":
-                    registry.reuse_deleted(task.name)
+                    tasks.reuse_deleted(task.name)
             continue
         if existing is not None:
             _mirror_state(task, existing, state, label, report, dry_run)
         try:
-            spec = spec_for(task, check_tasks=False)
+            spec = spec_for(task)
         except ValidationError as exc:
             report.errors.append(f"{label}: {'; '.join(exc.messages)}")
             logger.error("dcron: dynamic task %s is invalid, not written: %s", label, exc.messages)
@@ -249,7 +279,8 @@ def _reconcile_namespace(
         if dry_run:
             continue
         try:
-            registry.put_entry(
+            _write(
+                tasks,
                 spec,
                 expected_version=None if existing is None else existing.version,
                 force=existing is None and task.name in snap.tombstones,
@@ -263,7 +294,7 @@ def _reconcile_namespace(
             report.removed.append(f"{namespace}/{name}")
             if not dry_run:
                 try:
-                    registry.remove_entry(name, tombstone=False, expected_version=spec.version)
+                    _discard(tasks, spec)
                 except ConflictError:
                     report.removed.pop()
     if report.changed:

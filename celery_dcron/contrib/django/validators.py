@@ -2,17 +2,21 @@
 
 A row is turned into the keyword arguments of :meth:`DynamicTasks.build
 <celery_dcron.api.DynamicTasks.build>`, so the admin accepts exactly what the Python API
-and the CLI accept. The API's errors name their field (``entry 'x': cron: ...``); they
-are mapped back onto the form field they belong to.
+and the CLI accept. The API's errors carry the field they concern
+(:attr:`InvalidEntryError.field <celery_dcron.exceptions.InvalidEntryError>`); it is
+mapped onto the model field, so the form shows each error under its input.
+
+This module knows no model: it reads the attributes of any object shaped like a
+``DynamicTask`` row (:class:`TaskRow`), and :mod:`.models` imports it, never the
+reverse. Checks that need the table (a name used by another row) are the model's.
 """
 
 from __future__ import annotations
 
-import re
-import time
 from dataclasses import replace
+from datetime import datetime
 from functools import lru_cache
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from django.conf import settings as django_settings
 from django.core.exceptions import ValidationError
@@ -21,46 +25,69 @@ from django.utils.module_loading import import_string
 from celery_dcron.api import DynamicTasks
 from celery_dcron.config import Settings
 from celery_dcron.entries import EntrySpec
-from celery_dcron.exceptions import DcronError
+from celery_dcron.exceptions import DcronError, EntryNotFoundError
+from celery_dcron.schedules import SolarSchedule
+from celery_dcron.taskcheck import argument_mismatch, load_task_modules
 
-if TYPE_CHECKING:
-    from .models import DynamicTask
-
-__all__ = ["SOURCE", "celery_app", "dynamic_tasks", "spec_for", "validate_task"]
+__all__ = [
+    "SOURCE",
+    "TaskRow",
+    "celery_app",
+    "check_arguments",
+    "check_name_free",
+    "dynamic_tasks",
+    "registered_task",
+    "spec_for",
+]
 
 #: The ``source`` of the registry entries this app manages.
 SOURCE = "django"
 
-#: API field name -> model field name, where they differ.
+#: API field name (``InvalidEntryError.field``, or one of its dotted parts) -> model field.
 _FIELD_MAP = {
     "every": "interval_seconds",
     "tz": "timezone",
     "schedule": "schedule_kind",
+    "lat": "latitude",
+    "lon": "longitude",
+    "event": "solar_event",
 }
-_MODEL_FIELDS = {
-    "name",
-    "task",
-    "cron",
-    "interval_seconds",
-    "at",
-    "timezone",
-    "args",
-    "kwargs",
-    "payload",
-    "options",
-    "enabled",
-    "start_at",
-    "end_at",
-    "max_runs",
-    "after_run",
-    "misfire_policy",
-    "misfire_grace",
-    "description",
-    "schedule_kind",
-    "namespace",
-}
-_PREFIX = re.compile(r"^entry '.*?': ")
-_FIELD = re.compile(r"^([a-z_]+)(?:\.[a-z_]+)?[: ]")
+_MODEL_FIELDS = frozenset(
+    {
+        "name", "task", "cron", "interval_seconds", "at", "timezone", "solar_event",
+        "latitude", "longitude", "args", "kwargs", "payload", "options", "enabled",
+        "start_at", "end_at", "max_runs", "after_run", "misfire_policy", "misfire_grace",
+        "description", "schedule_kind", "namespace",
+    }
+)  # fmt: skip
+
+
+class TaskRow(Protocol):
+    """What this module reads of a ``DynamicTask`` row."""
+
+    name: str
+    namespace: str
+    task: str
+    schedule_kind: str
+    cron: str
+    interval_seconds: float | None
+    at: datetime | None
+    timezone: str
+    solar_event: str
+    latitude: float | None
+    longitude: float | None
+    args: Any
+    kwargs: Any
+    payload: Any
+    options: Any
+    enabled: bool
+    start_at: datetime | None
+    end_at: datetime | None
+    max_runs: int | None
+    after_run: str
+    misfire_policy: str
+    misfire_grace: float | None
+    description: str
 
 
 def celery_app() -> Any:
@@ -80,7 +107,9 @@ def _tasks_for(app_id: int, namespace: str) -> DynamicTasks:
     app = celery_app()
     base = Settings.from_app(app)
     settings = base if not namespace else replace(base, namespace=namespace)
-    return DynamicTasks(app, settings=settings)
+    # The web process may not import every task module: an unknown task name is a
+    # warning of the admin (registered_task), not a refusal.
+    return DynamicTasks(app, settings=settings, check_tasks=False)
 
 
 def dynamic_tasks(namespace: str = "") -> DynamicTasks:
@@ -88,105 +117,126 @@ def dynamic_tasks(namespace: str = "") -> DynamicTasks:
     return _tasks_for(id(celery_app()), namespace)
 
 
-def _fields(task: DynamicTask) -> dict[str, Any]:
+def registered_task(name: str) -> Any | None:
+    """The task ``name`` of the Celery app (its task modules loaded as a worker loads
+    them), or None when this process does not know it."""
+    app = celery_app()
+    if name not in app.tasks:
+        load_task_modules(app)
+    return app.tasks.get(name)
+
+
+def _schedule_fields(row: TaskRow) -> dict[str, Any]:
+    """The schedule keyword of :meth:`DynamicTasks.build` for the row's kind."""
+    needs = {
+        "cron": (("cron", row.cron, "a cron expression such as '*/5 * * * *'"),),
+        "interval": (("interval_seconds", row.interval_seconds, "a number of seconds"),),
+        "at": (("at", row.at, "a date and time"),),
+        "solar": (
+            ("solar_event", row.solar_event, "an event such as sunrise"),
+            ("latitude", row.latitude, "a latitude (degrees, -90 to 90)"),
+            ("longitude", row.longitude, "a longitude (degrees, -180 to 180)"),
+        ),
+    }
+    if row.schedule_kind not in needs:
+        raise ValidationError({"schedule_kind": f"unknown schedule kind {row.schedule_kind!r}"})
+    missing = {f: f"This schedule needs {what}." for f, v, what in needs[row.schedule_kind]
+               if v in (None, "")}  # fmt: skip
+    if missing:
+        raise ValidationError(missing)
+    if row.timezone and row.schedule_kind not in ("cron", "at"):
+        raise ValidationError({"timezone": "Only cron and one-off schedules use a timezone."})
+    if row.schedule_kind == "cron":
+        return {"cron": row.cron}
+    if row.schedule_kind == "interval":
+        return {"every": row.interval_seconds}
+    if row.schedule_kind == "at":
+        return {"at": row.at}
+    # The API takes solar schedules as schedule=; the value object validates the place.
+    return {
+        "schedule": SolarSchedule(event=row.solar_event, lat=row.latitude, lon=row.longitude)  # type: ignore[arg-type]
+    }
+
+
+def _fields(row: TaskRow) -> dict[str, Any]:
     fields: dict[str, Any] = {
-        "args": task.args if task.args is not None else [],
-        "kwargs": task.kwargs if task.kwargs is not None else {},
-        "options": task.options or {},
-        "enabled": bool(task.enabled),
-        "start_at": task.start_at,
-        "end_at": task.end_at,
-        "max_runs": task.max_runs,
+        "args": row.args if row.args is not None else [],
+        "kwargs": row.kwargs if row.kwargs is not None else {},
+        "options": row.options or {},
+        "enabled": bool(row.enabled),
+        "start_at": row.start_at,
+        "end_at": row.end_at,
+        "max_runs": row.max_runs,
         # "delete" becomes a tombstone in the registry, so that a reconcile can tell a
         # finished one-off (delete the row) from an entry Redis lost (write it back).
-        "after_run": {"": None, "delete": "tombstone"}.get(task.after_run, task.after_run),
-        "misfire_policy": task.misfire_policy or None,
-        "misfire_grace": task.misfire_grace,
-        "description": task.description or "",
+        "after_run": {"": None, "delete": "tombstone"}.get(row.after_run, row.after_run),
+        "misfire_policy": row.misfire_policy or None,
+        "misfire_grace": row.misfire_grace,
+        "description": row.description or "",
     }
-    if task.payload is not None:
-        fields["payload"] = task.payload
-    if task.timezone:
-        fields["tz"] = task.timezone
-    kind = task.schedule_kind
-    if kind == "cron":
-        fields["cron"] = task.cron or None
-    elif kind == "interval":
-        fields["every"] = task.interval_seconds
-    elif kind == "at":
-        fields["at"] = task.at
-    else:
-        raise ValidationError({"schedule_kind": f"unknown schedule kind {kind!r}"})
+    if row.payload is not None:
+        fields["payload"] = row.payload
+    if row.timezone:
+        fields["tz"] = row.timezone
     return fields
 
 
-def spec_for(task: DynamicTask, *, now_ms: int = 0, check_tasks: bool | None = None) -> EntrySpec:
+def model_field(api_field: str | None) -> str | None:
+    """The model field of an API error's ``field`` (``"options.queue"`` -> ``options``,
+    ``"tz"`` -> ``timezone``), or None when it names no field of the form."""
+    if not api_field:
+        return None
+    for part in reversed(api_field.split(".")):  # the most precise part first
+        name = _FIELD_MAP.get(part, part)
+        if name in _MODEL_FIELDS:
+            return name
+    return None
+
+
+def _validation_error(exc: DcronError) -> ValidationError:
+    field = model_field(getattr(exc, "field", None))
+    return ValidationError({field: str(exc)} if field else str(exc))
+
+
+def spec_for(row: TaskRow, *, now_ms: int = 0) -> EntrySpec:
     """The registry entry of a row. Raises :class:`ValidationError` with field errors.
 
     ``now_ms``: a one-off ``at`` must be after it (0: any time, for the sync)."""
-    tasks = dynamic_tasks(task.namespace)
-    if check_tasks is not None and check_tasks != tasks.check_tasks:
-        tasks = DynamicTasks(
-            tasks.app, settings=tasks.settings, registry=tasks.registry, check_tasks=check_tasks
-        )
-    fields = _fields(task)
-    _require_schedule(task, fields)
+    tasks = dynamic_tasks(row.namespace)
     try:
-        spec = tasks.build(task.name, task.task or None, now_ms=now_ms, **fields)
+        fields = {**_fields(row), **_schedule_fields(row)}
+        spec = tasks.build(row.name, row.task or None, now_ms=now_ms, **fields)
     except DcronError as exc:
-        raise _validation_error(str(exc)) from None
+        raise _validation_error(exc) from None
     return spec.with_changes(source=SOURCE)
 
 
-def _require_schedule(task: DynamicTask, fields: dict[str, Any]) -> None:
-    missing = {
-        "cron": ("cron", "a cron expression such as '*/5 * * * *'"),
-        "every": ("interval_seconds", "a number of seconds"),
-        "at": ("at", "a date and time"),
-    }
-    for key, (field, what) in missing.items():
-        if key in fields and fields[key] in (None, ""):
-            raise ValidationError({field: f"This schedule needs {what}."})
-    if task.schedule_kind != "cron" and task.timezone and task.schedule_kind != "at":
-        raise ValidationError({"timezone": "Only cron and one-off schedules use a timezone."})
+def check_arguments(spec: EntrySpec, row: TaskRow) -> None:
+    """When this process knows the entry's task, its args and kwargs must fit the task's
+    signature (the core's rule, :func:`celery_dcron.taskcheck.argument_mismatch`): a
+    mismatch is an error on the field to fix. An unknown task is not checked (the admin
+    warns about it instead)."""
+    task = registered_task(spec.task)
+    if task is None:
+        return
+    mismatch = argument_mismatch(task, spec.args, spec.kwargs)
+    if mismatch is None:
+        return
+    field, reason = mismatch
+    if field == "kwargs" and not row.kwargs and row.payload is not None:
+        field = "payload"  # the only keyword argument is the payload
+    raise ValidationError({field: reason})
 
 
-def _validation_error(message: str) -> ValidationError:
-    """``entry 'x': cron: bad field`` -> ValidationError({"cron": "cron: bad field"})."""
-    text = _PREFIX.sub("", message)
-    match = _FIELD.match(text)
-    if match:
-        field = _FIELD_MAP.get(match.group(1), match.group(1))
-        if "unknown timezone" in text:
-            field = "timezone"
-        if field in _MODEL_FIELDS:
-            return ValidationError({field: text})
-    return ValidationError(text)
-
-
-def validate_task(task: DynamicTask) -> None:
-    """Model/form validation: the API's checks, plus name clashes with other entries.
-
-    A one-off ``at`` must be in the future only when it is new or changed, so that an
-    old one-off can still be edited (for its description, say)."""
-    from .models import DynamicTask as Model
-
-    changed_at = True
-    if task.pk is not None:
-        old = Model.objects.filter(pk=task.pk).values_list("at", flat=True).first()
-        changed_at = old != task.at
-    now_ms = int(time.time() * 1000) if changed_at else 0
-    spec_for(task, now_ms=now_ms)
-    clash = (
-        Model.objects.filter(namespace=task.namespace, name=task.name).exclude(pk=task.pk).exists()
-    )
-    if clash:
-        raise ValidationError({"name": "A dynamic task with this name exists in this namespace."})
+def check_name_free(row: TaskRow) -> None:
+    """The name must not be taken in the registry by a static or an API entry."""
     try:
-        existing = dynamic_tasks(task.namespace).registry.get_entry(task.name)
+        existing = dynamic_tasks(row.namespace).get(row.name)
+    except EntryNotFoundError:
+        return
     except DcronError:  # Redis away or a malformed entry: the save still goes to the database
         return
-    if existing is not None and existing.source != SOURCE:
+    if existing.source != SOURCE:
         where = (
             "the beat_schedule setting (a static entry)"
             if existing.source == "static"
