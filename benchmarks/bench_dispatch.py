@@ -164,7 +164,7 @@ PROFILE_FRAMES: tuple[tuple[str, str], ...] = (
     ("scheduling pass (Engine.run_pass)", "Engine.run_pass ("),
     ("  claim round trip (Registry.claim)", "Registry.claim ("),
     ("  mark sent (Registry.mark_sent)", "Registry.mark_sent ("),
-    ("  plan ticks (Engine._plan)", "Engine._plan ("),
+    ("  plan ticks (Claimer._plan)", "Claimer._plan ("),
     ("  task_id() uuid5", "task_id (celery_dcron"),
     ("  tick_iso() header", "tick_iso (celery_dcron"),
     ("  publish (DistributedScheduler._publish)", "DistributedScheduler._publish ("),

@@ -14,17 +14,25 @@ import os
 import socket
 import threading
 import time
+from collections.abc import Iterable
 from dataclasses import replace
 
 from .clock import ManualClock, RedisClock
 from .entries import Node, NodeStatus
 from .exceptions import RegistryUnavailableError
-from .logfields import fields
+from .logfields import log_event
 from .registry import Heartbeat, Registry
 
-__all__ = ["EventListener", "Membership"]
+__all__ = ["EventListener", "Membership", "janitor_id"]
 
 logger = logging.getLogger(__name__)
+
+
+def janitor_id(nodes: Iterable[Node]) -> str | None:
+    """The node that does the namespace's chores (drop the unsent claims and the run-now
+    requests of entries that no longer exist): the working node with the lowest id, so
+    that exactly one node does them in a settled cluster."""
+    return min((n.id for n in nodes if n.status is NodeStatus.WORKING), default=None)
 
 
 class Membership:
@@ -86,18 +94,20 @@ class Membership:
         if [n.id for n in nodes] != [n.id for n in self.nodes] or [n.status for n in nodes] != [
             n.status for n in self.nodes
         ]:
-            logger.info(
-                "dcron: nodes %s",
-                ", ".join(f"{n.id}({n.status.value})" for n in nodes) or "none",
-                extra=fields(
-                    "nodes", node=self.node.id, nodes={n.id: n.status.value for n in nodes}
-                ),
-            )
+            log_event(
+                logger, logging.INFO, "nodes", "dcron: nodes %(listing)s",
+                text={"listing": ", ".join(f"{n.id}({n.status.value})" for n in nodes) or "none"},
+                node=self.node.id, nodes={n.id: n.status.value for n in nodes},
+            )  # fmt: skip
         self.nodes = nodes
         return nodes
 
     def working_nodes(self) -> list[Node]:
         return [n for n in self.nodes if n.status is NodeStatus.WORKING]
+
+    def is_janitor(self) -> bool:
+        """Whether this node does the namespace's chores (see :func:`janitor_id`)."""
+        return janitor_id(self.nodes) == self.node.id
 
     def leave(self) -> None:
         """Hand over at once: status ``leaving``, then deregister (both notify the others)."""

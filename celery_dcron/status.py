@@ -11,13 +11,14 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from typing import Any
 
+from . import planning
 from .config import Settings
 from .entries import EntrySpec, EntryState, Node, NodeStatus
 from .exceptions import DcronError
 from .registry import Registry, Snapshot
 from .schedules import AtSchedule, CronSchedule, IntervalSchedule, Schedule, SolarSchedule
 from .strategies import get_strategy
-from .ticks import next_tick, tick_iso
+from .ticks import tick_iso
 
 __all__ = ["ClusterView", "describe_schedule", "next_run_ms", "plural"]
 
@@ -41,21 +42,14 @@ def describe_schedule(s: Schedule) -> str:
 
 
 def next_run_ms(spec: EntrySpec, state: EntryState) -> int | None:
-    """The next tick the owner will fire, or None (paused, finished, not anchored yet)."""
-    base = state.last_tick_ms if state.last_tick_ms is not None else state.anchor_ms
-    if base is None or not spec.enabled:
+    """The next tick the owner will fire, or None (paused, finished, not anchored yet):
+    the engine's own rule, :func:`celery_dcron.planning.next_run_ms`."""
+    if not spec.enabled:
         return None
-    if spec.start_ms is not None and spec.start_ms - 1 > base:
-        base = spec.start_ms - 1
     try:
-        nxt = next_tick(spec.schedule, base)
+        return planning.next_run_ms(spec, state)
     except DcronError:
         return None
-    if nxt is None or (spec.end_ms is not None and nxt > spec.end_ms):
-        return None
-    if spec.max_runs is not None and state.run_count >= spec.max_runs:
-        return None
-    return nxt
 
 
 class ClusterView:
@@ -93,7 +87,7 @@ class ClusterView:
         if not spec.enabled:
             return "paused"
         state = self.states.get(name) or EntryState()
-        if state.anchor_ms is None and state.last_tick_ms is None:
+        if planning.base_tick_ms(spec, state) is None:
             return "waiting"
         return "active" if next_run_ms(spec, state) is not None else "finished"
 

@@ -127,6 +127,16 @@ def assert_each_tick_once(rec: Recorder) -> None:
         assert tid == task_id("default", name, tick)
 
 
+def decisions(caplog: pytest.LogCaptureFixture, event: str) -> list[dict[str, Any]]:
+    """The structured fields (``dcron_*``, without the prefix) and the level of each log
+    record of one decision (``dcron_event``): tests match these, never the wording."""
+    return [
+        {"level": r.levelno, **{k[6:]: v for k, v in vars(r).items() if k.startswith("dcron_")}}
+        for r in caplog.records
+        if getattr(r, "dcron_event", None) == event
+    ]
+
+
 def ticks_of(rec: Recorder, name: str) -> list[int]:
     return sorted(t for n, t, _, _ in rec.sent if n == name)
 
@@ -230,7 +240,8 @@ def test_grace_window_drops_a_too_old_missed_tick(
     with caplog.at_level(logging.WARNING, logger="celery_dcron"):
         e.step()
     assert cluster.recorder.sent == []
-    assert "dropped 1 missed ticks" in caplog.text
+    (catch_up,) = decisions(caplog, "catch_up")
+    assert (catch_up["missed"], catch_up["fired"], catch_up["dropped"]) == (1, 0, 1)
     cluster.clock.advance(5 * S)
     e.step()
     assert len(cluster.recorder.sent) == 1  # the next tick fires on time
@@ -286,7 +297,9 @@ def test_a_stalled_claimer_does_not_publish_a_claim_taken_over(
     with caplog.at_level(logging.WARNING, logger="celery_dcron"):
         sent = a._publish_all([tick], claimed_at=time.monotonic() - 10)
     assert sent == [] and cluster.recorder.sent == []
-    assert "taken over" in caplog.text
+    assert [(d["entry"], d["tick_ms"]) for d in decisions(caplog, "taken_over")] == [
+        ("e0", tick.tick_ms)
+    ]
 
 
 def test_a_pause_while_redis_runs_the_claim_counts_as_a_stall(
@@ -315,7 +328,7 @@ def test_a_pause_while_redis_runs_the_claim_counts_as_a_stall(
         owner.step()
     sent = [(n, t, node) for n, t, _, node in cluster.recorder.sent if t == cluster.clock.now_ms()]
     assert sent == [("e0", cluster.clock.now_ms(), other.node_id)], cluster.recorder.sent
-    assert "taken over while this node stalled" in caplog.text
+    assert [d["node"] for d in decisions(caplog, "taken_over")] == [owner.node_id]
     assert_each_tick_once(cluster.recorder)
 
 
@@ -558,17 +571,15 @@ def test_a_catch_up_is_one_warning_with_per_entry_detail_at_debug(
     cluster.clock.advance(5 * S)  # nobody fired for 5 s: 5 ticks due per entry
     with caplog.at_level(logging.DEBUG, logger="celery_dcron"):
         e.step()
-    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
-    assert len(warnings) == 1, warnings
-    assert warnings[0].startswith(
-        "dcron: catch-up of 30 entries: 120 ticks missed, 30 fired by their misfire policy, "
-        "0 entries dropped theirs: e"
-    )
-    assert warnings[0].endswith(" | and 20 more (each logged at DEBUG)")
-    details = [
-        r.getMessage()
-        for r in caplog.records
-        if r.levelno == logging.DEBUG and "missed 4 ticks; policy once fires 1" in r.getMessage()
-    ]
-    assert len(details) == 30
+    warnings = [getattr(r, "dcron_event", None) for r in caplog.records if r.levelno >= 30]
+    assert warnings == ["catch_up"], warnings
+    (summary,) = decisions(caplog, "catch_up")
+    assert (summary["entries"], summary["missed"], summary["fired"], summary["dropped"]) == (
+        30, 120, 30, 0,
+    )  # fmt: skip
+    details = decisions(caplog, "catch_up_entry")
+    assert sorted(d["entry"] for d in details) == sorted(f"e{i}" for i in range(30))
+    assert {(d["level"], d["missed"], d["fired"], d["policy"]) for d in details} == {
+        (logging.DEBUG, 4, 1, "once")
+    }
     assert len(cluster.recorder.sent) == 30

@@ -1,0 +1,267 @@
+"""Dispatch: publish claimed ticks, mark them sent, and publish again the unsent ones.
+
+:class:`Dispatcher` publishes claimed ticks oldest first and never before their tick, in
+broker batches; checks that a claim is still this node's after a stall; marks the ticks
+sent (keeping those it could not mark, to mark them once Redis answers); tells of each
+failed publish (log, metrics, the adapter's hook, the ``publish_failed`` signal); and
+:meth:`Dispatcher.recover` re-publishes, with their original task ids, the claims that
+were never marked sent (this node's after a failed publish, or a dead node's).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager
+
+from .. import signals
+from .. import ticks as tickmath
+from ..entries import EntrySpec, Tick
+from ..exceptions import RegistryUnavailableError
+from ..logfields import Summary, log_event
+from ..planning import Rules
+from .context import Context, Part
+from .view import View
+
+__all__ = ["PUBLISH_BATCH", "Dispatcher", "ErrorHook", "PublishBatch", "Publisher"]
+
+logger = logging.getLogger(__name__)
+
+#: ``publish(spec, tick, task_id)`` sends one message; raises on failure.
+Publisher = Callable[[EntrySpec, Tick, str], None]
+#: ``hook(spec, tick, exc)`` is told of every failed publish.
+ErrorHook = Callable[[EntrySpec, Tick, BaseException], None]
+#: ``batch()`` opens a context in which publishes may be buffered; leaving it sends them
+#: (one broker round trip) or raises, and then none of them counts as sent.
+PublishBatch = Callable[[], AbstractContextManager[object]]
+
+#: Messages per publish batch (one broker round trip when the transport batches).
+PUBLISH_BATCH = 100
+
+
+class Dispatcher(Part):
+    """Publishes claimed ticks and keeps track of those not (yet) marked sent."""
+
+    def __init__(
+        self,
+        ctx: Context,
+        *,
+        view: View,
+        rules: Rules,
+        publish: Publisher,
+        publish_batch: PublishBatch | None,
+        on_publish_error: ErrorHook | None,
+    ) -> None:
+        super().__init__(ctx)
+        self.view = view
+        self.rules = rules
+        self.publish = publish
+        self.publish_batch = publish_batch
+        self.on_publish_error = on_publish_error
+        #: published, not yet marked sent (Redis did not answer): never publish them again
+        self.unmarked: set[Tick] = set()
+        #: failed publishes, retried soon by :meth:`recover`
+        self.failed: set[Tick] = set()
+        #: when :meth:`recover` runs next (``time.monotonic()``)
+        self.next_recover = 0.0
+        self._safe_publish_s = self.settings.node_ttl_s / 2
+
+    def publish_all(self, ticks: Sequence[Tick], claimed_at: float) -> list[Tick]:
+        """Publish claimed ticks oldest first, none before its tick; returns those sent.
+
+        Ticks already due go out together, up to :data:`PUBLISH_BATCH` per broker batch.
+        """
+        sent: list[Tick] = []
+        todo = sorted(ticks, key=lambda t: t.tick_ms)
+        keepalive_at = time.monotonic() + self.settings.heartbeat_interval_s
+        while todo:
+            if todo[0].tick_ms > self.clock.now_ms():
+                self.clock.sleep_until(todo[0].tick_ms)  # claimed ahead: not before its tick
+            now_ms = self.clock.now_ms()
+            size = 1
+            while size < min(len(todo), PUBLISH_BATCH) and todo[size].tick_ms <= now_ms:
+                size += 1
+            batch, todo = todo[:size], todo[size:]
+            if time.monotonic() >= keepalive_at:
+                # A long burst must not starve the heartbeat, or the others would take
+                # this node for dead mid-pass. Versions are left for the next full beat.
+                with contextlib.suppress(RegistryUnavailableError):
+                    self.registry.heartbeat(self.membership.node, self.settings.node_ttl_ms)
+                keepalive_at = time.monotonic() + self.settings.heartbeat_interval_s
+            if time.monotonic() - claimed_at > self._safe_publish_s:
+                # We were paused or slow since the claim: another node may have taken
+                # them over. Publish only the claims that are still ours.
+                checking_at = time.monotonic()
+                try:
+                    batch = self._still_ours(batch)
+                except RegistryUnavailableError:
+                    self.unmarked.update(sent)  # published: never publish them again
+                    raise
+                claimed_at = checking_at
+            sent.extend(self._publish_batch(batch))
+        return sent
+
+    def _still_ours(self, ticks: Sequence[Tick]) -> list[Tick]:
+        flags = self.registry.retake(
+            ticks, node_id=self.node_id, lock_ttl_ms=self.settings.lock_ttl_ms
+        )
+        for tick, ours in zip(ticks, flags, strict=True):
+            if not ours:
+                log_event(
+                    logger, logging.WARNING, "taken_over",
+                    "dcron: %(entry)s tick=%(tick)s was taken over while this node stalled; "
+                    "not sent",
+                    entry=tick.name, tick_ms=tick.tick_ms, node=self.node_id,
+                )  # fmt: skip
+        return [tick for tick, ours in zip(ticks, flags, strict=True) if ours]
+
+    def _publish_batch(self, ticks: Sequence[Tick]) -> list[Tick]:
+        """Publish ``ticks`` in one broker batch (when the publisher batches); the sent ones.
+
+        When the batch as a whole fails (its round trip to the broker), delivery of each
+        of its messages is uncertain: all of them count as failed and are published
+        again with the same task ids.
+        """
+        done: list[tuple[Tick, str]] = []
+        failed: set[Tick] = set()
+        entries = self.view.entries
+        try:
+            with self.publish_batch() if self.publish_batch else contextlib.nullcontext():
+                for tick in ticks:
+                    spec = entries.get(tick.name)
+                    if spec is None:
+                        continue
+                    task_id = tickmath.task_id(self.settings.namespace, tick.name, tick.tick_ms)
+                    try:
+                        self.publish(spec, tick, task_id)
+                    except Exception as exc:
+                        failed.add(tick)
+                        self._tick_failed(spec, tick, task_id, exc)
+                        continue
+                    done.append((tick, task_id))
+        except Exception as exc:  # the batch as a whole (or opening it) failed
+            for tick in ticks:
+                spec = entries.get(tick.name)
+                if spec is not None and tick not in failed:
+                    task_id = tickmath.task_id(self.settings.namespace, tick.name, tick.tick_ms)
+                    self._tick_failed(spec, tick, task_id, exc)
+            return []
+        sent_ms = self.clock.now_ms()
+        lateness = [(sent_ms - tick.tick_ms) / 1000.0 for tick, _ in done]
+        self.metrics.dispatched(
+            lateness, catchup=sum(1 for late in lateness if late * 1000 > self.rules.on_time_ms)
+        )
+        sent = [tick for tick, _ in done]
+        self.failed.difference_update(sent)
+        for tick, task_id in done:
+            self.log_fired(tick.name, tick.tick_ms, task_id, run_now=False)
+        return sent
+
+    def log_fired(self, name: str, tick_ms: int, task_id: str, *, run_now: bool) -> None:
+        """``fired <entry> tick=<T> ...``, or ``fired <entry> run-now at=<T> ...``."""
+        log_event(
+            logger, logging.INFO, "fired",
+            "dcron: fired %(entry)s " + ("run-now at" if run_now else "tick")
+            + "=%(tick)s node=%(node)s id=%(task_id)s",
+            entry=name, tick_ms=tick_ms, task_id=task_id, node=self.node_id, run_now=run_now,
+        )  # fmt: skip
+
+    def _tick_failed(self, spec: EntrySpec, tick: Tick, task_id: str, exc: Exception) -> None:
+        self.failed.add(tick)
+        self.next_recover = time.monotonic() + self.settings.heartbeat_interval_s
+        log_event(
+            logger, logging.ERROR, "publish_failed",
+            "dcron: publish failed %(entry)s tick=%(tick)s id=%(task_id)s: %(error)s "
+            "(will retry with the same id)",
+            entry=tick.name, tick_ms=tick.tick_ms, task_id=task_id, node=self.node_id,
+            error=repr(exc),
+        )  # fmt: skip
+        self.publish_failed(spec, tick, exc)
+
+    def publish_failed(self, spec: EntrySpec, tick: Tick, exc: BaseException) -> None:
+        """Tell the metrics, the adapter's hook and the signal's receivers of a failure."""
+        self.metrics.publish_failed()
+        if self.on_publish_error is not None:
+            try:
+                self.on_publish_error(spec, tick, exc)
+            except Exception:
+                logger.exception("dcron: the publish-error hook raised")
+        self.notify(signals.publish_failed, entry=spec, tick=tick, exc=exc)
+
+    def mark_sent(self, sent: Sequence[Tick]) -> None:
+        if not sent:
+            return
+        try:
+            self.registry.mark_sent(sent)
+        except RegistryUnavailableError:
+            self.unmarked.update(sent)
+            raise
+
+    def flush_unmarked(self) -> None:
+        """Mark sent the ticks published while Redis did not answer."""
+        if not self.unmarked:
+            return
+        ticks = list(self.unmarked)
+        self.registry.mark_sent(ticks)
+        self.unmarked.difference_update(ticks)
+
+    def recover(self) -> int:
+        """Publish again claims that were never marked sent: ours, or a dead node's."""
+        s = self.settings
+        interval = s.heartbeat_interval_s if self.failed else s.node_ttl_s
+        self.next_recover = time.monotonic() + interval
+        pending = self.registry.pending()
+        if not pending:
+            self.failed.clear()
+            return 0
+        janitor = self.membership.is_janitor()
+        candidates: list[Tick] = []
+        orphans: list[Tick] = []
+        dropped = Summary(logger, "pending_dropped", node=self.node_id)
+        now_ms = self.clock.now_ms()
+        for claim in pending:
+            tick = Tick(name=claim.name, tick_ms=claim.tick_ms)
+            if tick in self.unmarked:
+                continue
+            spec = self.view.entries.get(claim.name)
+            if spec is None:
+                if janitor:
+                    orphans.append(tick)
+                continue
+            if claim.name not in self.view.owned and claim.node != self.node_id:
+                continue
+            grace_s = self.rules.grace_s(spec)
+            if grace_s is not None and now_ms - claim.tick_ms > grace_s * 1000:
+                dropped.add(
+                    "pending_dropped_claim",
+                    "%(entry)s tick=%(tick)s was claimed by %(claimed_by)s but never sent, "
+                    "and is past its grace; dropped",
+                    entry=claim.name, tick_ms=claim.tick_ms, node=self.node_id,
+                    claimed_by=claim.node,
+                )  # fmt: skip
+                orphans.append(tick)
+                continue
+            candidates.append(tick)
+        dropped.log("dcron: dropped %(count)d unsent claims past their grace")
+        if orphans:
+            self.registry.drop_pending(orphans)
+        if not candidates:
+            return 0
+        retaking_at = time.monotonic()
+        won_flags = self.registry.retake(
+            candidates, node_id=self.node_id, lock_ttl_ms=s.lock_ttl_ms
+        )
+        won = [t for t, ok in zip(candidates, won_flags, strict=True) if ok]
+        again = Summary(logger, "republished", node=self.node_id)
+        for tick in won:
+            again.add(
+                "republished_claim",
+                "re-publishing unsent claim %(entry)s tick=%(tick)s with its original id",
+                entry=tick.name, tick_ms=tick.tick_ms, node=self.node_id,
+            )  # fmt: skip
+        again.log("dcron: re-publishing %(count)d unsent claims with their original ids")
+        sent = self.publish_all(won, retaking_at)
+        self.mark_sent(sent)
+        return len(sent)

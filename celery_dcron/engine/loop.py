@@ -1,0 +1,337 @@
+"""The scheduling loop: :class:`Engine` runs one instance of the cluster.
+
+One :meth:`Engine.step`:
+
+1. heartbeat (when due, or woken by an event) and refresh what changed: nodes, entries,
+   shared state, ownership (:mod:`.view`); notice a Redis data loss (:mod:`.recovery`);
+2. retake claims that were made but never marked sent (ours after a failed publish, or
+   those of a dead node) and publish them again with the same task id (:mod:`.dispatch`);
+3. for every owned entry whose next tick is due (:mod:`.timeline`): plan its ticks under
+   its misfire policy, claim them all in one round trip, publish the ones won, mark them
+   sent in one more round trip (:mod:`.claims`);
+4. send the run-now requests, apply the after-run actions (:mod:`.requests`).
+
+With Redis unreachable nothing is claimed, so nothing is published (G5); the step backs
+off and everything is reloaded once Redis answers again. This module wires the parts and
+owns the loop's timing: heartbeats, backoff, how long to wait.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import threading
+import time
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from .. import engine as package
+from .. import signals
+from ..clock import ManualClock, RedisClock
+from ..config import Settings
+from ..entries import EntrySpec, EntryState, NodeStatus, Tick
+from ..exceptions import RegistryUnavailableError
+from ..interfaces import Strategy
+from ..logfields import log_event
+from ..membership import EventListener, Membership
+from ..metrics import Metrics, NullMetrics
+from ..planning import Rules
+from ..registry import Registry
+from .claims import Claimer
+from .context import Context, Delegated
+from .dispatch import Dispatcher, ErrorHook, PublishBatch, Publisher
+from .recovery import Recovery
+from .requests import Requests
+from .timeline import Timeline
+from .view import EntryCheck, View
+
+__all__ = ["Engine"]
+
+logger = logging.getLogger(__name__)
+
+_MAX_BACKOFF_S = 5.0
+#: Heartbeat this long after a peer's expiry (server time), so that Redis sees it expired.
+_EXPIRY_MARGIN_S = 0.02
+
+
+class Engine:
+    """Runs one instance of the cluster: membership, ownership, claims, dispatch."""
+
+    entries = Delegated[dict[str, EntrySpec]]("view")
+    states = Delegated[dict[str, EntryState]]("view")
+    owned = Delegated[frozenset[str]]("view")
+    check = Delegated[EntryCheck | None]("view")
+    publish = Delegated[Publisher]("dispatcher")
+    publish_batch = Delegated[PublishBatch | None]("dispatcher")
+    on_publish_error = Delegated[ErrorHook | None]("dispatcher")
+    claim_ahead_ms = Delegated[int]("claimer")
+    _failed = Delegated[set[Tick]]("dispatcher", "failed")
+    _next_recover = Delegated[float]("dispatcher", "next_recover")
+    _reset_at_ms = Delegated[int | None]("recovery", "reset_at_ms")
+
+    def __init__(
+        self,
+        *,
+        settings: Settings,
+        registry: Registry,
+        clock: RedisClock | ManualClock,
+        strategy: Strategy,
+        publish: Publisher,
+        static_entries: Sequence[EntrySpec] = (),
+        check: EntryCheck | None = None,
+        on_publish_error: ErrorHook | None = None,
+        version: str = "",
+        listen: bool = True,
+        publish_batch: PublishBatch | None = None,
+        claim_ahead_ms: int = 0,
+        metrics: Metrics | None = None,
+    ) -> None:
+        self.settings = settings
+        self.registry = registry
+        self.clock = clock
+        self.strategy = strategy
+        self.metrics = metrics or NullMetrics()
+        self.membership = Membership(
+            registry,
+            clock,
+            node_id=settings.node_id,
+            ttl_ms=settings.node_ttl_ms,
+            weight=settings.node_weight,
+            version=version,
+        )
+        self.wake = threading.Event()
+        self.listener = EventListener(registry, self.wake) if listen else None
+        ctx = Context(
+            settings=settings, registry=registry, clock=clock, membership=self.membership,
+            metrics=self.metrics, notify=self._notify,
+        )  # fmt: skip
+        rules = Rules.from_settings(settings)
+        self.view = View(ctx, strategy=strategy, static_entries=static_entries, check=check)
+        self.recovery = Recovery(ctx)
+        self.dispatcher = Dispatcher(
+            ctx, view=self.view, rules=rules, publish=publish, publish_batch=publish_batch,
+            on_publish_error=on_publish_error,
+        )  # fmt: skip
+        self.requests = Requests(ctx, view=self.view, dispatcher=self.dispatcher)
+        self.timeline = Timeline(on_finished=self.requests.finished)
+        self.claimer = Claimer(
+            ctx, rules=rules, view=self.view, timeline=self.timeline, recovery=self.recovery,
+            dispatcher=self.dispatcher, claim_ahead_ms=claim_ahead_ms,
+            chunk=package.CLAIM_CHUNK,  # read here: tests patch the package's constant
+        )  # fmt: skip
+        self._synced = False
+        self._connected = False
+        self._failures = 0
+        self._up_reported = False
+        self._next_beat = 0.0
+        self._next_reconcile = 0.0
+        self._seen_once = False
+        self._peer_expiry_ms: int | None = None
+        #: the cluster-wide pause flag, learnt from each heartbeat: claim nothing while set
+        self.paused = False
+        self.stopped = False
+
+    @property
+    def node_id(self) -> str:
+        return self.settings.node_id
+
+    # -- the loop ----------------------------------------------------------------
+
+    def start(self) -> None:
+        if self.listener is not None and not self.listener.is_alive():
+            self.listener.start()
+
+    def step(self) -> float:
+        """One pass of the scheduling loop. Returns how long to wait before the next."""
+        try:
+            now_mono = time.monotonic()
+            if now_mono >= self._next_beat or not self._connected or self._dirty(clear=False):
+                self._beat()
+                self._next_beat = now_mono + self._next_beat_in_s()
+            interval = self.settings.reconcile_interval_s
+            if interval and now_mono >= self._next_reconcile:
+                self._next_reconcile = now_mono + interval
+                self._notify(signals.reconcile, reason="periodic")
+            if self.recovery.settled(self.clock.now_ms()):
+                self.view.load_states()  # what the returning owners restored
+                self._reassign()
+            if self.membership.status is NodeStatus.WORKING:
+                self.dispatcher.flush_unmarked()
+                if not self.paused:
+                    if now_mono >= self.dispatcher.next_recover:
+                        self.recover()
+                        self.requests.due = True
+                    self.run_pass(self.clock.now_ms())
+                    if self.requests.due:
+                        self.run_requests()
+                if self.requests.after_run:
+                    self.requests.apply_after_run()
+            if self._failures or not self._up_reported:
+                self.metrics.registry_up(True)
+                self._up_reported = True
+            self._failures = 0
+        except RegistryUnavailableError as exc:
+            return self._unavailable(exc)
+        return self._wait_s()
+
+    def wait(self, seconds: float) -> None:
+        """Sleep up to ``seconds``; returns early when an event arrives."""
+        if seconds > 0:
+            self.wake.wait(seconds)
+        self.wake.clear()
+
+    def stop(self) -> None:
+        """Leave the cluster at once so the others take over without waiting for the TTL."""
+        if self.stopped:
+            return
+        self.stopped = True
+        if self.listener is not None:
+            self.listener.stop()
+        with contextlib.suppress(RegistryUnavailableError):
+            self.dispatcher.flush_unmarked()
+        if self._connected or self.membership.members_version >= 0:
+            self.membership.leave()
+
+    def run_pass(self, now_ms: int) -> int:
+        """Claim and publish every owned tick due at ``now_ms``; see :class:`.Claimer`."""
+        return self.claimer.run_pass(now_ms)
+
+    def recover(self) -> int:
+        """Publish again claims that were never marked sent: ours, or a dead node's."""
+        return self.dispatcher.recover()
+
+    def run_requests(self) -> int:
+        """Send the run-now requests of owned entries (each taken by one node only)."""
+        return self.requests.run()
+
+    def next_due_ms(self) -> int | None:
+        return self.timeline.next_due_ms()
+
+    def _publish_all(self, ticks: Sequence[Tick], claimed_at: float) -> list[Tick]:
+        return self.dispatcher.publish_all(ticks, claimed_at)
+
+    # -- membership and refresh --------------------------------------------------
+
+    def _dirty(self, *, clear: bool) -> bool:
+        if self.listener is None:
+            return False
+        members = self.listener.members_dirty.is_set()
+        entries = self.listener.entries_dirty.is_set()
+        if clear:
+            self.listener.members_dirty.clear()
+            self.listener.entries_dirty.clear()
+        return members or entries
+
+    def _beat(self) -> None:
+        event_members = self.listener is not None and self.listener.members_dirty.is_set()
+        event_entries = self.listener is not None and self.listener.entries_dirty.is_set()
+        self._dirty(clear=True)
+        if not self._connected:
+            self.registry.load_scripts()
+        hb, members_changed, entries_changed = self.membership.beat()
+        reset = self.recovery.observe(hb)
+        self._peer_expiry_ms = hb.peer_expiry_ms
+        reconnected = not self._connected
+        self._connected = True
+        if hb.paused != self.paused:
+            logger.warning(
+                "dcron: node %s %s", self.node_id,
+                "paused with the cluster (pause_all): claiming nothing" if hb.paused
+                else "resumed with the cluster: missed ticks follow the misfire policy",
+            )  # fmt: skip
+            self.paused = hb.paused
+        if not self._synced or reset:
+            if reset:
+                self.recovery.restore_anchors(self.view.states)
+            self.view.sync_static()
+            self._synced = True
+            self._notify(signals.reconcile, reason="reset" if reset else "start")
+            self._next_reconcile = time.monotonic() + self.settings.reconcile_interval_s
+            if reset:
+                self.recovery.restore_last_ticks(self.view.states, self.view.owned)
+        full = reset or reconnected
+        if reconnected and not reset and self._synced and self._seen_once:
+            self._notify(signals.reconcile, reason="reconnect")
+        self._seen_once = True
+        if full or entries_changed or event_entries:
+            self.view.load_entries()
+            self.requests.due = True
+        if full or members_changed or event_members or entries_changed or event_entries:
+            self.view.refresh_nodes()
+            self.view.load_states()
+            self._reassign()
+            self.dispatcher.next_recover = 0.0
+        if self.membership.status is NodeStatus.STARTING and not self.stopped:
+            self.membership.set_status(NodeStatus.WORKING)
+            self.membership.beat()
+            self.view.refresh_nodes()
+            self._reassign()
+
+    def _next_beat_in_s(self) -> float:
+        """Until the next heartbeat: the interval, or sooner when another node's heartbeat
+        expires first. A dead node's entries then move at its expiry, not up to one interval
+        later: failover within the node TTL. Live nodes' expiries lie a TTL ahead, so this
+        adds a heartbeat only when a node stops heartbeating."""
+        interval = self.settings.heartbeat_interval_s
+        expiry = self._peer_expiry_ms
+        if expiry is None:
+            return interval
+        until_s = max(expiry - self.clock.now_ms(), 0) / 1000.0
+        return min(interval, until_s + _EXPIRY_MARGIN_S)
+
+    def _reassign(self) -> None:
+        """Recompute the owned set, and the timeline of the owned entries that can run."""
+        self.view.reassign()
+        self.timeline.clear()
+        for name in self.view.owned:
+            spec = self.view.entries[name]
+            if self.view.runnable(spec):
+                self.timeline.schedule(spec, self.view.state(name))
+
+    def _notify(self, signal: Any, **kwargs: Any) -> None:
+        """Send a signal; Celery's dispatch logs a receiver that raises and goes on."""
+        signal.send(sender=self, **kwargs)
+
+    # -- waiting and failures ------------------------------------------------------
+
+    def _wait_s(self) -> float:
+        wait = self._next_beat - time.monotonic()
+        due = self.next_due_ms()
+        if due is not None and self.membership.status is NodeStatus.WORKING and not self.paused:
+            # Wake a little before the tick when claiming ahead, so that the claim's
+            # round trip is over by then; the publish itself still waits for the tick.
+            lead_ms = self.claim_ahead_ms // 4
+            wait = min(wait, (due - lead_ms - self.clock.now_ms()) / 1000.0)
+        if self.dispatcher.failed:
+            wait = min(wait, self.dispatcher.next_recover - time.monotonic())
+        return max(wait, 0.0)
+
+    def _unavailable(self, exc: RegistryUnavailableError) -> float:
+        self._failures += 1
+        self._connected = False
+        self.metrics.registry_up(False)
+        backoff: float = min(0.25 * (2 ** min(self._failures - 1, 5)), _MAX_BACKOFF_S)
+        level = (
+            logging.WARNING
+            if self._failures in (1, 2) or self._failures % 20 == 0
+            else logging.DEBUG
+        )
+        cause = exc.__cause__ or exc
+        log_event(
+            logger, level, "redis_unreachable",
+            "dcron: Redis unreachable (attempt %(attempt)d), publishing nothing; retrying in "
+            "%(retry_s).2fs: %(error)s",
+            node=self.node_id, attempt=self._failures, retry_s=backoff, error=str(cause),
+        )  # fmt: skip
+        return backoff
+
+    # -- introspection -------------------------------------------------------------
+
+    def describe(self) -> Mapping[str, object]:
+        return {
+            "node": self.node_id,
+            "status": self.membership.status.value,
+            "owned": len(self.owned),
+            "entries": len(self.entries),
+            "nodes": [n.id for n in self.membership.working_nodes()],
+        }
