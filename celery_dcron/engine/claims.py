@@ -140,6 +140,9 @@ class Claimer(Part):
         elif plan.missed:
             assert plan.policy is not None and plan.up_to_ms is not None
             fired = plan.fired
+            # Every tick that came due while nobody fired it: the ones fired now (late)
+            # and the ones the policy skips. ("missed 2" for two ticks, one run late.)
+            missed = plan.missed + fired
             catchup.add(
                 "catch_up_entry",
                 "%(entry)s missed %(missed)d ticks; policy %(policy)s fires %(fired)d "
@@ -148,11 +151,11 @@ class Claimer(Part):
                 else "%(entry)s dropped %(missed)d missed ticks (policy %(policy)s, grace "
                 "%(grace)s), up to tick=%(tick)s",
                 text={"grace": "none" if plan.grace_s is None else f"{plan.grace_s}s"},
-                entry=spec.name, node=self.node_id, missed=plan.missed, fired=fired,
+                entry=spec.name, node=self.node_id, missed=missed, fired=fired,
                 dropped=not fired, policy=plan.policy.value, grace_s=plan.grace_s,
                 tick_ms=plan.up_to_ms,
             )  # fmt: skip
-            self.metrics.skipped(plan.skip_reason, plan.missed - fired)
+            self.metrics.skipped(plan.skip_reason, plan.missed)
         return plan.ticks
 
     def _claim(self, planned: Sequence[Planned]) -> list[Tick]:

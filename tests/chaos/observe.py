@@ -479,14 +479,15 @@ def _republished(cluster: Cluster) -> dict[tuple[str, int], list[str]]:
 
 
 def _coalesced(cluster: Cluster) -> set[tuple[str, int, int]]:
-    """(entry, tick fired, ticks missed) of every ``policy once fires 1`` catch-up line."""
+    """(entry, tick fired, ticks skipped) of every ``policy once fires 1`` catch-up line
+    (the line counts every missed tick, the one fired late included)."""
     # one line per entry, or several entries in one "catch-up of N entries: ... | ..." line
     rx = re.compile(r"(\S+) missed (\d+) ticks; policy once fires 1 \(up to tick=([^)\s]+)\)")
     out = set()
     for beat in cluster.beats:
         for line in beat.log_lines():
             for match in rx.finditer(line):
-                out.add((match[1], iso_to_ms(match[3]), int(match[2])))
+                out.add((match[1], iso_to_ms(match[3]), int(match[2]) - 1))
     return out
 
 
