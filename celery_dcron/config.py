@@ -94,16 +94,20 @@ SETTINGS: tuple[Setting, ...] = (
     ),
     Setting(
         "dcron_heartbeat_interval",
-        1.0,
-        "float (seconds)",
-        "How often an instance refreshes its heartbeat and checks for changes.",
+        None,
+        "float (seconds) or None",
+        "How often an instance refreshes its heartbeat and checks for changes. ``None``: "
+        "a third of ``dcron_node_ttl`` (0.833 s by default), so that setting the TTL alone "
+        "is enough.",
     ),
     Setting(
         "dcron_node_ttl",
-        5.0,
+        2.5,
         "float (seconds)",
         "An instance whose heartbeat is older than this is dead; its entries move to the "
-        "others. Must be at least 3 heartbeat intervals.",
+        "others: a crashed or frozen instance's entries fire again within about this long. "
+        "Must be at least 3 heartbeat intervals. Raise it (with nothing else) where a "
+        "process may stall longer, e.g. long GC pauses or a slow broker.",
     ),
     Setting(
         "dcron_strategy",
@@ -185,9 +189,10 @@ SETTINGS: tuple[Setting, ...] = (
     ),
     Setting(
         "dcron_socket_timeout",
-        2.0,
-        "float (seconds)",
-        "Socket timeout of Redis commands. Keep it below the node TTL.",
+        None,
+        "float (seconds) or None",
+        "Socket timeout of Redis commands; must be below the node TTL. ``None``: half of "
+        "``dcron_node_ttl``, at most 2 s (1.25 s by default).",
     ),
     Setting(
         "dcron_reconcile_interval",
@@ -215,6 +220,12 @@ SETTINGS: tuple[Setting, ...] = (
 
 _DEFAULTS = {s.name: s.default for s in SETTINGS}
 
+#: A timing setting left unset (``None`` in app.conf): derived from ``node_ttl_s`` when
+#: Settings is built. (No number of seconds a user could mean.)
+AUTO = float("-inf")
+#: The socket timeout derived from a long node TTL stops here.
+MAX_AUTO_SOCKET_TIMEOUT_S = 2.0
+
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Settings:
@@ -227,8 +238,9 @@ class Settings:
     redis_wait_timeout_s: float = 0.5
     key_prefix: str = "dcron"
     namespace: str = "default"
-    heartbeat_interval_s: float = 1.0
-    node_ttl_s: float = 5.0
+    #: ``AUTO``: a third of ``node_ttl_s``
+    heartbeat_interval_s: float = AUTO
+    node_ttl_s: float = 2.5
     strategy: str = "consistent_hash"
     virtual_nodes: int = 160
     node_weight: float = 1.0
@@ -237,7 +249,8 @@ class Settings:
     misfire_max_catchup: int = 100
     lock_ttl_s: float = 30.0
     check_tasks: bool = False
-    socket_timeout_s: float = 2.0
+    #: ``AUTO``: half of ``node_ttl_s``, at most ``MAX_AUTO_SOCKET_TIMEOUT_S``
+    socket_timeout_s: float = AUTO
     default_task: str | None = None
     max_payload_bytes: int = 65536
     reconcile_interval_s: float = 60.0
@@ -246,6 +259,12 @@ class Settings:
     node_id: str = field(default_factory=lambda: default_node_id())
 
     def __post_init__(self) -> None:
+        # Timings left to AUTO follow the node TTL, so that setting it alone is enough.
+        if self.heartbeat_interval_s == AUTO:
+            object.__setattr__(self, "heartbeat_interval_s", int(self.node_ttl_s * 1000 / 3) / 1000)
+        if self.socket_timeout_s == AUTO:
+            auto = min(self.node_ttl_s / 2, MAX_AUTO_SOCKET_TIMEOUT_S)
+            object.__setattr__(self, "socket_timeout_s", auto)
         self._validate()
 
     def __repr__(self) -> str:
@@ -296,7 +315,7 @@ class Settings:
                 )
         _positive("dcron_heartbeat_interval", self.heartbeat_interval_s)
         _positive("dcron_node_ttl", self.node_ttl_s)
-        if self.node_ttl_s < 3 * self.heartbeat_interval_s:
+        if self.node_ttl_s < 3 * self.heartbeat_interval_s - 1e-9:
             raise ConfigurationError(
                 f"dcron_node_ttl: {self.node_ttl_s}s must be at least 3 x "
                 f"dcron_heartbeat_interval ({self.heartbeat_interval_s}s), or instances "
@@ -374,7 +393,7 @@ class Settings:
             ),
             "key_prefix": _typed("dcron_key_prefix", get("dcron_key_prefix"), str),
             "namespace": _typed("dcron_namespace", get("dcron_namespace"), str),
-            "heartbeat_interval_s": _seconds(
+            "heartbeat_interval_s": _seconds_or_auto(
                 "dcron_heartbeat_interval", get("dcron_heartbeat_interval")
             ),
             "node_ttl_s": _seconds("dcron_node_ttl", get("dcron_node_ttl")),
@@ -388,7 +407,9 @@ class Settings:
             ),
             "lock_ttl_s": _seconds("dcron_lock_ttl", get("dcron_lock_ttl")),
             "check_tasks": _typed("dcron_check_tasks", get("dcron_check_tasks"), bool),
-            "socket_timeout_s": _seconds("dcron_socket_timeout", get("dcron_socket_timeout")),
+            "socket_timeout_s": _seconds_or_auto(
+                "dcron_socket_timeout", get("dcron_socket_timeout")
+            ),
             "default_task": (
                 None
                 if conf.get("dcron_default_task") is None
@@ -447,6 +468,11 @@ def _seconds(name: str, value: Any) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise ConfigurationError(f"{name}: expected a number of seconds, got {value!r}")
     return float(value)
+
+
+def _seconds_or_auto(name: str, value: Any) -> float:
+    """Seconds, or ``AUTO`` for ``None`` (the setting follows ``dcron_node_ttl``)."""
+    return AUTO if value is None else _seconds(name, value)
 
 
 def _positive(name: str, value: float) -> None:

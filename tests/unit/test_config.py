@@ -15,8 +15,30 @@ def test_defaults() -> None:
     s = Settings.from_mapping({})
     assert s.redis_url == "redis://localhost:6379/0"
     assert (s.key_prefix, s.namespace, s.strategy) == ("dcron", "default", "consistent_hash")
-    assert s.node_ttl_s == 5.0 and s.heartbeat_interval_s == 1.0
+    # failover within ~2.5 s out of the box; heartbeat and socket timeout follow the TTL
+    assert (s.node_ttl_s, s.heartbeat_interval_s, s.socket_timeout_s) == (2.5, 0.833, 1.25)
     assert s.misfire_policy is MisfirePolicy.ONCE and s.misfire_grace_s is None
+
+
+@pytest.mark.parametrize(
+    ("ttl", "heartbeat", "socket_timeout"),
+    [(2, 0.666, 1.0), (0.3, 0.1, 0.15), (6, 2.0, 2.0), (15, 5.0, 2.0)],
+)
+def test_setting_the_node_ttl_alone_is_enough(
+    ttl: float, heartbeat: float, socket_timeout: float
+) -> None:
+    """Heartbeat (a third) and socket timeout (half, at most 2 s) follow the TTL unless set;
+    before, ``dcron_node_ttl = 2`` alone stopped every beat (heartbeat must be <= TTL/3)."""
+    s = Settings.from_mapping({"dcron_node_ttl": ttl})
+    assert (s.node_ttl_s, s.heartbeat_interval_s, s.socket_timeout_s) == (
+        ttl,
+        heartbeat,
+        socket_timeout,
+    )
+    explicit = Settings.from_mapping(
+        {"dcron_node_ttl": 9, "dcron_heartbeat_interval": 1, "dcron_socket_timeout": 0.5}
+    )
+    assert (explicit.heartbeat_interval_s, explicit.socket_timeout_s) == (1.0, 0.5)
 
 
 def test_redis_url_falls_back_to_a_redis_broker_only() -> None:
