@@ -7,7 +7,8 @@ holds the dcron registry and the RedBeat schedule, so their traffic is counted a
 - ``celery_dcron.DistributedScheduler`` (dcron),
 - ``celery.beat:PersistentScheduler`` (Celery's default beat: one instance, no HA),
 - ``redbeat.RedBeatScheduler`` (celery-redbeat: one active instance behind a Redis lock,
-  the others wait for the lock; its lock timeout is set to dcron's node TTL, 5 s).
+  the others wait for the lock; its lock timeout is set to dcron's node TTL, 2.5 s,
+  rounded up to 3 s).
 
 Scenarios (``--scenario``, comma-separated; all by default):
 
@@ -86,8 +87,9 @@ REDBEAT = "redbeat.RedBeatScheduler"
 LABELS = {DCRON: "celery_dcron", DEFAULT: "celery default", REDBEAT: "redbeat"}
 SCHEDULERS = {"dcron": DCRON, "default": DEFAULT, "redbeat": REDBEAT}
 NAMESPACE = "cmp"
-#: dcron's default node TTL; RedBeat's lock timeout is set to the same.
-TTL_S = 5
+#: dcron's default node TTL; RedBeat's lock timeout is set to it, rounded up to whole
+#: seconds (RedBeat takes an int).
+TTL_S = 2.5
 
 APP_MODULE = textwrap.dedent(
     '''
@@ -342,7 +344,7 @@ class Compare(Bench):
         env.update(extra)
         if scheduler == REDBEAT:
             env.setdefault("BENCH_MAX_LOOP", "1")
-            # 5 s (dcron's node TTL) in the failover runs; elsewhere 60 s, or RedBeat loses
+            # dcron's node TTL (rounded up) in the failover runs; elsewhere 60 s, or RedBeat loses
             # its lock during a long start-up or burst tick and exits (LockNotOwnedError)
             env.setdefault("BENCH_LOCK_TIMEOUT", "60")
         cmd = [
@@ -475,7 +477,7 @@ class Compare(Bench):
 
     def failover(self, n: int = 60) -> None:
         env = {"BENCH_ENTRIES": str(n), "BENCH_KIND": "interval", "BENCH_INTERVAL": "1.0",
-               "BENCH_POLICY": "all", "BENCH_LOCK_TIMEOUT": str(TTL_S)}  # fmt: skip
+               "BENCH_POLICY": "all", "BENCH_LOCK_TIMEOUT": str(math.ceil(TTL_S))}  # fmt: skip
         runs = self.pick((DCRON, 3), (REDBEAT, 2)) * self.args.failover_runs
         for scheduler, k in sorted(runs, key=lambda r: LABELS[r[0]]):
             self.say(f"failover {LABELS[scheduler]} N={n} K={k}")

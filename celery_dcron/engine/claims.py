@@ -137,7 +137,9 @@ class Claimer(Part):
         )  # fmt: skip
         if plan.anchored:
             logger.debug("dcron: anchoring %s at %s", spec.name, plan.ticks[0].tick_ms)
-        elif plan.missed:
+        elif plan.missed or self._late(plan, now_ms):
+            # Every gap is logged: ticks skipped, and ticks fired later than "on time"
+            # (policy all fires each missed tick, so it leaves none unfired).
             assert plan.policy is not None and plan.up_to_ms is not None
             fired = plan.fired
             # Every tick that came due while nobody fired it: the ones fired now (late)
@@ -157,6 +159,13 @@ class Claimer(Part):
             )  # fmt: skip
             self.metrics.skipped(plan.skip_reason, plan.missed)
         return plan.ticks
+
+    def _late(self, plan: planning.Plan, now_ms: int) -> bool:
+        """Whether a planned catch-up fires a tick later than the on-time window."""
+        fired = [t.tick_ms for t in plan.ticks if t.fire]
+        return (
+            plan.policy is not None and bool(fired) and now_ms - min(fired) > self.rules.on_time_ms
+        )
 
     def _claim(self, planned: Sequence[Planned]) -> list[Tick]:
         """Claim the planned ticks in one round trip; the ticks won, to publish."""

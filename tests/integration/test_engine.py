@@ -9,7 +9,6 @@ from __future__ import annotations
 import logging
 import time
 from collections import Counter
-from collections.abc import Mapping
 from itertools import pairwise
 from typing import Any
 
@@ -18,99 +17,36 @@ import pytest
 from celery_dcron import engine as engine_module
 from celery_dcron.clock import ManualClock
 from celery_dcron.config import Settings
-from celery_dcron.engine import Engine
 from celery_dcron.entries import EntrySpec, MisfirePolicy, Node, NodeStatus, Tick
 from celery_dcron.registry import Registry
-from celery_dcron.schedules import IntervalSchedule
-from celery_dcron.strategies import get_strategy
 from celery_dcron.ticks import task_id
+from tests import enginekit
+from tests.enginekit import (
+    Recorder,
+    S,
+    assert_each_tick_once,
+    decisions,
+    entries,
+    ticks_of,
+)
 from tests.servers import RedisServer
 
-S = 1000
 
+class Cluster(enginekit.Cluster):
+    """Engines on a real redis-server (each its own client), short timings."""
 
-class Recorder:
-    """A publisher that records (entry, tick, task id) and can be told to fail."""
-
-    def __init__(self) -> None:
-        self.sent: list[tuple[str, int, str, str]] = []
-        self.fail = False
-
-    def __call__(self, node: str) -> object:
-        def publish(spec: EntrySpec, tick: Tick, tid: str) -> None:
-            if self.fail:
-                raise ConnectionError("broker down")
-            self.sent.append((spec.name, tick.tick_ms, tid, node))
-
-        return publish
-
-    def counts(self) -> Counter[tuple[str, int]]:
-        return Counter((name, tick) for name, tick, _, _ in self.sent)
-
-
-def entries(n: int, every_s: float = 1, **kw: object) -> list[EntrySpec]:
-    return [
-        EntrySpec(
-            name=f"e{i}", task="t", schedule=IntervalSchedule(every_ms=int(every_s * S)), **kw
-        )  # type: ignore[arg-type]
-        for i in range(n)
-    ]
-
-
-class Cluster:
     def __init__(self, url: str, clock: ManualClock, recorder: Recorder) -> None:
+        super().__init__(clock, recorder)
         self.url = url
-        self.clock = clock
-        self.recorder = recorder
-        self.engines: list[Engine] = []
-
-    def add(
-        self,
-        node_id: str,
-        static: list[EntrySpec],
-        *,
-        engine_kw: Mapping[str, Any] | None = None,
-        **settings: object,
-    ) -> Engine:
-        conf: dict[str, object] = {
-            "redis_url": self.url,
-            "node_id": node_id,
+        self.base_settings = {
+            "redis_url": url,
             "heartbeat_interval_s": 0.1,
             "node_ttl_s": 0.5,
             "socket_timeout_s": 0.3,
         }
-        conf.update(settings)
-        s = Settings(**conf)  # type: ignore[arg-type]
-        engine = Engine(
-            settings=s,
-            registry=Registry.from_settings(s),
-            clock=self.clock,
-            strategy=get_strategy(s.strategy),
-            publish=self.recorder(node_id),  # type: ignore[arg-type]
-            static_entries=static,
-            listen=False,
-            **(engine_kw or {}),
-        )
-        self.engines.append(engine)
-        return engine
 
-    def step_all(self, rounds: int = 1) -> None:
-        for _ in range(rounds):
-            for e in self.engines:
-                if not e.stopped:
-                    e._next_beat = 0.0  # heartbeat every step: membership converges fast
-                    e.step()
-
-    def align(self) -> None:
-        """Set the clock to the entries' anchor, so ticks fall on whole seconds from now."""
-        states = self.engines[0].registry.states()
-        self.clock.set(max(st.anchor_ms or 0 for st in states.values()))
-
-    def advance(self, ms: int, step_ms: int = 100) -> None:
-        end = self.clock.now_ms() + ms
-        while self.clock.now_ms() < end:
-            self.clock.advance(min(step_ms, end - self.clock.now_ms()))
-            self.step_all()
+    def registry_for(self, settings: Settings) -> Registry:
+        return Registry.from_settings(settings)
 
 
 def _server_ms(url: str) -> int:
@@ -118,27 +54,6 @@ def _server_ms(url: str) -> int:
 
     sec, usec = redis.Redis.from_url(url).time()
     return int(sec * 1000 + usec // 1000)
-
-
-def assert_each_tick_once(rec: Recorder) -> None:
-    dup = [k for k, v in rec.counts().items() if v > 1]
-    assert not dup, f"ticks published more than once: {dup[:5]}"
-    for name, tick, tid, _ in rec.sent:
-        assert tid == task_id("default", name, tick)
-
-
-def decisions(caplog: pytest.LogCaptureFixture, event: str) -> list[dict[str, Any]]:
-    """The structured fields (``dcron_*``, without the prefix) and the level of each log
-    record of one decision (``dcron_event``): tests match these, never the wording."""
-    return [
-        {"level": r.levelno, **{k[6:]: v for k, v in vars(r).items() if k.startswith("dcron_")}}
-        for r in caplog.records
-        if getattr(r, "dcron_event", None) == event
-    ]
-
-
-def ticks_of(rec: Recorder, name: str) -> list[int]:
-    return sorted(t for n, t, _, _ in rec.sent if n == name)
 
 
 def test_three_engines_share_entries_and_fire_each_tick_once(cluster: Cluster) -> None:

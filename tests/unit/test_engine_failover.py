@@ -1,0 +1,153 @@
+"""Failover on the in-memory registry: engines that crash, stop or wake up stale (G1, G3).
+
+Engines share one :class:`~celery_dcron.registry.memory.MemoryRegistry` and one manual
+clock (tests/enginekit.py); an engine that crashed or froze is one the test stops
+stepping: no heartbeat, no leave. Node TTL 3 s, entries every second.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable
+from itertools import pairwise
+
+import pytest
+
+from celery_dcron.engine import Engine
+from celery_dcron.entries import MisfirePolicy, Tick
+from celery_dcron.ticks import task_id
+from tests.enginekit import (
+    MemoryCluster,
+    S,
+    assert_each_tick_once,
+    decisions,
+    entries,
+    ticks_of,
+)
+
+N = 12
+NAMES = frozenset(f"e{i}" for i in range(N))
+
+
+def _running(nodes: int, **settings: object) -> tuple[MemoryCluster, list[Engine]]:
+    """``nodes`` engines sharing ``N`` entries, all firing for 2 s."""
+    c = MemoryCluster()
+    engines = [c.add(f"n{i}", entries(N), **settings) for i in range(nodes)]
+    c.step_all(3)
+    c.align()
+    c.advance(2 * S, step_ms=250)
+    assert all(e.owned for e in engines)
+    return c, engines
+
+
+def _on_the_grid(c: MemoryCluster, names: Iterable[str]) -> None:
+    """Each entry of ``names`` fired every tick: not one missed."""
+    for name in names:
+        ts = ticks_of(c.recorder, name)
+        assert all(y - x == S for x, y in pairwise(ts)), (name, ts)
+
+
+@pytest.mark.parametrize("nodes", [2, 3])
+def test_a_crashed_engines_entries_are_fired_by_the_others_after_the_node_ttl(
+    caplog: pytest.LogCaptureFixture, nodes: int
+) -> None:
+    c, (dead, *others) = _running(nodes)
+    orphans = dead.owned
+    c.engines.remove(dead)  # crashed: its last heartbeat was at this instant
+    died_at = c.clock.now_ms()
+    last = {name: ticks_of(c.recorder, name)[-1] for name in orphans}
+    c.advance(c.ttl_ms - 250, step_ms=250)
+    # within the TTL the others take it for alive: its entries wait
+    assert all(ticks_of(c.recorder, name)[-1] == last[name] for name in orphans)
+    assert not any(orphans & e.owned for e in others)
+    with caplog.at_level(logging.DEBUG, logger="celery_dcron"):
+        c.advance(250)  # its heartbeat expires now: the others take its entries at once
+    expiry = died_at + c.ttl_ms
+    assert set().union(*(e.owned for e in others)) == NAMES
+    survivors = {e.node_id for e in others}
+    caught = {d["entry"]: d for d in decisions(caplog, "catch_up_entry")}
+    assert set(caught) == orphans
+    for name in orphans:
+        # policy once: the ticks missed meanwhile coalesce into one run, of the latest
+        latest = ticks_of(c.recorder, name)[-1]
+        assert expiry - S < latest <= expiry and (latest - last[name]) % S == 0
+        d = caught[name]
+        assert (d["policy"], d["fired"], d["tick_ms"]) == ("once", 1, latest)
+        assert d["missed"] == (latest - last[name]) // S >= c.ttl_ms // S
+        assert d["node"] in survivors
+    c.advance(3 * S, step_ms=250)
+    assert_each_tick_once(c.recorder)
+    assert {n for *_, n in c.recorder.sent} == survivors | {dead.node_id}
+    _on_the_grid(c, NAMES - orphans)  # the survivors' own entries never missed a tick
+    for name in orphans:  # and the orphans go on, on their grid, after the catch-up
+        ts = [t for t in ticks_of(c.recorder, name) if t > died_at + S]
+        assert len(ts) >= 3 and all(y - x == S for x, y in pairwise(ts)), (name, ts)
+
+
+def test_under_policy_all_the_others_fire_each_tick_a_crashed_engine_missed() -> None:
+    c, (dead, _) = _running(2, misfire_policy=MisfirePolicy.ALL)
+    c.engines.remove(dead)
+    c.advance(c.ttl_ms + 2 * S, step_ms=250)
+    assert_each_tick_once(c.recorder)
+    _on_the_grid(c, NAMES)  # no tick lost: each missed one fired late, once
+    assert {n for name, _, _, n in c.recorder.sent if name in dead.owned} == {"n0", "n1"}
+
+
+def test_a_graceful_stop_hands_over_at_once(caplog: pytest.LogCaptureFixture) -> None:
+    c, (leaving, *others) = _running(3)
+    handed = leaving.owned
+    leaving.stop()  # status leaving, then deregistered: no TTL to wait for
+    stopped_at = c.clock.now_ms()
+    c.step_all()
+    assert set().union(*(e.owned for e in others)) == NAMES
+    with caplog.at_level(logging.DEBUG, logger="celery_dcron"):
+        c.advance(3 * S, step_ms=250)
+    assert_each_tick_once(c.recorder)
+    _on_the_grid(c, NAMES)  # not one tick missed
+    assert decisions(caplog, "catch_up") == []
+    after = {n for name, t, _, n in c.recorder.sent if name in handed and t > stopped_at}
+    assert after and after <= {e.node_id for e in others}
+
+
+def test_a_stale_engine_that_wakes_up_does_not_double_fire(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The owner freezes (SIGSTOP, a VM pause) past the TTL; the other takes over and fires
+    its entries. On waking, the stale one runs a pass with its old view and old states
+    before any heartbeat: the claims refuse every tick already fired."""
+    c, (stale, other) = _running(2, misfire_policy=MisfirePolicy.ALL)
+    mine = stale.owned
+    c.engines.remove(stale)
+    c.advance(c.ttl_ms + 2 * S, step_ms=250)
+    assert other.owned == NAMES
+    before = len(c.recorder.sent)
+    with caplog.at_level(logging.DEBUG, logger="celery_dcron"):
+        assert stale.run_pass(c.clock.now_ms()) == 0  # its view still says it owns them
+    assert len(c.recorder.sent) == before
+    lost = decisions(caplog, "claim_lost")
+    assert {d["entry"] for d in lost} == mine
+    assert {d["node"] for d in lost} == {stale.node_id}
+    assert all(d["last_tick_ms"] >= d["tick_ms"] for d in lost)
+    # it rejoins: the entries are split again, and each tick still goes out once
+    c.engines.append(stale)
+    c.advance(3 * S, step_ms=250)
+    assert stale.owned == mine
+    assert_each_tick_once(c.recorder)
+    _on_the_grid(c, NAMES)
+
+
+def test_a_crashed_engines_unsent_claim_is_published_by_the_next_owner_with_its_id() -> None:
+    c, (dead, other) = _running(2)
+    name = min(dead.owned)
+    tick = ticks_of(c.recorder, name)[-1] + S
+    c.clock.set(tick)
+    # the owner claims its next tick, then dies before publishing it
+    (claim,) = c.registry.claim(
+        [Tick(name=name, tick_ms=tick)], node_id=dead.node_id, lock_ttl_ms=30 * S
+    )
+    assert claim.won
+    c.engines.remove(dead)
+    c.advance(c.ttl_ms, step_ms=250)
+    assert (name, tick, task_id("default", name, tick), other.node_id) in c.recorder.sent
+    assert c.registry.pending() == []
+    assert_each_tick_once(c.recorder)
