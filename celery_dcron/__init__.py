@@ -9,8 +9,9 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from .entries import MisfirePolicy
+from .enums import MisfirePolicy
 from .exceptions import (
+    BulkInvalidError,
     ConfigurationError,
     ConflictError,
     DcronError,
@@ -23,6 +24,7 @@ from .exceptions import (
 __version__ = "0.1.0"
 
 __all__ = [
+    "BulkInvalidError",
     "ConfigurationError",
     "ConflictError",
     "DcronError",
@@ -39,8 +41,8 @@ __all__ = [
 
 if TYPE_CHECKING:
     from .api import DynamicTasks
+    from .celery_schedules import cron
     from .scheduler import DistributedScheduler
-    from .schedules import cron
 
 
 def __getattr__(name: str) -> Any:
@@ -54,7 +56,7 @@ def __getattr__(name: str) -> Any:
 
         return DynamicTasks
     if name == "cron":
-        from .schedules import cron
+        from .celery_schedules import cron
 
         return cron
     raise AttributeError(f"module 'celery_dcron' has no attribute {name!r}")

@@ -20,15 +20,16 @@ within about a second.
 
 from __future__ import annotations
 
-import json
-import math
-import re
-from collections.abc import Mapping
-from datetime import datetime, timedelta
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any, ClassVar
 
+from . import bulk
+from . import validation as rules
+from .bulk import BulkResult
+from .celery_schedules import from_celery
 from .config import Settings
-from .entries import AFTER_RUN_ACTIONS, EntrySpec, EntryState, MisfirePolicy
+from .entries import EntrySpec, EntryState
+from .enums import EntrySource
 from .exceptions import (
     ConfigurationError,
     EntryNotFoundError,
@@ -36,21 +37,12 @@ from .exceptions import (
     InvalidScheduleError,
 )
 from .registry import Registry
-from .schedules import (
-    AtSchedule,
-    CronSchedule,
-    IntervalSchedule,
-    Schedule,
-    datetime_to_ms,
-    from_celery,
-)
+from .schedules import CronSchedule, IntervalSchedule, Schedule
 from .taskcheck import argument_mismatch, load_task_modules
 from .ticks import run_now_task_id
+from .validation import OPTION_KEYS, SCHEDULE_FIELDS
 
 __all__ = ["OPTION_KEYS", "DynamicTasks"]
-
-#: ``apply_async`` options an entry may carry.
-OPTION_KEYS = frozenset({"queue", "routing_key", "exchange", "priority", "expires", "headers"})
 
 #: The fields :meth:`DynamicTasks.add` and :meth:`DynamicTasks.update` accept.
 _FIELDS = frozenset(
@@ -60,10 +52,19 @@ _FIELDS = frozenset(
         "misfire_policy", "misfire_grace", "description",
     }
 )  # fmt: skip
-_SCHEDULE_FIELDS = ("cron", "every", "at", "schedule")
 #: The fields that make up the task's call: an update of one checks its arguments again.
 _CALL_FIELDS = frozenset({"task", "args", "kwargs", "payload"})
-_NAME = re.compile(r"^[^\x00-\x1f\x7f{}]{1,200}$")
+#: Fields kept as their rule returns them: field -> (EntrySpec attribute, rule).
+_SIMPLE: dict[str, tuple[str, Callable[[str, Any], Any]]] = {
+    "args": ("args", rules.args),
+    "options": ("options", rules.options),
+    "enabled": ("enabled", rules.enabled),
+    "max_runs": ("max_runs", rules.max_runs),
+    "after_run": ("after_run", rules.after_run),
+    "misfire_policy": ("misfire_policy", rules.misfire_policy),
+    "misfire_grace": ("misfire_grace_s", rules.misfire_grace),
+    "description": ("description", rules.description),
+}
 
 
 class DynamicTasks:
@@ -101,6 +102,11 @@ class DynamicTasks:
                                      f"{self.settings.namespace!r}")  # fmt: skip
         return spec
 
+    def export(self) -> list[EntrySpec]:
+        """The dynamic entries (written through this API or the CLI: not those of
+        ``beat_schedule`` nor of the Django admin), by name; see ``celery dcron export``."""
+        return [spec for spec in self.list() if spec.source is EntrySource.DYNAMIC]
+
     def list(self) -> list[EntrySpec]:
         """Every entry (static and dynamic) that parses, by name."""
         entries, _bad = self.registry.entries()
@@ -132,13 +138,48 @@ class DynamicTasks:
         return self.registry.put_entry(spec, expected_version=None, force=False)
 
     def build(
-        self, name: str, task: str | None = None, *, now_ms: int | None = None, **fields: Any
+        self,
+        name: str,
+        task: str | None = None,
+        *,
+        now_ms: int | Callable[[], int] | None = None,
+        **fields: Any,
     ) -> EntrySpec:
         """Validate the fields of :meth:`add` and return the entry it would write, without
         writing anything. A one-off ``at=`` must be after ``now_ms`` (default: the Redis
-        server's time; pass your own to validate without Redis, as the Django admin does).
+        server's time; pass your own, or a function that returns it, to validate without
+        Redis, as the Django admin does).
         """
         return self._build(name, task, fields, now_ms=now_ms)
+
+    def add_many(
+        self,
+        entries: Iterable[Mapping[str, Any] | EntrySpec],
+        *,
+        replace: bool = False,
+        chunk: int = 1000,
+        skip_invalid: bool = False,
+        dry_run: bool = False,
+    ) -> BulkResult:
+        """Add many entries: all are validated first, then written ``chunk`` at a time,
+        one pipelined round trip per chunk (two with ``replace``).
+
+        Each entry is a mapping of :meth:`add`'s fields with its ``name`` (and ``task``),
+        a line of ``export`` (parsed), or an :class:`EntrySpec`. If any is invalid,
+        nothing is written: :class:`~celery_dcron.exceptions.BulkInvalidError` lists each
+        (``problems``: position, name, field, message); ``skip_invalid=True`` writes the
+        others and reports them in ``BulkResult.invalid``. ``dry_run=True`` validates only.
+
+        Each entry is written as :meth:`add` writes it (version 1, anchored once); a name
+        already taken, deleted (tombstoned) or static is refused and reported in
+        ``BulkResult.refused`` while the others are written. ``replace=True`` overwrites
+        an existing entry instead (its version + 1; deleted and static names are still
+        refused). See :mod:`celery_dcron.bulk`.
+        """
+        return bulk.add_many(
+            self, entries, replace=replace, chunk=chunk, skip_invalid=skip_invalid,
+            dry_run=dry_run,
+        )  # fmt: skip
 
     def force_add(self, name: str, task: str | None = None, **fields: Any) -> EntrySpec:
         """Add or overwrite ``name``, even a deleted (tombstoned) or static one."""
@@ -159,17 +200,57 @@ class DynamicTasks:
         version = current.version if expected_version is None else expected_version
         return self.registry.put_entry(spec, expected_version=version, force=False)
 
-    def remove(self, name: str) -> None:
+    def put(
+        self, spec: EntrySpec, *, expected_version: int | None = None, force: bool = False
+    ) -> EntrySpec:
+        """Write ``spec``, an entry made by :meth:`build` (perhaps changed since with
+        ``spec.with_changes(...)``), keeping its ``source``; returns it as stored.
+
+        The whole entry is validated again first. ``expected_version=None`` creates it
+        (ConflictError if the name exists or is deleted); a version updates it only if it
+        is still that one (VersionConflictError otherwise). ``force`` writes over a
+        deleted (tombstoned) or static name, and with ``expected_version=None`` over
+        anything.
+        """
+        return self.registry.put_entry(
+            self.check(spec), expected_version=expected_version, force=force
+        )
+
+    def check(self, spec: EntrySpec) -> EntrySpec:
+        """Validate ``spec`` (an entry made by :meth:`build`, perhaps changed since) as
+        :meth:`put` does before writing it; returns it. Raises InvalidEntryError."""
+        if not isinstance(spec, EntrySpec):
+            raise InvalidEntryError(
+                f"{spec!r} is not an EntrySpec; make one with build()", field="name"
+            )
+        name = rules.entry_name(spec.name)
+        if spec.source is EntrySource.STATIC:
+            raise InvalidEntryError(
+                f"entry {name!r}: source: static entries come from beat_schedule; give the "
+                f"entry another source (build() makes {EntrySource.DYNAMIC.value!r} ones)",
+                field="source",
+            )
+        rules.task_name(name, spec.task)
+        rules.options(name, spec.options)
+        if self.check_tasks:
+            self._task(name, spec.task, has_payload=True)
+        self._check_result(spec, call=True)
+        return spec
+
+    def remove(self, name: str, *, expected_version: int | None = None) -> None:
         """Remove ``name`` (definition and state). A static entry comes back with the next
-        instance start; use :meth:`mark_deleted` to keep it out."""
-        if not self.registry.remove_entry(name, tombstone=False):
+        instance start; use :meth:`mark_deleted` to keep it out.
+
+        ``expected_version`` (from a :meth:`get`) removes it only if nobody changed or
+        removed it since (VersionConflictError otherwise)."""
+        if not self.registry.remove_entry(name, tombstone=False, expected_version=expected_version):
             raise EntryNotFoundError(f"entry {name!r}: not found")
 
     def mark_deleted(self, name: str) -> bool:
         """Remove ``name`` and tombstone it: re-adding it (also from a static
         ``beat_schedule``) is refused until :meth:`force_add` or :meth:`reuse_deleted`.
         Returns whether an entry existed."""
-        _check_name(name)
+        rules.entry_name(name)
         return self.registry.remove_entry(name, tombstone=True)
 
     def reuse_deleted(self, name: str) -> bool:
@@ -212,7 +293,7 @@ class DynamicTasks:
     def is_paused(self) -> bool:
         return self.registry.is_paused()
 
-    # -- validation ----------------------------------------------------------------
+    # -- validation: the field rules are celery_dcron.validation's ---------------------
 
     def _build(
         self,
@@ -220,17 +301,11 @@ class DynamicTasks:
         task: str | None,
         fields: Mapping[str, Any],
         *,
-        now_ms: int | None = None,
+        now_ms: int | Callable[[], int] | None = None,
     ) -> EntrySpec:
-        _check_name(name)
-        _check_fields(name, fields)
-        given = [f for f in _SCHEDULE_FIELDS if fields.get(f) is not None]
-        if len(given) != 1:
-            raise InvalidScheduleError(
-                f"entry {name!r}: schedule: give exactly one of cron=, every=, at= or "
-                f"schedule= (got {', '.join(given) or 'none'})",
-                field="schedule",
-            )
+        rules.entry_name(name)
+        rules.known_fields(name, fields, _FIELDS)
+        rules.one_schedule(name, fields, SCHEDULE_FIELDS, required=True)
         changes = dict(fields)
         changes["task"] = task
         blank = EntrySpec(name=name, task="", schedule=IntervalSchedule(every_ms=1000))
@@ -242,88 +317,46 @@ class DynamicTasks:
         changes: Mapping[str, Any],
         *,
         creating: bool = False,
-        now_ms: int | None = None,
+        now_ms: int | Callable[[], int] | None = None,
     ) -> EntrySpec:
         name = spec.name
-        _check_fields(name, changes)
-        new: dict[str, Any] = {"source": spec.source if not creating else "dynamic"}
+        rules.known_fields(name, changes, _FIELDS)
+        new: dict[str, Any] = {"source": EntrySource.DYNAMIC if creating else spec.source}
         if creating or "task" in changes:
             has_payload = changes.get("payload") is not None or "payload" in spec.kwargs
             new["task"] = self._task(name, changes.get("task"), has_payload=has_payload)
         schedule = self._schedule(spec, changes, creating=creating, now_ms=now_ms)
         if schedule is not None:
             new["schedule"] = schedule
-        if "args" in changes:
-            args = changes["args"] if changes["args"] is not None else ()
-            if not isinstance(args, (list, tuple)):
-                raise InvalidEntryError(
-                    f"entry {name!r}: args: must be a list, got {type(args).__name__}",
-                    field="args",
-                )
-            new["args"] = tuple(args)
+        for field in changes.keys() & _SIMPLE.keys():
+            attr, rule = _SIMPLE[field]
+            new[attr] = rule(name, changes[field])
         kwargs = dict(spec.kwargs)
         if "kwargs" in changes:
-            given = changes["kwargs"] if changes["kwargs"] is not None else {}
-            if not isinstance(given, Mapping) or not all(isinstance(k, str) for k in given):
-                raise InvalidEntryError(
-                    f"entry {name!r}: kwargs: must be a dict with string keys, got {given!r}",
-                    field="kwargs",
-                )
             payload = kwargs.get("payload")
-            kwargs = dict(given)
+            kwargs = rules.kwargs(name, changes["kwargs"])
             if "payload" not in changes and payload is not None and "payload" not in kwargs:
                 kwargs["payload"] = payload
         if changes.get("payload") is not None:
             kwargs["payload"] = changes["payload"]
         new["kwargs"] = kwargs
-        if "options" in changes:
-            new["options"] = _options(name, changes["options"])
-        if "enabled" in changes:
-            if not isinstance(changes["enabled"], bool):
-                raise InvalidEntryError(
-                    f"entry {name!r}: enabled: must be True or False", field="enabled"
-                )
-            new["enabled"] = changes["enabled"]
         tz = self._zone_of_naive(spec, changes, creating=creating)
         for key, attr in (("start_at", "start_ms"), ("end_at", "end_ms")):
             if key in changes:
                 value = changes[key]
-                new[attr] = None if value is None else _instant(name, key, value, tz)
-        if "max_runs" in changes:
-            new["max_runs"] = _positive_int(name, "max_runs", changes["max_runs"])
-        if "after_run" in changes:
-            action = changes["after_run"]
-            if action is not None and action not in AFTER_RUN_ACTIONS:
-                raise InvalidEntryError(
-                    f"entry {name!r}: after_run: {action!r} must be one of "
-                    f"{', '.join(AFTER_RUN_ACTIONS)} (or None)",
-                    field="after_run",
-                )
-            new["after_run"] = action
-        if "misfire_policy" in changes:
-            policy = changes["misfire_policy"]
-            new["misfire_policy"] = (
-                None
-                if policy is None
-                else MisfirePolicy.parse(policy, field_name=f"entry {name!r}: misfire_policy")
-            )
-        if "misfire_grace" in changes:
-            grace = changes["misfire_grace"]
-            new["misfire_grace_s"] = (
-                None if grace is None else _seconds(name, "misfire_grace", grace)
-            )
-        if "description" in changes:
-            desc = changes["description"] or ""
-            if not isinstance(desc, str):
-                raise InvalidEntryError(
-                    f"entry {name!r}: description: must be a string", field="description"
-                )
-            new["description"] = desc
+                new[attr] = None if value is None else rules.instant(name, key, value, tz)
         result = spec.with_changes(**new)
-        self._check_result(result)
-        if self.check_tasks and (creating or changes.keys() & _CALL_FIELDS):
-            self._check_arguments(result)
+        self._check_result(result, call=creating or bool(changes.keys() & _CALL_FIELDS))
         return result
+
+    def _check_result(self, spec: EntrySpec, *, call: bool) -> None:
+        """The rules of the whole entry; ``call``: its task call changed (args checked
+        against the task's signature)."""
+        rules.ending(spec)
+        rules.json_size(spec, max_bytes=self.settings.max_payload_bytes)
+        rules.storable(spec)
+        if self.check_tasks and call:
+            self._check_arguments(spec)
 
     def _check_arguments(self, spec: EntrySpec) -> None:
         task = self.app.tasks.get(spec.task)
@@ -348,21 +381,19 @@ class DynamicTasks:
                 raise InvalidEntryError(
                     f"entry {name!r}: task: a payload-only entry needs the "
                     "dcron_default_task setting (the task that receives payloads), "
-                    "or give a task name"
+                    "or give a task name",
+                    field="task",
                 )
             task = self.settings.default_task
-        if not isinstance(task, str) or not task.strip():
+        checked = rules.task_name(name, task)
+        if self.check_tasks and not self._known(name, checked):
             raise InvalidEntryError(
-                f"entry {name!r}: task: must be a task name, got {task!r}", field="task"
-            )
-        if self.check_tasks and not self._known(name, task):
-            raise InvalidEntryError(
-                f"entry {name!r}: task: {task!r} is not registered in this Celery app (its "
+                f"entry {name!r}: task: {checked!r} is not registered in this Celery app (its "
                 "include=, imports and autodiscover_tasks modules are loaded); check the "
                 f"name, or {self.check_off_hint}",
                 field="task",
             )
-        return task
+        return checked
 
     def _known(self, name: str, task: str) -> bool:
         """Whether the app knows ``task``, once its task modules are imported."""
@@ -392,220 +423,30 @@ class DynamicTasks:
         changes: Mapping[str, Any],
         *,
         creating: bool,
-        now_ms: int | None = None,
+        now_ms: int | Callable[[], int] | None = None,
     ) -> Schedule | None:
+        """The new schedule, or None when ``changes`` keep the entry's."""
         name = spec.name
-        given = [f for f in _SCHEDULE_FIELDS if changes.get(f) is not None]
-        if len(given) > 1:
-            raise InvalidScheduleError(
-                f"entry {name!r}: schedule: give only one of cron=, every=, at=, schedule= "
-                f"(got {', '.join(given)})",
-                field="schedule",
-            )
-        tz = changes.get("tz")
-        if tz is not None and not isinstance(tz, str):
-            raise InvalidScheduleError(
-                f"entry {name!r}: tz: must be an IANA zone name like 'UTC'", field="tz"
-            )
-        app_tz = str(getattr(self.app.conf, "timezone", None) or "UTC")
+        kind = rules.one_schedule(name, changes, SCHEDULE_FIELDS, required=False)
+        tz = rules.tz(name, changes.get("tz"))
         # A partial update keeps the zone: a cron (or crontab) given without tz= takes the
         # entry's own, and only a new entry (or a change from another kind) the app's.
         naive_tz = self._zone_of_naive(spec, changes, creating=creating)
-        zone = naive_tz or app_tz
-        try:
-            if not given:
-                if tz is not None and isinstance(spec.schedule, CronSchedule):
-                    return CronSchedule(expr=spec.schedule.expr, tz=tz, day_or=spec.schedule.day_or)
-                if tz is not None and not creating:
-                    raise InvalidScheduleError(
-                        "tz: only cron schedules have a timezone", field="tz"
-                    )
-                return None
-            kind = given[0]
-            value = changes[kind]
-            if kind == "cron":
-                if not isinstance(value, str):
-                    raise InvalidScheduleError(
-                        f"cron: {value!r} must be a string like '*/5 * * * *'", field="cron"
-                    )
-                return CronSchedule(expr=value, tz=zone)
-            if kind == "every":
-                return IntervalSchedule(every_ms=_every_ms(value))
-            if kind == "at":
-                at_ms = _instant(name, "at", value, naive_tz)
-                if now_ms is None:
-                    now_ms = self.registry.server_ms()
-                if at_ms <= now_ms:
-                    raise InvalidScheduleError(
-                        f"at: {value!s} is in the past; give a future time, or use run_now()",
-                        field="at",
-                    )
-                return AtSchedule(at_ms=at_ms)
-            return from_celery(value, entry=name, app_tz=zone)
-        except InvalidScheduleError as exc:
-            if exc.field is None:  # about the schedule given (or the zone of an update)
-                exc.field = given[0] if given else "tz"
-            message = str(exc)
-            if message.startswith(f"entry {name!r}"):
-                raise
-            raise InvalidScheduleError(f"entry {name!r}: {message}", field=exc.field) from None
-
-    def _check_result(self, spec: EntrySpec) -> None:
-        name = spec.name
-        if spec.after_run is not None and not (
-            isinstance(spec.schedule, AtSchedule) or spec.max_runs or spec.end_ms is not None
-        ):
-            raise InvalidEntryError(
-                f"entry {name!r}: after_run: only entries that end can have one; use at=, "
-                "max_runs= or end_at=",
-                field="after_run",
-            )
-        if spec.start_ms is not None and spec.end_ms is not None and spec.end_ms < spec.start_ms:
-            raise InvalidEntryError(
-                f"entry {name!r}: end_at: must not be before start_at", field="end_at"
-            )
-        try:
-            body = json.dumps({"args": list(spec.args), "kwargs": dict(spec.kwargs)})
-        except (TypeError, ValueError) as exc:
-            raise InvalidEntryError(
-                f"entry {name!r}: args/kwargs/payload: must be JSON-serialisable "
-                f"(lists, dicts, strings, numbers, booleans, None): {exc}"
-            ) from None
-        size = len(body.encode())
-        if size > self.settings.max_payload_bytes:
-            raise InvalidEntryError(
-                f"entry {name!r}: payload: args + kwargs + payload are {size} bytes of JSON, "
-                f"over dcron_max_payload_bytes ({self.settings.max_payload_bytes}); store "
-                "the data elsewhere and pass a reference, or raise the setting",
-                field="payload",
-            )
-        spec.dumps()
-
-
-def _check_name(name: Any) -> None:
-    if not isinstance(name, str) or not _NAME.match(name) or name != name.strip():
-        raise InvalidEntryError(
-            f"name: {name!r} is not a valid entry name; use 1-200 printable characters "
-            "without '{', '}' or leading/trailing spaces",
-            field="name",
-        )
-
-
-def _check_fields(name: str, fields: Mapping[str, Any]) -> None:
-    unknown = set(fields) - _FIELDS
-    if unknown:
-        raise InvalidEntryError(
-            f"entry {name!r}: unknown fields {sorted(unknown)}; allowed: {sorted(_FIELDS)}"
-        )
-
-
-def _options(name: str, value: Any) -> dict[str, Any]:
-    if value is None:
-        return {}
-    if not isinstance(value, Mapping):
-        raise InvalidEntryError(
-            f"entry {name!r}: options: must be a dict, got {value!r}", field="options"
-        )
-    unknown = set(value) - OPTION_KEYS
-    if unknown:
-        raise InvalidEntryError(
-            f"entry {name!r}: options: unknown keys {sorted(unknown)}; allowed: "
-            f"{sorted(OPTION_KEYS)}",
-            field="options",
-        )
-    priority = value.get("priority")
-    if priority is not None and (
-        isinstance(priority, bool) or not isinstance(priority, int) or not 0 <= priority <= 255
-    ):
-        raise InvalidEntryError(
-            f"entry {name!r}: options.priority: must be an integer 0-255", field="options.priority"
-        )
-    expires = value.get("expires")
-    if expires is not None and (
-        isinstance(expires, bool) or not isinstance(expires, (int, float)) or expires <= 0
-    ):
-        raise InvalidEntryError(
-            f"entry {name!r}: options.expires: must be a positive number of seconds",
-            field="options.expires",
-        )
-    headers = value.get("headers")
-    if headers is not None and not isinstance(headers, Mapping):
-        raise InvalidEntryError(
-            f"entry {name!r}: options.headers: must be a dict", field="options.headers"
-        )
-    for key in ("queue", "routing_key", "exchange"):
-        if value.get(key) is not None and not isinstance(value[key], str):
-            raise InvalidEntryError(
-                f"entry {name!r}: options.{key}: must be a string", field=f"options.{key}"
-            )
-    return dict(value)
-
-
-def _every_ms(value: Any) -> int:
-    if isinstance(value, timedelta):
-        seconds = value.total_seconds()
-    elif isinstance(value, (int, float)) and not isinstance(value, bool):
-        seconds = float(value)
-    else:
-        raise InvalidScheduleError(
-            f"every: {value!r} must be a number of seconds or a datetime.timedelta",
-            field="every",
-        )
-    if not math.isfinite(seconds) or round(seconds * 1000) <= 0:
-        raise InvalidScheduleError(
-            f"every: {value!r} must be a positive number of seconds", field="every"
-        )
-    return round(seconds * 1000)
-
-
-def _instant(name: str, field: str, value: Any, tz: str | None) -> int:
-    """Milliseconds of an aware datetime or ISO 8601 string; naive ones take ``tz``."""
-    dt = value
-    if isinstance(value, str):
-        try:
-            dt = datetime.fromisoformat(value)
-        except ValueError:
-            raise InvalidScheduleError(
-                f"entry {name!r}: {field}: {value!r} is not an ISO 8601 datetime "
-                "(e.g. '2030-01-31T09:00:00+00:00')",
-                field=field,
-            ) from None
-    if not isinstance(dt, datetime):
-        raise InvalidScheduleError(
-            f"entry {name!r}: {field}: must be a datetime or an ISO 8601 string, got {value!r}",
-            field=field,
-        )
-    if dt.tzinfo is None or dt.utcoffset() is None:
-        if tz is None:
-            raise InvalidScheduleError(
-                f"entry {name!r}: {field}: {value!s} has no timezone; give an aware datetime "
-                "(e.g. with tzinfo=timezone.utc or a '+00:00' suffix) or tz=",
-                field=field,
-            )
-        from zoneinfo import ZoneInfo
-
-        try:
-            dt = dt.replace(tzinfo=ZoneInfo(tz))
-        except (KeyError, ValueError):
-            raise InvalidScheduleError(
-                f"entry {name!r}: tz: unknown timezone {tz!r}", field="tz"
-            ) from None
-    return datetime_to_ms(dt)
-
-
-def _positive_int(name: str, field: str, value: Any) -> int | None:
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise InvalidEntryError(f"entry {name!r}: {field}: must be a positive integer", field=field)
-    return value
-
-
-def _seconds(name: str, field: str, value: Any) -> float:
-    if isinstance(value, timedelta):
-        value = value.total_seconds()
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
-        raise InvalidEntryError(
-            f"entry {name!r}: {field}: must be a positive number of seconds", field=field
-        )
-    return float(value)
+        zone = naive_tz or str(getattr(self.app.conf, "timezone", None) or "UTC")
+        if kind is None:
+            if tz is not None and isinstance(spec.schedule, CronSchedule):
+                return rules.cron(name, spec.schedule.expr, tz, day_or=spec.schedule.day_or)
+            if tz is not None and not creating:
+                raise InvalidScheduleError(
+                    f"entry {name!r}: tz: only cron schedules have a timezone", field="tz"
+                )
+            return None
+        value = changes[kind]
+        if kind == "cron":
+            return rules.cron(name, value, zone)
+        if kind == "every":
+            return rules.every(name, value)
+        if kind == "at":
+            now = self.registry.server_ms if now_ms is None else now_ms
+            return rules.at(name, value, naive_tz, now_ms=now)
+        return from_celery(value, entry=name, app_tz=zone)

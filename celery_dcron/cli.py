@@ -8,14 +8,21 @@ take ``--json``. Bad input exits non-zero with a message naming the field.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Mapping
+from typing import Any, TextIO
 
 import click
 
 from .api import DynamicTasks
+from .bulk import BulkResult, entry_line, parse_line
 from .entries import EntrySpec, NodeStatus
-from .exceptions import ConflictError, DcronError, VersionConflictError
+from .exceptions import (
+    BulkInvalidError,
+    ConflictError,
+    DcronError,
+    InvalidEntryError,
+    VersionConflictError,
+)
 from .status import ClusterView, describe_schedule, plural
 from .ticks import tick_iso
 
@@ -120,6 +127,8 @@ def ls(ctx: click.Context, as_json: bool) -> None:
                 f"{r['next_tick'] or '-':<29} {r['last_tick'] or '-':<29} {r['runs']:>5}  "
                 f"{r['schedule_text']}"
             )
+            if r["last_error"]:
+                lines.append(f"{'':<30} last error: {_error_text(r['last_error'])}")
         for name, error in view.bad.items():
             lines.append(f"{name:<30} BROKEN   {error}")
         return "\n".join(lines)
@@ -166,6 +175,7 @@ def _describe(row: dict[str, Any]) -> str:
         ("last tick", row["last_tick"] or "-"),
         ("last node", row["last_node"] or "-"),
         ("runs", runs),
+        ("last error", _error_text(row["last_error"]) if row["last_error"] else "-"),
         ("args", json.dumps(row["args"])),
         ("kwargs", json.dumps(row["kwargs"], sort_keys=True)),
         ("options", " ".join(f"{k}={json.dumps(v) if not isinstance(v, str) else v}"
@@ -179,6 +189,15 @@ def _describe(row: dict[str, Any]) -> str:
         ("version", str(row["version"])),
     ]  # fmt: skip
     return "\n".join(f"{label + ':':<16}{value}" for label, value in lines)
+
+
+def _error_text(error: dict[str, Any]) -> str:
+    """``publish rejected (arguments) at tick=<T> id=<id> node=<node>: TypeError(...)``."""
+    what = "run-now at" if error["run_now"] else "tick"
+    return (
+        f"publish rejected ({error['reason']}) at {what}={error['tick']} id={error['task_id']} "
+        f"node={error['node']}: {error['error']} (not retried; cleared by the next tick sent)"
+    )
 
 
 def _json_arg(field: str, value: str | None) -> Any:
@@ -277,6 +296,82 @@ def _taken(tasks: DynamicTasks, name: str) -> str:
         f"name: {name!r} is taken (an existing or a static entry); choose another name, "
         "or replace it with --force"
     )
+
+
+@dcron.command(name="import")
+@click.argument("file", type=click.File("r", encoding="utf-8"))
+@click.option("--replace", is_flag=True, help="Overwrite existing entries (not deleted or "
+              "static names).")  # fmt: skip
+@click.option("--dry-run", is_flag=True, help="Validate every line; write nothing.")
+@click.option("--chunk", type=click.IntRange(min=1), default=1000, show_default=True,
+              help="Entries written per round trip to Redis.")  # fmt: skip
+@click.option("--no-check-task", is_flag=True, help="Do not require tasks known to the app.")
+@click.pass_context
+def import_entries(
+    ctx: click.Context, file: TextIO, replace: bool, dry_run: bool, chunk: int,
+    no_check_task: bool,
+) -> None:  # fmt: skip
+    """Add the entries of FILE (JSON lines, as export writes them; - for stdin).
+
+    Every line is validated first: if one is invalid, nothing is written and every error
+    is printed with its line number. A name already taken (without --replace), deleted or
+    static is refused on its own and reported; the other entries are written.
+    """
+    tasks = _tasks(ctx, check_tasks=not no_check_task)
+    items: list[Mapping[str, Any]] = []
+    line_of: list[int] = []
+    errors: list[tuple[int, str]] = []
+    for number, text in enumerate(file, 1):
+        if not text.strip():
+            continue
+        try:
+            items.append(parse_line(text))
+            line_of.append(number)
+        except InvalidEntryError as exc:
+            errors.append((number, str(exc)))
+    total = len(items) + len(errors)  # the entries, and the lines that are not JSON objects
+    try:
+        result = tasks.add_many(
+            items, replace=replace, chunk=chunk, dry_run=dry_run or bool(errors)
+        )
+    except BulkInvalidError as exc:
+        errors.extend((line_of[p.index], p.message) for p in exc.problems)
+        result = BulkResult(total=len(items))
+    except DcronError as exc:
+        raise click.ClickException(str(exc)) from None
+    for number, message in sorted(errors):
+        click.echo(f"line {number}: {message}", err=True)
+    if errors:
+        raise click.ClickException(
+            f"{plural(len(errors), 'invalid line')} of {total}: nothing written"
+        )
+    if dry_run:
+        click.echo(f"{plural(total, 'entry', 'entries')} valid; nothing written (--dry-run)")
+        return
+    for problem in result.refused:
+        click.echo(f"line {line_of[problem.index]}: {problem.message} (not written)", err=True)
+    click.echo(
+        f"imported {plural(result.written, 'entry', 'entries')} of {total}: "
+        f"{result.created} created, {result.replaced} replaced, {len(result.refused)} refused"
+    )
+    if result.refused:
+        hint = "" if replace else " (--replace overwrites existing entries)"
+        raise click.ClickException(
+            f"{plural(len(result.refused), 'entry', 'entries')} refused{hint}"
+        )
+
+
+@dcron.command()
+@click.argument("file", type=click.File("w", encoding="utf-8", atomic=True), default="-")
+@click.pass_context
+def export(ctx: click.Context, file: TextIO) -> None:
+    """Write the dynamic entries to FILE (default: stdout) as JSON lines, by name, for
+    import."""
+    tasks = _tasks(ctx)
+    specs: list[EntrySpec] = _run(tasks.export)
+    for spec in specs:
+        file.write(entry_line(spec) + "\n")
+    click.echo(f"exported {plural(len(specs), 'entry', 'entries')}", err=True)
 
 
 @dcron.command()

@@ -7,15 +7,13 @@ documentation's reference page is checked against it by a test).
 
 from __future__ import annotations
 
-import os
-import socket
-import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from .entries import MisfirePolicy
+from .enums import MisfirePolicy, StrategyName
 from .exceptions import ConfigurationError, InvalidEntryError
+from .strategies import parse_strategy
 from .topology import (
     SENTINEL_OPTIONS,
     RedisTarget,
@@ -108,6 +106,18 @@ SETTINGS: tuple[Setting, ...] = (
         "others: a crashed or frozen instance's entries fire again within about this long. "
         "Must be at least 3 heartbeat intervals. Raise it (with nothing else) where a "
         "process may stall longer, e.g. long GC pauses or a slow broker.",
+    ),
+    Setting(
+        "dcron_node_id",
+        None,
+        "str or None",
+        "This instance's node id (its entries follow it). A restarted instance with the "
+        "same id takes over its previous incarnation at once: its entries, and its claims "
+        "not yet sent (re-published with their task ids), without waiting for "
+        "``dcron_node_ttl``. An id held by a running instance is refused at start. Set it "
+        "where the host name changes between restarts, e.g. to the pod name of a "
+        "StatefulSet. ``None``: ``<host>:<slot>``, the slot the lowest number that no "
+        "running instance of this host holds.",
     ),
     Setting(
         "dcron_strategy",
@@ -241,7 +251,8 @@ class Settings:
     #: ``AUTO``: a third of ``node_ttl_s``
     heartbeat_interval_s: float = AUTO
     node_ttl_s: float = 2.5
-    strategy: str = "consistent_hash"
+    #: a built-in strategy, or the dotted path of one of yours
+    strategy: StrategyName | str = StrategyName.CONSISTENT_HASH
     virtual_nodes: int = 160
     node_weight: float = 1.0
     misfire_policy: MisfirePolicy = MisfirePolicy.ONCE
@@ -256,9 +267,11 @@ class Settings:
     reconcile_interval_s: float = 60.0
     metrics_port: int | None = None
     metrics_addr: str = "0.0.0.0"
-    node_id: str = field(default_factory=lambda: default_node_id())
+    #: ``None``: ``<host>:<slot>``, the slot chosen when joining
+    node_id: str | None = None
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "strategy", parse_strategy(self.strategy))
         # Timings left to AUTO follow the node TTL, so that setting it alone is enough.
         if self.heartbeat_interval_s == AUTO:
             object.__setattr__(self, "heartbeat_interval_s", int(self.node_ttl_s * 1000 / 3) / 1000)
@@ -270,7 +283,7 @@ class Settings:
     def __repr__(self) -> str:
         return (
             f"Settings(redis_url={mask_url(self.redis_url)!r}, namespace={self.namespace!r}, "
-            f"key_prefix={self.key_prefix!r}, strategy={self.strategy!r}, "
+            f"key_prefix={self.key_prefix!r}, strategy={str(self.strategy)!r}, "
             f"node_ttl_s={self.node_ttl_s}, heartbeat_interval_s={self.heartbeat_interval_s}, "
             f"node_id={self.node_id!r})"
         )
@@ -350,6 +363,13 @@ class Settings:
             raise ConfigurationError(
                 f"dcron_reconcile_interval: {self.reconcile_interval_s} must be >= 0 (0: off)"
             )
+        if self.node_id is not None and (
+            not self.node_id or len(self.node_id) > 200 or any(c in self.node_id for c in "\n\r\t ")
+        ):
+            raise ConfigurationError(
+                f"dcron_node_id: {self.node_id!r} must be 1-200 characters without spaces, "
+                "or None for the per-host default"
+            )
         if self.default_task is not None and not self.default_task:
             raise ConfigurationError("dcron_default_task: must be a task name or None")
 
@@ -427,22 +447,14 @@ class Settings:
                 else _typed("dcron_metrics_port", conf.get("dcron_metrics_port"), int)
             ),
             "metrics_addr": _typed("dcron_metrics_addr", get("dcron_metrics_addr"), str),
+            "node_id": (
+                None
+                if conf.get("dcron_node_id") is None
+                else _typed("dcron_node_id", conf.get("dcron_node_id"), str)
+            ),
         }
         kwargs.update(overrides)
         return cls(**kwargs)
-
-
-_NODE_IDS: dict[int, str] = {}
-
-
-def default_node_id() -> str:
-    """``host:pid:random``: unique per process start, the same for the whole process
-    (beat's banner and the running scheduler name the same node), readable in logs."""
-    pid = os.getpid()
-    node_id = _NODE_IDS.get(pid)
-    if node_id is None:
-        node_id = _NODE_IDS[pid] = f"{socket.gethostname()}:{pid}:{uuid.uuid4().hex[:6]}"
-    return node_id
 
 
 def _broker_url(app: Any) -> str | None:

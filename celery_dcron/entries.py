@@ -13,40 +13,23 @@ from typing import Any
 
 from kombu.utils import json as kjson
 
+from .enums import AfterRun, EntrySource, MisfirePolicy, parse_field
 from .exceptions import InvalidEntryError
 from .schedules import Schedule, schedule_from_json, schedule_to_json
 
 __all__ = [
+    "AfterRun",
     "ClaimResult",
+    "EntrySource",
     "EntrySpec",
     "EntryState",
     "MisfirePolicy",
     "Node",
     "NodeStatus",
     "PendingClaim",
+    "PublishRejection",
     "Tick",
 ]
-
-
-class MisfirePolicy(str, enum.Enum):
-    """What the owner does with ticks that were due while nobody fired them."""
-
-    #: Missed ticks coalesce into one run (the latest one). The default.
-    ONCE = "once"
-    #: Every missed tick runs, oldest first, up to ``dcron_misfire_max_catchup``.
-    ALL = "all"
-    #: Missed ticks are skipped; only a tick fired on time runs.
-    SKIP = "skip"
-
-    @classmethod
-    def parse(cls, value: str | MisfirePolicy, *, field_name: str) -> MisfirePolicy:
-        try:
-            return cls(value)
-        except ValueError:
-            choices = ", ".join(repr(p.value) for p in cls)
-            raise InvalidEntryError(
-                f"{field_name}: {value!r} is not a misfire policy; use one of {choices}"
-            ) from None
 
 
 class NodeStatus(str, enum.Enum):
@@ -69,12 +52,16 @@ class Node:
     weight: float = 1.0
     started_ms: int = 0
     heartbeat_ms: int = 0
+    #: this incarnation of the id: ``"<pid>:<process start>:<random>"`` (see
+    #: :mod:`celery_dcron.membership`); "" for a record that does not say
+    token: str = ""
 
     def to_json(self) -> dict[str, Any]:
         return {
             "id": self.id,
             "host": self.host,
             "pid": self.pid,
+            "token": self.token,
             "version": self.version,
             "status": self.status.value,
             "weight": self.weight,
@@ -93,6 +80,7 @@ class Node:
             weight=float(data.get("weight", 1.0)),
             started_ms=int(data.get("started_ms", 0)),
             heartbeat_ms=int(data.get("heartbeat_ms", 0)),
+            token=str(data.get("token", "")),
         )
 
 
@@ -114,13 +102,13 @@ class EntrySpec:
     start_ms: int | None = None
     end_ms: int | None = None
     max_runs: int | None = None
-    #: ``"static"`` (from ``beat_schedule``) or ``"dynamic"`` (API, CLI, admin).
-    source: str = "static"
+    #: Who wrote it: ``beat_schedule``, the API/CLI, or the Django admin.
+    source: EntrySource = EntrySource.STATIC
     description: str = ""
     version: int = 0
     #: What happens once the entry has run for the last time (a one-off ``at`` entry,
-    #: or ``max_runs`` reached): ``"delete"``, ``"tombstone"``, ``"disable"`` or None.
-    after_run: str | None = None
+    #: or ``max_runs`` reached); None: nothing.
+    after_run: AfterRun | None = None
 
     def with_changes(self, **changes: Any) -> EntrySpec:
         return replace(self, **changes)
@@ -134,7 +122,7 @@ class EntrySpec:
             "kwargs": dict(self.kwargs),
             "options": dict(self.options),
             "enabled": self.enabled,
-            "source": self.source,
+            "source": self.source.value,
             "version": self.version,
         }
         if self.misfire_policy is not None:
@@ -146,7 +134,7 @@ class EntrySpec:
         if self.description:
             data["description"] = self.description
         if self.after_run is not None:
-            data["after_run"] = self.after_run
+            data["after_run"] = self.after_run.value
         return data
 
     def dumps(self) -> str:
@@ -179,10 +167,16 @@ class EntrySpec:
             start_ms=_opt_int(data.get("start_ms")),
             end_ms=_opt_int(data.get("end_ms")),
             max_runs=_opt_int(data.get("max_runs")),
-            source=str(data.get("source", "static")),
+            source=parse_field(
+                EntrySource, data.get("source", "static"), entry=name, field="source"
+            ),
             description=str(data.get("description", "")),
             version=int(data.get("version", 0)),
-            after_run=_opt_after_run(data.get("after_run"), name),
+            after_run=(
+                None
+                if data.get("after_run") is None
+                else parse_field(AfterRun, data["after_run"], entry=name, field="after_run")
+            ),
         )
 
     @classmethod
@@ -256,18 +250,60 @@ class PendingClaim:
         )
 
 
-#: The actions an entry may take after its last run.
-AFTER_RUN_ACTIONS = ("delete", "tombstone", "disable")
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PublishRejection:
+    """A tick whose publish can never succeed (the broker or Celery refused the message
+    itself): recorded once as its entry's last error, and not published again.
 
+    Its JSON form (:meth:`to_json`) is what the registry keeps per entry name.
+    """
 
-def _opt_after_run(value: Any, name: str) -> str | None:
-    if value is None:
-        return None
-    if value not in AFTER_RUN_ACTIONS:
-        raise InvalidEntryError(
-            f"entry {name!r}: after_run {value!r} must be one of {', '.join(AFTER_RUN_ACTIONS)}"
+    name: str
+    #: the tick (or, for a run-now, the request time)
+    tick_ms: int
+    task_id: str
+    #: why it can never succeed: ``arguments``, ``serialization``, ``invalid``,
+    #: ``routing`` or ``refused`` (see :mod:`celery_dcron.engine.failures`)
+    reason: str
+    #: the exception, as ``repr()`` (cut to :data:`ERROR_TEXT_MAX` characters)
+    error: str
+    #: when it was refused (cluster clock)
+    at_ms: int
+    #: the node that tried to publish it
+    node: str
+    #: the entry's version when it was refused
+    version: int = 0
+    run_now: bool = False
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "tick_ms": self.tick_ms,
+            "task_id": self.task_id,
+            "reason": self.reason,
+            "error": self.error,
+            "at_ms": self.at_ms,
+            "node": self.node,
+            "version": self.version,
+            "run_now": self.run_now,
+        }
+
+    @classmethod
+    def from_json(cls, name: str, data: Mapping[str, Any]) -> PublishRejection:
+        return cls(
+            name=name,
+            tick_ms=int(data["tick_ms"]),
+            task_id=str(data["task_id"]),
+            reason=str(data["reason"]),
+            error=str(data["error"]),
+            at_ms=int(data["at_ms"]),
+            node=str(data["node"]),
+            version=int(data.get("version", 0)),
+            run_now=bool(data.get("run_now", False)),
         )
-    return str(value)
+
+
+#: The longest error text a :class:`PublishRejection` keeps (a repr can be huge).
+ERROR_TEXT_MAX = 1000
 
 
 def _opt_int(value: Any) -> int | None:

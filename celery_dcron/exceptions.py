@@ -5,8 +5,10 @@ anything this package raises on purpose::
 
     DcronError
     ├── ConfigurationError        a ``dcron_*`` setting is missing or invalid
+    │   └── RegistryAuthenticationError  Redis refused the credentials of dcron_redis_url
     ├── InvalidEntryError         an entry definition is invalid (names the field)
-    │   └── InvalidScheduleError  its schedule is invalid (cron, interval, tz, ...)
+    │   ├── InvalidScheduleError  its schedule is invalid (cron, interval, tz, ...)
+    │   └── BulkInvalidError      entries of an add_many are invalid: nothing written
     ├── EntryNotFoundError        no entry by that name in the namespace
     ├── ConflictError             a concurrent edit, a deleted (tombstoned) or static name
     │   └── VersionConflictError  the entry changed since it was read (compare-and-set)
@@ -15,17 +17,28 @@ anything this package raises on purpose::
 Messages name the field and the fix, for example::
 
     InvalidScheduleError("entry 'report': cron '61 * * * *': minute must be 0-59")
+
+A refused password is a :class:`ConfigurationError`, not a
+:class:`RegistryUnavailableError`: Redis answered, and no retry fixes it. So the code that
+waits out an outage (``except RegistryUnavailableError``: publish nothing, retry) never
+swallows it, and the code that reports a bad setting (the beat exits with one line, the CLI
+with ``Error: ...``) reports it.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from typing import Any
+
 __all__ = [
+    "BulkInvalidError",
     "ConfigurationError",
     "ConflictError",
     "DcronError",
     "EntryNotFoundError",
     "InvalidEntryError",
     "InvalidScheduleError",
+    "RegistryAuthenticationError",
     "RegistryUnavailableError",
     "VersionConflictError",
 ]
@@ -37,6 +50,12 @@ class DcronError(Exception):
 
 class ConfigurationError(DcronError):
     """A ``dcron_*`` Celery setting is invalid; the message names the setting."""
+
+
+class RegistryAuthenticationError(ConfigurationError):
+    """Redis refused this client: a wrong or missing password, an unknown ACL user, or an
+    ACL user without a permission the registry needs. The message names the Redis (password
+    masked) and the setting to fix; nothing was claimed. Not retried: fix the setting."""
 
 
 class InvalidEntryError(DcronError, ValueError):
@@ -53,6 +72,18 @@ class InvalidEntryError(DcronError, ValueError):
 
 class InvalidScheduleError(InvalidEntryError):
     """A schedule (cron string, interval, timezone, datetime) is invalid."""
+
+
+class BulkInvalidError(InvalidEntryError):
+    """Entries given to ``DynamicTasks.add_many`` are invalid, so none was written.
+
+    ``problems`` lists every one (:class:`celery_dcron.bulk.EntryProblem`: its position,
+    name, field and message); the message quotes the first few.
+    """
+
+    def __init__(self, *args: object, problems: Sequence[Any] = ()) -> None:
+        super().__init__(*args, field=None)
+        self.problems = tuple(problems)
 
 
 class EntryNotFoundError(DcronError, KeyError):

@@ -13,8 +13,17 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 if TYPE_CHECKING:
-    from .entries import ClaimResult, EntrySpec, EntryState, Node, PendingClaim, Tick
-    from .registry import Heartbeat, RunRequest, Snapshot, StaticSyncResult
+    from .entries import (
+        ClaimResult,
+        EntrySpec,
+        EntryState,
+        Node,
+        PendingClaim,
+        PublishRejection,
+        Tick,
+    )
+    from .exceptions import DcronError
+    from .registry import Heartbeat, Joined, RunRequest, Snapshot, StaticSyncResult
 
 __all__ = ["Clock", "NodeRef", "Registry", "Strategy", "Subscription"]
 
@@ -44,7 +53,10 @@ class Strategy(Protocol):
     The claim in Redis, not this answer, prevents a double fire when views differ.
     """
 
-    name: str
+    @property
+    def name(self) -> str:
+        """The strategy's name (a built-in's :class:`~celery_dcron.enums.StrategyName`)."""
+        ...
 
     def owner(self, entry: str, nodes: Sequence[NodeRef]) -> str | None:
         """The id of the node that owns ``entry``; ``None`` when ``nodes`` is empty."""
@@ -87,7 +99,17 @@ class Registry(Protocol):
     def heartbeat(self, node: Node, ttl_ms: int) -> Heartbeat:
         """Register ``node`` with its status, alive for ``ttl_ms`` from now; forget nodes
         whose heartbeat expired. Returns the clock, the versions, the pause flag, the
-        data's epoch and reset time, and the earliest heartbeat expiry of another node."""
+        data's epoch and reset time, the earliest heartbeat expiry of another node, and
+        whether another incarnation (another ``node.token``) holds ``node.id``: then
+        nothing is written."""
+        ...
+
+    def join(self, node: Node, ttl_ms: int, *, dead_token: str = "") -> Joined:
+        """Register a new incarnation (``node.token``) under ``node.id`` iff the id is
+        free, expired, already this incarnation's, or held by the incarnation whose
+        token is ``dead_token`` (the caller proved it dead); atomic, so two processes
+        starting at once cannot both win one id. Returns whether it won and the record
+        found (the live holder, or the predecessor replaced)."""
         ...
 
     def leave(self, node_id: str) -> None:
@@ -139,6 +161,17 @@ class Registry(Protocol):
         tombstoned or static. An int updates: EntryNotFoundError if absent,
         ConflictError if the stored version differs or the name is tombstoned.
         ``force`` writes over a tombstone or a static entry (and, creating, anything).
+        """
+        ...
+
+    def put_entries(
+        self, specs: Sequence[EntrySpec], *, replace: bool = False
+    ) -> list[EntrySpec | DcronError]:
+        """Many :meth:`put_entry` creations at once, each atomic on its own (not the
+        batch). ``replace`` overwrites an existing entry (its version + 1) instead of
+        refusing it; tombstoned and static names are refused either way. Returns, in
+        order, each entry as stored or the error (ConflictError, InvalidEntryError) that
+        refused it; raises only what every method may raise.
         """
         ...
 
@@ -197,7 +230,19 @@ class Registry(Protocol):
         ...
 
     def mark_sent(self, ticks: Sequence[Tick]) -> None:
-        """The claims of ``ticks`` were published: no longer pending."""
+        """The claims of ``ticks`` were published: no longer pending. Each entry's last
+        publish error is cleared, unless it is of a later tick than the one sent."""
+        ...
+
+    def reject(self, rejections: Sequence[PublishRejection]) -> None:
+        """Finish ticks whose publish can never succeed: their pending claims are
+        forgotten (a run-now has none) and each becomes its entry's last error (a later
+        call replaces it). :meth:`remove_entry`, :meth:`reset` and :meth:`cleanup` clear it."""
+        ...
+
+    def errors(self, names: Iterable[str] | None = None) -> dict[str, PublishRejection]:
+        """The last publish error of the given entries (all when None); entries without
+        one are absent."""
         ...
 
     def pending(self) -> list[PendingClaim]:
@@ -234,6 +279,7 @@ class Registry(Protocol):
     # -- views --------------------------------------------------------------------
 
     def snapshot(self, names: Iterable[str] | None = None) -> Snapshot:
-        """Nodes, entries, states, flags and tombstones at once; with ``names``, only
-        those entries' definitions and states (``Snapshot.names`` lists every entry)."""
+        """Nodes, entries, states, last publish errors, flags and tombstones at once; with
+        ``names``, only those entries' definitions, states and errors (``Snapshot.names``
+        lists every entry)."""
         ...

@@ -27,6 +27,7 @@ __all__ = ["EVENTS", "SUMMARY_DETAILS", "Summary", "fields", "log_event"]
 EVENTS: dict[str, tuple[str, ...]] = {
     "fired": ("entry", "tick_ms", "task_id", "node", "run_now"),
     "publish_failed": ("entry", "tick_ms", "task_id", "node", "error"),
+    "publish_rejected": ("entry", "tick_ms", "task_id", "node", "reason", "error", "run_now"),
     "claim_lost": ("entry", "tick_ms", "node", "last_tick_ms"),
     "taken_over": ("entry", "tick_ms", "node"),
     "catch_up": ("node", "entries", "missed", "fired", "dropped"),
@@ -47,6 +48,8 @@ EVENTS: dict[str, tuple[str, ...]] = {
     "state_lost": ("entry", "tick_ms", "node"),
     "ownership": ("node", "owned", "entries", "working"),
     "nodes": ("node", "nodes"),
+    "node_reclaimed": ("node", "previous", "previous_host", "previous_pid"),
+    "node_superseded": ("node",),
     "registry_reset": ("node",),
     "registry_rebuilt": ("node", "reset_ms"),
     "redis_unreachable": ("node", "attempt", "retry_s", "error"),

@@ -41,6 +41,9 @@ class Metrics:
     def publish_failed(self, count: int = 1) -> None:
         """Publishes that failed (they are retried with the same task id)."""
 
+    def publish_rejected(self, reason: str, count: int = 1) -> None:
+        """Publishes that can never succeed (not retried), by reason (``arguments``, ...)."""
+
     def run_now(self, count: int = 1) -> None:
         """Run-now requests sent."""
 
@@ -70,6 +73,7 @@ class PrometheusMetrics(Metrics):
         self._skipped = c["skipped"]
         self._lost = c["lost"].labels(ns)
         self._failed = c["failed"].labels(ns)
+        self._rejected = c["rejected"]
         self._run_now = c["run_now"].labels(ns)
         self._lateness = c["lateness"].labels(ns)
         self._nodes = c["nodes"]
@@ -108,6 +112,11 @@ class PrometheusMetrics(Metrics):
                     "failed": Counter(
                         "dcron_publish_failures", "Publishes that failed (retried)", ns
                     ),
+                    "rejected": Counter(
+                        "dcron_publish_rejected",
+                        "Publishes that can never succeed (not retried), by reason",
+                        ["namespace", "reason"],
+                    ),
                     "run_now": Counter("dcron_run_now", "Run-now requests sent", ns),
                     "lateness": Histogram(
                         "dcron_dispatch_lateness_seconds",
@@ -144,6 +153,10 @@ class PrometheusMetrics(Metrics):
 
     def publish_failed(self, count: int = 1) -> None:
         self._failed.inc(count)
+
+    def publish_rejected(self, reason: str, count: int = 1) -> None:
+        if count:
+            self._rejected.labels(self.namespace, reason).inc(count)
 
     def run_now(self, count: int = 1) -> None:
         self._run_now.inc(count)

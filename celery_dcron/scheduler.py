@@ -10,26 +10,28 @@ from __future__ import annotations
 import contextlib
 import logging
 import signal
+import socket
 import threading
 from collections.abc import Iterator, Mapping
 from contextlib import AbstractContextManager
-from datetime import datetime, timezone
 from types import MappingProxyType
-from typing import Any
+from typing import Any, NoReturn
 
 from celery import beat
 from celery.schedules import crontab
 from celery.utils.log import get_logger
 
 from . import __version__
+from . import validation as rules
+from .celery_schedules import from_celery
 from .clock import RedisClock
 from .config import Settings, mask_url
 from .engine import Engine
-from .entries import EntrySpec, MisfirePolicy, Tick
-from .exceptions import DcronError, InvalidEntryError
+from .entries import EntrySpec, Tick
+from .enums import EntrySource
+from .exceptions import ConfigurationError, DcronError, InvalidEntryError
 from .metrics import start_metrics
 from .registry import Registry
-from .schedules import from_celery
 from .status import plural
 from .strategies import get_strategy
 from .taskcheck import argument_mismatch
@@ -91,75 +93,47 @@ def _signals_deferred() -> Iterator[None]:
             signal.raise_signal(sig)
 
 
+def _exit_misconfigured(problems: list[str]) -> NoReturn:
+    """Log each problem on one line (``dcron: beat_schedule entry 'x': cron ...``) and
+    exit with status 1 before the loop starts. SystemExit passes through Celery's beat,
+    which would otherwise log the error with a traceback before its message."""
+    for problem in problems:
+        logger.critical("dcron: %s", problem)
+    raise SystemExit(1)
+
+
 def entry_from_beat(name: str, data: Mapping[str, Any], *, app_tz: str) -> EntrySpec:
-    """An :class:`EntrySpec` from one ``beat_schedule`` item; errors name the field."""
+    """An :class:`EntrySpec` from one ``beat_schedule`` item, by the API's field rules
+    (:mod:`celery_dcron.validation`); errors name the entry and the field."""
     if not isinstance(data, Mapping):
         raise InvalidEntryError(f"entry {name!r}: expected a dict, got {type(data).__name__}")
-    unknown = set(data) - _BEAT_KEYS - _DCRON_KEYS
-    if unknown:
-        raise InvalidEntryError(
-            f"entry {name!r}: unknown keys {sorted(unknown)}; allowed: "
-            f"{sorted(_BEAT_KEYS | _DCRON_KEYS)}"
-        )
-    task = data.get("task")
-    if not isinstance(task, str) or not task:
-        raise InvalidEntryError(f"entry {name!r}: 'task' must be a task name (a non-empty string)")
-    if "schedule" not in data:
-        raise InvalidEntryError(f"entry {name!r}: 'schedule' is missing")
+    rules.known_fields(name, data, _BEAT_KEYS | _DCRON_KEYS)
+    task = rules.task_name(name, data.get("task"))
+    rules.one_schedule(name, data, ("schedule",), required=True)
     schedule = from_celery(data["schedule"], entry=name, app_tz=app_tz)
-    args = data.get("args") or ()
-    if not isinstance(args, (list, tuple)):
-        raise InvalidEntryError(f"entry {name!r}: 'args' must be a list or tuple, got {args!r}")
-    kwargs = data.get("kwargs") or {}
-    if not isinstance(kwargs, Mapping):
-        raise InvalidEntryError(f"entry {name!r}: 'kwargs' must be a dict, got {kwargs!r}")
-    options = data.get("options") or {}
-    if not isinstance(options, Mapping):
-        raise InvalidEntryError(f"entry {name!r}: 'options' must be a dict, got {options!r}")
-    policy = data.get("misfire_policy")
-    grace = data.get("misfire_grace")
-    if grace is not None and (
-        isinstance(grace, bool) or not isinstance(grace, (int, float)) or grace <= 0
-    ):
-        raise InvalidEntryError(
-            f"entry {name!r}: 'misfire_grace' must be a positive number of seconds"
-        )
-    max_runs = data.get("max_runs")
-    if max_runs is not None and (
-        isinstance(max_runs, bool) or not isinstance(max_runs, int) or max_runs < 1
-    ):
-        raise InvalidEntryError(f"entry {name!r}: 'max_runs' must be a positive integer")
+    kwargs = rules.kwargs(name, data.get("kwargs"))
+    options = rules.options(name, data.get("options"), any_key=True)
+    start_ms, end_ms = (
+        None if data.get(f) is None else rules.instant(name, f, data[f], None, tz_field=False)
+        for f in ("start_at", "end_at")
+    )
     spec = EntrySpec(
         name=name,
         task=task,
         schedule=schedule,
-        args=tuple(args),
-        kwargs=dict(kwargs) if kwargs else _NOTHING,
-        options=dict(options) if options else _NOTHING,
-        misfire_policy=(
-            MisfirePolicy.parse(policy, field_name=f"entry {name!r}: misfire_policy")
-            if policy is not None
-            else None
-        ),
-        misfire_grace_s=None if grace is None else float(grace),
-        max_runs=max_runs,
-        start_ms=_instant_ms(name, "start_at", data.get("start_at")),
-        end_ms=_instant_ms(name, "end_at", data.get("end_at")),
-        description=str(data.get("description") or ""),
-        source="static",
+        args=rules.args(name, data.get("args")),
+        kwargs=kwargs or _NOTHING,
+        options=options or _NOTHING,
+        misfire_policy=rules.misfire_policy(name, data.get("misfire_policy")),
+        misfire_grace_s=rules.misfire_grace(name, data.get("misfire_grace")),
+        max_runs=rules.max_runs(name, data.get("max_runs")),
+        start_ms=start_ms,
+        end_ms=end_ms,
+        description=rules.description(name, data.get("description")),
+        source=EntrySource.STATIC,
     )
-    spec.dumps()  # args/kwargs/options must survive JSON: fail here, naming the entry
+    rules.storable(spec)  # args/kwargs/options must survive JSON: fail here, naming the field
     return spec
-
-
-def _instant_ms(name: str, field: str, value: Any) -> int | None:
-    if value is None:
-        return None
-    if not isinstance(value, datetime):
-        raise InvalidEntryError(f"entry {name!r}: {field!r} must be a datetime")
-    if value.tzinfo is None:
-        raise InvalidEntryError(f"entry {name!r}: {field!r} must be timezone-aware")
-    return int(value.astimezone(timezone.utc).timestamp() * 1000)
 
 
 class DistributedScheduler(beat.Scheduler):
@@ -179,21 +153,31 @@ class DistributedScheduler(beat.Scheduler):
         self._engine: Engine | None = None
         self._settings: Settings | None = None
         self._static: dict[str, beat.ScheduleEntry] = {}
+        #: a ConfigurationError stopped the loop: close() exits with status 1
+        self._misconfigured = False
         super().__init__(app, *args, **kwargs)
 
     # -- beat's hooks ----------------------------------------------------------------
 
     def setup_schedule(self) -> None:
-        settings = Settings.from_app(self.app)
+        try:
+            settings = Settings.from_app(self.app)
+        except ConfigurationError as exc:
+            _exit_misconfigured([str(exc)])
         self._settings = settings
         self.max_interval = min(float(self.max_interval), settings.heartbeat_interval_s)  # type: ignore[assignment]
         app_tz = str(self.app.timezone)
         specs: list[EntrySpec] = []
+        errors: list[str] = []
         for name, data in self._beat_schedule().items():
             try:
                 specs.append(entry_from_beat(name, data, app_tz=app_tz))
             except DcronError as exc:
-                logger.error("dcron: skipping static entry %r: %s", name, exc)
+                errors.append(f"beat_schedule {exc}")
+        if errors:
+            # Not skipped: the static schedule this instance writes replaces the registry's,
+            # so a skipped entry would vanish for every instance.
+            _exit_misconfigured(errors)
         registry = Registry.from_settings(settings)
         self._engine = Engine(
             settings=settings,
@@ -210,7 +194,7 @@ class DistributedScheduler(beat.Scheduler):
         )
         logger.info(
             "dcron: node %s joining namespace %r at %s with %s",
-            settings.node_id,
+            settings.node_id or "<host>:<slot>",
             settings.namespace,
             mask_url(settings.redis_url),
             plural(len(specs), "static entry", "static entries"),
@@ -241,7 +225,14 @@ class DistributedScheduler(beat.Scheduler):
         # wait until the step is over (a step is bounded by the socket timeouts); waiting
         # between steps stays interruptible.
         with _signals_deferred():
-            wait = engine.step()
+            try:
+                wait = engine.step()
+            except ConfigurationError as exc:
+                # e.g. Redis refused the password: no retry fixes it. Beat's loop takes
+                # SystemExit for a stop and calls close(), which exits with status 1.
+                self._misconfigured = True
+                logger.critical("dcron: %s", exc)
+                raise SystemExit(1) from None
         engine.wait(min(wait, float(self.max_interval)))
         return 0.0
 
@@ -251,8 +242,14 @@ class DistributedScheduler(beat.Scheduler):
     def close(self) -> None:
         engine = self._engine
         if engine is not None:
-            engine.stop()
+            try:
+                engine.stop()
+            except ConfigurationError:
+                if not self._misconfigured:
+                    raise
         super().close()
+        if self._misconfigured:
+            raise SystemExit(1)
 
     @property
     def info(self) -> str:
@@ -263,7 +260,7 @@ class DistributedScheduler(beat.Scheduler):
         return (
             f"    . dcron redis -> {mask_url(s.redis_url)}\n"
             f"    . dcron namespace -> {s.namespace} (strategy {s.strategy})\n"
-            f"    . dcron node -> {s.node_id}"
+            f"    . dcron node -> {s.node_id or socket.gethostname() + ':<slot>'}"
         )
 
     def get_schedule(self) -> dict[str, beat.ScheduleEntry]:

@@ -7,9 +7,9 @@ Four kinds, each with a JSON form (``schedule_to_json`` / ``schedule_from_json``
 - :class:`SolarSchedule` a solar event at a place (needs the optional ``ephem``);
 - :class:`AtSchedule` a one-off at an instant.
 
-:func:`from_celery` converts what users put in ``beat_schedule[...]["schedule"]``;
-:class:`cron` is the user-facing cron string schedule, also usable under Celery's
-default beat. The tick math lives in :mod:`celery_dcron.ticks`.
+The tick math lives in :mod:`celery_dcron.ticks`; Celery's own schedule objects
+(``crontab``, ``solar``, ...) and the user-facing :class:`~celery_dcron.cron` are
+converted in :mod:`celery_dcron.celery_schedules`.
 """
 
 from __future__ import annotations
@@ -17,7 +17,6 @@ from __future__ import annotations
 import copy
 import functools
 import importlib
-import math
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -26,8 +25,6 @@ from types import ModuleType
 from typing import Any, Final, TypeAlias
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from celery.schedules import BaseSchedule, crontab, schedstate, solar
-from celery.schedules import schedule as celery_schedule
 from croniter import CroniterError, croniter
 
 from .exceptions import InvalidScheduleError
@@ -39,10 +36,10 @@ __all__ = [
     "IntervalSchedule",
     "Schedule",
     "SolarSchedule",
-    "cron",
     "datetime_to_ms",
-    "from_celery",
+    "is_real",
     "load_ephem",
+    "load_zone",
     "ms_to_datetime",
     "schedule_from_json",
     "schedule_to_json",
@@ -99,11 +96,13 @@ def _is_str(value: object) -> bool:
     return isinstance(value, str)
 
 
-def _is_real(value: object) -> bool:
+def is_real(value: object) -> bool:
+    """A number (int or float), not a bool."""
     return isinstance(value, int | float) and not isinstance(value, bool)
 
 
-def _zone(tz: object, where: str) -> ZoneInfo:
+def load_zone(tz: object, where: str) -> ZoneInfo:
+    """The zone named ``tz``; InvalidScheduleError (field ``tz``) naming ``where``."""
     if not isinstance(tz, str) or not tz:
         raise InvalidScheduleError(
             f"{where}: tz must be an IANA zone name such as 'UTC'", field="tz"
@@ -150,7 +149,7 @@ class CronSchedule:
             raise InvalidScheduleError(f"cron {self.expr!r}: must be a string like '*/5 * * * *'")
         if not isinstance(self.day_or, bool):
             raise InvalidScheduleError(f"cron {self.expr!r}: day_or must be true or false")
-        _zone(self.tz, f"cron {self.expr!r}")
+        load_zone(self.tz, f"cron {self.expr!r}")
         _cron_template(self.expr, self.tz, self.day_or)
 
     @property
@@ -233,11 +232,11 @@ class SolarSchedule:
                 field="event",
             )
         where = f"solar {self.event!r}"
-        if not _is_real(self.lat) or not -90 <= self.lat <= 90:
+        if not is_real(self.lat) or not -90 <= self.lat <= 90:
             raise InvalidScheduleError(
                 f"{where}: lat {self.lat!r} must be between -90 and 90", field="lat"
             )
-        if not _is_real(self.lon) or not -180 <= self.lon <= 180:
+        if not is_real(self.lon) or not -180 <= self.lon <= 180:
             raise InvalidScheduleError(
                 f"{where}: lon {self.lon!r} must be between -180 and 180", field="lon"
             )
@@ -300,159 +299,30 @@ def schedule_from_json(data: object, *, entry: str) -> Schedule:
             raise InvalidScheduleError(f"{where} ({kind}): {key} {value!r} must be {what}")
         return value
 
+    make: Callable[..., Schedule]
+    if kind == "interval":
+        make, fields = IntervalSchedule, {"every_ms": need("every_ms", _is_int, "an integer")}
+    elif kind == "cron":
+        make = CronSchedule
+        fields = {
+            "expr": need("expr", _is_str, "a string"),
+            "tz": data.get("tz", "UTC"),
+            "day_or": data.get("day_or", True),
+        }
+    elif kind == "solar":
+        make = SolarSchedule
+        fields = {
+            "event": need("event", _is_str, "a string"),
+            "lat": need("lat", is_real, "a number"),
+            "lon": need("lon", is_real, "a number"),
+        }
+    elif kind == "at":
+        make, fields = AtSchedule, {"at_ms": need("at_ms", _is_int, "an integer")}
+    else:
+        raise InvalidScheduleError(
+            f"{where}: unknown kind {kind!r}; expected 'interval', 'cron', 'solar' or 'at'"
+        )
     try:
-        if kind == "interval":
-            return IntervalSchedule(every_ms=need("every_ms", _is_int, "an integer"))
-        if kind == "cron":
-            return CronSchedule(
-                expr=need("expr", _is_str, "a string"),
-                tz=data.get("tz", "UTC"),
-                day_or=data.get("day_or", True),
-            )
-        if kind == "solar":
-            return SolarSchedule(
-                event=need("event", _is_str, "a string"),
-                lat=need("lat", _is_real, "a number"),
-                lon=need("lon", _is_real, "a number"),
-            )
-        if kind == "at":
-            return AtSchedule(at_ms=need("at_ms", _is_int, "an integer"))
-    except InvalidScheduleError as exc:
-        message = str(exc)
-        if message.startswith(where):
-            raise
-        raise InvalidScheduleError(f"entry {entry!r}: {message}") from None
-    raise InvalidScheduleError(
-        f"{where}: unknown kind {kind!r}; expected 'interval', 'cron', 'solar' or 'at'"
-    )
-
-
-# Celery's crontab attributes (expanded sets) in cron field order, with their ranges.
-_CRONTAB: Final = (
-    ("minute", 0, 59),
-    ("hour", 0, 23),
-    ("day_of_month", 1, 31),
-    ("month_of_year", 1, 12),
-    ("day_of_week", 0, 6),
-)
-
-
-def _full(values: set[int], low: int, high: int) -> str:
-    if values == set(range(low, high + 1)):
-        return "*"
-    return ",".join(str(v) for v in sorted(values))
-
-
-def _zone_name(tz: object) -> str | None:
-    name = getattr(tz, "key", None) or getattr(tz, "zone", None)
-    return name if isinstance(name, str) else None
-
-
-def from_celery(obj: object, *, entry: str, app_tz: str) -> Schedule:
-    """Convert a ``beat_schedule[...]["schedule"]`` value into a Schedule."""
-    try:
-        return _from_celery(obj, app_tz)
-    except InvalidScheduleError as exc:
+        return make(**fields)
+    except InvalidScheduleError as exc:  # the value object's own check: name the entry
         raise InvalidScheduleError(f"entry {entry!r}: {exc}", field=exc.field) from None
-
-
-def _from_celery(obj: object, app_tz: str) -> Schedule:
-    if isinstance(obj, Schedule):
-        return obj
-    if isinstance(obj, cron):
-        return obj.to_schedule(app_tz=app_tz)
-    if _is_real(obj):
-        seconds = float(obj)  # type: ignore[arg-type]
-        if not math.isfinite(seconds):
-            raise InvalidScheduleError(f"interval {obj!r}: must be a finite number of seconds")
-        return IntervalSchedule(every_ms=round(seconds * 1000))
-    if isinstance(obj, timedelta):
-        return IntervalSchedule(every_ms=round(obj / _MS))
-    if isinstance(obj, celery_schedule):
-        # ``relative=True`` (round to the interval) is not kept: ticks run from the anchor.
-        return _from_celery(getattr(obj, "run_every", None), app_tz)
-    if isinstance(obj, crontab):
-        # Celery's crontab ANDs day_of_month and day_of_week (all must match): day_or=False.
-        explicit = _zone_name(vars(obj).get("tz"))  # e.g. django-celery-beat's TzAwareCrontab
-        expr = " ".join(_full(getattr(obj, name), low, high) for name, low, high in _CRONTAB)
-        return CronSchedule(expr=expr, tz=explicit or app_tz, day_or=False)
-    if isinstance(obj, solar):
-        return SolarSchedule(event=obj.event, lat=obj.lat, lon=obj.lon)
-    if isinstance(obj, datetime):
-        if obj.tzinfo is None or obj.utcoffset() is None:
-            obj = obj.replace(tzinfo=_zone(app_tz, "app timezone"))
-        return AtSchedule(at_ms=datetime_to_ms(obj))
-    raise InvalidScheduleError(
-        f"schedule {obj!r} ({type(obj).__name__}) is not supported; use a number of seconds, "
-        "a datetime.timedelta, a datetime (one-off), celery.schedules.schedule, crontab or "
-        "solar, or celery_dcron.cron('*/5 * * * *')"
-    )
-
-
-class cron(BaseSchedule):
-    """A cron string schedule: ``cron("*/5 * * * * *", tz="Europe/Paris")``.
-
-    Five fields, or six with the seconds field first. ``tz=None`` means the Celery
-    app's timezone. Also works under Celery's default beat (``is_due``).
-    """
-
-    def __init__(
-        self,
-        expr: str,
-        tz: str | None = None,
-        day_or: bool = True,
-        nowfun: Callable[[], datetime] | None = None,
-        app: Any = None,
-    ) -> None:
-        CronSchedule(expr=expr, tz="UTC" if tz is None else tz, day_or=day_or)
-        self.expr = expr
-        self.tz_name = tz
-        self.day_or = day_or
-        super().__init__(nowfun=nowfun, app=app)
-
-    def to_schedule(self, *, app_tz: str | None = None) -> CronSchedule:
-        """The value object; ``tz=None`` resolves to ``app_tz``, else the app's zone."""
-        tz = self.tz_name or app_tz or _zone_name(self.tz) or "UTC"
-        return CronSchedule(expr=self.expr, tz=tz, day_or=self.day_or)
-
-    def _next_after(self, when: datetime) -> tuple[int | None, int]:
-        from .ticks import next_tick  # ticks imports this module
-
-        now_ms = datetime_to_ms(self.maybe_make_aware(self.now()))
-        return next_tick(self.to_schedule(), datetime_to_ms(self.maybe_make_aware(when))), now_ms
-
-    def remaining_estimate(self, last_run_at: datetime) -> timedelta:
-        next_ms, now_ms = self._next_after(last_run_at)
-        if next_ms is None:
-            return timedelta(days=365)
-        return timedelta(milliseconds=next_ms - now_ms)
-
-    def is_due(self, last_run_at: datetime) -> schedstate:
-        """``(is_due, seconds until the next check)``, Celery's contract."""
-        next_ms, now_ms = self._next_after(last_run_at)
-        if next_ms is None:
-            return schedstate(False, 365 * 86400.0)
-        if next_ms > now_ms:
-            return schedstate(False, (next_ms - now_ms) / 1000)
-        after_now, _ = self._next_after(ms_to_datetime(now_ms))
-        wait_s = 365 * 86400.0 if after_now is None else (after_now - now_ms) / 1000
-        return schedstate(True, wait_s)
-
-    def __repr__(self) -> str:
-        tz = "" if self.tz_name is None else f", tz={self.tz_name!r}"
-        day_or = "" if self.day_or else ", day_or=False"
-        return f"<cron: {self.expr!r}{tz}{day_or}>"
-
-    def __eq__(self, other: object) -> bool:
-        if isinstance(other, cron):
-            return self._key() == other._key()
-        return NotImplemented
-
-    def __hash__(self) -> int:
-        return hash(self._key())
-
-    def _key(self) -> tuple[str, str | None, bool]:
-        return self.expr, self.tz_name, self.day_or
-
-    def __reduce__(self) -> tuple[Any, ...]:
-        return self.__class__, (self.expr, self.tz_name, self.day_or, getattr(self, "nowfun", None))

@@ -19,7 +19,9 @@ node_left          ``node`` - a node left or expired
 entry_added        ``entry`` (:class:`~celery_dcron.entries.EntrySpec`)
 entry_changed      ``entry`` (new definition), ``old`` (previous one)
 entry_removed      ``entry`` (the last definition seen)
-publish_failed     ``entry``, ``tick`` (:class:`~celery_dcron.entries.Tick`), ``exc``
+publish_failed     ``entry``, ``tick`` (:class:`~celery_dcron.entries.Tick`), ``exc``,
+                   ``permanent`` (True: it can never succeed, the tick is not retried;
+                   see :mod:`celery_dcron.engine.failures`)
 reconcile          ``reason``: ``"start"``, ``"reset"`` (Redis lost its data),
                    ``"reconnect"`` or ``"periodic"`` (``dcron_reconcile_interval``)
 =================  ===========================================================
@@ -50,5 +52,7 @@ node_left = Signal(name="dcron_node_left", providing_args=["node"])
 entry_added = Signal(name="dcron_entry_added", providing_args=["entry"])
 entry_changed = Signal(name="dcron_entry_changed", providing_args=["entry", "old"])
 entry_removed = Signal(name="dcron_entry_removed", providing_args=["entry"])
-publish_failed = Signal(name="dcron_publish_failed", providing_args=["entry", "tick", "exc"])
+publish_failed = Signal(
+    name="dcron_publish_failed", providing_args=["entry", "tick", "exc", "permanent"]
+)
 reconcile = Signal(name="dcron_reconcile", providing_args=["reason"])

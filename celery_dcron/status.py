@@ -1,4 +1,5 @@
-"""What the cluster looks like right now: nodes, entries, owners, next and last runs.
+"""What the cluster looks like right now: nodes, entries, owners, next and last runs, and
+each entry's last publish error.
 
 One read-only view, shared by the CLI (``celery dcron status|ls|ring``) and the Django
 admin, built from one :meth:`Registry.snapshot <celery_dcron.registry.Registry.snapshot>`
@@ -13,14 +14,14 @@ from typing import Any
 
 from . import planning
 from .config import Settings
-from .entries import EntrySpec, EntryState, Node, NodeStatus
+from .entries import EntrySpec, EntryState, Node, NodeStatus, PublishRejection
 from .exceptions import DcronError
 from .registry import Registry, Snapshot
 from .schedules import AtSchedule, CronSchedule, IntervalSchedule, Schedule, SolarSchedule
 from .strategies import get_strategy
 from .ticks import tick_iso
 
-__all__ = ["ClusterView", "describe_schedule", "next_run_ms", "plural"]
+__all__ = ["ClusterView", "describe_error", "describe_schedule", "next_run_ms", "plural"]
 
 
 def plural(count: int, singular: str, plural_form: str | None = None) -> str:
@@ -39,6 +40,12 @@ def describe_schedule(s: Schedule) -> str:
     if isinstance(s, AtSchedule):
         return f"at {tick_iso(s.at_ms)}"
     return repr(s)
+
+
+def describe_error(error: PublishRejection) -> dict[str, Any]:
+    """An entry's last publish error for ``ls``/``show`` (and their ``--json``): its
+    record, with ``tick`` and ``at`` in ISO 8601."""
+    return {**error.to_json(), "tick": tick_iso(error.tick_ms), "at": tick_iso(error.at_ms)}
 
 
 def next_run_ms(spec: EntrySpec, state: EntryState) -> int | None:
@@ -67,6 +74,8 @@ class ClusterView:
         self.reset_ms = snapshot.reset_ms
         self.deleted = snapshot.tombstones
         self.static = snapshot.static
+        #: name -> its last publish that can never succeed (cleared by a later success)
+        self.errors = snapshot.errors
         strategy = get_strategy(settings.strategy, virtual_nodes=settings.virtual_nodes)
         working = [n for n in self.nodes if n.status is NodeStatus.WORKING]
         self.owner: Mapping[str, str] = strategy.assign(snapshot.names, working)
@@ -104,6 +113,7 @@ class ClusterView:
             "last_tick": None if state.last_tick_ms is None else tick_iso(state.last_tick_ms),
             "runs": state.run_count,
             "last_node": state.last_node,
+            "last_error": describe_error(error) if (error := self.errors.get(name)) else None,
         }
 
     def owned_by(self, node_id: str) -> int:

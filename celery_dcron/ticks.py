@@ -38,7 +38,7 @@ from typing import Any, Final
 
 from croniter import CroniterError
 
-from .entries import MisfirePolicy
+from .enums import MisfirePolicy
 from .schedules import (
     SOLAR_EVENTS,
     AtSchedule,

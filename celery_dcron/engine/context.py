@@ -48,7 +48,7 @@ class Part:
 
     @property
     def node_id(self) -> str:
-        return self.settings.node_id
+        return self.membership.node.id
 
 
 T = TypeVar("T")

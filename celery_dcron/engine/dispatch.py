@@ -6,6 +6,10 @@ sent (keeping those it could not mark, to mark them once Redis answers); tells o
 failed publish (log, metrics, the adapter's hook, the ``publish_failed`` signal); and
 :meth:`Dispatcher.recover` re-publishes, with their original task ids, the claims that
 were never marked sent (this node's after a failed publish, or a dead node's).
+
+A failure that can never succeed on a retry (:mod:`.failures`: the task's arguments, the
+serializer, an unknown queue) is not retried: the tick is finished like a sent one, logged
+once (``publish_rejected``) and kept as the entry's last error in the registry.
 """
 
 from __future__ import annotations
@@ -18,11 +22,12 @@ from contextlib import AbstractContextManager
 
 from .. import signals
 from .. import ticks as tickmath
-from ..entries import EntrySpec, Tick
+from ..entries import ERROR_TEXT_MAX, EntrySpec, PublishRejection, Tick
 from ..exceptions import RegistryUnavailableError
 from ..logfields import Summary, log_event
 from ..planning import Rules
 from .context import Context, Part
+from .failures import rejection
 from .view import View
 
 __all__ = ["PUBLISH_BATCH", "Dispatcher", "ErrorHook", "PublishBatch", "Publisher"]
@@ -64,6 +69,9 @@ class Dispatcher(Part):
         self.unmarked: set[Tick] = set()
         #: failed publishes, retried soon by :meth:`recover`
         self.failed: set[Tick] = set()
+        #: publishes that can never succeed, by (entry, tick, run-now), not yet recorded
+        #: in the registry (:meth:`flush_rejected`): never publish them again
+        self.rejected: dict[tuple[str, int, bool], PublishRejection] = {}
         #: when :meth:`recover` runs next (``time.monotonic()``)
         self.next_recover = 0.0
         self._safe_publish_s = self.settings.node_ttl_s / 2
@@ -76,7 +84,7 @@ class Dispatcher(Part):
         sent: list[Tick] = []
         todo = sorted(ticks, key=lambda t: t.tick_ms)
         keepalive_at = time.monotonic() + self.settings.heartbeat_interval_s
-        while todo:
+        while todo and not self.membership.superseded:
             if todo[0].tick_ms > self.clock.now_ms():
                 self.clock.sleep_until(todo[0].tick_ms)  # claimed ahead: not before its tick
             now_ms = self.clock.now_ms()
@@ -88,7 +96,11 @@ class Dispatcher(Part):
                 # A long burst must not starve the heartbeat, or the others would take
                 # this node for dead mid-pass. Versions are left for the next full beat.
                 with contextlib.suppress(RegistryUnavailableError):
-                    self.registry.heartbeat(self.membership.node, self.settings.node_ttl_ms)
+                    if self.registry.heartbeat(
+                        self.membership.node, self.settings.node_ttl_ms
+                    ).superseded:
+                        self.membership.mark_superseded()
+                        break
                 keepalive_at = time.monotonic() + self.settings.heartbeat_interval_s
             if time.monotonic() - claimed_at > self._safe_publish_s:
                 # We were paused or slow since the claim: another node may have taken
@@ -104,6 +116,11 @@ class Dispatcher(Part):
         return sent
 
     def _still_ours(self, ticks: Sequence[Tick]) -> list[Tick]:
+        # A claim names the node id, not the process: first make sure no new incarnation
+        # took the id over while this one stalled (it re-publishes our claims as its own).
+        if self.registry.heartbeat(self.membership.node, self.settings.node_ttl_ms).superseded:
+            self.membership.mark_superseded()
+            return []
         flags = self.registry.retake(
             ticks, node_id=self.node_id, lock_ttl_ms=self.settings.lock_ttl_ms
         )
@@ -122,7 +139,8 @@ class Dispatcher(Part):
 
         When the batch as a whole fails (its round trip to the broker), delivery of each
         of its messages is uncertain: all of them count as failed and are published
-        again with the same task ids.
+        again with the same task ids. A tick whose own publish can never succeed is
+        rejected (:meth:`reject`), not failed.
         """
         done: list[tuple[Tick, str]] = []
         failed: set[Tick] = set()
@@ -138,7 +156,8 @@ class Dispatcher(Part):
                         self.publish(spec, tick, task_id)
                     except Exception as exc:
                         failed.add(tick)
-                        self._tick_failed(spec, tick, task_id, exc)
+                        if not self.reject(spec, tick, task_id, exc):
+                            self._tick_failed(spec, tick, task_id, exc)
                         continue
                     done.append((tick, task_id))
         except Exception as exc:  # the batch as a whole (or opening it) failed
@@ -181,26 +200,71 @@ class Dispatcher(Part):
         self.publish_failed(spec, tick, exc)
 
     def publish_failed(self, spec: EntrySpec, tick: Tick, exc: BaseException) -> None:
-        """Tell the metrics, the adapter's hook and the signal's receivers of a failure."""
+        """Tell the metrics, the adapter's hook and the signal's receivers of a failure
+        that is retried."""
         self.metrics.publish_failed()
+        self._tell(spec, tick, exc, permanent=False)
+
+    def _tell(self, spec: EntrySpec, tick: Tick, exc: BaseException, *, permanent: bool) -> None:
         if self.on_publish_error is not None:
             try:
                 self.on_publish_error(spec, tick, exc)
             except Exception:
                 logger.exception("dcron: the publish-error hook raised")
-        self.notify(signals.publish_failed, entry=spec, tick=tick, exc=exc)
+        self.notify(signals.publish_failed, entry=spec, tick=tick, exc=exc, permanent=permanent)
+
+    def reject(
+        self, spec: EntrySpec, tick: Tick, task_id: str, exc: Exception, *, run_now: bool = False
+    ) -> bool:
+        """If ``exc`` says this publish can never succeed (:func:`.failures.rejection`),
+        finish the tick: log it once, count it, tell the hook and the signal's receivers,
+        and keep it for the registry (:meth:`flush_rejected`) as the entry's last error.
+        False (nothing done) when the failure is transient."""
+        reason = rejection(exc)
+        if reason is None:
+            return False
+        record = PublishRejection(
+            name=spec.name, tick_ms=tick.tick_ms, task_id=task_id, reason=reason.value,
+            error=repr(exc)[:ERROR_TEXT_MAX], at_ms=self.clock.now_ms(), node=self.node_id,
+            version=spec.version, run_now=run_now,
+        )  # fmt: skip
+        self.rejected[(spec.name, tick.tick_ms, run_now)] = record
+        if not run_now:
+            self.failed.discard(tick)
+        log_event(
+            logger, logging.ERROR, "publish_rejected",
+            "dcron: publish rejected %(entry)s " + ("run-now at" if run_now else "tick")
+            + "=%(tick)s id=%(task_id)s: %(error)s (%(reason)s: it cannot succeed on a "
+            "retry; not retried)",
+            entry=spec.name, tick_ms=tick.tick_ms, task_id=task_id, node=self.node_id,
+            reason=reason.value, error=record.error, run_now=run_now,
+        )  # fmt: skip
+        self.metrics.publish_rejected(reason.value)
+        self._tell(spec, tick, exc, permanent=True)
+        return True
+
+    def flush_rejected(self) -> None:
+        """Finish in the registry the ticks rejected so far: their claims are forgotten
+        and each is kept as its entry's last error."""
+        if self.rejected:
+            self.registry.reject(list(self.rejected.values()))
+            self.rejected.clear()
 
     def mark_sent(self, sent: Sequence[Tick]) -> None:
-        if not sent:
-            return
+        """Mark ``sent`` sent, after recording the ticks rejected so far (so that a later
+        tick sent clears the error of an earlier one)."""
         try:
-            self.registry.mark_sent(sent)
+            self.flush_rejected()
+            if sent:
+                self.registry.mark_sent(sent)
         except RegistryUnavailableError:
             self.unmarked.update(sent)
             raise
 
     def flush_unmarked(self) -> None:
-        """Mark sent the ticks published while Redis did not answer."""
+        """Record the rejected ticks, and mark sent the ticks published, while Redis did
+        not answer."""
+        self.flush_rejected()
         if not self.unmarked:
             return
         ticks = list(self.unmarked)
@@ -223,7 +287,7 @@ class Dispatcher(Part):
         now_ms = self.clock.now_ms()
         for claim in pending:
             tick = Tick(name=claim.name, tick_ms=claim.tick_ms)
-            if tick in self.unmarked:
+            if tick in self.unmarked or (claim.name, claim.tick_ms, False) in self.rejected:
                 continue
             spec = self.view.entries.get(claim.name)
             if spec is None:

@@ -33,7 +33,7 @@ from ..entries import EntrySpec, EntryState, NodeStatus, Tick
 from ..exceptions import RegistryUnavailableError
 from ..interfaces import Strategy
 from ..logfields import log_event
-from ..membership import EventListener, Membership
+from ..membership import EventListener, Membership, PidAlive, process_alive
 from ..metrics import Metrics, NullMetrics
 from ..planning import Rules
 from ..registry import Registry
@@ -85,6 +85,7 @@ class Engine:
         publish_batch: PublishBatch | None = None,
         claim_ahead_ms: int = 0,
         metrics: Metrics | None = None,
+        pid_alive: PidAlive = process_alive,
     ) -> None:
         self.settings = settings
         self.registry = registry
@@ -98,6 +99,7 @@ class Engine:
             ttl_ms=settings.node_ttl_ms,
             weight=settings.node_weight,
             version=version,
+            pid_alive=pid_alive,
         )
         self.wake = threading.Event()
         self.listener = EventListener(registry, self.wake) if listen else None
@@ -133,7 +135,8 @@ class Engine:
 
     @property
     def node_id(self) -> str:
-        return self.settings.node_id
+        """``dcron_node_id``, or the ``<host>:<slot>`` won when joining."""
+        return self.membership.node.id
 
     # -- the loop ----------------------------------------------------------------
 
@@ -143,6 +146,8 @@ class Engine:
 
     def step(self) -> float:
         """One pass of the scheduling loop. Returns how long to wait before the next."""
+        if self.membership.superseded:  # another process holds our id: do nothing more
+            return self.settings.heartbeat_interval_s
         try:
             now_mono = time.monotonic()
             if now_mono >= self._next_beat or not self._connected or self._dirty(clear=False):
@@ -229,6 +234,8 @@ class Engine:
         if not self._connected:
             self.registry.load_scripts()
         hb, members_changed, entries_changed = self.membership.beat()
+        if self.membership.superseded:
+            return
         reset = self.recovery.observe(hb)
         self._peer_expiry_ms = hb.peer_expiry_ms
         reconnected = not self._connected

@@ -12,6 +12,7 @@ import logging
 
 from .. import ticks as tickmath
 from ..entries import EntrySpec, EntryState, Tick
+from ..enums import AfterRun
 from ..exceptions import DcronError, RegistryUnavailableError
 from .context import Context, Part
 from .dispatch import Dispatcher
@@ -71,6 +72,9 @@ class Requests(Part):
             try:
                 self.dispatcher.publish(spec, tick, tid)
             except Exception as exc:
+                if self.dispatcher.reject(spec, tick, tid, exc, run_now=True):
+                    done.append(request)  # it can never succeed: not retried
+                    continue
                 self.due = True
                 logger.error(
                     "dcron: run-now of %s failed id=%s: %r (will retry)", spec.name, tid, exc
@@ -81,6 +85,7 @@ class Requests(Part):
             self.metrics.run_now()
             self.dispatcher.log_fired(spec.name, request.request_ms, tid, run_now=True)
         self.registry.done_requests(done)
+        self.dispatcher.flush_rejected()
         return len(done)
 
     def apply_after_run(self) -> None:
@@ -90,13 +95,15 @@ class Requests(Part):
             if name not in self.view.owned:
                 continue
             try:
-                if spec.after_run == "disable":
+                if spec.after_run is AfterRun.DISABLE:
                     self.registry.put_entry(
                         spec.with_changes(enabled=False), expected_version=spec.version
                     )
                 else:
                     self.registry.remove_entry(
-                        name, tombstone=spec.after_run == "tombstone", expected_version=spec.version
+                        name,
+                        tombstone=spec.after_run is AfterRun.TOMBSTONE,
+                        expected_version=spec.version,
                     )
             except RegistryUnavailableError:
                 self.after_run[name] = spec

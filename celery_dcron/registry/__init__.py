@@ -22,10 +22,19 @@ from typing import Any
 import redis
 
 from ..config import Settings
-from ..entries import ClaimResult, EntrySpec, EntryState, Node, PendingClaim, Tick
+from ..entries import (
+    ClaimResult,
+    EntrySpec,
+    EntryState,
+    Node,
+    PendingClaim,
+    PublishRejection,
+    Tick,
+)
+from ..exceptions import DcronError
 from ..topology import RedisTarget
 from .claims import MAX_TICKS_PER_SCRIPT, ClaimStore
-from .codec import Heartbeat, RunRequest, Snapshot, StaticSyncResult
+from .codec import Heartbeat, Joined, RunRequest, Snapshot, StaticSyncResult
 from .entries import EntryStore
 from .events import EventStore
 from .keys import Keys
@@ -38,6 +47,7 @@ __all__ = [
     "MAX_TICKS_PER_SCRIPT",
     "REDIS_ERRORS",
     "Heartbeat",
+    "Joined",
     "Keys",
     "Registry",
     "RunRequest",
@@ -136,6 +146,9 @@ class Registry:
     def heartbeat(self, node: Node, ttl_ms: int) -> Heartbeat:
         return self.node_store.heartbeat(node, ttl_ms)
 
+    def join(self, node: Node, ttl_ms: int, *, dead_token: str = "") -> Joined:
+        return self.node_store.join(node, ttl_ms, dead_token=dead_token)
+
     def leave(self, node_id: str) -> None:
         self.node_store.leave(node_id)
 
@@ -176,6 +189,14 @@ class Registry:
         ``expected_version=None`` over anything.
         """
         return self.entry_store.put_entry(spec, expected_version=expected_version, force=force)
+
+    def put_entries(
+        self, specs: Sequence[EntrySpec], *, replace: bool = False
+    ) -> list[EntrySpec | DcronError]:
+        """Create (``replace``: create or overwrite) each of ``specs``, pipelined: one
+        round trip (two with ``replace``); tombstoned and static names are refused.
+        Returns, in order, each entry as stored or the error that refused it."""
+        return self.entry_store.put_entries(specs, replace=replace)
 
     def set_enabled(self, name: str, enabled: bool) -> EntrySpec:
         """Enable or disable ``name`` (compare-and-set, retried on a concurrent write)."""
@@ -234,7 +255,18 @@ class Registry:
         )
 
     def mark_sent(self, ticks: Sequence[Tick]) -> None:
+        """The claims of ``ticks`` were published: no longer pending; their entries' last
+        publish errors are cleared (unless newer than the tick sent)."""
         self.claim_store.mark_sent(ticks)
+
+    def reject(self, rejections: Sequence[PublishRejection]) -> None:
+        """Finish ticks whose publish can never succeed: forget their pending claims and
+        keep each one as its entry's last error (a later one replaces it)."""
+        self.claim_store.reject(rejections)
+
+    def errors(self, names: Iterable[str] | None = None) -> dict[str, PublishRejection]:
+        """The last publish error of the given entries (all when ``names`` is None)."""
+        return self.claim_store.errors(names)
 
     def pending(self) -> list[PendingClaim]:
         return self.claim_store.pending()

@@ -1,5 +1,5 @@
-"""Claims in Redis: run state, claiming ticks, marking them sent, and taking over the
-unsent claims of dead nodes.
+"""Claims in Redis: run state, claiming ticks, marking them sent (or rejected: a publish
+that can never succeed), and taking over the unsent claims of dead nodes.
 
 A claim is one atomic step (:data:`~celery_dcron.registry.scripts.CLAIM`): the entry's
 last tick only ever grows, and a per-tick lock (``SET NX PX``) lets one node fire a tick.
@@ -10,9 +10,9 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
-from ..entries import ClaimResult, EntryState, PendingClaim, Tick
+from ..entries import ClaimResult, EntryState, PendingClaim, PublishRejection, Tick
 from . import scripts
-from .codec import decode_states
+from .codec import decode_errors, decode_states, dumps
 from .transport import Store
 
 __all__ = ["MAX_TICKS_PER_SCRIPT", "ClaimStore"]
@@ -23,8 +23,8 @@ MAX_TICKS_PER_SCRIPT = 500
 
 
 class ClaimStore(Store):
-    """The ``anchor``, ``last``, ``runs``, ``lastnode`` and ``pending`` keys and the
-    per-tick locks."""
+    """The ``anchor``, ``last``, ``runs``, ``lastnode``, ``pending`` and ``errors`` keys
+    and the per-tick locks."""
 
     def states(self, names: Iterable[str] | None = None) -> dict[str, EntryState]:
         """Shared state of the given entries (all when ``names`` is None): one round trip."""
@@ -85,14 +85,38 @@ class ClaimStore(Store):
         return results
 
     def mark_sent(self, ticks: Sequence[Tick]) -> None:
-        """Forget the pending claims of ``ticks``: they were published."""
+        """Forget the pending claims of ``ticks``: they were published. An entry's last
+        publish error goes too, unless it is newer than the tick sent."""
         if ticks:
-            t, pending = self.transport, self.keys.pending
-            fields = [self.keys.pending_field(tick.name, tick.tick_ms) for tick in ticks]
-            if t.wait_replicas:  # a lost mark would make the claim be sent again
-                t.durable(pending, lambda p: p.hdel(pending, *fields))
-            else:
-                t.run(lambda: t.client.hdel(pending, *fields))
+            args = [x for tick in ticks for x in (tick.name, tick.tick_ms)]
+            # durable: a lost mark would make the claim be sent again
+            self.transport.call_durable(scripts.MARK_SENT, args)
+
+    def reject(self, rejections: Sequence[PublishRejection]) -> None:
+        """Finish ticks whose publish can never succeed: forget their pending claims and
+        keep each one as its entry's last error (a later one replaces it)."""
+        if rejections:
+            args: list[Any] = []
+            for r in rejections:
+                args.extend((r.name, "" if r.run_now else r.tick_ms, dumps(r.to_json())))
+            self.transport.call_durable(scripts.REJECT, args)
+
+    def errors(self, names: Iterable[str] | None = None) -> dict[str, PublishRejection]:
+        """The last publish error of the given entries (all when ``names`` is None)."""
+        wanted = None if names is None else list(names)
+        if wanted == []:
+            return {}
+        pipe = self.transport.pipeline()
+        self.queue_errors(pipe, wanted)
+        (raw,) = self.transport.execute(pipe)
+        return decode_errors(raw if wanted is None else dict(zip(wanted, raw, strict=True)))
+
+    def queue_errors(self, pipe: Any, wanted: list[str] | None) -> None:
+        """Add the ``errors`` hash to a pipeline: whole, or the fields of ``wanted``."""
+        if wanted is None:
+            pipe.hgetall(self.keys.errors)
+        else:
+            pipe.hmget(self.keys.errors, wanted)
 
     def pending(self) -> list[PendingClaim]:
         """Claims not yet marked sent (a malformed field is logged and dropped)."""

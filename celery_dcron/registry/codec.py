@@ -3,8 +3,9 @@
 One decoder per record: entry definitions (:func:`decode_entries`), run state
 (:func:`decode_states`), nodes (:func:`decode_nodes`), ``"<ms>:<name>"`` fields of
 pending claims and run-now requests (:func:`decode_fields`), heartbeat replies
-(:func:`decode_heartbeat`). Everything read back is JSON or a plain integer; nothing
-is unpickled. A record that does not parse is reported or skipped, never fatal.
+(:func:`decode_heartbeat`), entries' last publish errors (:func:`decode_errors`).
+Everything read back is JSON or a plain integer; nothing is unpickled. A record that
+does not parse is reported or skipped, never fatal.
 """
 
 from __future__ import annotations
@@ -12,22 +13,25 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any
 
-from ..entries import EntrySpec, EntryState, Node, NodeStatus
+from ..entries import EntrySpec, EntryState, Node, NodeStatus, PublishRejection
 from ..exceptions import InvalidEntryError
 from .keys import Keys
 
 __all__ = [
     "Heartbeat",
+    "Joined",
     "RunRequest",
     "Snapshot",
     "StaticSyncResult",
     "decode_entries",
     "decode_entry",
+    "decode_errors",
     "decode_fields",
     "decode_heartbeat",
+    "decode_joined",
     "decode_nodes",
     "decode_states",
     "dumps",
@@ -54,6 +58,20 @@ class Heartbeat:
     reset_ms: int | None = None
     #: the earliest heartbeat expiry of another node (server time, ms); None when alone
     peer_expiry_ms: int | None = None
+    #: another incarnation holds this node id (its record has another token): this one
+    #: was replaced and must claim and publish nothing more; the heartbeat wrote nothing
+    superseded: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Joined:
+    """The reply of :data:`~celery_dcron.registry.scripts.JOIN`."""
+
+    #: whether this incarnation now holds the id
+    won: bool
+    #: the record found there: the live holder when not won, the predecessor replaced
+    #: (dead, expired or left behind) when won; None when the id was free
+    holder: Node | None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -90,6 +108,8 @@ class Snapshot:
     static: set[str]
     #: when the registry was rebuilt after a data loss (cluster time, ms); None if never
     reset_ms: int | None = None
+    #: name -> its last publish that can never succeed (cleared by a later success)
+    errors: dict[str, PublishRejection] = field(default_factory=dict)
 
 
 # -- encoders ---------------------------------------------------------------------
@@ -122,7 +142,20 @@ def decode_heartbeat(raw: Sequence[Any]) -> Heartbeat:
         epoch=str(raw[5]) if len(raw) > 5 and raw[5] is not None else "",
         reset_ms=int(raw[6]) if len(raw) > 6 and raw[6] is not None else None,
         peer_expiry_ms=int(float(raw[7])) if len(raw) > 7 and raw[7] is not None else None,
+        superseded=len(raw) > 8 and str(raw[8]) == "1",
     )
+
+
+def decode_joined(raw: Sequence[Any]) -> Joined:
+    """The reply of :data:`~celery_dcron.registry.scripts.JOIN`; a holder record that
+    does not parse reads as None."""
+    holder = None
+    if raw[1]:
+        try:
+            holder = Node.from_json(json.loads(raw[1]))
+        except (ValueError, KeyError, TypeError) as exc:
+            logger.warning("dcron: malformed node record %r: %s", raw[1], exc)
+    return Joined(won=int(raw[0]) == 1, holder=holder)
 
 
 def decode_nodes(
@@ -198,16 +231,31 @@ def decode_states(
     }
 
 
+def decode_errors(raw: Mapping[str, Any]) -> dict[str, PublishRejection]:
+    """The last publish error of each entry (``name -> JSON``; None values are absent
+    fields). A record that does not parse is logged and skipped."""
+    errors: dict[str, PublishRejection] = {}
+    for name, text in raw.items():
+        if text is None:
+            continue
+        try:
+            data = json.loads(text)
+            errors[name] = PublishRejection.from_json(name, data)
+        except (ValueError, KeyError, TypeError) as exc:
+            logger.warning("dcron: skipping malformed publish error of %r: %r", name, exc)
+    return errors
+
+
 def decode_fields(raw: Mapping[str, str]) -> tuple[list[tuple[str, int, str]], list[str]]:
     """``(name, ms, value)`` of each ``"<ms>:<name>"`` field (pending claims, run-now
     requests), and the fields that do not parse."""
     good: list[tuple[str, int, str]] = []
     bad: list[str] = []
-    for field, value in raw.items():
+    for key, value in raw.items():
         try:
-            name, ms = Keys.parse_pending_field(field)
+            name, ms = Keys.parse_pending_field(key)
         except ValueError:
-            bad.append(field)
+            bad.append(key)
             continue
         good.append((name, ms, value))
     return good, bad

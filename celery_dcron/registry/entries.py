@@ -6,6 +6,7 @@ Every write bumps the entries version and publishes ``"entries"``, so owners rel
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -101,6 +102,76 @@ class EntryStore(Store):
             raise _write_error(spec.name, status, version, expected)
         raise ConflictError(f"entry {spec.name!r}: too many concurrent writes; try again")
 
+    def put_entries(
+        self, specs: Sequence[EntrySpec], *, replace: bool = False
+    ) -> list[EntrySpec | DcronError]:
+        """Create (or with ``replace``, create or overwrite) each of ``specs`` as
+        :meth:`put_entry` does: one script call per entry, pipelined in one round trip
+        (``replace``: two, the first reads the versions). Tombstoned and static names are
+        refused. Returns, in order, each entry as stored or the error that refused it.
+        """
+        results: list[EntrySpec | DcronError | None] = [None] * len(specs)
+        todo = list(range(len(specs)))
+        for _ in range(_ATTEMPTS):
+            expected: dict[int, int | None] = dict.fromkeys(todo)
+            if replace:
+                todo = self._read_versions(specs, todo, expected, results)
+            calls: list[list[Any]] = []
+            written: list[tuple[int, EntrySpec]] = []
+            for i in todo:
+                spec, exp = specs[i], expected[i]
+                new = spec.with_changes(version=(exp or 0) + 1)
+                try:
+                    text = new.dumps()
+                except InvalidEntryError as exc:
+                    results[i] = exc
+                    continue
+                calls.append([self.keys.events, spec.name, text,
+                              "" if exp is None else exp, "0", *self.grid(spec)])  # fmt: skip
+                written.append((i, new))
+            replies = self.transport.call_many(scripts.PUT_ENTRY, calls) if calls else []
+            todo = []
+            for (i, new), (status, version) in zip(written, replies, strict=True):
+                if str(status) == "ok":
+                    results[i] = new
+                elif replace and str(status) in ("exists", "conflict", "missing"):
+                    todo.append(i)  # written in between: read it again
+                else:
+                    results[i] = _write_error(new.name, str(status), int(version), expected[i])
+            if not todo:
+                break
+        for i in todo:
+            results[i] = ConflictError(
+                f"entry {specs[i].name!r}: too many concurrent writes; try again"
+            )
+        return [r for r in results if r is not None]
+
+    def _read_versions(
+        self,
+        specs: Sequence[EntrySpec],
+        todo: list[int],
+        expected: dict[int, int | None],
+        results: list[EntrySpec | DcronError | None],
+    ) -> list[int]:
+        """Fill ``expected`` with the stored version of each entry of ``todo`` (None:
+        absent); refuse the static names. Returns the indexes still to write."""
+        names = [specs[i].name for i in todo]
+        if not names:
+            return []
+        pipe = self.transport.pipeline()
+        pipe.hmget(self.keys.entries, names)
+        pipe.hmget(self.keys.static, names)
+        stored, static = self.transport.execute(pipe)
+        left = []
+        for i, text, is_static in zip(todo, stored, static, strict=True):
+            if is_static is not None:
+                results[i] = _write_error(specs[i].name, "static", _stored_version(text), None)
+                continue
+            version = _stored_version(text)
+            expected[i] = None if version < 0 else version
+            left.append(i)
+        return left
+
     def set_enabled(self, name: str, enabled: bool) -> EntrySpec:
         """Enable or disable ``name`` (compare-and-set, retried on a concurrent write)."""
         for _ in range(_ATTEMPTS):
@@ -169,6 +240,18 @@ class EntryStore(Store):
             return (0, 0)
         every = schedule.every_ms
         return (every, interval_phase_ms(self.keys.namespace, spec.name, every))
+
+
+def _stored_version(text: str | None) -> int:
+    """The version in a stored entry JSON, as the scripts read it: -1 without an entry,
+    0 without a version."""
+    if text is None:
+        return -1
+    try:
+        version = json.loads(text).get("version")
+        return int(version) if version is not None else 0
+    except (ValueError, TypeError, AttributeError):
+        return 0
 
 
 def _write_error(name: str, status: str, version: int, expected: int | None) -> DcronError:

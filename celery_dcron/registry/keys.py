@@ -19,6 +19,11 @@ all scripts touch one Redis Cluster slot; ``B`` below stands for that tag)::
     B:runs        hash    entry name -> number of ticks claimed for dispatch
     B:lastnode    hash    entry name -> node id of the last claim
     B:pending     hash    "<tick_ms>:<name>" -> node id: claimed, not yet marked sent
+    B:errors      hash    entry name -> its last publish that can never succeed (JSON:
+                          tick_ms, task_id, reason, error, at_ms, node, version, run_now);
+                          the tick was finished, not retried. Cleared when a tick of the
+                          entry at or after it is marked sent, and by remove, reset and
+                          cleanup (see :class:`~celery_dcron.entries.PublishRejection`)
     B:requests    hash    "<request_ms>:<name>" -> "" (a run-now request waiting for the
                           entry's owner) or the node id that took it and has not yet sent it
     B:lock:<name>:<tick_ms>   string  per-tick fire lock (SET NX PX), value node id
@@ -38,7 +43,7 @@ __all__ = ["KeyName", "Keys"]
 #: declare the keys they take by these names (:mod:`celery_dcron.registry.scripts`).
 KeyName = Literal[
     "nodes", "status", "alive", "meta", "entries", "static", "tombstones", "anchor", "last",
-    "runs", "lastnode", "pending", "requests",
+    "runs", "lastnode", "pending", "requests", "errors",
 ]  # fmt: skip
 
 
@@ -63,6 +68,7 @@ class Keys:
         self.lastnode = f"{base}:lastnode"
         self.pending = f"{base}:pending"
         self.requests = f"{base}:requests"
+        self.errors = f"{base}:errors"
         self.events = f"{base}:events"
 
     def named(self, name: KeyName) -> str:

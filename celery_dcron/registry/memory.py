@@ -22,9 +22,19 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
-from ..entries import ClaimResult, EntrySpec, EntryState, Node, NodeStatus, PendingClaim, Tick
+from ..entries import (
+    ClaimResult,
+    EntrySpec,
+    EntryState,
+    Node,
+    NodeStatus,
+    PendingClaim,
+    PublishRejection,
+    Tick,
+)
 from ..exceptions import (
     ConflictError,
+    DcronError,
     EntryNotFoundError,
     InvalidEntryError,
     RegistryUnavailableError,
@@ -35,7 +45,16 @@ from ..ticks import interval_phase_ms, phased_anchor
 
 # The registry's record types: pure frozen dataclasses (the module that holds them
 # imports redis; the memory registry uses nothing else of it).
-from .codec import Heartbeat, RunRequest, Snapshot, StaticSyncResult, decode_entries
+from .codec import (
+    Heartbeat,
+    Joined,
+    RunRequest,
+    Snapshot,
+    StaticSyncResult,
+    decode_entries,
+    decode_errors,
+    dumps,
+)
 
 if TYPE_CHECKING:
     from ..config import Settings
@@ -93,6 +112,7 @@ class _Data:
     pending: dict[tuple[str, int], str] = field(default_factory=dict)  # (name, tick) -> node
     requests: dict[tuple[str, int], str] = field(default_factory=dict)  # (name, ms) -> holder
     locks: dict[tuple[str, int], int] = field(default_factory=dict)  # (name, tick) -> expiry
+    errors: dict[str, str] = field(default_factory=dict)  # name -> last publish error JSON
 
 
 class MemoryRegistry:
@@ -168,11 +188,14 @@ class MemoryRegistry:
                         del d.alive[node_id]
                         d.nodes.pop(node_id, None)
                         d.status.pop(node_id, None)
-            if d.status.get(node.id) != node.status.value or node.id not in d.alive:
-                changed = True
-            d.nodes[node.id] = node
-            d.status[node.id] = node.status.value
-            d.alive[node.id] = now + ttl_ms
+            held = d.nodes.get(node.id)
+            superseded = bool(node.token and held and held.token and held.token != node.token)
+            if not superseded:
+                if d.status.get(node.id) != node.status.value or node.id not in d.alive:
+                    changed = True
+                d.nodes[node.id] = node
+                d.status[node.id] = node.status.value
+                d.alive[node.id] = now + ttl_ms
             if changed:
                 self._notify(_MEMBERS)
             if d.epoch is None:  # Redis: TIME as "<s>.<us>"; a loss count stands in for µs
@@ -186,7 +209,25 @@ class MemoryRegistry:
                 epoch=d.epoch,
                 reset_ms=d.reset_ms,
                 peer_expiry_ms=min(peers) if peers else None,
+                superseded=superseded,
             )
+
+    def join(self, node: Node, ttl_ms: int, *, dead_token: str = "") -> Joined:
+        with self._op() as now:
+            d = self._data
+            held = d.nodes.get(node.id)
+            if (
+                held is not None
+                and self._is_alive(node.id, now)
+                and held.token != node.token
+                and (not dead_token or held.token != dead_token)
+            ):
+                return Joined(won=False, holder=held)
+            d.nodes[node.id] = node
+            d.status[node.id] = node.status.value
+            d.alive[node.id] = now + ttl_ms
+            self._notify(_MEMBERS)
+            return Joined(won=True, holder=held)
 
     def leave(self, node_id: str) -> None:
         with self._op():
@@ -308,6 +349,23 @@ class MemoryRegistry:
             self._notify(_ENTRIES)
             return new
 
+    def put_entries(
+        self, specs: Sequence[EntrySpec], *, replace: bool = False
+    ) -> list[EntrySpec | DcronError]:
+        results: list[EntrySpec | DcronError] = []
+        with self._op():
+            d = self._data
+            for spec in specs:
+                current = _version_of(d.entries.get(spec.name))
+                try:
+                    if replace and spec.name in d.static:
+                        raise _refused(spec.name, "a static entry (beat_schedule) has that name")
+                    expected = current if replace and current >= 0 else None
+                    results.append(self.put_entry(spec, expected_version=expected))
+                except (ConflictError, InvalidEntryError) as exc:
+                    results.append(exc)
+        return results
+
     def remove_entry(
         self, name: str, *, tombstone: bool, expected_version: int | None = None
     ) -> bool:
@@ -320,7 +378,7 @@ class MemoryRegistry:
                 d.tombstones[name] = now
             if current < 0:
                 return False
-            for table in (d.entries, d.anchor, d.last, d.runs, d.lastnode):
+            for table in (d.entries, d.anchor, d.last, d.runs, d.lastnode, d.errors):
                 table.pop(name, None)
             d.static.discard(name)
             self._notify(_ENTRIES)
@@ -330,7 +388,8 @@ class MemoryRegistry:
         with self._op():
             d = self._data
             removed = 0
-            for table in (d.entries, d.tombstones, d.anchor, d.last, d.runs, d.lastnode):
+            tables = (d.entries, d.tombstones, d.anchor, d.last, d.runs, d.lastnode, d.errors)
+            for table in tables:
                 removed += table.pop(name, None) is not None
             if name in d.static:
                 d.static.discard(name)
@@ -364,7 +423,7 @@ class MemoryRegistry:
             except InvalidEntryError:
                 spec = None  # anchored at now, as the Redis registry does
             d.anchor[name] = self._anchor_at(spec, now)
-            for table in (d.last, d.runs, d.lastnode):
+            for table in (d.last, d.runs, d.lastnode, d.errors):
                 table.pop(name, None)
             self._notify(_ENTRIES)
             return True
@@ -449,8 +508,32 @@ class MemoryRegistry:
 
     def mark_sent(self, ticks: Sequence[Tick]) -> None:
         with self._op():
+            d = self._data
             for tick in ticks:
-                self._data.pending.pop((tick.name, tick.tick_ms), None)
+                d.pending.pop((tick.name, tick.tick_ms), None)
+                text = d.errors.get(tick.name)
+                if text is not None:
+                    at = _error_tick_ms(text)
+                    if at is None or at <= tick.tick_ms:
+                        del d.errors[tick.name]
+
+    def reject(self, rejections: Sequence[PublishRejection]) -> None:
+        texts = [(r, dumps(r.to_json())) for r in rejections]
+        with self._op():
+            d = self._data
+            for r, text in texts:
+                if not r.run_now:
+                    d.pending.pop((r.name, r.tick_ms), None)
+                d.errors[r.name] = text
+
+    def errors(self, names: Iterable[str] | None = None) -> dict[str, PublishRejection]:
+        with self._op():
+            return self._errors(names)
+
+    def _errors(self, names: Iterable[str] | None) -> dict[str, PublishRejection]:
+        errors = self._data.errors
+        wanted = errors if names is None else {n: errors[n] for n in names if n in errors}
+        return decode_errors(wanted)
 
     def drop_pending(self, ticks: Sequence[Tick]) -> None:
         self.mark_sent(ticks)
@@ -536,6 +619,7 @@ class MemoryRegistry:
                 tombstones=dict(d.tombstones),
                 static=set(d.static),
                 reset_ms=d.reset_ms,
+                errors=self._errors(wanted),
             )
 
 
@@ -547,6 +631,14 @@ def _version_of(text: str | None) -> int:
         return int(json.loads(text)["version"])
     except (ValueError, KeyError, TypeError):
         return 0
+
+
+def _error_tick_ms(text: str) -> int | None:
+    """The tick of a stored publish error; None when it does not parse."""
+    try:
+        return int(json.loads(text)["tick_ms"])
+    except (ValueError, KeyError, TypeError):
+        return None
 
 
 def _refused(name: str, why: str) -> ConflictError:

@@ -6,7 +6,7 @@ from typing import Any
 
 from ..entries import Node
 from . import scripts
-from .codec import Heartbeat, decode_heartbeat, decode_nodes, dumps
+from .codec import Heartbeat, Joined, decode_heartbeat, decode_joined, decode_nodes, dumps
 from .transport import Store
 
 __all__ = ["NodeStore"]
@@ -18,8 +18,20 @@ class NodeStore(Store):
     def heartbeat(self, node: Node, ttl_ms: int) -> Heartbeat:
         """Refresh ``node`` for ``ttl_ms`` and expire dead nodes; returns the server
         time, versions and cluster flags."""
-        args = [node.id, dumps(node.to_json()), node.status.value, ttl_ms, self.keys.events]
+        args = [
+            node.id, dumps(node.to_json()), node.status.value, ttl_ms, self.keys.events,
+            node.token,
+        ]  # fmt: skip
         return decode_heartbeat(self.transport.call(scripts.HEARTBEAT, args))
+
+    def join(self, node: Node, ttl_ms: int, *, dead_token: str = "") -> Joined:
+        """Register a new incarnation under ``node.id`` if the id is free, expired, its
+        own, or held by the incarnation ``dead_token`` (proved dead by the caller)."""
+        args = [
+            node.id, dumps(node.to_json()), node.status.value, ttl_ms, self.keys.events,
+            node.token, dead_token,
+        ]  # fmt: skip
+        return decode_joined(self.transport.call(scripts.JOIN, args))
 
     def leave(self, node_id: str) -> None:
         """Remove ``node_id`` at once (a graceful stop hands its entries over)."""

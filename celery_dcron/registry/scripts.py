@@ -22,8 +22,11 @@ __all__ = [
     "CLAIM",
     "CLEANUP",
     "HEARTBEAT",
+    "JOIN",
     "LEAVE",
+    "MARK_SENT",
     "PUT_ENTRY",
+    "REJECT",
     "REMOVE_ENTRY",
     "RESET",
     "RETAKE",
@@ -83,19 +86,36 @@ end
 
 # -- membership -------------------------------------------------------------------
 
+# Defines ``token_of(record)``: the incarnation token of a node record ("" when the
+# record is absent, does not parse or has none).
+_TOKEN = """
+local function token_of(rec)
+  if not rec then return '' end
+  local ok, data = pcall(cjson.decode, rec)
+  if ok and type(data) == 'table' and type(data['token']) == 'string' then
+    return data['token']
+  end
+  return ''
+end
+"""
+
 # Expires dead nodes, refreshes this node, bumps the membership version (and
 # publishes "members") when the live set or a status changed.
 # Sets the namespace's epoch (server time) if it has none: a Redis that lost its data
 # has a new one, whatever its versions have climbed back to.
+# A heartbeat whose token is not the one of the node record stored under its id
+# writes nothing and says so: another incarnation took the id over (JOIN), and this
+# one must stop (two live processes under one id would re-publish each other's claims).
 # KEYS: nodes, status, alive, meta
-# ARGV: node_id, node_json, status, ttl_ms, channel
+# ARGV: node_id, node_json, status, ttl_ms, channel, token ("": not checked)
 # Returns {server_s, server_us, members_version, entries_version, paused (0|1), epoch,
 # reset (ms, or nil on data that was never rebuilt after a loss), the earliest heartbeat
-# expiry of another node (ms, or nil when alone)}.
+# expiry of another node (ms, or nil when alone), superseded (0|1)}.
 HEARTBEAT = Script(
     "heartbeat",
     ("nodes", "status", "alive", "meta"),
     _NOW
+    + _TOKEN
     + """
 local changed = 0
 local dead = redis.call('ZRANGEBYSCORE', KEYS[3], '-inf', now)
@@ -107,12 +127,19 @@ for _, id in ipairs(dead) do
   end
   changed = 1
 end
-local old = redis.call('HGET', KEYS[2], ARGV[1])
-if old ~= ARGV[3] then changed = 1 end
-if redis.call('ZSCORE', KEYS[3], ARGV[1]) == false then changed = 1 end
-redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
-redis.call('HSET', KEYS[2], ARGV[1], ARGV[3])
-redis.call('ZADD', KEYS[3], now + tonumber(ARGV[4]), ARGV[1])
+local superseded = 0
+if ARGV[6] and ARGV[6] ~= '' then
+  local held = token_of(redis.call('HGET', KEYS[1], ARGV[1]))
+  if held ~= '' and held ~= ARGV[6] then superseded = 1 end
+end
+if superseded == 0 then
+  local old = redis.call('HGET', KEYS[2], ARGV[1])
+  if old ~= ARGV[3] then changed = 1 end
+  if redis.call('ZSCORE', KEYS[3], ARGV[1]) == false then changed = 1 end
+  redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+  redis.call('HSET', KEYS[2], ARGV[1], ARGV[3])
+  redis.call('ZADD', KEYS[3], now + tonumber(ARGV[4]), ARGV[1])
+end
 if changed == 1 then
   redis.call('HINCRBY', KEYS[4], 'members', 1)
   redis.call('PUBLISH', ARGV[5], 'members')
@@ -124,7 +151,36 @@ local peer = false
 for i = 1, #first, 2 do
   if first[i] ~= ARGV[1] then peer = first[i + 1]; break end
 end
-return {t[1], t[2], m[1] or '0', m[2] or '0', m[3] or '0', m[4], m[5], peer}
+return {t[1], t[2], m[1] or '0', m[2] or '0', m[3] or '0', m[4], m[5], peer, superseded}
+""",
+)
+
+# Registers a new incarnation under node_id (before its first heartbeat), iff the id
+# is free, expired, already this incarnation's (same token), or held by the incarnation
+# whose token the caller passes as dead_token (the caller proved that process dead: same
+# host, pid gone or reused). Compare-and-swap on the token: two processes starting at
+# once cannot both win one id.
+# KEYS: nodes, status, alive, meta
+# ARGV: node_id, node_json, status, ttl_ms, channel, token, dead_token ("": none)
+# Returns {1, the record replaced or ""} when won, else {0, the live holder's record}.
+JOIN = Script(
+    "join",
+    ("nodes", "status", "alive", "meta"),
+    _NOW
+    + _TOKEN
+    + """
+local cur = redis.call('HGET', KEYS[1], ARGV[1])
+local exp = redis.call('ZSCORE', KEYS[3], ARGV[1])
+if cur and exp and tonumber(exp) > now then
+  local held = token_of(cur)
+  if held ~= ARGV[6] and (ARGV[7] == '' or held ~= ARGV[7]) then return {0, cur} end
+end
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+redis.call('HSET', KEYS[2], ARGV[1], ARGV[3])
+redis.call('ZADD', KEYS[3], now + tonumber(ARGV[4]), ARGV[1])
+redis.call('HINCRBY', KEYS[4], 'members', 1)
+redis.call('PUBLISH', ARGV[5], 'members')
+return {1, cur or ''}
 """,
 )
 
@@ -154,10 +210,10 @@ TIME = Script("time", ("meta",), "return redis.call('TIME')")
 # -- entries ----------------------------------------------------------------------
 # Every write bumps the entries version and publishes "entries", so owners reload.
 
-# The keys holding an entry's definition and run state: REMOVE_ENTRY and CLEANUP clear
-# KEYS[1..7] (REMOVE_ENTRY keeps the tombstone, KEYS[3]).
+# The keys holding an entry's definition and run state (and its last publish error):
+# REMOVE_ENTRY and CLEANUP clear KEYS[1..8] (REMOVE_ENTRY keeps the tombstone, KEYS[3]).
 _DEFINITION_AND_STATE: tuple[KeyName, ...] = (
-    "entries", "static", "tombstones", "anchor", "last", "runs", "lastnode",
+    "entries", "static", "tombstones", "anchor", "last", "runs", "lastnode", "errors",
 )  # fmt: skip
 
 # Writes the static entries of one beat_schedule in one step: a tombstoned name or
@@ -253,7 +309,7 @@ return {'ok', ver}
 
 # Removes the definition and run state; with tombstone, records the deletion time so
 # that re-adding the name (also from a static beat_schedule) is refused.
-# KEYS: entries, static, tombstones, anchor, last, runs, lastnode, meta
+# KEYS: entries, static, tombstones, anchor, last, runs, lastnode, errors, meta
 # ARGV: channel, name, tombstone ('1'|'0'), expected ('' = any version)
 # Returns {status, current version}: 'ok', 'missing' (tombstone still set) or 'conflict'.
 REMOVE_ENTRY = Script(
@@ -267,18 +323,19 @@ local ver = version_of(redis.call('HGET', KEYS[1], name))
 if ARGV[4] ~= '' and tonumber(ARGV[4]) ~= ver then return {'conflict', ver} end
 if ARGV[3] == '1' then redis.call('HSET', KEYS[3], name, now) end
 if ver < 0 then return {'missing', ver} end
-for i = 1, 7 do
+for i = 1, 8 do
   if i ~= 3 then redis.call('HDEL', KEYS[i], name) end
 end
-redis.call('HINCRBY', KEYS[8], 'entries', 1)
+redis.call('HINCRBY', KEYS[9], 'entries', 1)
 redis.call('PUBLISH', ARGV[1], 'entries')
 return {'ok', ver}
 """,
 )
 
-# Erases every trace of an entry: definition, state, tombstone, unsent claims and
-# run-now requests. (Per-tick locks expire on their own after dcron_lock_ttl.)
-# KEYS: entries, static, tombstones, anchor, last, runs, lastnode, pending, requests, meta
+# Erases every trace of an entry: definition, state, last publish error, tombstone, unsent
+# claims and run-now requests. (Per-tick locks expire on their own after dcron_lock_ttl.)
+# KEYS: entries, static, tombstones, anchor, last, runs, lastnode, errors, pending,
+#       requests, meta
 # ARGV: channel, name
 # Returns the number of fields removed.
 CLEANUP = Script(
@@ -287,34 +344,34 @@ CLEANUP = Script(
     """
 local name = ARGV[2]
 local n = 0
-for i = 1, 7 do n = n + redis.call('HDEL', KEYS[i], name) end
-for i = 8, 9 do
+for i = 1, 8 do n = n + redis.call('HDEL', KEYS[i], name) end
+for i = 9, 10 do
   for _, f in ipairs(redis.call('HKEYS', KEYS[i])) do
     local c = string.find(f, ':', 1, true)
     if c and string.sub(f, c + 1) == name then n = n + redis.call('HDEL', KEYS[i], f) end
   end
 end
-redis.call('HINCRBY', KEYS[10], 'entries', 1)
+redis.call('HINCRBY', KEYS[11], 'entries', 1)
 redis.call('PUBLISH', ARGV[1], 'entries')
 return n
 """,
 )
 
 # Starts an entry afresh: anchor at now (server time, on the entry's grid), no last
-# tick, no runs.
-# KEYS: entries, anchor, last, runs, lastnode, meta
+# tick, no runs, no last publish error.
+# KEYS: entries, anchor, last, runs, lastnode, errors, meta
 # ARGV: channel, name, every_ms, phase_ms (the interval grid; every_ms 0 = not an interval)
 # Returns 1, or 0 when there is no such entry.
 RESET = Script(
     "reset",
-    ("entries", "anchor", "last", "runs", "lastnode", "meta"),
+    ("entries", "anchor", "last", "runs", "lastnode", "errors", "meta"),
     _NOW
     + _ANCHOR
     + """
 if redis.call('HEXISTS', KEYS[1], ARGV[2]) == 0 then return 0 end
 redis.call('HSET', KEYS[2], ARGV[2], anchor_at(ARGV[3], ARGV[4]))
-for i = 3, 5 do redis.call('HDEL', KEYS[i], ARGV[2]) end
-redis.call('HINCRBY', KEYS[6], 'entries', 1)
+for i = 3, 6 do redis.call('HDEL', KEYS[i], ARGV[2]) end
+redis.call('HINCRBY', KEYS[7], 'entries', 1)
 redis.call('PUBLISH', ARGV[1], 'entries')
 return 1
 """,
@@ -420,6 +477,48 @@ return out
 )
 
 
+# Forgets the pending claims of published ticks, and clears the last publish error of
+# their entries unless it is newer than the tick sent (or unreadable: then it goes too).
+# KEYS: pending, errors
+# ARGV: per tick i: name, tick_ms
+# Returns 1.
+MARK_SENT = Script(
+    "mark_sent",
+    ("pending", "errors"),
+    """
+for i = 1, #ARGV - 1, 2 do
+  local name, tick = ARGV[i], ARGV[i + 1]
+  redis.call('HDEL', KEYS[1], tick .. ':' .. name)
+  local err = redis.call('HGET', KEYS[2], name)
+  if err then
+    local ok, data = pcall(cjson.decode, err)
+    local at = ok and type(data) == 'table' and tonumber(data['tick_ms'])
+    if not at or at <= tonumber(tick) then redis.call('HDEL', KEYS[2], name) end
+  end
+end
+return 1
+""",
+)
+
+# Finishes ticks whose publish can never succeed: forgets their pending claims and keeps
+# each one as its entry's last error (a later call replaces it).
+# KEYS: pending, errors
+# ARGV: per tick i: name, tick_ms ('' for a run-now request: it has no claim), record JSON
+# Returns 1.
+REJECT = Script(
+    "reject",
+    ("pending", "errors"),
+    """
+for i = 1, #ARGV - 2, 3 do
+  local name, tick = ARGV[i], ARGV[i + 1]
+  if tick ~= '' then redis.call('HDEL', KEYS[1], tick .. ':' .. name) end
+  redis.call('HSET', KEYS[2], name, ARGV[i + 2])
+end
+return 1
+""",
+)
+
+
 # -- run-now requests -------------------------------------------------------------
 
 # Records a run-now request at the server time; the entry's owner takes it.
@@ -474,6 +573,6 @@ return out
 #: Every script, in the order :meth:`Transport.load_scripts
 #: <celery_dcron.registry.transport.Transport.load_scripts>` loads them.
 ALL: tuple[Script, ...] = (
-    HEARTBEAT, LEAVE, SYNC_STATIC, CLAIM, RETAKE, PUT_ENTRY, REMOVE_ENTRY, CLEANUP, RESET,
-    SET_PAUSED, RUN_NOW, TAKE_REQUESTS, TIME,
+    HEARTBEAT, JOIN, LEAVE, SYNC_STATIC, CLAIM, RETAKE, MARK_SENT, REJECT, PUT_ENTRY, REMOVE_ENTRY,
+    CLEANUP, RESET, SET_PAUSED, RUN_NOW, TAKE_REQUESTS, TIME,
 )  # fmt: skip

@@ -6,7 +6,14 @@ from collections.abc import Iterable
 from typing import Any
 
 from .claims import ClaimStore
-from .codec import Snapshot, decode_entries, decode_nodes, decode_states, int_or_none
+from .codec import (
+    Snapshot,
+    decode_entries,
+    decode_errors,
+    decode_nodes,
+    decode_states,
+    int_or_none,
+)
 from .nodes import NodeStore
 from .transport import Store, Transport
 
@@ -14,8 +21,8 @@ __all__ = ["SnapshotReader"]
 
 
 class SnapshotReader(Store):
-    """Reads nodes, entries, states, flags and tombstones together, with the same
-    queries and decoders as the stores that own them."""
+    """Reads nodes, entries, states, last publish errors, flags and tombstones together,
+    with the same queries and decoders as the stores that own them."""
 
     def __init__(self, transport: Transport, nodes: NodeStore, claims: ClaimStore) -> None:
         super().__init__(transport)
@@ -23,8 +30,9 @@ class SnapshotReader(Store):
         self._claims = claims
 
     def snapshot(self, names: Iterable[str] | None = None) -> Snapshot:
-        """Nodes, entries, states, flags and tombstones in one round trip (for status
-        pages). With ``names``, only those entries' definitions and states are read;
+        """Nodes, entries, states, last publish errors, flags and tombstones in one round
+        trip (for status pages). With ``names``, only those entries' definitions, states
+        and errors are read;
         ``Snapshot.names`` still lists every entry (ownership needs the whole list)."""
         k = self.keys
         wanted = None if names is None else list(names)
@@ -40,6 +48,8 @@ class SnapshotReader(Store):
         pipe.hmget(k.meta, ["paused", "reset"])
         pipe.hgetall(k.tombstones)
         pipe.hkeys(k.static)
+        if wanted != []:
+            self._claims.queue_errors(pipe, wanted)
         raw = self.transport.execute(pipe)
         nodes, server_ms = decode_nodes(*raw[:4])
         all_names: list[str] = sorted(raw[4])
@@ -53,7 +63,10 @@ class SnapshotReader(Store):
             rest = raw[10:]
         texts, *state_hashes = hashes
         entries, bad = decode_entries({n: v for n, v in texts.items() if v is not None})
-        (paused, reset), tombstones, static = rest
+        (paused, reset), tombstones, static, *errors = rest
+        raw_errors: dict[str, Any] = {}
+        if errors:
+            raw_errors = errors[0] if wanted is None else dict(zip(wanted, errors[0], strict=True))
         return Snapshot(
             nodes=nodes,
             server_ms=server_ms,
@@ -65,4 +78,5 @@ class SnapshotReader(Store):
             tombstones={n: int(ms) for n, ms in tombstones.items()},
             static=set(static),
             reset_ms=int_or_none(reset),
+            errors=decode_errors(raw_errors),
         )

@@ -2,8 +2,10 @@
 
 Every Redis call of the registry goes through :meth:`Transport.run`, which turns an
 outage into :class:`~celery_dcron.exceptions.RegistryUnavailableError` (the engine
-retries) and a reply that shows a wrong ``dcron_redis_url`` into a
-:class:`~celery_dcron.exceptions.ConfigurationError`. Scripts are called by their
+retries), a refused password or ACL permission into a
+:class:`~celery_dcron.exceptions.RegistryAuthenticationError`, and a reply that shows a
+wrong ``dcron_redis_url`` into a :class:`~celery_dcron.exceptions.ConfigurationError`
+(neither is retried: a setting must change). Scripts are called by their
 :class:`~celery_dcron.registry.scripts.Script`, which binds their keys by name.
 """
 
@@ -14,24 +16,26 @@ import time
 from collections.abc import Callable, Sequence
 from functools import partial
 from typing import Any
+from urllib.parse import parse_qs, unquote, urlsplit
 
 import redis
 from redis.commands.core import Script as RedisScript
 
 from .. import clients
 from ..config import Settings
-from ..exceptions import RegistryUnavailableError
-from ..topology import RedisTarget
+from ..exceptions import RegistryAuthenticationError, RegistryUnavailableError
+from ..topology import URL_SETTING, RedisTarget, Topology
 from . import scripts
 from .codec import decode_fields, time_ms
 from .keys import Keys
 from .scripts import Script
 
-__all__ = ["REDIS_ERRORS", "Store", "Transport", "connect"]
+__all__ = ["REDIS_ERRORS", "Store", "Transport", "access_error", "connect"]
 
 logger = logging.getLogger(__name__)
 
-#: Errors that mean "Redis is unreachable right now"; callers retry later.
+#: Errors that mean "Redis is unreachable right now"; callers retry later. (redis-py's
+#: AuthenticationError is a ConnectionError too: :meth:`Transport.run` takes it out first.)
 REDIS_ERRORS: tuple[type[BaseException], ...] = (
     redis.exceptions.ConnectionError,
     redis.exceptions.TimeoutError,
@@ -41,13 +45,64 @@ REDIS_ERRORS: tuple[type[BaseException], ...] = (
     redis.exceptions.SlotNotCoveredError,
     OSError,
 )
-#: What :meth:`Transport.run` looks at: outages, and replies that show a wrong
+#: Redis refused this client: a wrong or missing password, an unknown ACL user (WRONGPASS,
+#: NOAUTH; an ACL user name sent to a Redis before 6), or an ACL user without a permission
+#: the registry needs (NOPERM). A configuration error, never an outage.
+_DENIED: tuple[type[BaseException], ...] = (
+    redis.exceptions.AuthenticationError,
+    redis.exceptions.AuthenticationWrongNumberOfArgsError,
+    redis.exceptions.NoPermissionError,
+)
+#: What :meth:`Transport.run` looks at: outages, refusals, and replies that show a wrong
 #: dcron_redis_url.
 _CAUGHT: tuple[type[BaseException], ...] = (
     *REDIS_ERRORS,
     redis.exceptions.ResponseError,
     redis.exceptions.RedisClusterException,  # "cannot be connected": no reachable node
 )
+
+
+def access_error(
+    exc: BaseException, target: RedisTarget | None, keys: Keys
+) -> RegistryAuthenticationError | None:
+    """The error that names the setting to fix when Redis refused this client (see
+    ``_DENIED``), or None. Decided by the exception's class and the configured URL (does it
+    carry a password, a user), never by the message, which is only quoted."""
+    if not isinstance(exc, _DENIED):
+        return None
+    where = f"Redis at {target.describe()}" if target is not None else "Redis"
+    setting = f"{URL_SETTING} (or broker_url, its default)"
+    user, password = _credentials(target)
+    if isinstance(exc, redis.exceptions.NoPermissionError):
+        return RegistryAuthenticationError(
+            f"{where}: permission denied to the ACL user {user or 'default'!r} (allow it "
+            f"the registry's commands on the keys and channel {keys.base}:*): {exc}"
+        )
+    if target is not None and password is None:
+        return RegistryAuthenticationError(
+            f"{where}: authentication required (put the password in {setting}: "
+            f"redis://:PASSWORD@host:6379/0, or redis://USER:PASSWORD@host:6379/0): {exc}"
+        )
+    what = f"the ACL user {user!r} and its password" if user else "the password"
+    return RegistryAuthenticationError(
+        f"{where}: authentication failed (check {what} in {setting}): {exc}"
+    )
+
+
+def _credentials(target: RedisTarget | None) -> tuple[str | None, str | None]:
+    """(user, password) that ``target`` gives Redis: a single server's come from its URL
+    (``redis://user:password@host``, or ``?password=`` as redis-py also reads)."""
+    if target is None:
+        return None, None
+    if target.topology is not Topology.SINGLE:
+        return target.username, target.password
+    split = urlsplit(target.url)
+    query = parse_qs(split.query)
+    user = split.username or next(iter(query.get("username", [])), None)
+    password = split.password
+    if password is None:
+        password = next(iter(query.get("password", [])), None)
+    return (unquote(user) if user else None), password
 
 
 def connect(settings: Settings) -> redis.Redis:
@@ -117,6 +172,38 @@ class Transport:
         registered = self.registered(script)
         return self.run(lambda: registered(keys=keys, args=list(args)))
 
+    def call_many(self, script: Script, calls: Sequence[Sequence[Any]]) -> list[Any]:
+        """Run ``script`` once per argument list of ``calls``, pipelined (no MULTI): one
+        round trip, each call atomic on its own. Returns the replies in order.
+
+        A call the server refused (``NOSCRIPT`` after a restart) did not run: the script is
+        loaded and those calls sent again. Any other error is raised (as :meth:`run` maps
+        it) once the replies are in, so the calls before and after it may have run.
+        """
+        keys = script.bind(self.keys)
+        registered = self.registered(script)
+
+        def send(batch: Sequence[Sequence[Any]]) -> list[Any]:
+            pipe = self.pipeline()
+            for args in batch:
+                # not registered(client=pipe): redis-py would add a SCRIPT EXISTS round trip
+                pipe.execute_command("EVALSHA", registered.sha, len(keys), *keys, *args)
+            return list(pipe.execute(raise_on_error=False))
+
+        replies = self.run(lambda: send(calls))
+        unloaded = [
+            i for i, r in enumerate(replies) if isinstance(r, redis.exceptions.NoScriptError)
+        ]
+        if unloaded:
+            self.run(partial(self.client.script_load, registered.script))
+            again = self.run(lambda: send([calls[i] for i in unloaded]))
+            for i, reply in zip(unloaded, again, strict=True):
+                replies[i] = reply
+        for reply in replies:
+            if isinstance(reply, Exception):
+                self.run(partial(_reraise, reply))
+        return list(replies)
+
     def call_durable(
         self, script: Script, args: Sequence[Any], extra_keys: Sequence[str] = ()
     ) -> Any:
@@ -157,6 +244,9 @@ class Transport:
         try:
             return fn()
         except _CAUGHT as exc:
+            denied = access_error(exc, self.target, self.keys)
+            if denied is not None:
+                raise denied from exc
             wrong = clients.configuration_error(exc, self.target)
             if wrong is not None:
                 raise wrong from exc
@@ -194,6 +284,10 @@ class Transport:
         """On Redis Sentinel, ask the sentinels where the master is; if it moved, the
         connections to the old one are dropped. True when it moved. Never raises."""
         return clients.follow_master(self.client)
+
+
+def _reraise(exc: Exception) -> None:
+    raise exc
 
 
 class Store:

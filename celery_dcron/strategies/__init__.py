@@ -32,6 +32,7 @@ from __future__ import annotations
 import importlib
 from typing import cast
 
+from ..enums import StrategyName
 from ..exceptions import ConfigurationError
 from ..interfaces import Strategy
 from .consistent_hash import DEFAULT_VIRTUAL_NODES, ConsistentHashStrategy
@@ -51,14 +52,16 @@ __all__ = [
     "RangeStrategy",
     "RendezvousStrategy",
     "RoundRobinStrategy",
+    "StrategyName",
     "WeightedStrategy",
     "get_strategy",
+    "parse_strategy",
 ]
 
-DEFAULT_STRATEGY = "consistent_hash"
+DEFAULT_STRATEGY = StrategyName.CONSISTENT_HASH
 
 #: Strategy name (the value of ``dcron_strategy``) -> class.
-STRATEGIES: dict[str, type] = {
+STRATEGIES: dict[StrategyName, type] = {
     cls.name: cls
     for cls in (
         ConsistentHashStrategy,
@@ -72,7 +75,29 @@ STRATEGIES: dict[str, type] = {
 }
 
 
-def get_strategy(name: str, *, virtual_nodes: int = DEFAULT_VIRTUAL_NODES) -> Strategy:
+def parse_strategy(value: object) -> StrategyName | str:
+    """The ``dcron_strategy`` setting: a built-in name (any case, ``-`` for ``_``) as a
+    :class:`~celery_dcron.enums.StrategyName`, or a dotted path kept as a string (imported
+    by :func:`get_strategy`). Raises ConfigurationError naming the setting."""
+    if isinstance(value, StrategyName):
+        return value
+    if not isinstance(value, str) or not value.strip():
+        raise ConfigurationError(
+            f"dcron_strategy: {value!r} is not a strategy name; use one of {_choices()}"
+        )
+    key = value.strip()
+    try:
+        return StrategyName(key.lower().replace("-", "_"))
+    except ValueError:
+        pass
+    if "." in key or ":" in key:
+        return key
+    raise ConfigurationError(f"dcron_strategy: unknown strategy {value!r}; use one of {_choices()}")
+
+
+def get_strategy(
+    name: StrategyName | str, *, virtual_nodes: int = DEFAULT_VIRTUAL_NODES
+) -> Strategy:
     """The strategy called ``name`` (``dcron_strategy``), ready to use.
 
     ``virtual_nodes`` (``dcron_virtual_nodes``) applies to ``consistent_hash``.
@@ -80,26 +105,19 @@ def get_strategy(name: str, *, virtual_nodes: int = DEFAULT_VIRTUAL_NODES) -> St
     for an unknown name, a dotted path that does not import, or an object without
     ``assign``.
     """
-    if not isinstance(name, str) or not name.strip():
-        raise ConfigurationError(
-            f"dcron_strategy: {name!r} is not a strategy name; use one of {_choices()}"
-        )
-    key = name.strip()
-    builtin = key.lower().replace("-", "_")
-    if builtin == ConsistentHashStrategy.name:
+    parsed = parse_strategy(name)
+    if parsed is StrategyName.CONSISTENT_HASH:
         try:
             return ConsistentHashStrategy(virtual_nodes=virtual_nodes)
         except (TypeError, ValueError) as exc:
             raise ConfigurationError(f"dcron_virtual_nodes: {exc}") from None
-    if builtin in STRATEGIES:
-        return cast(Strategy, STRATEGIES[builtin]())
-    if "." in key or ":" in key:
-        return _load(key)
-    raise ConfigurationError(f"dcron_strategy: unknown strategy {name!r}; use one of {_choices()}")
+    if isinstance(parsed, StrategyName):
+        return cast(Strategy, STRATEGIES[parsed]())
+    return _load(parsed)
 
 
 def _choices() -> str:
-    return ", ".join(STRATEGIES) + ", or a dotted path 'pkg.module:Class'"
+    return ", ".join(n.value for n in StrategyName) + ", or a dotted path 'pkg.module:Class'"
 
 
 def _load(path: str) -> Strategy:

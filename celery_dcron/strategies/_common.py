@@ -176,7 +176,7 @@ class WholeListStrategy:
     Subclasses say where the ``i``-th of ``total`` sorted entries goes among ``count`` nodes.
     """
 
-    name = ""
+    name: str = ""
     #: The owner of one entry depends on all entries: call :meth:`assign`.
     needs_all_entries = True
 

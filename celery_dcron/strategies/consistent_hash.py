@@ -32,6 +32,7 @@ from bisect import bisect_right
 from collections.abc import Sequence
 from functools import lru_cache
 
+from ..enums import StrategyName
 from ..interfaces import NodeRef
 from ._common import hash64, weighted_nodes
 
@@ -67,7 +68,7 @@ def _ring(key: tuple[tuple[str, float], ...], virtual_nodes: int) -> tuple[list[
 class ConsistentHashStrategy:
     """Hash ring with ``virtual_nodes`` points per node of weight 1 (default 160)."""
 
-    name = "consistent_hash"
+    name = StrategyName.CONSISTENT_HASH
 
     def __init__(self, virtual_nodes: int = DEFAULT_VIRTUAL_NODES) -> None:
         if isinstance(virtual_nodes, bool) or not isinstance(virtual_nodes, int):

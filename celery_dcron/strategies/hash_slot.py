@@ -31,6 +31,7 @@ from binascii import crc_hqx
 from collections.abc import Sequence
 from functools import lru_cache
 
+from ..enums import StrategyName
 from ..interfaces import NodeRef
 from ._common import best_lanes, hash32, lanes_for, node_ids
 
@@ -59,7 +60,7 @@ def _slot_table(ids: tuple[str, ...]) -> tuple[str, ...]:
 class HashSlotStrategy:
     """CRC16 slot of the entry name, slots spread over the nodes by rendezvous hashing."""
 
-    name = "hash_slot"
+    name = StrategyName.HASH_SLOT
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}()"

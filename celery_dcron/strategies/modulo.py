@@ -19,6 +19,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from ..enums import StrategyName
 from ..interfaces import NodeRef
 from ._common import hash64, node_ids
 
@@ -28,7 +29,7 @@ __all__ = ["ModuloStrategy"]
 class ModuloStrategy:
     """``sorted_ids[hash(entry) % N]``: moves most entries on any membership change."""
 
-    name = "modulo"
+    name = StrategyName.MODULO
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}()"

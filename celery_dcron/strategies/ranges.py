@@ -24,6 +24,7 @@ Bounds asserted by ``tests/unit/test_strategies.py``:
 
 from __future__ import annotations
 
+from ..enums import StrategyName
 from ._common import WholeListStrategy
 
 __all__ = ["RangeStrategy"]
@@ -32,7 +33,7 @@ __all__ = ["RangeStrategy"]
 class RangeStrategy(WholeListStrategy):
     """Contiguous ranges of sorted entry names over sorted node ids; only :meth:`assign`."""
 
-    name = "range"
+    name = StrategyName.RANGE
 
     def _place(self, i: int, total: int, count: int) -> int:
         return i * count // total

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from ..enums import StrategyName
 from ..interfaces import NodeRef
 from ._common import best_lanes, entry_hashes32, hash32, lanes_for, node_ids, rank_of
 
@@ -34,7 +35,7 @@ __all__ = ["RendezvousStrategy"]
 class RendezvousStrategy:
     """Highest random weight: each entry goes to the node scoring highest on it."""
 
-    name = "rendezvous"
+    name = StrategyName.RENDEZVOUS
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}()"

@@ -22,6 +22,7 @@ ignored. Bounds asserted by ``tests/unit/test_strategies.py``:
 
 from __future__ import annotations
 
+from ..enums import StrategyName
 from ._common import WholeListStrategy
 
 __all__ = ["RoundRobinStrategy"]
@@ -30,7 +31,7 @@ __all__ = ["RoundRobinStrategy"]
 class RoundRobinStrategy(WholeListStrategy):
     """Sorted entries dealt over sorted node ids; only :meth:`assign` is exact."""
 
-    name = "round_robin"
+    name = StrategyName.ROUND_ROBIN
 
     def _place(self, i: int, total: int, count: int) -> int:
         return i % count

@@ -49,6 +49,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 from operator import sub, truediv
 
+from ..enums import StrategyName
 from ..interfaces import NodeRef
 from ._common import (
     MIX_C1,
@@ -153,7 +154,7 @@ def _plan(key: tuple[tuple[str, float], ...]) -> _Plan:
 class WeightedStrategy:
     """Weighted rendezvous: node shares proportional to :attr:`NodeRef.weight`."""
 
-    name = "weighted"
+    name = StrategyName.WEIGHTED
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}()"

@@ -13,7 +13,7 @@ from django_celery_results.models import TaskResult
 from celery_dcron.api import DynamicTasks
 from celery_dcron.clock import ManualClock
 from celery_dcron.contrib.django.models import DynamicTask
-from celery_dcron.entries import EntrySpec
+from celery_dcron.entries import EntrySpec, PublishRejection, Tick
 from celery_dcron.schedules import CronSchedule, IntervalSchedule, SolarSchedule
 from tests.django.conftest import make_task
 from tests.integration.test_engine import Cluster, Recorder, _server_ms
@@ -140,6 +140,34 @@ def test_one_run_count_the_registry_s_on_the_list_and_the_change_page(
     assert listed and shown
     assert int(listed.group(1)) == int(shown.group(1)) == runs
     assert "runs (copy)" not in change
+
+
+def test_a_rejected_publish_shows_as_the_last_error_until_a_later_tick_is_sent(
+    client: Client, dt: DynamicTasks
+) -> None:
+    task = make_task(name="broken")
+    task.save()
+    at = dt.registry.server_ms()
+    error = 'TypeError("ping() takes 0 positional arguments but 1 was given")'
+    dt.registry.reject([PublishRejection(
+        name="broken", tick_ms=at, task_id="tid-1", reason="arguments", error=error,
+        at_ms=at, node="node-a", version=1,
+    )])  # fmt: skip
+    page = client.get(LIST_URL).content.decode()
+    row = next(r for r in page.split("<tr") if ">broken</a>" in r)
+    state = re.search(r'class="field-registry_state">(.*?)</td>', row, re.S)
+    assert state and text_of(state.group(1)).endswith("last publish rejected (arguments)")
+    change = client.get(f"{LIST_URL}{task.pk}/change/").content.decode()
+    field = re.search(r'field-last_error">.*?<div class="readonly">(.*?)</div>', change, re.S)
+    assert field, change
+    shown = text_of(field.group(1))
+    assert shown.startswith("publish rejected (arguments) at tick") and "tid-1" in shown
+    assert "ping() takes 0 positional arguments" in shown
+    dt.registry.mark_sent([Tick(name="broken", tick_ms=at + 1000)])
+    assert "last publish rejected" not in client.get(LIST_URL).content.decode()
+    change = client.get(f"{LIST_URL}{task.pk}/change/").content.decode()
+    field = re.search(r'field-last_error">.*?<div class="readonly">(.*?)</div>', change, re.S)
+    assert field and text_of(field.group(1)) == "-"
 
 
 def test_actions_pause_resume_run_now_and_reset(client: Client, dt: DynamicTasks) -> None:

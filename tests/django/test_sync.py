@@ -22,6 +22,7 @@ from celery_dcron.clock import ManualClock
 from celery_dcron.contrib.django import sync
 from celery_dcron.contrib.django.models import DynamicTask
 from celery_dcron.contrib.django.validators import dynamic_tasks
+from celery_dcron.enums import EntrySource
 from celery_dcron.ticks import task_id
 from tests.django.conftest import make_task
 from tests.integration.test_engine import Cluster, Recorder, _server_ms
@@ -103,6 +104,38 @@ def test_reconcile_after_flushdb_restores_every_row_and_removes_orphans(
     DynamicTask.objects.filter(name="t0").update(name="renamed-behind-our-back")
     report = sync.reconcile()
     assert report.removed == ["djtest/t0"] and report.written == ["djtest/renamed-behind-our-back"]
+
+
+def test_every_write_goes_through_the_public_api(
+    dt: DynamicTasks, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # contrib.django is a client of DynamicTasks like any other: put() and remove(), with
+    # compare-and-set on the version it read; the registry's own writes are never called.
+    calls: list[tuple[str, str, int | None, bool]] = []
+    put, remove = DynamicTasks.put, DynamicTasks.remove
+
+    def spy_put(self: DynamicTasks, spec: Any, **kw: Any) -> Any:
+        calls.append(("put", spec.name, kw.get("expected_version"), kw.get("force", False)))
+        return put(self, spec, **kw)
+
+    def spy_remove(self: DynamicTasks, name: str, **kw: Any) -> None:
+        calls.append(("remove", name, kw.get("expected_version"), False))
+        remove(self, name, **kw)
+
+    monkeypatch.setattr(DynamicTasks, "put", spy_put)
+    monkeypatch.setattr(DynamicTasks, "remove", spy_remove)
+    task = make_task(name="w", cron="*/5 * * * * *")
+    task.save()
+    assert dt.get("w").source is EntrySource.DJANGO
+    dt.update("w", cron="*/9 * * * * *")  # the database wins at the next reconcile
+    changed = dt.get("w").version
+    sync.reconcile()
+    task.delete()
+    assert calls == [
+        ("put", "w", None, True),
+        ("put", "w", changed, False),
+        ("remove", "w", changed + 1, False),
+    ]
 
 
 def test_reconcile_writes_back_a_changed_entry_and_dry_run_changes_nothing(

@@ -641,12 +641,12 @@ class Cluster:
         """node id -> status, as in the registry's status hash."""
         return dict(self.client().hgetall(KEYS.status))
 
-    @staticmethod
-    def pid_of(node_id: str) -> int | None:
-        parts = node_id.rsplit(":", 2)
+    def pid_of(self, node_id: str) -> int | None:
+        """The pid in ``node_id``'s registry record (ids are ``<host>:<slot>`` by default)."""
+        text = self.client().hget(KEYS.nodes, node_id)
         try:
-            return int(parts[-2]) if len(parts) == 3 else None
-        except ValueError:
+            return int(json.loads(text)["pid"]) if text else None
+        except (ValueError, KeyError, TypeError):
             return None
 
     def node_of(self, beat: Beat) -> tuple[str, str] | None:

@@ -7,9 +7,7 @@ and every step heartbeats, so a change made through the API is seen at the next 
 from __future__ import annotations
 
 import importlib
-import itertools
 import sys
-import textwrap
 import uuid
 from collections.abc import Iterator
 from datetime import datetime, timedelta, timezone
@@ -25,8 +23,9 @@ from celery_dcron import ConflictError, DynamicTasks, EntryNotFoundError, Invali
 from celery_dcron.clock import ManualClock
 from celery_dcron.config import Settings
 from celery_dcron.entries import EntrySpec
-from celery_dcron.exceptions import InvalidScheduleError
-from celery_dcron.schedules import CronSchedule, IntervalSchedule, ms_to_datetime, schedule_to_json
+from celery_dcron.enums import AfterRun, EntrySource
+from celery_dcron.exceptions import InvalidScheduleError, VersionConflictError
+from celery_dcron.schedules import IntervalSchedule, ms_to_datetime, schedule_to_json
 from celery_dcron.ticks import run_now_task_id, task_id
 from tests.integration.test_engine import (
     Cluster,
@@ -234,6 +233,60 @@ def test_concurrent_updates_conflict_instead_of_losing_a_write(api: DynamicTasks
     with pytest.raises(ConflictError, match="already exists"):
         api.add("e", "t", every=5)
     assert api.update("e", every=timedelta(seconds=9)).schedule == IntervalSchedule(every_ms=9 * S)
+
+
+def test_put_writes_a_built_entry_keeping_its_source_by_compare_and_set(
+    api: DynamicTasks,
+) -> None:
+    built = api.build("p", "t", every=5).with_changes(source=EntrySource.DJANGO)
+    assert api.list() == []  # build writes nothing
+    stored = api.put(built)
+    assert stored.version == 1 and api.get("p").source is EntrySource.DJANGO
+    with pytest.raises(ConflictError, match="already exists"):
+        api.put(built)
+    changed = api.put(stored.with_changes(description="v2"), expected_version=stored.version)
+    assert changed.version == 2
+    with pytest.raises(VersionConflictError):
+        api.put(stored.with_changes(description="stale"), expected_version=stored.version)
+    assert api.put(built, force=True).description == ""  # force: over anything
+    api.mark_deleted("p")
+    with pytest.raises(ConflictError, match="tombstoned"):
+        api.put(built)
+    assert api.put(built, force=True).source is EntrySource.DJANGO
+
+
+@pytest.mark.parametrize(
+    ("change", "field"),
+    [
+        ({"name": "a{b}"}, "name"),
+        ({"task": " "}, "task"),
+        ({"options": {"colour": "red"}}, "options"),
+        ({"kwargs": {"x": object()}}, "kwargs"),
+        ({"after_run": AfterRun.DISABLE}, "after_run"),  # an entry that never ends
+        ({"source": EntrySource.STATIC}, "source"),  # static entries: beat_schedule only
+    ],
+)
+def test_put_validates_the_whole_entry_and_writes_nothing(
+    api: DynamicTasks, change: dict[str, Any], field: str
+) -> None:
+    built = api.build("p", "t", every=5)
+    with pytest.raises(InvalidEntryError) as err:
+        api.put(built.with_changes(**change))
+    assert err.value.field == field
+    assert api.list() == []
+
+
+def test_remove_with_an_expected_version_refuses_a_changed_entry(api: DynamicTasks) -> None:
+    first = api.add("e", "t", every=5)
+    api.update("e", description="changed")
+    with pytest.raises(VersionConflictError):
+        api.remove("e", expected_version=first.version)
+    assert api.get("e").description == "changed"
+    api.remove("e", expected_version=first.version + 1)
+    with pytest.raises(EntryNotFoundError):
+        api.get("e")
+    with pytest.raises(VersionConflictError):  # removed since version 2 was read
+        api.remove("e", expected_version=2)
 
 
 def test_namespaces_are_isolated(cluster: Cluster, redis_url: str, api: DynamicTasks) -> None:
@@ -485,39 +538,3 @@ def test_the_api_loads_the_apps_task_modules_before_checking(
     assert spec.task == f"{package}.tasks.report"
     with pytest.raises(InvalidEntryError, match="args: "):
         api.add("r2", f"{package}.tasks.report", every=60)
-
-
-def example(path: str) -> str:
-    """The first Python example of a page (an rst ``code-block`` or a Markdown fence)."""
-    text = (ROOT / path).read_text()
-    if path.endswith(".rst"):
-        block = text.split(".. code-block:: python\n\n", 1)[1]
-        lines = itertools.takewhile(lambda line: not line or line.startswith("   "),
-                                    block.splitlines())  # fmt: skip
-        return textwrap.dedent("\n".join(lines))
-    return text.split("## Dynamic tasks", 1)[1].split("```python\n", 1)[1].split("```", 1)[0]
-
-
-@pytest.mark.parametrize("path", ["docs/dynamic.rst", "README.md"])
-def test_the_documented_python_example_runs(redis_url: str, path: str) -> None:
-    app = Celery("proj", set_as_current=False)
-    app.conf.update(timezone="UTC", dcron_redis_url=redis_url, dcron_default_task="proj.mail")
-
-    @app.task(name="proj.tasks.report", shared=False)
-    def report(n: int = 0) -> None: ...
-
-    @app.task(name="proj.tasks.poll", shared=False)
-    def poll() -> None: ...
-
-    @app.task(name="proj.tasks.launch", shared=False)
-    def launch() -> None: ...
-
-    @app.task(name="proj.mail", shared=False)
-    def mail(payload: Any) -> None: ...
-
-    launch_time = datetime(2030, 1, 1, 9, tzinfo=timezone.utc)
-    exec(compile(example(path), path, "exec"), {"app": app, "launch_time": launch_time})
-    api = DynamicTasks(app)
-    if "report" in {spec.name for spec in api.list()}:
-        assert api.get("report").schedule == CronSchedule(expr="30 7 * * mon-fri",
-                                                          tz="Europe/Paris")  # fmt: skip

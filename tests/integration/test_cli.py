@@ -29,11 +29,14 @@ class CLI:
         self.env = {**os.environ, "DCRON_TEST_REDIS_URL": url, "PYTHONPATH": str(ROOT)}
         self.app = app
 
-    def __call__(self, *args: str, ok: bool = True) -> subprocess.CompletedProcess[str]:
+    def __call__(
+        self, *args: str, ok: bool = True, stdin: str | None = None
+    ) -> subprocess.CompletedProcess[str]:
         cmd = [sys.executable, "-m", "celery", "-A", self.app, "dcron", *args]
         out = subprocess.run(
-            cmd, cwd=ROOT, env=self.env, capture_output=True, text=True, timeout=60, check=False
-        )
+            cmd, cwd=ROOT, env=self.env, capture_output=True, text=True, timeout=60,
+            check=False, input=stdin,
+        )  # fmt: skip
         if ok:
             assert out.returncode == 0, out.stderr + out.stdout
         else:
@@ -229,3 +232,41 @@ def test_counts_agree_with_their_nouns(cli: CLI, redis_url: str) -> None:
     assert "1 node, 2 entries" in cli("status").stdout
     assert "2 entries " in cli("ring").stdout
     e.stop()
+
+
+def test_export_import_round_trip_with_line_numbered_errors(cli: CLI, tmp_path: Path) -> None:
+    cli("add", "report", "--task", "cliapp.t", "--cron", "0 7 * * mon-fri", "--tz",
+        "Europe/Paris", "--args", "[1, 2]", "--queue", "reports", "--max-runs", "3")  # fmt: skip
+    cli("add", "mail", "--payload", '{"to": "a@b.c"}', "--every", "30", "--disabled")
+    exported = cli("export").stdout
+    assert [json.loads(line)["name"] for line in exported.splitlines()] == ["mail", "report"]
+    path = tmp_path / "entries.jsonl"
+    cli("export", str(path))
+    assert path.read_text() == exported
+    # into another namespace, from stdin: the same lines come out
+    other = CLI(cli.env["DCRON_TEST_REDIS_URL"])
+    other.env["DCRON_TEST_NAMESPACE"] = "copy"
+    assert "2 entries valid; nothing written" in other("import", "--dry-run", str(path)).stdout
+    assert other("export").stdout == ""
+    out = other("import", "-", stdin=exported)
+    assert "imported 2 entries of 2: 2 created, 0 replaced, 0 refused" in out.stdout
+    assert other("export").stdout == exported
+    # again: taken names are refused one by one; --replace overwrites them
+    again = other("import", str(path), ok=False)
+    assert "line 1: entry 'mail'" in again.stderr and "line 2: entry 'report'" in again.stderr
+    assert "--replace" in again.stderr
+    assert "2 replaced" in other("import", "--replace", str(path)).stdout
+    # one bad line: nothing written, every error named with its line and field
+    lines = [
+        '{"name": "new", "task": "cliapp.t", "every": 5}',
+        "",
+        '{"name": "bad", "task": "cliapp.t", "cron": "61 * * * *"}',
+        "{not json",
+        '{"name": "unknown", "task": "nope.nope", "every": 5}',
+    ]
+    bad = other("import", "-", stdin="\n".join(lines), ok=False)
+    assert "line 3: entry 'bad': cron" in bad.stderr
+    assert "line 4: not valid JSON" in bad.stderr
+    assert "line 5: entry 'unknown': task:" in bad.stderr
+    assert "3 invalid lines of 4: nothing written" in bad.stderr
+    assert [r["name"] for r in other.json("ls")] == ["mail", "report"]

@@ -11,6 +11,7 @@ import redis
 
 from celery_dcron.config import Settings
 from celery_dcron.entries import EntrySpec, Node, NodeStatus, Tick
+from celery_dcron.enums import EntrySource
 from celery_dcron.exceptions import ConflictError, VersionConflictError
 from celery_dcron.registry import Keys, Registry, connect
 from celery_dcron.registry import claims as claims_module
@@ -184,6 +185,17 @@ def test_retake_refuses_a_live_holder_and_takes_a_dead_ones_claim(redis_url: str
     assert reg.retake([tick], node_id="other", lock_ttl_ms=60_000) == [False]
 
 
+def test_a_malformed_last_error_is_skipped_and_cleared_by_a_tick_sent(
+    redis_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    reg = make_registry(redis_url)
+    reg.client.hset(reg.keys.errors, mapping={"a": "{oops", "b": '{"tick_ms": 1}'})
+    assert reg.errors() == {} and reg.snapshot().errors == {}
+    assert "malformed publish error of 'a'" in caplog.text
+    reg.mark_sent([Tick(name="a", tick_ms=T0)])  # unreadable: it goes
+    assert reg.client.hkeys(reg.keys.errors) == ["b"]
+
+
 # -- membership ---------------------------------------------------------------------
 
 
@@ -241,7 +253,7 @@ def test_sync_static_writes_anchors_removes_stale_and_respects_dynamic_and_tombs
     assert anchors["a"].anchor_ms is not None and anchors["a"].last_tick_ms is None
     assert reg.sync_static([spec("a"), spec("b")]).changed == 0  # idempotent
     # a dynamic entry "c" and a tombstoned "d" are not overwritten by static config
-    reg.client.hset(k.entries, "c", spec("c").with_changes(source="dynamic").dumps())
+    reg.client.hset(k.entries, "c", spec("c").with_changes(source=EntrySource.DYNAMIC).dumps())
     reg.client.hset(k.tombstones, "d", "1")
     r2 = reg.sync_static([spec("a", 2000), spec("c"), spec("d")])
     assert r2.skipped == {"c": "dynamic", "d": "tombstoned"}
@@ -270,7 +282,9 @@ def test_interval_anchors_are_spread_on_each_entrys_grid_and_never_move(redis_ur
         assert before - 60_000 < anchor <= after  # nothing due: first tick after now
     assert len(set(anchors[s.name] for s in specs[:-1])) > 40  # spread over the minute
     # a dynamic entry is anchored the same way; a reset re-anchors it on its grid
-    created = reg.put_entry(spec("dyn", 5000).with_changes(source="dynamic"), expected_version=None)
+    created = reg.put_entry(
+        spec("dyn", 5000).with_changes(source=EntrySource.DYNAMIC), expected_version=None
+    )
     phase = interval_phase_ms("grid", "dyn", 5000)
     assert (reg.states()["dyn"].anchor_ms or 0) % 5000 == phase
     reg.claim([Tick(name="dyn", tick_ms=T0)], node_id="n1", lock_ttl_ms=1000)
@@ -296,7 +310,7 @@ def test_a_stale_version_is_a_version_conflict_that_set_enabled_retries(
     redis_url: str,
 ) -> None:
     reg = make_registry(redis_url)
-    first = reg.put_entry(spec("x").with_changes(source="dynamic"), expected_version=None)
+    first = reg.put_entry(spec("x").with_changes(source=EntrySource.DYNAMIC), expected_version=None)
     reg.put_entry(first.with_changes(description="theirs"), expected_version=1)
     with pytest.raises(VersionConflictError, match="changed by someone else"):
         reg.put_entry(first.with_changes(description="mine"), expected_version=1)

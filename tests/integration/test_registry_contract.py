@@ -17,7 +17,8 @@ import redis
 
 from celery_dcron.clock import ManualClock
 from celery_dcron.config import Settings
-from celery_dcron.entries import EntrySpec, Node, NodeStatus, Tick
+from celery_dcron.entries import EntrySpec, Node, NodeStatus, PublishRejection, Tick
+from celery_dcron.enums import EntrySource
 from celery_dcron.exceptions import (
     ConflictError,
     EntryNotFoundError,
@@ -98,7 +99,7 @@ def spec(name: str, every_ms: int = 1000, **kw: object) -> EntrySpec:
 
 
 def dynamic(name: str, every_ms: int = 1000) -> EntrySpec:
-    return spec(name, every_ms, source="dynamic")
+    return spec(name, every_ms, source=EntrySource.DYNAMIC)
 
 
 def tick(name: str, at: int, *, fire: bool = True) -> Tick:
@@ -174,6 +175,57 @@ def test_leave_deregisters_at_once(backend: Backend) -> None:
     )
 
 
+def test_join_takes_a_free_expired_or_own_id_and_refuses_a_live_holder(backend: Backend) -> None:
+    reg = backend.reg
+    old = Node(id="h:0", host="h", pid=7, token="7:100:aa", status=NodeStatus.WORKING)
+    first = reg.join(old, ttl_ms=60_000)
+    assert first.won and first.holder is None  # free
+    assert [(n.id, n.token) for n in reg.nodes()[0]] == [("h:0", "7:100:aa")]
+    assert reg.join(old, ttl_ms=60_000).won  # its own id again (same token)
+    new = Node(id="h:0", host="h", pid=8, token="8:200:bb", status=NodeStatus.STARTING)
+    refused = reg.join(new, ttl_ms=60_000)
+    assert not refused.won and refused.holder is not None
+    assert (refused.holder.host, refused.holder.pid, refused.holder.token) == ("h", 7, "7:100:aa")
+    assert not reg.join(new, ttl_ms=60_000, dead_token="7:100:zz").won  # not the token seen
+    assert [n.token for n in reg.nodes()[0]] == ["7:100:aa"]  # the holder kept it
+    # the caller proved the holder dead and passes the token it saw: compare-and-swap
+    taken = reg.join(new, ttl_ms=60_000, dead_token="7:100:aa")
+    assert taken.won and taken.holder is not None and taken.holder.token == "7:100:aa"
+    assert [(n.id, n.token, n.status) for n in reg.nodes()[0]] == [
+        ("h:0", "8:200:bb", NodeStatus.STARTING)
+    ]
+    # an expired holder needs no proof
+    reg.join(Node(id="h:1", token="9:1:cc"), ttl_ms=TTL_MS)
+    backend.advance(PAST_TTL_MS)
+    late = reg.join(Node(id="h:1", token="10:1:dd"), ttl_ms=60_000)
+    assert late.won and late.holder is not None and late.holder.token == "9:1:cc"
+
+
+def test_join_is_a_membership_change(backend: Backend) -> None:
+    reg = backend.reg
+    before, _ = versions(reg)
+    sub = reg.pubsub()
+    reg.join(Node(id="h:0", token="1:1:aa"), ttl_ms=60_000)
+    assert versions(reg)[0] > before
+    assert "members" in wait_events(sub, {"members"})
+    sub.close()
+
+
+def test_a_heartbeat_of_a_superseded_incarnation_writes_nothing(backend: Backend) -> None:
+    reg = backend.reg
+    old = Node(id="x", host="h", pid=7, token="7:1:aa", status=NodeStatus.WORKING)
+    assert not reg.heartbeat(old, ttl_ms=60_000).superseded
+    new = Node(id="x", host="h2", pid=8, token="8:1:bb", status=NodeStatus.STARTING)
+    assert reg.join(new, ttl_ms=60_000, dead_token="7:1:aa").won
+    hb = reg.heartbeat(old, ttl_ms=60_000)
+    assert hb.superseded
+    ((node,),) = [reg.nodes()[0]]
+    assert (node.host, node.token, node.status) == ("h2", "8:1:bb", NodeStatus.STARTING)
+    assert not reg.heartbeat(new, ttl_ms=60_000).superseded
+    # a record without a token (or a heartbeat without one) is not checked
+    assert not reg.heartbeat(Node(id="x", status=NodeStatus.WORKING), ttl_ms=60_000).superseded
+
+
 def test_events_tell_members_and_entries_changes_apart(backend: Backend) -> None:
     reg = backend.reg
     sub = reg.pubsub()
@@ -213,6 +265,35 @@ def test_put_get_is_compare_and_set_on_the_version(backend: Backend) -> None:
     with pytest.raises(InvalidEntryError):  # checked before anything is written
         reg.put_entry(dynamic("z").with_changes(args=(object(),)), expected_version=None)
     assert reg.get_entry("z") is None
+
+
+def test_put_entries_creates_or_replaces_each_entry_on_its_own(backend: Backend) -> None:
+    reg = backend.reg
+    _, v0 = versions(reg)
+    reg.put_entry(dynamic("taken"), expected_version=None)
+    reg.remove_entry("gone", tombstone=True)
+    reg.sync_static([spec("s")])
+    specs = [dynamic("a"), dynamic("taken", 2000), dynamic("gone"), dynamic("s"),
+             dynamic("bad").with_changes(args=(object(),)),
+             dynamic("b").with_changes(version=9)]  # fmt: skip
+    out = reg.put_entries(specs)
+    assert [type(r).__name__ for r in out] == [
+        "EntrySpec", "ConflictError", "ConflictError", "ConflictError", "InvalidEntryError",
+        "EntrySpec",
+    ]  # fmt: skip
+    assert out[0] == reg.get_entry("a") and out[0].version == 1
+    assert out[5] == reg.get_entry("b") and out[5].version == 1
+    assert reg.get_entry("taken") == dynamic("taken").with_changes(version=1)
+    assert reg.get_entry("bad") is None and "gone" in reg.tombstones()
+    assert {"a", "b"} <= set(reg.states(["a", "b"]))  # anchored
+    assert versions(reg)[1] == v0 + 2 + 2  # each write bumps the entries version once
+    replaced = reg.put_entries(specs[:4], replace=True)
+    assert [r.version if isinstance(r, EntrySpec) else None for r in replaced] == [
+        2, 2, None, None
+    ]  # fmt: skip
+    assert all(isinstance(r, ConflictError) for r in replaced[2:])
+    assert reg.get_entry("taken") == replaced[1] and replaced[1].schedule.every_ms == 2000  # type: ignore[union-attr]
+    assert reg.get_entry("s") == spec("s") and reg.put_entries([]) == []
 
 
 def test_remove_clears_state_and_a_tombstone_keeps_the_name_deleted(backend: Backend) -> None:
@@ -405,6 +486,61 @@ def test_drop_pending_forgets_unsent_claims(backend: Backend) -> None:
     reg.drop_pending([tick("a", T0)])
     assert [(p.name, p.node) for p in reg.pending()] == [("b", "n1")]
     assert reg.states()["a"].last_tick_ms == T0  # the claim itself stands
+
+
+def rejected(name: str, at: int, *, run_now: bool = False) -> PublishRejection:
+    return PublishRejection(
+        name=name, tick_ms=at, task_id=f"id-{at}", reason="arguments", at_ms=at + 5,
+        error="TypeError('add() missing 1 required positional argument: y')", node="n1",
+        version=2, run_now=run_now,
+    )  # fmt: skip
+
+
+def test_a_rejected_tick_is_finished_and_kept_as_its_entrys_last_error(backend: Backend) -> None:
+    reg = backend.reg
+    for name in ("a", "b"):
+        reg.put_entry(dynamic(name), expected_version=None)
+    reg.claim([tick("a", T0), tick("b", T0)], node_id="n1", lock_ttl_ms=60_000)
+    reg.reject([rejected("a", T0)])
+    assert [(p.name, p.tick_ms) for p in reg.pending()] == [("b", T0)]  # a's tick is done
+    assert reg.states()["a"].run_count == 1  # the claim stands: it counts as a run
+    assert reg.errors() == {"a": rejected("a", T0)}
+    assert reg.errors(["a", "b", "zzz"]) == {"a": rejected("a", T0)}
+    assert reg.errors(["b"]) == {} and reg.errors([]) == {}
+    assert reg.snapshot().errors == {"a": rejected("a", T0)}
+    assert reg.snapshot(["a"]).errors == {"a": rejected("a", T0)}
+    assert reg.snapshot(["b"]).errors == {} and reg.snapshot([]).errors == {}
+    # a later rejection replaces the error; a run-now's finishes no claim
+    reg.reject([rejected("a", T0 + 1000), rejected("b", T0 + 5, run_now=True)])
+    assert reg.errors() == {"a": rejected("a", T0 + 1000), "b": rejected("b", T0 + 5, run_now=True)}
+    assert [(p.name, p.tick_ms) for p in reg.pending()] == [("b", T0)]
+    reg.reject([])
+
+
+def test_a_tick_sent_clears_an_error_of_its_tick_or_earlier_not_a_later_one(
+    backend: Backend,
+) -> None:
+    reg = backend.reg
+    reg.put_entry(dynamic("a"), expected_version=None)
+    reg.reject([rejected("a", T0 + 2000)])
+    reg.claim([tick("a", T0 + 1000)], node_id="n1", lock_ttl_ms=60_000)
+    reg.mark_sent([tick("a", T0 + 1000)])  # an older tick sent late (a re-publish)
+    assert reg.errors() == {"a": rejected("a", T0 + 2000)}
+    reg.mark_sent([tick("a", T0 + 2000), tick("other", T0)])
+    assert reg.errors() == {} and reg.pending() == []
+
+
+def test_remove_reset_and_cleanup_clear_the_last_error(backend: Backend) -> None:
+    reg = backend.reg
+    for name in ("removed", "reset", "erased", "kept"):
+        reg.put_entry(dynamic(name), expected_version=None)
+    reg.reject([rejected(name, T0) for name in ("removed", "reset", "erased", "kept")])
+    assert reg.remove_entry("removed", tombstone=False)
+    assert reg.reset("reset")
+    assert reg.cleanup("erased") == 3  # definition, anchor, error
+    assert set(reg.errors()) == {"kept"}
+    reg.put_entry(dynamic("removed"), expected_version=None)  # a new entry of that name
+    assert "removed" not in reg.snapshot().errors
 
 
 def test_states_of_some_entries_or_all(backend: Backend) -> None:

@@ -24,6 +24,8 @@ def test_counters_histogram_and_gauges_record_per_namespace() -> None:
     m.skipped("grace", 2)
     m.claims_lost(3)
     m.publish_failed()
+    m.publish_rejected("arguments")
+    m.publish_rejected("routing", 2)
     m.run_now()
     m.membership({"working": 3, "starting": 1}, entries=12, owned=4)
     m.membership({"working": 2}, entries=12, owned=6)
@@ -34,6 +36,8 @@ def test_counters_histogram_and_gauges_record_per_namespace() -> None:
     assert value("dcron_ticks_skipped_total", namespace="unit-a", reason="grace") == 2
     assert value("dcron_claims_lost_total", namespace="unit-a") == 3
     assert value("dcron_publish_failures_total", namespace="unit-a") == 1
+    assert value("dcron_publish_rejected_total", namespace="unit-a", reason="arguments") == 1
+    assert value("dcron_publish_rejected_total", namespace="unit-a", reason="routing") == 2
     assert value("dcron_run_now_total", namespace="unit-a") == 1
     assert value("dcron_dispatch_lateness_seconds_bucket", namespace="unit-a", le="0.005") == 1
     assert value("dcron_dispatch_lateness_seconds_bucket", namespace="unit-a", le="0.05") == 2

@@ -15,6 +15,7 @@ from celery.schedules import crontab, schedule, solar
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
+from celery_dcron.celery_schedules import cron, from_celery
 from celery_dcron.exceptions import InvalidEntryError, InvalidScheduleError
 from celery_dcron.schedules import (
     AtSchedule,
@@ -22,9 +23,7 @@ from celery_dcron.schedules import (
     IntervalSchedule,
     Schedule,
     SolarSchedule,
-    cron,
     datetime_to_ms,
-    from_celery,
     ms_to_datetime,
     schedule_from_json,
     schedule_to_json,
@@ -414,11 +413,20 @@ def test_crontab_ticks_match_celery(tz: str, index: int, last: int) -> None:
 # -- the cron class ---------------------------------------------------------------------
 
 
-def test_cron_validates_at_construction() -> None:
+def test_an_invalid_cron_is_reported_where_it_is_used_naming_the_entry() -> None:
+    """Built in a celeryconfig while Celery imports it, a cron(...) must not raise: the
+    beat (and the API) report it with the entry's name (tests/e2e/test_beat_errors.py)."""
+    bad_minute, bad_zone = cron("61 * * * *"), cron("* * * * *", tz="Nowhere")
+    assert isinstance(bad_minute.error, InvalidScheduleError)
+    assert cron("*/5 * * * *").error is None
     with pytest.raises(InvalidScheduleError, match="minute must be 0-59"):
-        cron("61 * * * *")
+        bad_minute.to_schedule()
     with pytest.raises(InvalidScheduleError, match="unknown timezone"):
-        cron("* * * * *", tz="Nowhere")
+        bad_zone.is_due(datetime.now(timezone.utc))
+    with pytest.raises(
+        InvalidScheduleError, match=r"^entry 'report': cron '61 \* \* \* \*': minute"
+    ):
+        from_celery(bad_minute, entry="report", app_tz="UTC")
 
 
 def test_cron_repr_eq_hash_pickle() -> None:

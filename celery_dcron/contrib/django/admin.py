@@ -79,6 +79,21 @@ def _when(ms: int | None, entry: LiveEntry) -> SafeString | str:
     )
 
 
+def _state(entry: LiveEntry) -> SafeString | str:
+    """The registry's state, and under it a mark when its last publish was rejected (the
+    whole error on hover)."""
+    error = entry.last_error
+    if error is None:
+        return entry.state
+    return format_html(
+        '{}<br><span class="dcron-error" style="color: var(--error-fg, #ba2121)" title="{}">'
+        "last publish rejected ({})</span>",
+        entry.state,
+        error.error,
+        error.reason,
+    )
+
+
 def breakable(text: str) -> SafeString:
     """``text`` with line-break opportunities after ``. : / _``: long task names and
     node ids wrap instead of widening the list."""
@@ -148,7 +163,7 @@ class DynamicTaskAdmin(admin.ModelAdmin):
     actions = ("enable_tasks", "disable_tasks", "run_now", "reset_runs")
     #: Read-only on the change page: live registry state and results, then the row's dates.
     readonly_fields = (
-        "registry_state", "owner", "next_run", "last_run", "runs", "recent_runs",
+        "registry_state", "owner", "next_run", "last_run", "runs", "last_error", "recent_runs",
         "created_at", "updated_at",
     )  # fmt: skip
     fieldsets = (
@@ -221,7 +236,7 @@ class DynamicTaskAdmin(admin.ModelAdmin):
                     "name": e.name,
                     "task": breakable(e.spec.task) if e.spec else "",
                     "schedule": e.schedule_text,
-                    "state": e.state,
+                    "state": _state(e),
                     "owner": breakable(e.owner) if e.owner else "-",
                     "next": _when(e.next_ms, e),
                     "last": _when(e.last_ms, e),
@@ -256,12 +271,13 @@ class DynamicTaskAdmin(admin.ModelAdmin):
         return breakable(task.task or "-")
 
     @admin.display(description=_("state"))
-    def registry_state(self, task: DynamicTask) -> str:
-        """The registry's state; without the registry, the row's enabled flag."""
+    def registry_state(self, task: DynamicTask) -> SafeString | str:
+        """The registry's state (marked when its last publish was rejected); without the
+        registry, the row's enabled flag."""
         live = self._live(task)
         if live is None:
             return "enabled" if task.enabled else "disabled"
-        return live.state
+        return _state(live)
 
     @admin.display(description=_("owner"))
     def owner(self, task: DynamicTask) -> SafeString | str:
@@ -283,6 +299,25 @@ class DynamicTaskAdmin(admin.ModelAdmin):
         """The registry's run count: the one count the list and the change page show."""
         live = self._live(task)
         return "-" if live is None or live.runs is None else str(live.runs)
+
+    @admin.display(description=_("last error"))
+    def last_error(self, task: DynamicTask) -> SafeString | str:
+        """Its last publish that can never succeed (not retried), until a later tick is
+        sent: why, the tick, the task id and the error."""
+        live = self._live(task)
+        error = None if live is None else live.last_error
+        if live is None or error is None:
+            return "-"
+        return format_html(
+            "publish rejected ({}) at {} {}, version {}, task id {}, node {}:<br><code>{}</code>",
+            error.reason,
+            "run-now" if error.run_now else "tick",
+            _when(error.tick_ms, live),
+            error.version,
+            result_link(error.task_id),
+            error.node,
+            error.error,
+        )
 
     # -- change form -----------------------------------------------------------------
 

@@ -1,4 +1,5 @@
-"""What the admin pages show of the registry: state, owner, next and last run, run count.
+"""What the admin pages show of the registry: state, owner, next and last run, run count,
+last publish error.
 
 Read live, one :class:`~celery_dcron.status.ClusterView` per namespace on the page; the
 ``DynamicTask`` row's copies (``last_run_at``, ``total_run_count``) are never shown, so
@@ -18,7 +19,7 @@ from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from celery_dcron.api import DynamicTasks
-from celery_dcron.entries import EntrySpec, EntryState
+from celery_dcron.entries import EntrySpec, EntryState, PublishRejection
 from celery_dcron.exceptions import DcronError
 from celery_dcron.schedules import CronSchedule
 from celery_dcron.status import ClusterView, describe_schedule, next_run_ms
@@ -91,6 +92,8 @@ class LiveEntry:
     now_ms: int = 0
     #: the Celery task id of the last tick
     last_task_id: str | None = None
+    #: its last publish that can never succeed (cleared by a later tick sent)
+    last_error: PublishRejection | None = None
 
     @property
     def schedule_text(self) -> str | None:
@@ -137,6 +140,7 @@ def _entry(view: ClusterView, name: str, namespace: str, fallback_tz: str) -> Li
         tz=tz,
         now_ms=view.server_ms,
         last_task_id=None if last is None else task_id(namespace, name, last),
+        last_error=view.errors.get(name),
     )
 
 

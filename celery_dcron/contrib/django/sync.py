@@ -42,7 +42,7 @@ from celery_dcron.exceptions import (
 )
 from celery_dcron.status import next_run_ms
 
-from .models import DynamicTask
+from .models import AfterRun, DynamicTask
 from .validators import SOURCE, dynamic_tasks, spec_for
 
 __all__ = ["ReconcileReport", "connect_signals", "push", "reconcile", "remove"]
@@ -71,20 +71,19 @@ def _same(a: EntrySpec, b: EntrySpec) -> bool:
 
 
 # -- the two writes ------------------------------------------------------------------
-# Everything this app writes to Redis goes through these two functions.
-# TODO(issue 10): DynamicTasks has no public call yet to write an entry of another
-# source ("django") nor to remove one by compare-and-set; when it has (DynamicTasks.put
-# and DynamicTasks.remove(expected_version=)), these become one call each.
+# Everything this app writes to Redis goes through these two functions, and they go
+# through the public API (DynamicTasks), as any other client of the registry.
 
 
 def _write(
     tasks: DynamicTasks, spec: EntrySpec, *, expected_version: int | None, force: bool
 ) -> None:
-    tasks.registry.put_entry(spec, expected_version=expected_version, force=force)
+    tasks.put(spec, expected_version=expected_version, force=force)
 
 
 def _discard(tasks: DynamicTasks, spec: EntrySpec) -> None:
-    tasks.registry.remove_entry(spec.name, tombstone=False, expected_version=spec.version)
+    """Remove the entry ``spec`` unless it changed since it was read (ConflictError)."""
+    tasks.remove(spec.name, expected_version=spec.version)
 
 
 def _existing(tasks: DynamicTasks, name: str) -> EntrySpec | None:
@@ -246,17 +245,13 @@ def _reconcile_namespace(
         if (
             existing is None
             and task.name in snap.tombstones
-            and task.after_run
-            in (
-                "delete",
-                "tombstone",
-            )
+            and task.after_run in (AfterRun.DELETE, AfterRun.TOMBSTONE)
         ):
             # Its last run deleted it: do the same to the row.
             report.rows_deleted.append(label)
             if not dry_run:
                 DynamicTask.objects.filter(pk=task.pk).delete()
-                if task.after_run == "delete":
+                if task.after_run == AfterRun.DELETE:
                     tasks.reuse_deleted(task.name)
             continue
         if existing is not None:
@@ -318,7 +313,7 @@ def _mirror_state(
         updates["last_run_at"] = last
     still_due = next_run_ms(existing.with_changes(enabled=True), state) is not None
     finished = state.run_count > 0 and not still_due
-    if task.after_run == "disable" and finished and not existing.enabled and task.enabled:
+    if task.after_run == AfterRun.DISABLE and finished and not existing.enabled and task.enabled:
         updates["enabled"] = False
     if updates:
         report.rows_updated.append(label)

@@ -25,6 +25,7 @@ from django.utils.module_loading import import_string
 from celery_dcron.api import DynamicTasks
 from celery_dcron.config import Settings
 from celery_dcron.entries import EntrySpec
+from celery_dcron.enums import EntrySource
 from celery_dcron.exceptions import DcronError, EntryNotFoundError
 from celery_dcron.schedules import SolarSchedule
 from celery_dcron.taskcheck import argument_mismatch, load_task_modules
@@ -41,7 +42,7 @@ __all__ = [
 ]
 
 #: The ``source`` of the registry entries this app manages.
-SOURCE = "django"
+SOURCE = EntrySource.DJANGO
 
 #: API field name (``InvalidEntryError.field``, or one of its dotted parts) -> model field.
 _FIELD_MAP = {
@@ -239,7 +240,7 @@ def check_name_free(row: TaskRow) -> None:
     if existing.source != SOURCE:
         where = (
             "the beat_schedule setting (a static entry)"
-            if existing.source == "static"
+            if existing.source is EntrySource.STATIC
             else "the Python API or the CLI"
         )
         raise ValidationError(

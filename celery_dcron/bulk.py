@@ -1,0 +1,236 @@
+"""Many dynamic entries at once: :meth:`DynamicTasks.add_many`, and the JSON lines of
+``celery dcron export`` / ``celery dcron import``.
+
+``add_many`` validates every entry first, with the rules of
+:meth:`~celery_dcron.api.DynamicTasks.add`, and writes nothing if one is invalid
+(:class:`~celery_dcron.exceptions.BulkInvalidError` lists them all), unless told to skip
+them. Then it writes in chunks, one pipelined round trip each
+(:meth:`~celery_dcron.interfaces.Registry.put_entries`): each entry is written on its
+own, as ``add`` writes it (version 1, anchored once, tombstoned and static names
+refused), so an entry refused at that point (a name taken since) is reported in
+:class:`BulkResult` and the others are written.
+
+An entry is given as one of:
+
+- an :class:`~celery_dcron.entries.EntrySpec` (checked as :meth:`DynamicTasks.put` does);
+- a mapping of ``add``'s fields with its ``name`` (and ``task``):
+  ``{"name": "report", "task": "proj.report", "cron": "0 7 * * *"}``;
+- a mapping as ``export`` writes it: the stored form, whose ``schedule`` is an object
+  (``{"kind": "cron", "expr": ...}``); its ``version`` is ignored.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from itertools import islice
+from typing import TYPE_CHECKING, Any
+
+from kombu.utils import json as kjson
+
+from .entries import EntrySpec
+from .enums import EntrySource
+from .exceptions import BulkInvalidError, DcronError, InvalidEntryError
+
+if TYPE_CHECKING:
+    from .api import DynamicTasks
+
+__all__ = ["BulkResult", "EntryProblem", "add_many", "entry_line", "parse_line"]
+
+#: How many problems the message of a BulkInvalidError quotes.
+_QUOTED = 5
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class EntryProblem:
+    """One entry that was not written: why, and where it was in the input."""
+
+    #: position in the entries given (0 for the first)
+    index: int
+    #: the entry's name, when it has a readable one
+    name: str | None
+    #: the field at fault (``"name"`` for a name already taken); None: not one field
+    field: str | None
+    message: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class BulkResult:
+    """What :meth:`DynamicTasks.add_many` did."""
+
+    #: entries given
+    total: int
+    #: entries written as new (version 1)
+    created: int = 0
+    #: existing entries overwritten (``replace=True``)
+    replaced: int = 0
+    #: valid entries the registry refused (name taken, tombstoned, static), not written
+    refused: tuple[EntryProblem, ...] = ()
+    #: invalid entries, skipped (``skip_invalid=True``)
+    invalid: tuple[EntryProblem, ...] = ()
+    #: validated only (``dry_run=True``): nothing written
+    dry_run: bool = False
+
+    @property
+    def written(self) -> int:
+        return self.created + self.replaced
+
+    @property
+    def ok(self) -> bool:
+        """Every entry was valid, and written (or, in a dry run, would be tried)."""
+        return not self.refused and not self.invalid
+
+
+def add_many(
+    tasks: DynamicTasks,
+    entries: Iterable[Mapping[str, Any] | EntrySpec],
+    *,
+    replace: bool = False,
+    chunk: int = 1000,
+    skip_invalid: bool = False,
+    dry_run: bool = False,
+) -> BulkResult:
+    """See :meth:`DynamicTasks.add_many`."""
+    if isinstance(chunk, bool) or not isinstance(chunk, int) or chunk < 1:
+        raise InvalidEntryError(f"add_many: chunk: {chunk!r}: give a positive integer")
+    specs, invalid = validate(tasks, entries)
+    if invalid and not skip_invalid:
+        raise _invalid_error(invalid, len(specs) + len(invalid))
+    total = len(specs) + len(invalid)
+    if dry_run:
+        return BulkResult(total=total, invalid=tuple(invalid), dry_run=True)
+    created = replaced = 0
+    refused: list[EntryProblem] = []
+    pending = iter(specs)
+    while batch := list(islice(pending, chunk)):
+        stored = tasks.registry.put_entries([spec for _, spec in batch], replace=replace)
+        for (index, spec), result in zip(batch, stored, strict=True):
+            if isinstance(result, EntrySpec):
+                if result.version == 1:
+                    created += 1
+                else:
+                    replaced += 1
+            else:
+                refused.append(_problem(index, spec.name, result, default_field="name"))
+    return BulkResult(
+        total=total, created=created, replaced=replaced, refused=tuple(refused),
+        invalid=tuple(invalid),
+    )  # fmt: skip
+
+
+def validate(
+    tasks: DynamicTasks, entries: Iterable[Mapping[str, Any] | EntrySpec]
+) -> tuple[list[tuple[int, EntrySpec]], list[EntryProblem]]:
+    """``(index, entry)`` of each valid entry, and a problem for each invalid one."""
+    specs: list[tuple[int, EntrySpec]] = []
+    problems: list[EntryProblem] = []
+    first: dict[str, int] = {}
+    now = _ServerTime(tasks)
+    for index, item in enumerate(entries):
+        name = _name_of(item)
+        try:
+            spec = _spec_of(tasks, item, now)
+        except InvalidEntryError as exc:
+            problems.append(_problem(index, name, exc))
+            continue
+        if spec.name in first:
+            problems.append(EntryProblem(
+                index=index, name=spec.name, field="name",
+                message=f"entry {spec.name!r}: name: given twice (first at #{first[spec.name]}); "
+                "keep one",
+            ))  # fmt: skip
+            continue
+        first[spec.name] = index
+        specs.append((index, spec))
+    return specs, problems
+
+
+def entry_line(spec: EntrySpec) -> str:
+    """One line of ``export``: the entry as stored, without its version (JSON)."""
+    data = spec.to_json()
+    data.pop("version", None)
+    return str(kjson.dumps(data, sort_keys=True))
+
+
+def parse_line(text: str) -> Mapping[str, Any]:
+    """An entry of ``import`` (a line of ``export``, or ``add``'s fields with a name);
+    raises InvalidEntryError when the line is not a JSON object."""
+    try:
+        data = kjson.loads(text)
+    except ValueError as exc:
+        raise InvalidEntryError(f"not valid JSON: {exc}") from None
+    if not isinstance(data, dict):
+        raise InvalidEntryError(f"must be a JSON object, got {type(data).__name__}")
+    return data
+
+
+# -- inside -------------------------------------------------------------------------
+
+
+class _ServerTime:
+    """The Redis server's time, read once, when the first one-off ``at`` needs it."""
+
+    def __init__(self, tasks: DynamicTasks) -> None:
+        self._read: Callable[[], int] = tasks.registry.server_ms
+        self._ms: int | None = None
+
+    def __call__(self) -> int:
+        if self._ms is None:
+            self._ms = self._read()
+        return self._ms
+
+
+def _name_of(item: object) -> str | None:
+    name = item.name if isinstance(item, EntrySpec) else None
+    if isinstance(item, Mapping):
+        name = item.get("name")
+    return name if isinstance(name, str) else None
+
+
+def _spec_of(tasks: DynamicTasks, item: object, now_ms: Callable[[], int]) -> EntrySpec:
+    if isinstance(item, EntrySpec):
+        return tasks.check(item)
+    if not isinstance(item, Mapping):
+        raise InvalidEntryError(
+            f"{item!r} is not an entry: give a mapping of add()'s fields with a name, or an "
+            "EntrySpec"
+        )
+    if isinstance(item.get("schedule"), Mapping):
+        return tasks.check(_stored(item))
+    if "name" not in item:
+        raise InvalidEntryError("name: missing; give each entry a name", field="name")
+    fields = {k: v for k, v in item.items() if k not in ("name", "task")}
+    return tasks.build(item["name"], item.get("task"), now_ms=now_ms, **fields)
+
+
+def _stored(data: Mapping[str, Any]) -> EntrySpec:
+    """The entry of an ``export`` line (its version ignored: the registry numbers them)."""
+    fields = {"source": EntrySource.DYNAMIC.value, **data}
+    fields.pop("version", None)
+    for key in ("name", "task"):
+        if key not in fields:
+            raise InvalidEntryError(f"{key}: missing; give each entry a {key}", field=key)
+    try:
+        return EntrySpec.from_json(fields)
+    except InvalidEntryError:
+        raise
+    except (ValueError, TypeError, KeyError, AttributeError) as exc:
+        name = fields.get("name")
+        raise InvalidEntryError(f"entry {name!r}: not an exported entry: {exc!r}") from None
+
+
+def _problem(
+    index: int, name: str | None, exc: DcronError, *, default_field: str | None = None
+) -> EntryProblem:
+    field = getattr(exc, "field", None) or default_field
+    return EntryProblem(index=index, name=name, field=field, message=str(exc))
+
+
+def _invalid_error(problems: list[EntryProblem], total: int) -> BulkInvalidError:
+    quoted = "; ".join(f"#{p.index}: {p.message}" for p in problems[:_QUOTED])
+    more = f"; and {len(problems) - _QUOTED} more" if len(problems) > _QUOTED else ""
+    return BulkInvalidError(
+        f"add_many: {len(problems)} of {total} entries are invalid, nothing written "
+        f"(fix them, or pass skip_invalid=True): {quoted}{more}",
+        problems=problems,
+    )

@@ -1,0 +1,161 @@
+"""Bulk writes: :meth:`DynamicTasks.add_many` and the export lines, on a real redis-server."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta, timezone
+
+import pytest
+import redis
+
+from celery_dcron import DynamicTasks
+from celery_dcron.bulk import entry_line, parse_line
+from celery_dcron.entries import EntrySpec
+from celery_dcron.enums import EntrySource
+from celery_dcron.exceptions import BulkInvalidError, InvalidEntryError
+from celery_dcron.schedules import IntervalSchedule
+from tests.integration.test_api import api_for
+
+
+@pytest.fixture
+def api(redis_url: str) -> DynamicTasks:
+    return api_for(redis_url)
+
+
+def every(n: int, **fields: object) -> list[dict[str, object]]:
+    return [{"name": f"e{i:03d}", "task": "t", "every": 60 + i, **fields} for i in range(n)]
+
+
+def test_add_many_writes_every_entry_as_add_does(api: DynamicTasks) -> None:
+    entries = [
+        *every(25),
+        {"name": "report", "task": "t", "cron": "0 7 * * mon-fri", "tz": "Europe/Paris"},
+        {"name": "mail", "payload": {"to": "a@b.c"}, "every": timedelta(seconds=30)},
+        EntrySpec(name="spec", task="t", schedule=IntervalSchedule(every_ms=5000),
+                  source=EntrySource.DYNAMIC),
+    ]  # fmt: skip
+    result = api.add_many(entries, chunk=10)
+    assert (result.total, result.created, result.replaced, result.ok) == (28, 28, 0, True)
+    stored = {spec.name: spec for spec in api.list()}
+    assert len(stored) == 28 and {s.version for s in stored.values()} == {1}
+    assert stored["mail"].task == "sink" and stored["mail"].kwargs == {"payload": {"to": "a@b.c"}}
+    # the same entry through add() in another namespace: the same definition and anchor rule
+    other = api_for(api.settings.redis_url, namespace="other")
+    other.add("report", "t", cron="0 7 * * mon-fri", tz="Europe/Paris")
+    assert other.get("report") == stored["report"]
+    states = api.registry.states(["e000", "e001", "report"])
+    assert all(states[n].anchor_ms is not None for n in ("e000", "e001", "report"))
+
+
+def test_one_invalid_entry_writes_nothing_and_every_error_is_named(api: DynamicTasks) -> None:
+    entries = [
+        *every(5),
+        {"name": "bad-cron", "task": "t", "cron": "61 * * * *"},
+        {"name": "no-task", "every": 10},
+        {"name": "e001", "task": "t", "every": 5},  # twice in the input
+        {"task": "t", "every": 5},
+        {"name": "late", "task": "t", "at": datetime(2001, 1, 1, tzinfo=timezone.utc)},
+        "not an entry",
+    ]
+    with pytest.raises(BulkInvalidError) as caught:
+        api.add_many(entries)
+    problems = {(p.index, p.name, p.field) for p in caught.value.problems}
+    assert problems == {
+        (5, "bad-cron", "cron"),
+        (6, "no-task", "task"),
+        (7, "e001", "name"),
+        (8, None, "name"),
+        (9, "late", "at"),
+        (10, None, None),
+    }
+    assert "6 of 11 entries are invalid, nothing written" in str(caught.value)
+    assert api.list() == []
+    dry = api.add_many(entries, dry_run=True, skip_invalid=True)
+    assert dry.dry_run and len(dry.invalid) == 6 and api.list() == []
+    skipped = api.add_many(entries, skip_invalid=True)
+    assert skipped.created == 5 and len(skipped.invalid) == 6 and not skipped.ok
+    assert [s.name for s in api.list()] == [f"e{i:03d}" for i in range(5)]
+
+
+def test_taken_deleted_and_static_names_are_refused_one_by_one(api: DynamicTasks) -> None:
+    api.add("e000", "t", every=10)
+    api.mark_deleted("e001")
+    api.registry.sync_static([EntrySpec(name="e002", task="t",
+                                        schedule=IntervalSchedule(every_ms=1000))])  # fmt: skip
+    result = api.add_many(every(5))
+    assert result.created == 2 and result.written == 2
+    refused = {p.name: (p.index, p.field) for p in result.refused}
+    assert refused == {"e000": (0, "name"), "e001": (1, "name"), "e002": (2, "name")}
+    assert "tombstoned" in next(p.message for p in result.refused if p.name == "e001")
+    assert api.get("e000").schedule == IntervalSchedule(every_ms=10_000)  # kept
+
+
+def test_replace_overwrites_existing_entries_but_not_deleted_or_static_names(
+    api: DynamicTasks,
+) -> None:
+    api.add("e000", "t", every=10)
+    api.update("e000", description="v2")
+    api.mark_deleted("e001")
+    api.registry.sync_static([EntrySpec(name="e002", task="t",
+                                        schedule=IntervalSchedule(every_ms=1000))])  # fmt: skip
+    anchor = api.state("e000").anchor_ms
+    result = api.add_many(every(4), replace=True)
+    assert (result.created, result.replaced) == (1, 1)
+    assert {p.name for p in result.refused} == {"e001", "e002"}
+    replaced = api.get("e000")
+    assert replaced.version == 3 and replaced.schedule == IntervalSchedule(every_ms=60_000)
+    assert replaced.description == ""  # replaced, not merged
+    assert api.state("e000").anchor_ms == anchor  # anchored once
+    again = api.add_many(every(4), replace=True)
+    assert again.replaced == 2 and api.get("e003").version == 2
+
+
+def test_export_lines_round_trip(api: DynamicTasks) -> None:
+    api.add("report", "t", cron="0 7 * * mon-fri", tz="Europe/Paris", args=[1, "x"],
+            kwargs={"when": "2030-01-02"}, options={"queue": "q"},
+            max_runs=3, after_run="disable", misfire_policy="all", misfire_grace=30,
+            description="daily", enabled=False)  # fmt: skip
+    api.add("later", "t", at=datetime(2099, 1, 1, tzinfo=timezone.utc))
+    api.add("mail", payload={"to": "a@b.c"}, every=30, start_at="2030-01-01T00:00:00+00:00")
+    api.update("mail", description="bumped")  # version 2: not part of the export
+    api.registry.sync_static([EntrySpec(name="static", task="t",
+                                        schedule=IntervalSchedule(every_ms=1000))])  # fmt: skip
+    lines = [entry_line(spec) for spec in api.export()]
+    assert [parse_line(line)["name"] for line in lines] == ["later", "mail", "report"]
+    copy = api_for(api.settings.redis_url, namespace="copy")
+    result = copy.add_many(parse_line(line) for line in lines)
+    assert result.created == 3 and result.ok
+    assert [entry_line(spec) for spec in copy.export()] == lines
+    assert {s.name: s.with_changes(version=0) for s in copy.export()} == {
+        s.name: s.with_changes(version=0) for s in api.export()
+    }
+
+
+def test_a_line_that_is_not_an_object_is_an_invalid_entry() -> None:
+    with pytest.raises(InvalidEntryError, match="not valid JSON"):
+        parse_line("{nope")
+    with pytest.raises(InvalidEntryError, match="JSON object"):
+        parse_line("[1]")
+
+
+def test_each_chunk_is_one_round_trip(
+    api: DynamicTasks, redis_client: redis.Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    api.registry.load_scripts()
+    sent: list[int] = []
+    execute = redis.client.Pipeline.execute
+
+    def counted(self: redis.client.Pipeline, raise_on_error: bool = True) -> list[object]:
+        sent.append(len(self.command_stack))
+        return execute(self, raise_on_error)
+
+    monkeypatch.setattr(redis.client.Pipeline, "execute", counted)
+    redis_client.config_resetstat()
+    api.add_many(every(250), chunk=100)
+    assert sent == [100, 100, 50]  # one pipeline per chunk, one script call per entry
+    stats = redis_client.info("commandstats")
+    assert stats["cmdstat_evalsha"]["calls"] == 250
+    # what the scripts run: one read of the entry per entry, nothing else from the client
+    assert stats["cmdstat_hget"]["calls"] == 250 and "cmdstat_hmget" not in stats
+    sent.clear()
+    api.add_many(every(250), chunk=100, replace=True)
+    assert sent == [2, 100, 2, 100, 2, 50]  # replace: the versions read first (2 HMGETs)

@@ -1,0 +1,150 @@
+"""The field rules (celery_dcron.validation) and the enums strings become at the edge."""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime, timedelta, timezone
+from typing import Any
+
+import pytest
+
+from celery_dcron import validation as rules
+from celery_dcron.config import Settings
+from celery_dcron.entries import EntrySpec
+from celery_dcron.enums import AfterRun, EntrySource, MisfirePolicy, StrategyName
+from celery_dcron.exceptions import ConfigurationError, InvalidEntryError, InvalidScheduleError
+from celery_dcron.schedules import AtSchedule, CronSchedule, IntervalSchedule
+from celery_dcron.strategies import RendezvousStrategy, get_strategy
+
+pytestmark = pytest.mark.unit
+
+UTC = timezone.utc
+
+
+# -- enums: the same strings in JSON, enums inside ---------------------------------------
+
+
+def test_an_entry_written_by_the_previous_version_loads_with_enums_and_dumps_the_same() -> None:
+    old = {
+        "name": "x", "task": "t", "schedule": {"kind": "interval", "every_ms": 5000},
+        "args": [], "kwargs": {}, "options": {}, "enabled": True, "source": "django",
+        "version": 3, "misfire_policy": "all", "max_runs": 2, "after_run": "tombstone",
+    }  # fmt: skip
+    spec = EntrySpec.loads(json.dumps(old))
+    assert spec.source is EntrySource.DJANGO and spec.after_run is AfterRun.TOMBSTONE
+    assert spec.misfire_policy is MisfirePolicy.ALL
+    assert spec.to_json() == old
+    assert EntrySpec.loads(spec.dumps()) == spec
+    without = {k: v for k, v in old.items() if k not in ("source", "after_run")}
+    assert EntrySpec.from_json(without).source is EntrySource.STATIC  # the old default
+
+
+@pytest.mark.parametrize(("key", "value"), [("source", "cron-job"), ("after_run", "explode")])
+def test_an_unknown_enum_value_in_stored_json_names_the_entry_and_field(
+    key: str, value: str
+) -> None:
+    data = {"name": "x", "task": "t", "schedule": {"kind": "at", "at_ms": 1}, key: value}
+    with pytest.raises(InvalidEntryError, match=f"entry 'x': {key}: '{value}'") as err:
+        EntrySpec.from_json(data)
+    assert err.value.field == key
+
+
+def test_enums_print_as_their_value() -> None:
+    for member in (AfterRun.DISABLE, EntrySource.STATIC, MisfirePolicy.ONCE, StrategyName.RANGE):
+        assert str(member) == f"{member}" == f"{member:>1}" == member.value == member
+        assert json.dumps(member) == f'"{member.value}"'
+
+
+def test_the_strategy_setting_is_parsed_once_at_the_edge() -> None:
+    assert Settings(strategy=" Rendezvous ").strategy is StrategyName.RENDEZVOUS
+    assert Settings(strategy="hash-slot").strategy is StrategyName.HASH_SLOT
+    assert Settings().strategy is StrategyName.CONSISTENT_HASH
+    assert "strategy='consistent_hash'" in repr(Settings())
+    assert Settings(strategy="pkg.mod:Mine").strategy == "pkg.mod:Mine"  # imported when used
+    with pytest.raises(ConfigurationError, match="dcron_strategy: unknown strategy 'nope'"):
+        Settings(strategy="nope")
+    assert isinstance(get_strategy(StrategyName.RENDEZVOUS), RendezvousStrategy)
+    assert get_strategy("rendezvous").name is StrategyName.RENDEZVOUS
+
+
+# -- field rules --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("rule", "value", "field"),
+    [
+        (rules.task_name, "", "task"),
+        (rules.args, "x", "args"),
+        (rules.kwargs, {1: 2}, "kwargs"),
+        (rules.options, {"priority": 300}, "options.priority"),
+        (rules.enabled, "yes", "enabled"),
+        (rules.description, 3, "description"),
+        (rules.max_runs, True, "max_runs"),
+        (rules.misfire_policy, "often", "misfire_policy"),
+        (rules.misfire_grace, 0, "misfire_grace"),
+        (rules.after_run, "explode", "after_run"),
+        (rules.tz, 1, "tz"),
+        (rules.every, 0, "every"),
+    ],
+)
+def test_each_rule_names_the_entry_and_sets_the_field(rule: Any, value: Any, field: str) -> None:
+    with pytest.raises(InvalidEntryError) as err:
+        rule("e", value)
+    assert err.value.field == field
+    assert str(err.value).startswith(f"entry 'e': {field}: ")
+
+
+def test_rules_return_the_value_the_entry_keeps() -> None:
+    assert rules.args("e", None) == () and rules.args("e", [1]) == (1,)
+    assert rules.misfire_grace("e", timedelta(seconds=2)) == 2.0
+    assert rules.after_run("e", "disable") is AfterRun.DISABLE
+    assert rules.misfire_policy("e", None) is None
+    assert rules.every("e", timedelta(milliseconds=1500)) == IntervalSchedule(every_ms=1500)
+    assert rules.options("e", {"countdown": 1}, any_key=True) == {"countdown": 1}
+    naive = datetime(2030, 1, 1, 9)
+    assert rules.instant("e", "start_at", naive, "Europe/Paris") == rules.instant(
+        "e", "start_at", "2030-01-01T08:00:00+00:00", None
+    )
+    assert rules.at("e", "2030-01-01T00:00:00+00:00", None, now_ms=lambda: 0) == AtSchedule(
+        at_ms=1_893_456_000_000
+    )
+
+
+def test_a_value_objects_error_gets_the_entry_and_keeps_its_own_field() -> None:
+    with pytest.raises(InvalidScheduleError, match="entry 'e': cron '61 \\* \\* \\* \\*'") as err:
+        rules.cron("e", "61 * * * *", "UTC")
+    assert err.value.field == "cron"
+    with pytest.raises(InvalidScheduleError) as err:
+        rules.cron("e", "* * * * *", "Mars/Olympus")
+    assert err.value.field == "tz"
+    assert rules.cron("e", "* * * * *", "UTC") == CronSchedule(expr="* * * * *")
+
+
+def test_one_schedule_and_unknown_fields() -> None:
+    kinds = rules.SCHEDULE_FIELDS
+    assert rules.one_schedule("e", {"every": 1}, kinds, required=True) == "every"
+    assert rules.one_schedule("e", {}, kinds, required=False) is None
+    with pytest.raises(InvalidScheduleError, match="exactly one of cron=, every=, at=, schedule="):
+        rules.one_schedule("e", {}, kinds, required=True)
+    with pytest.raises(InvalidScheduleError, match=r"only one of .* \(got cron, every\)"):
+        rules.one_schedule("e", {"every": 1, "cron": "x"}, kinds, required=False)
+    with pytest.raises(InvalidEntryError, match="unknown fields \\['colour'\\]") as err:
+        rules.known_fields("e", ["task", "colour"], ["task"])
+    assert err.value.field == "colour"
+
+
+def test_whole_entry_rules() -> None:
+    spec = EntrySpec(name="e", task="t", schedule=IntervalSchedule(every_ms=1000))
+    with pytest.raises(InvalidEntryError) as err:
+        rules.ending(spec.with_changes(after_run=AfterRun.DELETE))
+    assert err.value.field == "after_run"
+    with pytest.raises(InvalidEntryError) as err:
+        rules.ending(spec.with_changes(start_ms=2, end_ms=1))
+    assert err.value.field == "end_at"
+    with pytest.raises(InvalidEntryError) as err:
+        rules.json_size(spec.with_changes(kwargs={"payload": "x" * 100}), max_bytes=50)
+    assert err.value.field == "payload"
+    with pytest.raises(InvalidEntryError) as err:
+        rules.storable(spec.with_changes(options={"x": object()}))
+    assert err.value.field == "options"
+    rules.storable(spec.with_changes(options={"expires": datetime(2030, 1, 1, tzinfo=UTC)}))
