@@ -1,0 +1,213 @@
+"""Entries: static sync, writes, removal, tombstones, reset, pause."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING
+
+from ...entries import (
+    EntrySpec,
+)
+from ...exceptions import (
+    ConflictError,
+    DcronError,
+    EntryNotFoundError,
+    InvalidEntryError,
+)
+
+# The registry's record types: pure frozen dataclasses (the module that holds them
+# imports redis; the memory registry uses nothing else of it).
+from ..codec import (
+    StaticSyncResult,
+    decode_entries,
+)
+
+if TYPE_CHECKING:
+    pass
+from .base import _ENTRIES, _Base, _conflict, _refused, _version_of
+
+
+class _Entries(_Base):
+    # -- entries -------------------------------------------------------------------
+
+    def sync_static(self, specs: Sequence[EntrySpec]) -> StaticSyncResult:
+        texts = [(spec, spec.dumps()) for spec in specs]
+        with self._op() as now:
+            d = self._data
+            changed = 0
+            skipped: dict[str, str] = {}
+            keep = set()
+            for spec, text in texts:
+                name = spec.name
+                keep.add(name)
+                if name in d.tombstones:
+                    skipped[name] = "tombstoned"
+                elif name not in d.static and name in d.entries:
+                    skipped[name] = "dynamic"
+                else:
+                    if d.entries.get(name) != text:
+                        d.entries[name] = text
+                        d.static.add(name)
+                        changed += 1
+                    d.anchor.setdefault(name, self._anchor_at(spec, now))
+            for name in sorted(d.static - keep):
+                d.static.discard(name)
+                d.entries.pop(name, None)
+                changed += 1
+            if changed:
+                self._notify(_ENTRIES)
+            return StaticSyncResult(changed=changed, skipped=skipped)
+
+    def restore_anchors(self, anchors: Mapping[str, int], *, reset_ms: int) -> None:
+        with self._op():
+            d = self._data
+            if d.reset_ms is None:
+                d.reset_ms = reset_ms
+            for name, anchor_ms in anchors.items():
+                d.anchor.setdefault(name, anchor_ms)
+
+    def entries(self) -> tuple[dict[str, EntrySpec], dict[str, str]]:
+        with self._op():
+            return decode_entries(self._data.entries)
+
+    def get_entry(self, name: str) -> EntrySpec | None:
+        with self._op():
+            return self._get(name)
+
+    def _get(self, name: str) -> EntrySpec | None:
+        text = self._data.entries.get(name)
+        if text is None:
+            return None
+        try:
+            return EntrySpec.loads(text)
+        except (ValueError, KeyError, TypeError) as exc:
+            raise InvalidEntryError(f"entry {name!r}: malformed in the registry: {exc}") from None
+
+    def put_entry(
+        self, spec: EntrySpec, *, expected_version: int | None, force: bool = False
+    ) -> EntrySpec:
+        with self._op() as now:
+            d = self._data
+            name = spec.name
+            current = _version_of(d.entries.get(name))
+            expected = expected_version
+            if force and expected is None:
+                stored = self._get(name)  # InvalidEntryError when malformed, as in Redis
+                expected = None if stored is None else stored.version
+            new = spec.with_changes(version=(expected or 0) + 1)
+            text = new.dumps()
+            if not force and name in d.tombstones:
+                raise _refused(name, "the name is deleted (tombstoned); use force_add()")
+            if expected is None:
+                if not force and name in d.static:
+                    raise _refused(name, "a static entry (beat_schedule) has that name")
+                if current >= 0:
+                    raise _refused(name, f"already exists (version {current})")
+            elif current < 0:
+                raise EntryNotFoundError(f"entry {name!r}: not found; add it first")
+            elif expected != current:
+                raise _conflict(name, current, expected)
+            if force:
+                d.tombstones.pop(name, None)
+                d.static.discard(name)
+            d.entries[name] = text
+            d.anchor.setdefault(name, self._anchor_at(spec, now))
+            self._notify(_ENTRIES)
+            return new
+
+    def put_entries(
+        self, specs: Sequence[EntrySpec], *, replace: bool = False
+    ) -> list[EntrySpec | DcronError]:
+        results: list[EntrySpec | DcronError] = []
+        with self._op():
+            d = self._data
+            for spec in specs:
+                current = _version_of(d.entries.get(spec.name))
+                try:
+                    if replace and spec.name in d.static:
+                        raise _refused(spec.name, "a static entry (beat_schedule) has that name")
+                    expected = current if replace and current >= 0 else None
+                    results.append(self.put_entry(spec, expected_version=expected))
+                except (ConflictError, InvalidEntryError) as exc:
+                    results.append(exc)
+        return results
+
+    def remove_entry(
+        self, name: str, *, tombstone: bool, expected_version: int | None = None
+    ) -> bool:
+        with self._op() as now:
+            d = self._data
+            current = _version_of(d.entries.get(name))
+            if expected_version is not None and expected_version != current:
+                raise _conflict(name, current, expected_version)
+            if tombstone:
+                d.tombstones[name] = now
+            if current < 0:
+                return False
+            for table in (d.entries, d.anchor, d.last, d.runs, d.lastnode, d.errors):
+                table.pop(name, None)
+            d.static.discard(name)
+            self._notify(_ENTRIES)
+            return True
+
+    def cleanup(self, name: str) -> int:
+        with self._op():
+            d = self._data
+            removed = 0
+            tables = (d.entries, d.tombstones, d.anchor, d.last, d.runs, d.lastnode, d.errors)
+            for table in tables:
+                removed += table.pop(name, None) is not None
+            if name in d.static:
+                d.static.discard(name)
+                removed += 1
+            for fields in (d.pending, d.requests):
+                for key in [k for k in fields if k[0] == name]:
+                    del fields[key]
+                    removed += 1
+            self._notify(_ENTRIES)
+            return removed
+
+    def reuse_deleted(self, name: str) -> bool:
+        with self._op():
+            return self._data.tombstones.pop(name, None) is not None
+
+    def tombstones(self) -> dict[str, int]:
+        with self._op():
+            return dict(self._data.tombstones)
+
+    def static_names(self) -> set[str]:
+        with self._op():
+            return set(self._data.static)
+
+    def reset(self, name: str) -> bool:
+        with self._op() as now:
+            d = self._data
+            if name not in d.entries:
+                return False
+            try:
+                spec = self._get(name)
+            except InvalidEntryError:
+                spec = None  # anchored at now, as the Redis registry does
+            d.anchor[name] = self._anchor_at(spec, now)
+            for table in (d.last, d.runs, d.lastnode, d.errors):
+                table.pop(name, None)
+            self._notify(_ENTRIES)
+            return True
+
+    def set_enabled(self, name: str, enabled: bool) -> EntrySpec:
+        with self._op():  # one step: no concurrent write can come in between
+            spec = self._get(name)
+            if spec is None:
+                raise EntryNotFoundError(f"entry {name!r}: not found")
+            if spec.enabled is enabled:
+                return spec
+            return self.put_entry(spec.with_changes(enabled=enabled), expected_version=spec.version)
+
+    def set_paused(self, paused: bool) -> None:
+        with self._op():
+            self._data.paused = paused
+            self._notify(_ENTRIES)
+
+    def is_paused(self) -> bool:
+        with self._op():
+            return self._data.paused

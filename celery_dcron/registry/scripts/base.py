@@ -1,0 +1,55 @@
+"""The :class:`Script` record and the Lua fragments the scripts share."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from ..keys import KeyName, Keys
+
+__all__ = ["Script"]
+
+
+@dataclass(frozen=True, slots=True)
+class Script:
+    """A Lua script and the fixed keys it takes, by name, in ``KEYS`` order."""
+
+    name: str
+    keys: tuple[KeyName, ...]
+    source: str
+
+    def bind(self, keys: Keys, extra: Sequence[str] = ()) -> list[str]:
+        """The ``KEYS`` list of a call: the named keys of ``keys``, then ``extra``."""
+        return [keys.named(name) for name in self.keys] + list(extra)
+
+
+# -- fragments --------------------------------------------------------------------
+
+# Defines ``t`` (the server's TIME) and ``now`` (its milliseconds).
+_NOW = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+"""
+
+# The anchor of an entry registered now: the latest instant <= now on its interval grid
+# (every_ms, phase_ms), or now itself when every_ms is 0 (not an interval entry). The
+# same value as ticks.phased_anchor; the phase comes from ticks.interval_phase_ms.
+_ANCHOR = """
+local function anchor_at(every_s, phase_s)
+  local every = tonumber(every_s)
+  if every > 0 then return now - ((now - tonumber(phase_s)) % every) end
+  return now
+end
+"""
+
+# The version of the stored entry JSON in ``cur`` (-1: no entry, 0: no version field).
+_VERSION = """
+local function version_of(cur)
+  if not cur then return -1 end
+  local ok, data = pcall(cjson.decode, cur)
+  if ok and type(data) == 'table' and tonumber(data['version']) then
+    return tonumber(data['version'])
+  end
+  return 0
+end
+"""

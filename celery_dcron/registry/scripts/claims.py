@@ -1,0 +1,181 @@
+"""Claim scripts: claim, retake, mark sent, reject; run-now requests."""
+
+from __future__ import annotations
+
+from .base import _NOW, Script
+
+__all__ = ["CLAIM", "MARK_SENT", "REJECT", "RETAKE", "RUN_NOW", "TAKE_REQUESTS"]
+
+
+# -- claims -----------------------------------------------------------------------
+
+# Claim i wins iff tick > last tick (and, to fire, runs < max_runs and the per-tick
+# lock is free); winning advances last (and runs, lastnode, pending when firing).
+# A retried call (reply lost) is idempotent: our own pending claim counts as won.
+# KEYS: last, runs, lastnode, pending, then lock_1, ..., lock_n (one per claim)
+# ARGV: node_id, lock_ttl_ms, then per claim i: name, tick_ms, fire (0|1), max_runs (0 = none)
+# Returns per claim {won (0|1), last_tick (-1 = none), runs}.
+CLAIM = Script(
+    "claim",
+    ("last", "runs", "lastnode", "pending"),
+    """
+local out = {}
+for i = 1, #KEYS - 4 do
+  local b = 2 + (i - 1) * 4
+  local name, tick_s = ARGV[b + 1], ARGV[b + 2]
+  local fire, maxr = ARGV[b + 3] == '1', tonumber(ARGV[b + 4])
+  local tick = tonumber(tick_s)
+  local last_s = redis.call('HGET', KEYS[1], name)
+  local last = tonumber(last_s or '-1')
+  local runs = tonumber(redis.call('HGET', KEYS[2], name) or '0')
+  local field = tick_s .. ':' .. name
+  local won = 0
+  if tick > last then
+    if not fire then
+      redis.call('HSET', KEYS[1], name, tick_s)
+      last_s = tick_s
+      won = 1
+    elseif (maxr == 0 or runs < maxr)
+        and redis.call('SET', KEYS[4 + i], ARGV[1], 'NX', 'PX', ARGV[2]) then
+      redis.call('HSET', KEYS[1], name, tick_s)
+      runs = redis.call('HINCRBY', KEYS[2], name, 1)
+      redis.call('HSET', KEYS[3], name, ARGV[1])
+      redis.call('HSET', KEYS[4], field, ARGV[1])
+      last_s = tick_s
+      won = 1
+    end
+  elseif tick == last and fire and redis.call('HGET', KEYS[4], field) == ARGV[1] then
+    won = 1
+  end
+  out[i] = {won, last_s or '-1', runs}
+end
+return out
+""",
+)
+
+# Takes over claims that were never marked sent: ours (a retry), or those of a
+# node that is no longer alive.
+# KEYS: pending, alive, then lock_1, ..., lock_n (one per field)
+# ARGV: node_id, lock_ttl_ms, field_1, ..., field_n ("<tick_ms>:<name>")
+# Returns per field 1 (ours now) or 0.
+RETAKE = Script(
+    "retake",
+    ("pending", "alive"),
+    _NOW
+    + """
+local out = {}
+for i = 1, #KEYS - 2 do
+  local field = ARGV[2 + i]
+  local holder = redis.call('HGET', KEYS[1], field)
+  local won = 0
+  if holder then
+    local ok = holder == ARGV[1]
+    if not ok then
+      local exp = redis.call('ZSCORE', KEYS[2], holder)
+      ok = (exp == false) or (tonumber(exp) <= now)
+    end
+    if ok then
+      redis.call('HSET', KEYS[1], field, ARGV[1])
+      redis.call('SET', KEYS[2 + i], ARGV[1], 'PX', ARGV[2])
+      won = 1
+    end
+  end
+  out[i] = won
+end
+return out
+""",
+)
+
+
+# Forgets the pending claims of published ticks, and clears the last publish error of
+# their entries unless it is newer than the tick sent (or unreadable: then it goes too).
+# KEYS: pending, errors
+# ARGV: per tick i: name, tick_ms
+# Returns 1.
+MARK_SENT = Script(
+    "mark_sent",
+    ("pending", "errors"),
+    """
+for i = 1, #ARGV - 1, 2 do
+  local name, tick = ARGV[i], ARGV[i + 1]
+  redis.call('HDEL', KEYS[1], tick .. ':' .. name)
+  local err = redis.call('HGET', KEYS[2], name)
+  if err then
+    local ok, data = pcall(cjson.decode, err)
+    local at = ok and type(data) == 'table' and tonumber(data['tick_ms'])
+    if not at or at <= tonumber(tick) then redis.call('HDEL', KEYS[2], name) end
+  end
+end
+return 1
+""",
+)
+
+# Finishes ticks whose publish can never succeed: forgets their pending claims and keeps
+# each one as its entry's last error (a later call replaces it).
+# KEYS: pending, errors
+# ARGV: per tick i: name, tick_ms ('' for a run-now request: it has no claim), record JSON
+# Returns 1.
+REJECT = Script(
+    "reject",
+    ("pending", "errors"),
+    """
+for i = 1, #ARGV - 2, 3 do
+  local name, tick = ARGV[i], ARGV[i + 1]
+  if tick ~= '' then redis.call('HDEL', KEYS[1], tick .. ':' .. name) end
+  redis.call('HSET', KEYS[2], name, ARGV[i + 2])
+end
+return 1
+""",
+)
+
+
+# -- run-now requests -------------------------------------------------------------
+
+# Records a run-now request at the server time; the entry's owner takes it.
+# KEYS: entries, requests, meta
+# ARGV: channel, name
+# Returns the request time (ms), or -1 when there is no such entry.
+RUN_NOW = Script(
+    "run_now",
+    ("entries", "requests", "meta"),
+    _NOW
+    + """
+if redis.call('HEXISTS', KEYS[1], ARGV[2]) == 0 then return -1 end
+redis.call('HSETNX', KEYS[2], now .. ':' .. ARGV[2], '')
+redis.call('HINCRBY', KEYS[3], 'entries', 1)
+redis.call('PUBLISH', ARGV[1], 'entries')
+return now
+""",
+)
+
+# Takes run-now requests: a waiting one (""), our own (a retry), or one whose taker is
+# no longer alive. Exactly one node takes a request.
+# KEYS: requests, alive
+# ARGV: node_id, field_1, ..., field_n ("<request_ms>:<name>")
+# Returns per field 1 (ours) or 0.
+TAKE_REQUESTS = Script(
+    "take_requests",
+    ("requests", "alive"),
+    _NOW
+    + """
+local out = {}
+for i = 1, #ARGV - 1 do
+  local field = ARGV[1 + i]
+  local holder = redis.call('HGET', KEYS[1], field)
+  local won = 0
+  if holder then
+    local ok = holder == '' or holder == ARGV[1]
+    if not ok then
+      local exp = redis.call('ZSCORE', KEYS[2], holder)
+      ok = (exp == false) or (tonumber(exp) <= now)
+    end
+    if ok then
+      redis.call('HSET', KEYS[1], field, ARGV[1])
+      won = 1
+    end
+  end
+  out[i] = won
+end
+return out
+""",
+)

@@ -1,0 +1,130 @@
+"""Membership scripts: join, heartbeat, leave, the server clock."""
+
+from __future__ import annotations
+
+from .base import _NOW, Script
+
+__all__ = ["HEARTBEAT", "JOIN", "LEAVE", "TIME"]
+
+
+# -- membership -------------------------------------------------------------------
+
+# Defines ``token_of(record)``: the incarnation token of a node record ("" when the
+# record is absent, does not parse or has none).
+_TOKEN = """
+local function token_of(rec)
+  if not rec then return '' end
+  local ok, data = pcall(cjson.decode, rec)
+  if ok and type(data) == 'table' and type(data['token']) == 'string' then
+    return data['token']
+  end
+  return ''
+end
+"""
+
+# Expires dead nodes, refreshes this node, bumps the membership version (and
+# publishes "members") when the live set or a status changed.
+# Sets the namespace's epoch (server time) if it has none: a Redis that lost its data
+# has a new one, whatever its versions have climbed back to.
+# A heartbeat whose token is not the one of the node record stored under its id
+# writes nothing and says so: another incarnation took the id over (JOIN), and this
+# one must stop (two live processes under one id would re-publish each other's claims).
+# KEYS: nodes, status, alive, meta
+# ARGV: node_id, node_json, status, ttl_ms, channel, token ("": not checked)
+# Returns {server_s, server_us, members_version, entries_version, paused (0|1), epoch,
+# reset (ms, or nil on data that was never rebuilt after a loss), the earliest heartbeat
+# expiry of another node (ms, or nil when alone), superseded (0|1)}.
+HEARTBEAT = Script(
+    "heartbeat",
+    ("nodes", "status", "alive", "meta"),
+    _NOW
+    + _TOKEN
+    + """
+local changed = 0
+local dead = redis.call('ZRANGEBYSCORE', KEYS[3], '-inf', now)
+for _, id in ipairs(dead) do
+  if id ~= ARGV[1] then
+    redis.call('ZREM', KEYS[3], id)
+    redis.call('HDEL', KEYS[1], id)
+    redis.call('HDEL', KEYS[2], id)
+  end
+  changed = 1
+end
+local superseded = 0
+if ARGV[6] and ARGV[6] ~= '' then
+  local held = token_of(redis.call('HGET', KEYS[1], ARGV[1]))
+  if held ~= '' and held ~= ARGV[6] then superseded = 1 end
+end
+if superseded == 0 then
+  local old = redis.call('HGET', KEYS[2], ARGV[1])
+  if old ~= ARGV[3] then changed = 1 end
+  if redis.call('ZSCORE', KEYS[3], ARGV[1]) == false then changed = 1 end
+  redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+  redis.call('HSET', KEYS[2], ARGV[1], ARGV[3])
+  redis.call('ZADD', KEYS[3], now + tonumber(ARGV[4]), ARGV[1])
+end
+if changed == 1 then
+  redis.call('HINCRBY', KEYS[4], 'members', 1)
+  redis.call('PUBLISH', ARGV[5], 'members')
+end
+redis.call('HSETNX', KEYS[4], 'epoch', t[1] .. '.' .. t[2])
+local m = redis.call('HMGET', KEYS[4], 'members', 'entries', 'paused', 'epoch', 'reset')
+local first = redis.call('ZRANGE', KEYS[3], 0, 1, 'WITHSCORES')
+local peer = false
+for i = 1, #first, 2 do
+  if first[i] ~= ARGV[1] then peer = first[i + 1]; break end
+end
+return {t[1], t[2], m[1] or '0', m[2] or '0', m[3] or '0', m[4], m[5], peer, superseded}
+""",
+)
+
+# Registers a new incarnation under node_id (before its first heartbeat), iff the id
+# is free, expired, already this incarnation's (same token), or held by the incarnation
+# whose token the caller passes as dead_token (the caller proved that process dead: same
+# host, pid gone or reused). Compare-and-swap on the token: two processes starting at
+# once cannot both win one id.
+# KEYS: nodes, status, alive, meta
+# ARGV: node_id, node_json, status, ttl_ms, channel, token, dead_token ("": none)
+# Returns {1, the record replaced or ""} when won, else {0, the live holder's record}.
+JOIN = Script(
+    "join",
+    ("nodes", "status", "alive", "meta"),
+    _NOW
+    + _TOKEN
+    + """
+local cur = redis.call('HGET', KEYS[1], ARGV[1])
+local exp = redis.call('ZSCORE', KEYS[3], ARGV[1])
+if cur and exp and tonumber(exp) > now then
+  local held = token_of(cur)
+  if held ~= ARGV[6] and (ARGV[7] == '' or held ~= ARGV[7]) then return {0, cur} end
+end
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+redis.call('HSET', KEYS[2], ARGV[1], ARGV[3])
+redis.call('ZADD', KEYS[3], now + tonumber(ARGV[4]), ARGV[1])
+redis.call('HINCRBY', KEYS[4], 'members', 1)
+redis.call('PUBLISH', ARGV[5], 'members')
+return {1, cur or ''}
+""",
+)
+
+# Removes a node at once (graceful stop) and bumps the membership version.
+# KEYS: nodes, status, alive, meta
+# ARGV: node_id, channel
+# Returns 1.
+LEAVE = Script(
+    "leave",
+    ("nodes", "status", "alive", "meta"),
+    """
+redis.call('ZREM', KEYS[3], ARGV[1])
+redis.call('HDEL', KEYS[1], ARGV[1])
+redis.call('HDEL', KEYS[2], ARGV[1])
+redis.call('HINCRBY', KEYS[4], 'members', 1)
+redis.call('PUBLISH', ARGV[2], 'members')
+return 1
+""",
+)
+
+# KEYS: meta (not read: it routes the call to the namespace's node on Redis Cluster)
+# ARGV: none
+# Returns the server's TIME {seconds, microseconds}: the cluster clock (G7).
+TIME = Script("time", ("meta",), "return redis.call('TIME')")
