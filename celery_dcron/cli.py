@@ -362,7 +362,9 @@ def import_entries(
 
 
 @dcron.command()
-@click.argument("file", type=click.File("w", encoding="utf-8", atomic=True), default="-")
+@click.argument(
+    "file", type=click.File("w", encoding="utf-8", atomic=True, lazy=False), default="-"
+)
 @click.pass_context
 def export(ctx: click.Context, file: TextIO) -> None:
     """Write the dynamic entries to FILE (default: stdout) as JSON lines, by name, for

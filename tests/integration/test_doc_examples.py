@@ -141,6 +141,15 @@ from celery import Celery
 app = Celery("proj", include=["proj.tasks"])
 app.config_from_object("celeryconfig")
 """
+OTHER_APP = """\
+import proj.tasks  # noqa: F401  (the same tasks)
+from proj.celery import app as _proj
+
+app = _proj.__class__("other")
+app.config_from_object("celeryconfig")
+app.conf.dcron_namespace = "other"
+app.tasks.update(_proj.tasks)
+"""
 PROJ_TASKS = """\
 from proj.celery import app
 
@@ -389,6 +398,8 @@ def project(tmp_path: Path) -> Path:
     (proj / "__init__.py").write_text(PROJ_INIT)
     (proj / "celery.py").write_text(PROJ_CELERY)
     (proj / "tasks.py").write_text(PROJ_TASKS)
+    # docs/cli.rst copies entries to "another cluster": proj's tasks, another namespace
+    (tmp_path / "other.py").write_text(OTHER_APP)
     return tmp_path
 
 
