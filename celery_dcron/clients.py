@@ -215,7 +215,10 @@ def refresh_cluster_map(client: Any) -> None:
 
 
 def cluster_unreachable(exc: BaseException) -> bool:
-    """redis-py's error when no node of a Redis Cluster answers (an outage, retried)."""
+    """redis-py's error when no node of a Redis Cluster answers (an outage, retried).
+
+    redis-py raises a bare RedisClusterException here, with no subclass or field to tell
+    it from a configuration error: its text is all there is (the one place we read one)."""
     return isinstance(exc, redis.exceptions.RedisClusterException) and (
         "cannot be connected" in str(exc)
     )

@@ -1,3 +1,6 @@
+"""The Django app config: label ``celery_dcron``; connects the model signals that sync
+saves and deletes to the registry (``sync.py``)."""
+
 from __future__ import annotations
 
 from django.apps import AppConfig

@@ -1,0 +1,1 @@
+"""``manage.py dcron_sync``: reconcile the DynamicTask rows with the registry."""
