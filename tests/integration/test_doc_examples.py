@@ -1,7 +1,6 @@
 """Every code example of README.md and docs/*.rst runs as written, on a real redis-server.
 
-What runs (a new block runs by default; :data:`NOT_RUN` lists, with the reason, the few
-that cannot run here):
+What runs (all of it: a new block runs by default):
 
 - every Python block (```` ```python ```` in README.md, ``.. code-block:: python`` in
   docs/*.rst), in its own Python subprocess, in a directory holding the project the docs
@@ -16,11 +15,14 @@ that cannot run here):
     ``django.setup()`` runs, ``DCRON_CELERY_APP`` must resolve, and ``CELERY_`` settings
     must reach celery_dcron's settings the way Celery's Django guide reads them;
   * a block that uses Django models (imports ``celery_dcron.contrib.django`` or
-    ``django``) runs on tests/django's settings with ``DCRON_CELERY_APP = "proj.celery:app"``
-    and a migrated in-memory database;
+    ``django``) runs on tests/django's settings (or, for the django-celery-beat copy
+    script, tests/integration/doc_django_beat_settings.py: those plus
+    ``django_celery_beat``) with ``DCRON_CELERY_APP = "proj.celery:app"`` and a migrated
+    in-memory sqlite database;
   * :data:`PRELUDE` and :data:`EXERCISE` add setup before and checks after a few blocks
-    (the RedBeat entries a migration script copies; a signal receiver is called; what
-    an update keeps).
+    (the RedBeat entries and django-celery-beat rows the migration scripts copy; a signal
+    receiver is called; what an update keeps; the JSON logging receiver runs in a real
+    beat, whose log lines must be JSON).
 
 - the ``celery ... dcron ...`` lines of the shell blocks (```` ```console ````,
   ``.. code-block:: console``, and ``::`` literal blocks of ``$`` lines), in order, on a
@@ -68,16 +70,14 @@ DOC_REDIS = "redis.internal:6379"
 TIMEOUT_S = 120.0
 START_TIMEOUT_S = 40.0
 
-#: Python blocks that cannot run here: (file, a substring found in that block only) -> why.
-NOT_RUN: dict[tuple[str, str], str] = {
-    ("docs/migration.rst", "from django_celery_beat.models import PeriodicTask"): (
-        "copies django-celery-beat's PeriodicTask rows: needs django-celery-beat (not a "
-        "dependency of celery_dcron nor of its test extra) and a database holding its tables"
-    ),
-    ("docs/monitoring.rst", "from pythonjsonlogger.json import JsonFormatter"): (
-        "the user's choice of JSON formatter, python-json-logger: not a dependency of "
-        "celery_dcron nor of its test extra"
-    ),
+DJANGO_BEAT_SCRIPT = ("docs/migration.rst", "from django_celery_beat.models import PeriodicTask")
+JSON_LOGS = ("docs/monitoring.rst", "from pythonjsonlogger.json import JsonFormatter")
+
+#: Django settings of a block that uses Django models, when not tests/django's:
+#: (file, substring of the block) -> settings module.
+DJANGO_SETTINGS: dict[tuple[str, str], str] = {
+    # django-celery-beat's app and tables (kept out of tests/django)
+    DJANGO_BEAT_SCRIPT: "tests.integration.doc_django_beat_settings",
 }
 
 #: Setup run before a block: (file, substring of the block) -> code.
@@ -93,10 +93,117 @@ PRELUDE: dict[tuple[str, str], str] = {
         _Entry("poll-30s", "proj.tasks.poll", 30, options={"queue": "polls", "link": None},
                app=_app).save()
     """,
+    # The django-celery-beat copy script copies PeriodicTask rows: an interval (with a
+    # queue), a crontab with a zone, one with kwargs, one restricting both day fields
+    # (through the API), and two it must not copy (disabled; a static entry's name).
+    DJANGO_BEAT_SCRIPT: """
+        from django_celery_beat.models import CrontabSchedule as _Crontab
+        from django_celery_beat.models import IntervalSchedule as _Interval
+        from django_celery_beat.models import PeriodicTask as _PT
+        from proj.celery import app as _app
+        _every_30s = _Interval.objects.create(every=30, period=_Interval.SECONDS)
+        _hourly = _Interval.objects.create(every=1, period=_Interval.HOURS)
+        _nightly = _Crontab.objects.create(minute="30", hour="2", timezone="Europe/Paris")
+        _first_monday = _Crontab.objects.create(minute="0", hour="9", day_of_month="1-7",
+                                                day_of_week="1", timezone="UTC")
+        _PT.objects.create(name="poll-30s", task="proj.tasks.poll", interval=_every_30s,
+                           queue="polls")
+        _PT.objects.create(name="nightly", task="proj.tasks.report", crontab=_nightly,
+                           args='["daily"]')
+        _PT.objects.create(name="deliver-hourly", task="proj.tasks.deliver", interval=_hourly,
+                           kwargs='{"payload": {"to": "ops"}}')
+        _PT.objects.create(name="first-monday", task="proj.tasks.report",
+                           crontab=_first_monday)
+        _PT.objects.create(name="paused", task="proj.tasks.sync", interval=_hourly,
+                           enabled=False)
+        _PT.objects.create(name="sync-every-10s", task="proj.tasks.sync", interval=_every_30s)
+    """,
+    # "in the module of your Celery app": this script is one (proj's app), run by a beat
+    JSON_LOGS: """
+        from proj.celery import app
+    """,
 }
 
 #: Checks run after a block, in its namespace: (file, substring of the block) -> code.
 EXERCISE: dict[tuple[str, str], str] = {
+    DJANGO_BEAT_SCRIPT: """
+        from celery_dcron import DynamicTasks as _DT
+        from celery_dcron import EntryNotFoundError as _NotFound
+        from celery_dcron.schedules import CronSchedule as _Cron
+        from celery_dcron.schedules import IntervalSchedule as _Every
+        _rows = set(DynamicTask.objects.values_list("name", flat=True))
+        assert _rows == {"poll-30s", "nightly", "deliver-hourly"}, _rows
+        _api = _DT(_app)
+        _got = _api.get("poll-30s")
+        assert (_got.task, _got.schedule) == ("proj.tasks.poll", _Every(every_ms=30_000)), _got
+        assert (_got.args, dict(_got.kwargs)) == ((), {}), _got
+        assert dict(_got.options) == {"queue": "polls"}, _got
+        _got = _api.get("nightly")
+        assert _got.task == "proj.tasks.report" and _got.args == ("daily",), _got
+        assert _got.schedule == _Cron(expr="30 2 * * *", tz="Europe/Paris"), _got
+        _got = _api.get("deliver-hourly")
+        assert _got.schedule == _Every(every_ms=3_600_000), _got
+        assert _got.args == () and dict(_got.kwargs) == {"payload": {"to": "ops"}}, _got
+        _got = _api.get("first-monday")  # both day fields: must both match, as in Celery
+        assert _got.schedule == _Cron(expr="0 9 1,2,3,4,5,6,7 * 1", tz="UTC", day_or=False), _got
+        for _name in ("paused", "sync-every-10s"):
+            try:
+                _api.get(_name)
+            except _NotFound:
+                pass
+            else:
+                raise AssertionError(f"{_name} was copied")
+    """,
+    # The beat (doc's command line, with this module as the app) logs JSON lines: the
+    # "fired" decision with its dcron_ fields, as the doc shows.
+    JSON_LOGS: """
+        if __name__ == "__main__":
+            import json as _json
+            import os as _os
+            import signal as _signal
+            import subprocess as _subprocess
+            import sys as _sys
+            import time as _time
+            _log = open("json-beat.log", "w+b")
+            _beat = _subprocess.Popen(
+                [_sys.executable, "-m", "celery", "-A", "block", "beat",
+                 "-S", "celery_dcron.DistributedScheduler", "-l", "info"],
+                stdin=_subprocess.DEVNULL, stdout=_log, stderr=_subprocess.STDOUT,
+                start_new_session=True,
+            )
+            def _text():
+                with open("json-beat.log") as _f:
+                    return _f.read()
+            def _lines():
+                return _text().splitlines()
+            def _fired():
+                return [_l for _l in _lines() if '"dcron_event": "fired"' in _l]
+            try:
+                _deadline = _time.monotonic() + 60
+                while not _fired():
+                    assert _beat.poll() is None, _text()
+                    assert _time.monotonic() < _deadline, _text()
+                    _time.sleep(0.2)
+                _os.killpg(_beat.pid, _signal.SIGTERM)
+                assert _beat.wait(30) == 0, _text()
+            finally:
+                if _beat.poll() is None:
+                    _os.killpg(_beat.pid, _signal.SIGKILL)
+                    _beat.wait(10)
+            print(_text())
+            # after Celery's banner (printed, not logged) and its blank line: JSON only
+            _banner, _logged = _text().split(chr(10) * 2, 1)
+            _records = [_json.loads(_l) for _l in _logged.splitlines() if _l.strip()]
+            assert any(_r["message"] == "beat: Starting..." for _r in _records), _records
+            _fire = next(_r for _r in _records if _r.get("dcron_event") == "fired")
+            assert _fire["name"] == "celery_dcron.engine.dispatch", _fire
+            assert _fire["levelname"] == "INFO", _fire
+            assert _fire["message"].startswith(f"dcron: fired {_fire['dcron_entry']} "), _fire
+            assert {"asctime", "dcron_tick_ms", "dcron_task_id", "dcron_node",
+                    "dcron_run_now"} <= set(_fire), _fire
+            assert any(_r["name"].startswith("celery_dcron") and _r.get("dcron_event")
+                       for _r in _records if _r is not _fire), _records
+    """,
     ("docs/migration.rst", "from redbeat.schedulers import"): """
         from celery_dcron import DynamicTasks as _DT
         _got = {s.name: s for s in _DT(_app).list()}
@@ -235,10 +342,12 @@ if _celery_settings:
     if "CELERY_RESULT_EXTENDED" in _celery_settings:
         assert _from_django.conf.result_extended == CELERY_RESULT_EXTENDED
 """
-#: Before a block that uses Django models: tests/django's settings, a migrated database.
+#: Before a block that uses Django models: tests/django's settings (or those of
+#: :data:`DJANGO_SETTINGS`), a migrated in-memory sqlite database.
 DJANGO_MODELS_PRELUDE = """
+import importlib as _importlib
 from django.conf import settings as _dj
-from tests.django import settings as _test_settings
+_test_settings = _importlib.import_module(__SETTINGS__)
 _dj.configure(**{
     **{_k: _v for _k, _v in vars(_test_settings).items() if _k.isupper()},
     "DCRON_CELERY_APP": "proj.celery:app",
@@ -456,7 +565,8 @@ def script_for(block: Block, code: str) -> str:
         before.insert(0, DJANGO_SETTINGS_PRELUDE)
         after.insert(0, CHECK_DJANGO_SETTINGS)
     elif uses_django:
-        before.insert(0, DJANGO_MODELS_PRELUDE)
+        settings = _listed(DJANGO_SETTINGS, block) or "tests.django.settings"
+        before.insert(0, DJANGO_MODELS_PRELUDE.replace("__SETTINGS__", repr(settings)))
     if is_config:
         after.insert(0, CHECK_CONFIG)
     return "\n".join(
@@ -475,12 +585,12 @@ def _run(argv: list[str], project: Path) -> subprocess.CompletedProcess[str]:
 
 
 def test_every_block_is_found_and_the_lists_are_current() -> None:
-    """The extraction sees the blocks the docs have, and every NOT_RUN / PRELUDE /
-    EXERCISE entry still names exactly one Python block (so none goes stale)."""
+    """The extraction sees the blocks the docs have, and every DJANGO_SETTINGS / PRELUDE
+    / EXERCISE entry still names exactly one Python block (so none goes stale)."""
     assert len(PYTHON) >= 15 and any(b.path == "README.md" for b in PYTHON)
     assert {b.path for b in CONSOLE} >= {"README.md", "docs/cli.rst"}
     assert BEAT_LINES, "no `celery beat -S ...` line found"
-    for table in (NOT_RUN, PRELUDE, EXERCISE):
+    for table in (DJANGO_SETTINGS, PRELUDE, EXERCISE):
         for path, needle in table:
             found = [b.id for b in PYTHON if b.path == path and needle in b.text]
             assert len(found) == 1, f"{path}: {needle!r} matches {found or 'no block'}"
@@ -490,9 +600,6 @@ def test_every_block_is_found_and_the_lists_are_current() -> None:
 def test_python_block_runs(
     block: Block, project: Path, redis_url: str, redis_server_session: RedisServer
 ) -> None:
-    reason = _listed(NOT_RUN, block)
-    if reason is not None:
-        pytest.skip(f"listed in NOT_RUN: {reason}")
     server = redis_server_session
     _write_config(project, block, server)
     script = project / "block.py"
