@@ -12,6 +12,7 @@ import logging
 import signal
 import socket
 import threading
+import time
 from collections.abc import Iterator, Mapping
 from contextlib import AbstractContextManager
 from types import MappingProxyType
@@ -61,31 +62,35 @@ CLAIM_AHEAD_MS = 20
 _BATCH_MAX_OPS = 10_000
 
 
+#: How soon a stop signal that arrives while the scheduler waits ends the wait.
+_SIGNAL_POLL_S = 0.1
+
 _DEFERRED_SIGNALS = {
     getattr(signal, name) for name in ("SIGTERM", "SIGINT", "SIGQUIT") if hasattr(signal, name)
 }
 
 
 @contextlib.contextmanager
-def _signals_deferred() -> Iterator[None]:
-    """Hold beat's stop signals until the block ends, then deliver them.
+def _signals_deferred() -> Iterator[list[int]]:
+    """Hold beat's stop signals until the block ends, then deliver them. Yields the list
+    of signals caught so far, so that a wait in the block can end early.
 
     Blocking with ``pthread_sigmask`` is not enough: a process-directed signal goes to
     any thread that does not block it (the event listener, the pidbox), and CPython then
     runs the handler in the main thread anyway. So the handlers are swapped for one that
     only records the signal, and the recorded signals are raised again afterwards.
     """
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
     caught: list[int] = []
+    if threading.current_thread() is not threading.main_thread():
+        yield caught
+        return
 
     def record(signum: int, _frame: Any) -> None:
         caught.append(signum)
 
     previous = {sig: signal.signal(sig, record) for sig in _DEFERRED_SIGNALS}
     try:
-        yield
+        yield caught
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, signal.SIG_DFL if handler is None else handler)
@@ -221,10 +226,11 @@ class DistributedScheduler(beat.Scheduler):
             return float(self.max_interval)
         # Beat's SIGTERM/SIGINT handler raises SystemExit wherever the main thread is. Inside
         # a step that could fall between a publish and its "sent" record, leaving a claim that
-        # the next owner re-publishes (same task id, but a second message). So the signals
-        # wait until the step is over (a step is bounded by the socket timeouts); waiting
-        # between steps stays interruptible.
-        with _signals_deferred():
+        # the next owner re-publishes (same task id, but a second message); inside the wait,
+        # in threading's own Event.wait, it can fail with "release unlocked lock" and exit 1.
+        # So the signals wait until the step is over (a step is bounded by the socket
+        # timeouts), and the wait after it ends within _SIGNAL_POLL_S of one.
+        with _signals_deferred() as caught:
             try:
                 wait = engine.step()
             except ConfigurationError as exc:
@@ -233,7 +239,11 @@ class DistributedScheduler(beat.Scheduler):
                 self._misconfigured = True
                 logger.critical("dcron: %s", exc)
                 raise SystemExit(1) from None
-        engine.wait(min(wait, float(self.max_interval)))
+            until = time.monotonic() + min(wait, float(self.max_interval))
+            while not caught:
+                left = until - time.monotonic()
+                if left <= 0 or engine.wait(min(left, _SIGNAL_POLL_S)):
+                    break
         return 0.0
 
     def sync(self) -> None:

@@ -179,11 +179,11 @@ class Engine:
             return self._unavailable(exc)
         return self._wait_s()
 
-    def wait(self, seconds: float) -> None:
-        """Sleep up to ``seconds``; returns early when an event arrives."""
-        if seconds > 0:
-            self.wake.wait(seconds)
+    def wait(self, seconds: float) -> bool:
+        """Sleep up to ``seconds``; returns early, and True, when an event arrives."""
+        woken = self.wake.wait(seconds) if seconds > 0 else self.wake.is_set()
         self.wake.clear()
+        return woken
 
     def stop(self) -> None:
         """Leave the cluster at once so the others take over without waiting for the TTL."""

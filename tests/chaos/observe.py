@@ -310,7 +310,7 @@ class Report:
 
     def _duplicates(self, cluster: Cluster) -> None:
         republished = _republished(cluster)
-        failed = {(e, t) for e, t, _ in failed_publishes(cluster)}
+        failed = Counter((e, t) for e, t, _ in failed_publishes(cluster))
         signals = {
             b.name: [(at, sig) for at, sig in b.events if sig in ("SIGKILL", "SIGSTOP", "SIGCONT")]
             for b in cluster.beats
@@ -330,8 +330,13 @@ class Report:
             senders = [f for f in self.pub.fired if (f.entry, f.tick_ms) == key]
             again = republished.get(key, [])
             why = _window(key, n, ids[key], senders, again, signals)
-            if not why and n == 2 and len(ids[key]) == 1 and key in failed:
-                why = "a publish reported as failed had reached the broker; retried, same id"
+            if not why and len(ids[key]) == 1 and failed[key] >= n - 1:
+                # Each publish reported as failed that had reached the broker anyway (a
+                # held connection reset before the confirm) adds one copy, same id.
+                why = (
+                    f"{failed[key]} publish(es) reported as failed had reached the broker; "
+                    "retried, same id"
+                )
             detail = (
                 f"{entry} tick={tick_iso(tick)} x{n} ids={sorted(map(str, ids[key]))} "
                 f"fired by {[(f.beat, round(f.logged_at, 3)) for f in senders]} "
