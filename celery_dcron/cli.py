@@ -23,7 +23,7 @@ from .exceptions import (
     InvalidEntryError,
     VersionConflictError,
 )
-from .status import ClusterView, describe_schedule, plural
+from .status import ClusterView, describe_entry, describe_rejection, describe_schedule, plural
 from .ticks import tick_iso
 
 __all__ = ["dcron"]
@@ -128,7 +128,7 @@ def ls(ctx: click.Context, as_json: bool) -> None:
                 f"{r['schedule_text']}"
             )
             if r["last_error"]:
-                lines.append(f"{'':<30} last error: {_error_text(r['last_error'])}")
+                lines.append(f"{'':<30} last error: {describe_rejection(r['last_error'])}")
         for name, error in view.bad.items():
             lines.append(f"{name:<30} BROKEN   {error}")
         return "\n".join(lines)
@@ -153,51 +153,7 @@ def show(ctx: click.Context, name: str, as_json: bool) -> None:
         raise click.ClickException(f"name: no entry {name!r}")
     row = view.entry(name)
     row["static"] = name in view.static
-    _out(row, as_json, lambda: _describe(row))
-
-
-def _describe(row: dict[str, Any]) -> str:
-    """An entry as ``field: value`` lines: values in JSON, times in ISO 8601, no reprs."""
-
-    def when(ms: int | None) -> str:
-        return "-" if ms is None else tick_iso(ms)
-
-    runs = str(row["runs"]) + (f" of {row['max_runs']}" if row.get("max_runs") else "")
-    grace = row.get("misfire_grace_s")
-    lines = [
-        ("name", row["name"]),
-        ("task", row["task"]),
-        ("schedule", row["schedule_text"]),
-        ("state", row["state"]),
-        ("source", row["source"] + (" (beat_schedule)" if row["static"] else "")),
-        ("owner", row["owner"] or "- (no working node)"),
-        ("next tick", row["next_tick"] or "-"),
-        ("last tick", row["last_tick"] or "-"),
-        ("last node", row["last_node"] or "-"),
-        ("runs", runs),
-        ("last error", _error_text(row["last_error"]) if row["last_error"] else "-"),
-        ("args", json.dumps(row["args"])),
-        ("kwargs", json.dumps(row["kwargs"], sort_keys=True)),
-        ("options", " ".join(f"{k}={json.dumps(v) if not isinstance(v, str) else v}"
-                             for k, v in sorted(row["options"].items())) or "-"),
-        ("start at", when(row.get("start_ms"))),
-        ("end at", when(row.get("end_ms"))),
-        ("after run", row.get("after_run") or "-"),
-        ("misfire policy", row.get("misfire_policy") or "the dcron_misfire_policy setting"),
-        ("misfire grace", "the dcron_misfire_grace setting" if grace is None else f"{grace:g}s"),
-        ("description", row.get("description") or "-"),
-        ("version", str(row["version"])),
-    ]  # fmt: skip
-    return "\n".join(f"{label + ':':<16}{value}" for label, value in lines)
-
-
-def _error_text(error: dict[str, Any]) -> str:
-    """``publish rejected (arguments) at tick=<T> id=<id> node=<node>: TypeError(...)``."""
-    what = "run-now at" if error["run_now"] else "tick"
-    return (
-        f"publish rejected ({error['reason']}) at {what}={error['tick']} id={error['task_id']} "
-        f"node={error['node']}: {error['error']} (not retried; cleared by the next tick sent)"
-    )
+    _out(row, as_json, lambda: describe_entry(row))
 
 
 def _json_arg(field: str, value: str | None) -> Any:

@@ -9,6 +9,7 @@ the instances compute it, so "owner" is the node that fires the entry's next tic
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -130,3 +131,50 @@ class ClusterView:
             "started": tick_iso(node.started_ms) if node.started_ms else None,
             "entries_owned": self.owned_by(node.id),
         }
+
+
+# -- text (celery dcron show, ls) ----------------------------------------------------
+
+
+def describe_entry(row: dict[str, Any]) -> str:
+    """An entry as ``field: value`` lines: values in JSON, times in ISO 8601, no reprs."""
+
+    def when(ms: int | None) -> str:
+        return "-" if ms is None else tick_iso(ms)
+
+    runs = str(row["runs"]) + (f" of {row['max_runs']}" if row.get("max_runs") else "")
+    grace = row.get("misfire_grace_s")
+    lines = [
+        ("name", row["name"]),
+        ("task", row["task"]),
+        ("schedule", row["schedule_text"]),
+        ("state", row["state"]),
+        ("source", row["source"] + (" (beat_schedule)" if row["static"] else "")),
+        ("owner", row["owner"] or "- (no working node)"),
+        ("next tick", row["next_tick"] or "-"),
+        ("last tick", row["last_tick"] or "-"),
+        ("last node", row["last_node"] or "-"),
+        ("runs", runs),
+        ("last error", describe_rejection(row["last_error"]) if row["last_error"] else "-"),
+        ("args", json.dumps(row["args"])),
+        ("kwargs", json.dumps(row["kwargs"], sort_keys=True)),
+        ("options", " ".join(f"{k}={json.dumps(v) if not isinstance(v, str) else v}"
+                             for k, v in sorted(row["options"].items())) or "-"),
+        ("start at", when(row.get("start_ms"))),
+        ("end at", when(row.get("end_ms"))),
+        ("after run", row.get("after_run") or "-"),
+        ("misfire policy", row.get("misfire_policy") or "the dcron_misfire_policy setting"),
+        ("misfire grace", "the dcron_misfire_grace setting" if grace is None else f"{grace:g}s"),
+        ("description", row.get("description") or "-"),
+        ("version", str(row["version"])),
+    ]  # fmt: skip
+    return "\n".join(f"{label + ':':<16}{value}" for label, value in lines)
+
+
+def describe_rejection(error: dict[str, Any]) -> str:
+    """``publish rejected (arguments) at tick=<T> id=<id> node=<node>: TypeError(...)``."""
+    what = "run-now at" if error["run_now"] else "tick"
+    return (
+        f"publish rejected ({error['reason']}) at {what}={error['tick']} id={error['task_id']} "
+        f"node={error['node']}: {error['error']} (not retried; cleared by the next tick sent)"
+    )

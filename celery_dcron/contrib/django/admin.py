@@ -8,7 +8,6 @@ from datetime import datetime
 from typing import Any
 from urllib.parse import urlencode
 
-from django import forms
 from django.apps import apps
 from django.contrib import admin, messages
 from django.db.models import QuerySet
@@ -22,26 +21,19 @@ from django.utils.translation import gettext_lazy as _
 from celery_dcron.exceptions import DcronError
 from celery_dcron.schedules import datetime_to_ms
 from celery_dcron.status import ClusterView
-from celery_dcron.taskcheck import load_task_modules
 from celery_dcron.ticks import tick_iso
 
 from . import sync
+from .forms import DynamicTaskForm
 from .live import LiveEntry, app_zone, read_live, when, when_parts
 from .models import ClusterStatus, DynamicTask
-from .validators import celery_app, dynamic_tasks, registered_task
+from .validators import dynamic_tasks, registered_task
 
 __all__ = ["ClusterStatusAdmin", "DynamicTaskAdmin", "DynamicTaskForm"]
 
 RECENT_RUNS = 10
 #: The cluster page reloads itself this often (seconds).
 CLUSTER_REFRESH_S = 5
-
-
-def registered_tasks() -> list[str]:
-    """Task names of the Celery app, without Celery's own (as django-celery-beat lists)."""
-    app = celery_app()
-    load_task_modules(app)
-    return sorted(name for name in app.tasks if not name.startswith("celery."))
 
 
 def result_link(task_id: str, pk: Any = None) -> SafeString:
@@ -99,48 +91,6 @@ def breakable(text: str) -> SafeString:
     node ids wrap instead of widening the list."""
     parts = re.split(r"(?<=[.:/_])", text)
     return format_html_join(mark_safe("<wbr>"), "{}", ((p,) for p in parts))
-
-
-class TaskNameInput(forms.TextInput):
-    """A text input suggesting the registered task names (``<datalist>``): a task the
-    web process does not import can still be typed."""
-
-    def __init__(self, attrs: dict[str, Any] | None = None) -> None:
-        super().__init__({"list": "dcron-task-names", "size": 40, **(attrs or {})})
-        self.names: list[str] = []
-
-    def render(
-        self, name: str, value: Any, attrs: dict[str, Any] | None = None, renderer: Any = None
-    ) -> SafeString:
-        options = format_html_join("", '<option value="{}">', ((n,) for n in self.names))
-        return format_html(
-            '{}<datalist id="dcron-task-names">{}</datalist>',
-            super().render(name, value, attrs, renderer),
-            options,
-        )
-
-
-class DynamicTaskForm(forms.ModelForm):
-    task = forms.CharField(
-        label=_("task"),
-        required=False,
-        max_length=200,
-        widget=TaskNameInput,
-        help_text=_(
-            "A Celery task name (the registered ones are suggested; another one is saved "
-            "with a warning). Blank: send the payload to dcron_default_task."
-        ),
-    )
-
-    class Meta:
-        model = DynamicTask
-        exclude = ("last_run_at", "total_run_count")
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        widget = self.fields["task"].widget
-        assert isinstance(widget, TaskNameInput)
-        widget.names = registered_tasks()
 
 
 @admin.register(DynamicTask)
