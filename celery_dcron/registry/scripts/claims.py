@@ -96,10 +96,12 @@ MARK_SENT = Script(
     "mark_sent",
     ("pending", "errors"),
     """
+-- Errors are rare: look them up per tick only when there is one at all.
+local any_error = redis.call('EXISTS', KEYS[2]) == 1
 for i = 1, #ARGV - 1, 2 do
   local name, tick = ARGV[i], ARGV[i + 1]
   redis.call('HDEL', KEYS[1], tick .. ':' .. name)
-  local err = redis.call('HGET', KEYS[2], name)
+  local err = any_error and redis.call('HGET', KEYS[2], name)
   if err then
     local ok, data = pcall(cjson.decode, err)
     local at = ok and type(data) == 'table' and tonumber(data['tick_ms'])
