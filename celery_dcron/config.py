@@ -214,6 +214,16 @@ SETTINGS: tuple[Setting, ...] = (
         "its data. ``0`` turns the periodic call off.",
     ),
     Setting(
+        "dcron_full_reconcile_interval",
+        3600.0,
+        "float (seconds)",
+        "How often the reconcile of the Django app (``celery_dcron.contrib.django``) is a "
+        "full one: every row compared with the registry, and the admin entries whose row "
+        "is gone removed. The reconciles in between read only the rows changed since the "
+        "last one. A beat instance also reconciles in full when it starts and after Redis "
+        "lost its data. ``0``: every reconcile is a full one.",
+    ),
+    Setting(
         "dcron_metrics_port",
         None,
         "int or None",
@@ -265,6 +275,8 @@ class Settings:
     default_task: str | None = None
     max_payload_bytes: int = 65536
     reconcile_interval_s: float = 60.0
+    #: the Django app's reconcile is a full one this often (0: always)
+    full_reconcile_interval_s: float = 3600.0
     metrics_port: int | None = None
     metrics_addr: str = "0.0.0.0"
     #: ``None``: ``<host>:<slot>``, the slot chosen when joining
@@ -363,6 +375,11 @@ class Settings:
             raise ConfigurationError(
                 f"dcron_reconcile_interval: {self.reconcile_interval_s} must be >= 0 (0: off)"
             )
+        if self.full_reconcile_interval_s < 0:
+            raise ConfigurationError(
+                f"dcron_full_reconcile_interval: {self.full_reconcile_interval_s} must be "
+                ">= 0 (0: every reconcile is a full one)"
+            )
         if self.node_id is not None and (
             not self.node_id or len(self.node_id) > 200 or any(c in self.node_id for c in "\n\r\t ")
         ):
@@ -440,6 +457,9 @@ class Settings:
             ),
             "reconcile_interval_s": _seconds(
                 "dcron_reconcile_interval", get("dcron_reconcile_interval")
+            ),
+            "full_reconcile_interval_s": _seconds(
+                "dcron_full_reconcile_interval", get("dcron_full_reconcile_interval")
             ),
             "metrics_port": (
                 None

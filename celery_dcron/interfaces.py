@@ -9,7 +9,7 @@ inject a :class:`~celery_dcron.clock.ManualClock` and an in-memory registry.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 if TYPE_CHECKING:
@@ -23,7 +23,15 @@ if TYPE_CHECKING:
         Tick,
     )
     from .exceptions import DcronError
-    from .registry import Heartbeat, Joined, RunRequest, Snapshot, StaticSyncResult
+    from .registry import (
+        FeedPage,
+        FeedPosition,
+        Heartbeat,
+        Joined,
+        RunRequest,
+        Snapshot,
+        StaticSyncResult,
+    )
 
 __all__ = ["Clock", "NodeRef", "Registry", "Strategy", "Subscription"]
 
@@ -208,6 +216,31 @@ class Registry(Protocol):
         ...
 
     def is_paused(self) -> bool: ...
+
+    # -- the change feed and paged reads ------------------------------------------
+
+    def feed_position(self) -> FeedPosition:
+        """Where the change feed stands now: the entries version and its last record."""
+        ...
+
+    def read_feed(self, after: FeedPosition, count: int) -> FeedPage:
+        """Up to ``count`` records after ``after`` (each write to an entry is one, in
+        order, versions without gaps); ``gap`` when some were lost (trimmed, or the data
+        was reset): the caller reloads in full."""
+        ...
+
+    def scan_entries(
+        self, cursor: int, count: int, want: Callable[[str], bool]
+    ) -> tuple[int, list[str], dict[str, EntrySpec], dict[str, str]]:
+        """One page of about ``count`` entries (cursor 0 starts; 0 back: done; a name
+        may come twice): every name, and the definitions and parse errors of those
+        ``want`` accepts."""
+        ...
+
+    def get_entries(self, names: Iterable[str]) -> tuple[dict[str, EntrySpec], dict[str, str]]:
+        """The definitions of ``names`` that exist and parse, and ``name -> error`` of
+        those that do not parse."""
+        ...
 
     # -- run state and claims -----------------------------------------------------
 

@@ -47,6 +47,8 @@ EVENTS: dict[str, tuple[str, ...]] = {
     "pending_dropped_claim": ("entry", "tick_ms", "node", "claimed_by"),
     "state_lost": ("entry", "tick_ms", "node"),
     "ownership": ("node", "owned", "entries", "working"),
+    "reload": ("node", "reason"),
+    "feed_gap": ("node", "seq", "head"),
     "nodes": ("node", "nodes"),
     "node_reclaimed": ("node", "previous", "previous_host", "previous_pid"),
     "node_superseded": ("node",),

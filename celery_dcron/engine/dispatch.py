@@ -144,11 +144,11 @@ class Dispatcher(Part):
         """
         done: list[tuple[Tick, str]] = []
         failed: set[Tick] = set()
-        entries = self.view.entries
+        spec_of = self.view.spec
         try:
             with self.publish_batch() if self.publish_batch else contextlib.nullcontext():
                 for tick in ticks:
-                    spec = entries.get(tick.name)
+                    spec = spec_of(tick.name)
                     if spec is None:
                         continue
                     task_id = tickmath.task_id(self.settings.namespace, tick.name, tick.tick_ms)
@@ -162,7 +162,7 @@ class Dispatcher(Part):
                     done.append((tick, task_id))
         except Exception as exc:  # the batch as a whole (or opening it) failed
             for tick in ticks:
-                spec = entries.get(tick.name)
+                spec = spec_of(tick.name)
                 if spec is not None and tick not in failed:
                     task_id = tickmath.task_id(self.settings.namespace, tick.name, tick.tick_ms)
                     self._tick_failed(spec, tick, task_id, exc)
@@ -285,13 +285,20 @@ class Dispatcher(Part):
         orphans: list[Tick] = []
         dropped = Summary(logger, "pending_dropped", node=self.node_id)
         now_ms = self.clock.now_ms()
+        view = self.view
+        loaded = view.position is not None
+        # Our own claims of entries that moved elsewhere are ours to publish: read those.
+        view.borrow({
+            c.name for c in pending
+            if c.node == self.node_id and c.name not in view.owned and c.name in view.names
+        })  # fmt: skip
         for claim in pending:
             tick = Tick(name=claim.name, tick_ms=claim.tick_ms)
             if tick in self.unmarked or (claim.name, claim.tick_ms, False) in self.rejected:
                 continue
-            spec = self.view.entries.get(claim.name)
+            spec = view.spec(claim.name)
             if spec is None:
-                if janitor:
+                if janitor and loaded and claim.name not in view.names:
                     orphans.append(tick)
                 continue
             if claim.name not in self.view.owned and claim.node != self.node_id:

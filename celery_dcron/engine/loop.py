@@ -37,9 +37,11 @@ from ..membership import EventListener, Membership, PidAlive, process_alive
 from ..metrics import Metrics, NullMetrics
 from ..planning import Rules
 from ..registry import Registry
+from . import loading
 from .claims import Claimer
 from .context import Context, Delegated
 from .dispatch import Dispatcher, ErrorHook, PublishBatch, Publisher
+from .loading import Jobs
 from .recovery import Recovery
 from .requests import Requests
 from .timeline import Timeline
@@ -59,7 +61,7 @@ class Engine:
 
     entries = Delegated[dict[str, EntrySpec]]("view")
     states = Delegated[dict[str, EntryState]]("view")
-    owned = Delegated[frozenset[str]]("view")
+    owned = Delegated[set[str]]("view")
     check = Delegated[EntryCheck | None]("view")
     publish = Delegated[Publisher]("dispatcher")
     publish_batch = Delegated[PublishBatch | None]("dispatcher")
@@ -108,14 +110,20 @@ class Engine:
             metrics=self.metrics, notify=self._notify,
         )  # fmt: skip
         rules = Rules.from_settings(settings)
-        self.view = View(ctx, strategy=strategy, static_entries=static_entries, check=check)
+        self.timeline = Timeline(
+            on_finished=lambda spec, state: self.requests.finished(spec, state)
+        )
+        self.view = View(
+            ctx, strategy=strategy, static_entries=static_entries, check=check,
+            timeline=self.timeline,
+        )  # fmt: skip
+        self.jobs = Jobs(self.view, on_loaded=self._loaded)
         self.recovery = Recovery(ctx)
         self.dispatcher = Dispatcher(
             ctx, view=self.view, rules=rules, publish=publish, publish_batch=publish_batch,
             on_publish_error=on_publish_error,
         )  # fmt: skip
         self.requests = Requests(ctx, view=self.view, dispatcher=self.dispatcher)
-        self.timeline = Timeline(on_finished=self.requests.finished)
         self.claimer = Claimer(
             ctx, rules=rules, view=self.view, timeline=self.timeline, recovery=self.recovery,
             dispatcher=self.dispatcher, claim_ahead_ms=claim_ahead_ms,
@@ -128,6 +136,8 @@ class Engine:
         self._next_beat = 0.0
         self._next_reconcile = 0.0
         self._seen_once = False
+        #: the change feed has records this instance has not applied yet
+        self._feed_behind = False
         self._peer_expiry_ms: int | None = None
         #: the cluster-wide pause flag, learnt from each heartbeat: claim nothing while set
         self.paused = False
@@ -150,16 +160,22 @@ class Engine:
             return self.settings.heartbeat_interval_s
         try:
             now_mono = time.monotonic()
+            if self.listener is not None and self.listener.entries_dirty.is_set():
+                self.listener.entries_dirty.clear()
+                self._feed_behind = True
             if now_mono >= self._next_beat or not self._connected or self._dirty(clear=False):
                 self._beat()
                 self._next_beat = now_mono + self._next_beat_in_s()
+            if self.jobs.busy:
+                self.jobs.run()
+            elif self._feed_behind:
+                self._apply_feed()
             interval = self.settings.reconcile_interval_s
             if interval and now_mono >= self._next_reconcile:
                 self._next_reconcile = now_mono + interval
                 self._notify(signals.reconcile, reason="periodic")
             if self.recovery.settled(self.clock.now_ms()):
-                self.view.load_states()  # what the returning owners restored
-                self._reassign()
+                self.jobs.reload("settled")  # the states the returning owners restored
             if self.membership.status is NodeStatus.WORKING:
                 self.dispatcher.flush_unmarked()
                 if not self.paused:
@@ -218,19 +234,38 @@ class Engine:
     # -- membership and refresh --------------------------------------------------
 
     def _dirty(self, *, clear: bool) -> bool:
+        """Whether a membership event arrived (entry events go to the feed, not here)."""
         if self.listener is None:
             return False
         members = self.listener.members_dirty.is_set()
-        entries = self.listener.entries_dirty.is_set()
         if clear:
             self.listener.members_dirty.clear()
-            self.listener.entries_dirty.clear()
-        return members or entries
+        return members
+
+    def _apply_feed(self) -> None:
+        """Apply the change feed for up to one job budget; a gap starts a full reload."""
+        deadline = time.monotonic() + loading.BUDGET_S
+        reassign = False
+        while True:
+            applied = self.view.apply_feed()
+            reassign = reassign or applied.reassign
+            if applied.gap:
+                self.jobs.reload("feed gap")
+                break
+            if applied.done or time.monotonic() >= deadline:
+                break
+        if reassign and not applied.gap:
+            self.jobs.reassign()
+        self._feed_behind = not applied.done and not applied.gap
+        if self.view.run_seen:
+            self.view.run_seen = False
+            self.requests.due = True
+        if self.view.pause_seen:
+            self.view.pause_seen = False
+            self._next_beat = 0.0  # the heartbeat brings the pause flag
 
     def _beat(self) -> None:
-        event_members = self.listener is not None and self.listener.members_dirty.is_set()
-        event_entries = self.listener is not None and self.listener.entries_dirty.is_set()
-        self._dirty(clear=True)
+        event_members = self._dirty(clear=True)
         if not self._connected:
             self.registry.load_scripts()
         hb, members_changed, entries_changed = self.membership.beat()
@@ -249,7 +284,7 @@ class Engine:
             self.paused = hb.paused
         if not self._synced or reset:
             if reset:
-                self.recovery.restore_anchors(self.view.states)
+                self.recovery.restore_anchors(self.view.anchors())
             self.view.sync_static()
             self._synced = True
             self._notify(signals.reconcile, reason="reset" if reset else "start")
@@ -257,22 +292,31 @@ class Engine:
             if reset:
                 self.recovery.restore_last_ticks(self.view.states, self.view.owned)
         full = reset or reconnected
-        if reconnected and not reset and self._synced and self._seen_once:
+        again = reconnected and not reset and self._synced and self._seen_once
+        if again:
             self._notify(signals.reconcile, reason="reconnect")
+        first = not self._seen_once
         self._seen_once = True
-        if full or entries_changed or event_entries:
-            self.view.load_entries()
-            self.requests.due = True
-        if full or members_changed or event_members or entries_changed or event_entries:
+        if full or members_changed or event_members:
             self.view.refresh_nodes()
-            self.view.load_states()
-            self._reassign()
             self.dispatcher.next_recover = 0.0
+        if full:
+            self.jobs.reload("start" if first else "reset" if reset else "reconnect")
+            self.requests.due = True
+        elif members_changed or event_members:
+            self.jobs.reassign()
+        position = self.view.position
+        if entries_changed or (position is not None and hb.entries_version > position.seq):
+            self._feed_behind = True
+
+    def _loaded(self) -> None:
+        """A full reload is in: a starting node now says it works (it holds its share)."""
+        self.dispatcher.next_recover = 0.0
         if self.membership.status is NodeStatus.STARTING and not self.stopped:
             self.membership.set_status(NodeStatus.WORKING)
             self.membership.beat()
             self.view.refresh_nodes()
-            self._reassign()
+            self.jobs.reassign()
 
     def _next_beat_in_s(self) -> float:
         """Until the next heartbeat: the interval, or sooner when another node's heartbeat
@@ -286,15 +330,6 @@ class Engine:
         until_s = max(expiry - self.clock.now_ms(), 0) / 1000.0
         return min(interval, until_s + _EXPIRY_MARGIN_S)
 
-    def _reassign(self) -> None:
-        """Recompute the owned set, and the timeline of the owned entries that can run."""
-        self.view.reassign()
-        self.timeline.clear()
-        for name in self.view.owned:
-            spec = self.view.entries[name]
-            if self.view.runnable(spec):
-                self.timeline.schedule(spec, self.view.state(name))
-
     def _notify(self, signal: Any, **kwargs: Any) -> None:
         """Send a signal; Celery's dispatch logs a receiver that raises and goes on."""
         signal.send(sender=self, **kwargs)
@@ -302,6 +337,8 @@ class Engine:
     # -- waiting and failures ------------------------------------------------------
 
     def _wait_s(self) -> float:
+        if self.jobs.busy or self._feed_behind:
+            return 0.0  # the next page, once the loop has looked at due ticks
         wait = self._next_beat - time.monotonic()
         due = self.next_due_ms()
         if due is not None and self.membership.status is NodeStatus.WORKING and not self.paused:
@@ -339,6 +376,6 @@ class Engine:
             "node": self.node_id,
             "status": self.membership.status.value,
             "owned": len(self.owned),
-            "entries": len(self.entries),
+            "entries": len(self.view.names),
             "nodes": [n.id for n in self.membership.working_nodes()],
         }

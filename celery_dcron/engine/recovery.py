@@ -4,7 +4,8 @@ Redis restarted without its data (or the registry was otherwise emptied): the he
 shows a new epoch, or versions lower than those seen. Then :class:`Recovery`
 
 1. puts the anchors back before the static sync re-registers the entries (anchors never
-   change, so every instance's copy is exact, and the interval grids hold);
+   change, so every instance's copy is exact, and the interval grids hold): each instance
+   knows those of its static entries (``beat_schedule``) and of the entries it owns;
 2. puts back the last ticks of the entries this instance owned (only those: its copy of
    the others' state may be stale, and replaying from a stale tick would publish a tick
    twice: G1 before G2);
@@ -83,12 +84,10 @@ class Recovery(Part):
             node=self.node_id, reset_ms=reset_ms,
         )  # fmt: skip
 
-    def restore_anchors(self, states: Mapping[str, EntryState]) -> None:
-        """Step 1, before the static sync would anchor the entries anew."""
-        self.registry.restore_anchors(
-            {n: st.anchor_ms for n, st in states.items() if st.anchor_ms is not None},
-            reset_ms=self.clock.now_ms(),
-        )
+    def restore_anchors(self, anchors: Mapping[str, int]) -> None:
+        """Step 1, before the static sync would anchor the entries anew: the anchors of
+        this instance's static entries and of the entries it owns."""
+        self.registry.restore_anchors(anchors, reset_ms=self.clock.now_ms())
 
     def restore_last_ticks(self, states: Mapping[str, EntryState], owned: Collection[str]) -> None:
         """Step 2, after the static sync; then the settling starts (step 3)."""

@@ -46,15 +46,22 @@ class Requests(Part):
         requests = self.registry.requests()
         if not requests:
             return 0
-        entries = self.view.entries
-        mine = [r for r in requests if r.name in self.view.owned or r.holder == self.node_id]
+        view = self.view
+        mine = [r for r in requests if r.name in view.owned or r.holder == self.node_id]
         # a request for an entry this node does not know: dropped by one node, and only
         # once it is old (this node's view of the entries may lag behind the request)
-        if self.membership.is_janitor():
+        if self.membership.is_janitor() and view.position is not None:
             stale_ms = self.clock.now_ms() - 2 * self.settings.node_ttl_ms
-            gone = [r for r in requests if r.name not in entries and r.request_ms < stale_ms]
+            gone = [r for r in requests if r.name not in view.names and r.request_ms < stale_ms]
             if gone:
                 self.registry.done_requests(gone)
+        # requests this node took for entries that moved elsewhere since: still ours to send
+        view.borrow({r.name for r in mine if r.name not in view.owned})
+        entries: dict[str, EntrySpec] = {}
+        for request in mine:
+            spec = view.spec(request.name)
+            if spec is not None:
+                entries[request.name] = spec
         mine = [r for r in mine if r.name in entries]
         taken = self.registry.take_requests(mine, node_id=self.node_id)
         done = []

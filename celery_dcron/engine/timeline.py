@@ -46,9 +46,19 @@ class Timeline:
             return
         self.put(spec.name, due)
 
+    def discard(self, name: str) -> None:
+        """Take ``name`` off the timeline (its heap item is skipped when met)."""
+        self._next.pop(name, None)
+
+    def __len__(self) -> int:
+        return len(self._next)
+
     def put(self, name: str, due_ms: int) -> None:
         self._next[name] = due_ms
         heapq.heappush(self._heap, (due_ms, name))
+        if len(self._heap) > 2 * len(self._next) + 4096:  # mostly stale items: rebuild
+            self._heap = [(due, n) for n, due in self._next.items()]
+            heapq.heapify(self._heap)
 
     def next_due_ms(self) -> int | None:
         while self._heap:

@@ -1,24 +1,30 @@
-"""The instance's view of the namespace: entries, their run states, the entries it owns.
+"""The instance's view of the namespace: every entry's name, and the definitions and run
+states of the entries it owns (G8: memory follows the owned share, not the namespace).
 
-:class:`View` writes the static entries (``beat_schedule``), loads the entries and the
-nodes from the registry, sends the change signals (``entry_added|changed|removed``,
-``node_joined|left``), computes the owned set with the strategy, and says which owned
-entries can run here (enabled, and accepted by the adapter's check).
+:class:`View` writes the static entries (``beat_schedule``), refreshes the nodes, and
+applies the change feed: each record names one entry, so a change costs one read of that
+entry on its owner and nothing elsewhere (:meth:`View.apply_feed`). The paged full reload
+and the reassignment after a membership change live in :mod:`.loading`. It sends the
+change signals (``entry_added|changed|removed`` on the entry's owner, ``node_joined|left``)
+and says which owned entries can run here (enabled, and accepted by the adapter's check).
 """
 
 from __future__ import annotations
 
 import logging
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
+from typing import NamedTuple
 
 from .. import signals
-from ..entries import EntrySpec, EntryState
+from ..entries import EntrySpec, EntryState, Node, NodeStatus
 from ..interfaces import Strategy
 from ..logfields import log_event
+from ..registry import FeedPosition
 from .context import Context, Part
+from .timeline import Timeline
 
-__all__ = ["EntryCheck", "View"]
+__all__ = ["EntryCheck", "FeedApplied", "View"]
 
 logger = logging.getLogger(__name__)
 
@@ -28,9 +34,23 @@ EntryCheck = Callable[[EntrySpec], str | None]
 #: The state of an entry that has none yet.
 NO_STATE = EntryState()
 
+#: Feed records read per round trip.
+FEED_PAGE = 500
+
+
+class FeedApplied(NamedTuple):
+    """What :meth:`View.apply_feed` did."""
+
+    #: the view is up to date with the feed
+    done: bool
+    #: records were lost: reload in full
+    gap: bool = False
+    #: a whole-list strategy saw an add or a removal: place the entries anew
+    reassign: bool = False
+
 
 class View(Part):
-    """Entries, states and the owned set of one instance, as last read from the registry."""
+    """Entry names, and definitions and states of the owned entries, as last read."""
 
     def __init__(
         self,
@@ -39,49 +59,170 @@ class View(Part):
         strategy: Strategy,
         static_entries: Sequence[EntrySpec],
         check: EntryCheck | None,
+        timeline: Timeline,
     ) -> None:
         super().__init__(ctx)
         self.strategy = strategy
         self.static_entries = list(static_entries)
         self.check = check
-        #: every entry in the registry, by name
+        self.timeline = timeline
+        #: every entry name in the registry (ownership is decided from names)
+        self.names: set[str] = set()
+        #: definitions of the owned entries
         self.entries: dict[str, EntrySpec] = {}
+        #: run states of the owned entries (absent: no state yet)
         self.states: dict[str, EntryState] = {}
-        self.owned: frozenset[str] = frozenset()
+        self.owned: set[str] = set()
+        #: anchors of this instance's static entries (``beat_schedule``), owned or not:
+        #: after a Redis data loss every instance puts them back before the static sync
+        #: would anchor them anew (dynamic entries' anchors are put back by their owners)
+        self.static_anchors: dict[str, int] = {}
+        #: definitions of entries owned elsewhere, read for one job (a claim of ours to
+        #: publish again, a run-now request we took); replaced at each read
+        self.borrowed: dict[str, EntrySpec] = {}
+        #: where the feed was applied up to; None until the first full load is done
+        self.position: FeedPosition | None = None
+        #: the nodes ownership was last computed on (strategies with whole-list
+        #: placement keep their whole assignment in :attr:`assignment`)
+        self.nodes: list[Node] = []
+        self.assignment: dict[str, str] | None = None
+        #: the feed had a run-now request / a pause change since these were last cleared
+        self.run_seen = False
+        self.pause_seen = False
         self._skipped_reasons: dict[str, str] = {}
-        self._entries_seen = False
         self._nodes_seen = False
+
+    # -- reading -------------------------------------------------------------------
+
+    def anchors(self) -> dict[str, int]:
+        """The anchors this instance can put back after a data loss: its static entries'
+        and its owned entries'."""
+        owned = {n: st.anchor_ms for n, st in self.states.items() if st.anchor_ms is not None}
+        return {**self.static_anchors, **owned}
 
     def state(self, name: str) -> EntryState:
         return self.states.get(name) or NO_STATE
 
-    def load_states(self) -> None:
-        self.states = self.registry.states()
+    def spec(self, name: str) -> EntrySpec | None:
+        """The definition of an owned entry, or one borrowed for the job at hand."""
+        return self.entries.get(name) or self.borrowed.get(name)
 
-    def load_entries(self) -> None:
-        entries, bad = self.registry.entries()
-        for name, error in bad.items():
-            self._skip_once(name, f"malformed entry in the registry: {error}")
-        old = self.entries
-        static = {s.name: s for s in self.static_entries}
-        for name, spec in entries.items():
-            # One object per definition, the one already known or this instance's static
-            # one: 100,000 entries hold ~30 MB less.
-            for known in (old.get(name), static.get(name)):
-                if known is not None and known == spec:
-                    entries[name] = known
-                    break
-        self.entries = entries
-        if not self._entries_seen:  # the first load is the starting point, not news
-            self._entries_seen = True
-            return
-        for name, spec in entries.items():
-            if name not in old:
+    def borrow(self, names: Collection[str]) -> None:
+        """Read the definitions of ``names`` this instance does not own (one round trip)."""
+        missing = [n for n in names if n not in self.entries]
+        self.borrowed = self.registry.get_entries(missing)[0] if missing else {}
+
+    @property
+    def whole_list(self) -> bool:
+        """Whether the strategy places each entry by the whole list (round-robin, range):
+        then adding or removing one entry can move others."""
+        return bool(getattr(self.strategy, "needs_all_entries", False))
+
+    def placement_nodes(self) -> list[Node]:
+        """The nodes to place entries on: the working ones, and this one while it starts
+        (it loads its share before it says it works, so that nothing waits for it)."""
+        nodes = list(self.membership.working_nodes())
+        me = self.membership.node
+        if me.status is NodeStatus.STARTING and all(n.id != me.id for n in nodes):
+            nodes.append(me)
+        return nodes
+
+    def is_mine(self, name: str) -> bool:
+        """Whether ``name`` is placed on this node, by the nodes of the last placement."""
+        if self.assignment is not None:
+            return self.assignment.get(name) == self.node_id
+        return bool(self.nodes) and self.strategy.owner(name, self.nodes) == self.node_id
+
+    # -- the change feed -----------------------------------------------------------
+
+    def apply_feed(self) -> FeedApplied:
+        """Apply one page of the change feed: whether the view is now up to date with
+        it, whether records were lost (reload then), whether entries must be placed
+        anew (a whole-list strategy saw an add or a removal). Run-now and pause records
+        only raise :attr:`run_seen` / :attr:`pause_seen`."""
+        if self.position is None:
+            return FeedApplied(done=True)
+        page = self.registry.read_feed(self.position, FEED_PAGE)
+        if page.gap:
+            log_event(
+                logger, logging.WARNING, "feed_gap",
+                "dcron: the change feed lost records after version %(seq)s (now %(head)s); "
+                "reloading every entry",
+                node=self.node_id, seq=self.position.seq, head=page.head,
+            )  # fmt: skip
+            return FeedApplied(done=False, gap=True)
+        load: dict[str, None] = {}  # ordered set: names to read, owned after the change
+        reassign = False
+        for record in page.records:
+            name, kind = record.name, record.kind
+            if kind == "run":
+                self.run_seen = True
+                continue
+            if kind == "pause" or not name:
+                self.pause_seen = True
+                continue
+            if kind == "del":
+                self.names.discard(name)
+                load.pop(name, None)
+                self.drop(name, removed=True)
+                reassign = reassign or self.whole_list
+                continue
+            if name not in self.names:
+                self.names.add(name)
+                reassign = reassign or self.whole_list
+            if self.is_mine(name):
+                load[name] = None
+        if load:
+            self.load(list(load), notify=True)
+        self.position = page.position
+        return FeedApplied(done=page.position.seq >= page.head, reassign=reassign)
+
+    def load(self, names: Sequence[str], *, notify: bool) -> None:
+        """Read the definitions and states of ``names`` (owned now) in one round trip
+        each, and put them on the timeline (or off it, when they cannot run)."""
+        specs, bad = self.registry.get_entries(names)
+        states = self.registry.states(names)
+        for name in names:
+            spec = specs.get(name)
+            if spec is None:
+                if name in bad:
+                    self._skip_once(name, f"malformed entry in the registry: {bad[name]}")
+                    self.drop(name, removed=False)
+                else:  # removed since the record: its own record follows
+                    self.names.discard(name)
+                    self.drop(name, removed=True)
+                continue
+            old = self.entries.get(name)
+            self.entries[name] = spec
+            self.owned.add(name)
+            state = states.get(name)
+            if state is None:
+                self.states.pop(name, None)
+            else:
+                self.states[name] = state
+            if notify and old is None:
                 self.notify(signals.entry_added, entry=spec)
-            elif old[name] != spec:
-                self.notify(signals.entry_changed, entry=spec, old=old[name])
-        for name in old.keys() - entries.keys():
-            self.notify(signals.entry_removed, entry=old[name])
+            elif notify and old is not None and old != spec:
+                self.notify(signals.entry_changed, entry=spec, old=old)
+            self.place(spec)
+
+    def place(self, spec: EntrySpec) -> None:
+        """Put an owned entry on the timeline at its next tick, or take it off."""
+        if self.runnable(spec):
+            self.timeline.schedule(spec, self.state(spec.name))
+        else:
+            self.timeline.discard(spec.name)
+
+    def drop(self, name: str, *, removed: bool) -> None:
+        """Forget an entry's definition and state (owned elsewhere now, or removed)."""
+        spec = self.entries.pop(name, None)
+        self.states.pop(name, None)
+        self.owned.discard(name)
+        self.timeline.discard(name)
+        if removed and spec is not None:
+            self.notify(signals.entry_removed, entry=spec)
+
+    # -- nodes and the static schedule ---------------------------------------------
 
     def refresh_nodes(self) -> None:
         before = {n.id: n for n in self.membership.working_nodes()}
@@ -107,6 +248,8 @@ class View(Part):
         if result.changed:
             logger.info("dcron: static schedule synced, %d entries changed", result.changed)
 
+    # -- what can run --------------------------------------------------------------
+
     def why_not(self, spec: EntrySpec) -> str | None:
         """Why the adapter's check says ``spec`` cannot run here, or None."""
         return self.check(spec) if self.check is not None else None
@@ -130,25 +273,23 @@ class View(Part):
                 entry=name, node=self.node_id, reason=reason,
             )  # fmt: skip
 
-    def reassign(self) -> None:
-        """The entries this node owns now, among the working nodes."""
-        working = self.membership.working_nodes()
-        if not any(n.id == self.node_id for n in working):
-            owned: frozenset[str] = frozenset()
-        else:
-            assignment = self.strategy.assign(sorted(self.entries), working)
-            owned = frozenset(n for n, owner in assignment.items() if owner == self.node_id)
-        if owned != self.owned:
+    def skip_bad(self, bad: Mapping[str, str]) -> None:
+        for name, error in bad.items():
+            self._skip_once(name, f"malformed entry in the registry: {error}")
+
+    def report_ownership(self, changed: bool) -> None:
+        """Log the owned count when the owned set changed, and update the metrics."""
+        working = self.nodes  # those the entries were placed on (this one while it starts)
+        if changed:
             log_event(
                 logger, logging.INFO, "ownership",
                 "dcron: node %(node)s owns %(owned)d of %(entries)d entries "
                 "(%(working)d working nodes)",
-                node=self.node_id, owned=len(owned), entries=len(self.entries),
+                node=self.node_id, owned=len(self.owned), entries=len(self.names),
                 working=len(working),
             )  # fmt: skip
-        self.owned = owned
         self.metrics.membership(
             Counter(n.status.value for n in self.membership.nodes),
-            entries=len(self.entries),
-            owned=len(owned),
+            entries=len(self.names),
+            owned=len(self.owned),
         )

@@ -16,7 +16,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 import redis
@@ -34,9 +34,19 @@ from ..entries import (
 from ..exceptions import DcronError
 from ..topology import RedisTarget
 from .claims import MAX_TICKS_PER_SCRIPT, ClaimStore
-from .codec import Heartbeat, Joined, RunRequest, Snapshot, StaticSyncResult
+from .codec import (
+    FeedPage,
+    FeedPosition,
+    FeedRecord,
+    Heartbeat,
+    Joined,
+    RunRequest,
+    Snapshot,
+    StaticSyncResult,
+)
 from .entries import EntryStore
 from .events import EventStore
+from .feed import FeedStore
 from .keys import Keys
 from .nodes import NodeStore
 from .requests import RequestStore
@@ -46,6 +56,9 @@ from .transport import REDIS_ERRORS, Transport, connect
 __all__ = [
     "MAX_TICKS_PER_SCRIPT",
     "REDIS_ERRORS",
+    "FeedPage",
+    "FeedPosition",
+    "FeedRecord",
     "Heartbeat",
     "Joined",
     "Keys",
@@ -82,6 +95,7 @@ class Registry:
         self.claim_store = ClaimStore(self.transport)
         self.request_store = RequestStore(self.transport)
         self.event_store = EventStore(self.transport)
+        self.feed_store = FeedStore(self.transport)
         self.snapshot_reader = SnapshotReader(self.transport, self.node_store, self.claim_store)
 
     @classmethod
@@ -232,6 +246,28 @@ class Registry:
     def reset(self, name: str) -> bool:
         """Start ``name`` afresh (anchor now, no last tick, no runs); False if absent."""
         return self.entry_store.reset(name)
+
+    # -- the change feed and paged reads (FeedStore) ------------------------------------
+
+    def feed_position(self) -> FeedPosition:
+        """Where the change feed stands now (read atomically)."""
+        return self.feed_store.feed_position()
+
+    def read_feed(self, after: FeedPosition, count: int) -> FeedPage:
+        """Up to ``count`` feed records after ``after``; ``gap`` when some were lost."""
+        return self.feed_store.read_feed(after, count)
+
+    def scan_entries(
+        self, cursor: int, count: int, want: Callable[[str], bool]
+    ) -> tuple[int, list[str], dict[str, EntrySpec], dict[str, str]]:
+        """One page of the entries (cursor 0 starts; 0 back: done): its names, and the
+        definitions (and parse errors) of the names ``want`` accepts."""
+        return self.feed_store.scan_entries(cursor, count, want)
+
+    def get_entries(self, names: Iterable[str]) -> tuple[dict[str, EntrySpec], dict[str, str]]:
+        """The definitions of ``names`` that exist and parse, and the errors of those
+        that do not parse; one round trip."""
+        return self.feed_store.get_entries(names)
 
     # -- run state and claims (ClaimStore) -----------------------------------------------
 

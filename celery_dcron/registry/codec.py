@@ -21,6 +21,9 @@ from ..exceptions import InvalidEntryError
 from .keys import Keys
 
 __all__ = [
+    "FeedPage",
+    "FeedPosition",
+    "FeedRecord",
     "Heartbeat",
     "Joined",
     "RunRequest",
@@ -43,6 +46,38 @@ logger = logging.getLogger(__name__)
 
 
 # -- records ----------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class FeedPosition:
+    """A place in the change feed: the entries version reached, and the id of the
+    record that set it (``"0-0"``: before the first record)."""
+
+    seq: int = 0
+    record_id: str = "0-0"
+
+
+@dataclass(frozen=True, slots=True)
+class FeedRecord:
+    """One write to the entries: which entry, and how (``put``: its definition was
+    written; ``del``: removed; ``state``: its run state was reset; ``run``: a run-now
+    request; ``pause``: the cluster's pause flag, no entry)."""
+
+    name: str
+    kind: str
+    seq: int
+
+
+@dataclass(frozen=True, slots=True)
+class FeedPage:
+    """What one read of the feed returns: the records after a position, the position
+    after them, the entries version now, and whether records were lost in between
+    (``gap``: reload in full)."""
+
+    records: list[FeedRecord]
+    position: FeedPosition
+    head: int
+    gap: bool = False
 
 
 @dataclass(frozen=True, slots=True)

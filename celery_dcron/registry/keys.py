@@ -26,7 +26,18 @@ all scripts touch one Redis Cluster slot; ``B`` below stands for that tag)::
                           cleanup (see :class:`~celery_dcron.entries.PublishRejection`)
     B:requests    hash    "<request_ms>:<name>" -> "" (a run-now request waiting for the
                           entry's owner) or the node id that took it and has not yet sent it
+    B:feed        stream  the change feed: one record per write to an entry, fields
+                          n (entry name), k (kind: put | del | state | run | pause) and
+                          s (the entries version the write set); capped near
+                          FEED_MAXLEN records (XADD MAXLEN ~). An instance applies the
+                          records after its position; a gap in s (trimmed past it) means
+                          one full, paged reload
     B:lock:<name>:<tick_ms>   string  per-tick fire lock (SET NX PX), value node id
+    B:lease:<job>       string  holder id of a namespace-wide job (SET NX PX; the Django
+                                reconcile's job is "django"), see registry/leases.py
+    B:watermark:<job>   hash    mark -> how far that job got, pass_ms / full_ms -> when its
+                                last run / last full run started, full_wanted_ms -> when a
+                                full run was last asked for
     B:events      channel "members" | "entries" (pub/sub wake-ups; polling is the fallback)
 
 Nothing read back is unpickled: values are JSON or plain integers
@@ -43,7 +54,7 @@ __all__ = ["KeyName", "Keys"]
 #: declare the keys they take by these names (:mod:`celery_dcron.registry.scripts`).
 KeyName = Literal[
     "nodes", "status", "alive", "meta", "entries", "static", "tombstones", "anchor", "last",
-    "runs", "lastnode", "pending", "requests", "errors",
+    "runs", "lastnode", "pending", "requests", "errors", "feed",
 ]  # fmt: skip
 
 
@@ -69,6 +80,7 @@ class Keys:
         self.pending = f"{base}:pending"
         self.requests = f"{base}:requests"
         self.errors = f"{base}:errors"
+        self.feed = f"{base}:feed"
         self.events = f"{base}:events"
 
     def named(self, name: KeyName) -> str:
@@ -77,6 +89,14 @@ class Keys:
 
     def lock(self, name: str, tick_ms: int) -> str:
         return f"{self.base}:lock:{name}:{tick_ms}"
+
+    def lease(self, job: str) -> str:
+        """The lease of the namespace-wide job ``job`` (one holder at a time)."""
+        return f"{self.base}:lease:{job}"
+
+    def watermark(self, job: str) -> str:
+        """How far the namespace-wide job ``job`` got (a hash)."""
+        return f"{self.base}:watermark:{job}"
 
     @staticmethod
     def pending_field(name: str, tick_ms: int) -> str:

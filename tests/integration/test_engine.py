@@ -18,7 +18,9 @@ from celery_dcron import engine as engine_module
 from celery_dcron.clock import ManualClock
 from celery_dcron.config import Settings
 from celery_dcron.entries import EntrySpec, MisfirePolicy, Node, NodeStatus, Tick
+from celery_dcron.enums import EntrySource
 from celery_dcron.registry import Registry
+from celery_dcron.schedules import IntervalSchedule
 from celery_dcron.ticks import task_id
 from tests import enginekit
 from tests.enginekit import (
@@ -301,11 +303,13 @@ def test_signals_tell_of_nodes_and_entries(cluster: Cluster) -> None:
     from celery_dcron import signals
 
     seen: list[tuple[str, str]] = []
+    senders: list[tuple[str, str, str]] = []
 
     def on(kind: str) -> object:
         def receiver(sender: object, **kw: object) -> None:
             obj = kw.get("node") or kw.get("entry")
             seen.append((kind, obj.id if kind.startswith("node") else obj.name))  # type: ignore[union-attr]
+            senders.append((*seen[-1], getattr(sender, "node_id", "")))
 
         return receiver
 
@@ -327,9 +331,23 @@ def test_signals_tell_of_nodes_and_entries(cluster: Cluster) -> None:
         c = cluster.add("c", changed)
         cluster.step_all(3)
         assert ("node_left", "b") in seen and ("node_joined", "c") in seen
-        assert {("entry_changed", "e0"), ("entry_removed", "e1"), ("entry_added", "e2")} <= set(
-            seen
+        # An entry added, changed and removed anywhere: its owner, told by the change feed,
+        # sends the signal (the other instance reads nothing of it).
+        d0 = entries(1)[0].with_changes(name="d0", source=EntrySource.DYNAMIC)
+        added = a.registry.put_entry(d0, expected_version=None)
+        cluster.step_all(1)
+        a.registry.put_entry(
+            d0.with_changes(schedule=IntervalSchedule(every_ms=2 * S)),
+            expected_version=added.version,
         )
+        cluster.step_all(1)
+        a.registry.remove_entry("d0", tombstone=False)
+        cluster.step_all(1)
+        assert [kind for kind, name in seen if name == "d0"] == [
+            "entry_added", "entry_changed", "entry_removed",
+        ]  # fmt: skip
+        owner = next(e for e in (a, c) if e.strategy.owner("d0", e.view.nodes) == e.node_id)
+        assert {node for _, name, node in senders if name == "d0"} == {owner.node_id}
         failures: list[str] = []
 
         def on_fail(

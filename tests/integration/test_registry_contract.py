@@ -347,7 +347,7 @@ def test_sync_static_writes_anchors_once_and_removes_unlisted_entries(backend: B
     assert before - 60_000 < anchor_a <= after  # nothing due yet
     assert before <= (states["c"].anchor_ms or 0) <= after  # not an interval: now
     assert reg.sync_static([spec("a", 60_000), spec("b"), cron]).changed == 0
-    assert versions(reg)[1] == v0 + 1  # an unchanged schedule writes nothing
+    assert versions(reg)[1] == v0 + 3  # one version per entry written; unchanged: none
     backend.advance(5)
     changed = reg.sync_static([spec("a", 30_000), spec("b")])
     assert changed.changed == 2  # a rewritten, c removed
@@ -690,3 +690,92 @@ def test_an_unreachable_registry_raises_and_claims_nothing(backend: Backend) -> 
         down.claim([tick("a", T0)], node_id="n1", lock_ttl_ms=60_000)
     with pytest.raises(RegistryUnavailableError):
         down.heartbeat(Node(id="n1"), ttl_ms=60_000)
+
+
+# -- the change feed ----------------------------------------------------------------
+
+
+def trim_feed(backend: Backend) -> None:
+    """Drop every record of the change feed (as ``XTRIM MAXLEN 0`` does)."""
+    reg = backend.reg
+    if isinstance(reg, MemoryRegistry):
+        reg.trim_feed(0)
+    else:
+        assert isinstance(reg, RedisRegistry)
+        reg.client.xtrim(reg.keys.feed, maxlen=0, approximate=False)
+
+
+def test_each_write_is_one_feed_record_naming_its_entry_in_order(backend: Backend) -> None:
+    reg = backend.reg
+    start = reg.feed_position()
+    reg.put_entry(dynamic("a"), expected_version=None)
+    reg.put_entry(dynamic("b"), expected_version=None)
+    reg.put_entry(dynamic("a", 2000), expected_version=1)
+    reg.reset("b")
+    reg.run_now("a")
+    reg.remove_entry("b", tombstone=False)
+    reg.set_paused(True)
+    reg.cleanup("a")
+    reg.sync_static([spec("s1"), spec("s2")])
+    reg.sync_static([spec("s1")])
+    page = reg.read_feed(start, 100)
+    assert not page.gap
+    assert [(r.kind, r.name) for r in page.records] == [
+        ("put", "a"), ("put", "b"), ("put", "a"), ("state", "b"), ("run", "a"), ("del", "b"),
+        ("pause", ""), ("del", "a"), ("put", "s1"), ("put", "s2"), ("del", "s2"),
+    ]  # fmt: skip
+    assert [r.seq for r in page.records] == list(range(start.seq + 1, start.seq + 12))
+    assert page.head == page.position.seq == start.seq + 11 == versions(reg)[1]
+    # Read in pages: each starts after the last record of the one before.
+    first = reg.read_feed(start, 4)
+    second = reg.read_feed(first.position, 4)
+    assert [r.seq for r in first.records + second.records] == [r.seq for r in page.records[:8]]
+    assert reg.read_feed(page.position, 100).records == []
+    assert reg.feed_position() == page.position
+    # A refused write records nothing.
+    with pytest.raises(ConflictError):
+        reg.put_entry(dynamic("s1"), expected_version=None)
+    assert reg.read_feed(page.position, 100).records == []
+
+
+def test_a_trimmed_or_reset_feed_is_a_gap(backend: Backend) -> None:
+    reg = backend.reg
+    reg.put_entry(dynamic("a"), expected_version=None)
+    here = reg.feed_position()
+    reg.put_entry(dynamic("b"), expected_version=None)
+    trim_feed(backend)
+    page = reg.read_feed(here, 100)
+    assert page.gap and page.records == [] and page.position == here
+    reg.put_entry(dynamic("c"), expected_version=None)  # records after the trim: still a gap
+    assert reg.read_feed(here, 100).gap
+    fresh = reg.feed_position()  # a reload starts again from here
+    reg.put_entry(dynamic("d"), expected_version=None)
+    assert [r.name for r in reg.read_feed(fresh, 100).records] == ["d"]
+    backend.lose_data()
+    reg.put_entry(dynamic("e"), expected_version=None)
+    assert reg.read_feed(reg.read_feed(fresh, 100).position, 100).gap
+
+
+def test_entries_are_read_by_pages_and_by_names(backend: Backend) -> None:
+    reg = backend.reg
+    names = [f"e{i:03d}" for i in range(250)]
+    reg.put_entries([dynamic(n) for n in names])
+    backend.write_raw("broken", "{not json")
+    seen: set[str] = set()
+    specs: dict[str, EntrySpec] = {}
+    bad: dict[str, str] = {}
+    cursor = 0
+    for _ in range(1000):
+        cursor, page, good, errors = reg.scan_entries(cursor, 50, lambda n: n.endswith(("7", "n")))
+        seen.update(page)
+        specs.update(good)
+        bad.update(errors)
+        if cursor == 0:
+            break
+    assert seen == {*names, "broken"}
+    assert sorted(specs) == [n for n in names if n.endswith("7")]
+    assert specs["e007"] == reg.get_entry("e007")
+    assert list(bad) == ["broken"]
+    good, errors = reg.get_entries(["e001", "nope", "broken", "e002"])
+    assert sorted(good) == ["e001", "e002"] and list(errors) == ["broken"]
+    assert reg.get_entries([]) == ({}, {})

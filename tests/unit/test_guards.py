@@ -124,6 +124,9 @@ def test_every_script_names_as_many_keys_as_it_indexes() -> None:
 
     for script in scripts.ALL:
         indexes = [int(n) for n in re.findall(r"KEYS\[(\d+)\]", script.source)]
+        # feed(meta, stream, ...) takes the KEYS indexes of the meta hash and the feed
+        for meta, stream in re.findall(r"\bfeed\((\d+), (\d+),", script.source):
+            indexes += [int(meta), int(stream)]
         assert max(indexes, default=len(script.keys)) == len(script.keys), script.name
         bound = script.bind(Keys("p", "n"), ["extra"])
         assert bound[-1] == "extra" and len(set(bound)) == len(script.keys) + 1

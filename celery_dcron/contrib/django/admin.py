@@ -10,6 +10,7 @@ from urllib.parse import urlencode
 
 from django.apps import apps
 from django.contrib import admin, messages
+from django.db import transaction
 from django.db.models import QuerySet
 from django.http import HttpRequest, HttpResponse
 from django.template.response import TemplateResponse
@@ -346,11 +347,12 @@ class DynamicTaskAdmin(admin.ModelAdmin):
     def _set_enabled(self, request: HttpRequest, queryset: QuerySet[DynamicTask], on: bool) -> None:
         sync.take_failures()
         count = 0
-        for task in queryset:
-            if task.enabled != on:
-                task.enabled = on
-                task.save(update_fields=["enabled", "updated_at"])
-                count += 1
+        with transaction.atomic(using=queryset.db):  # one batched write at commit
+            for task in queryset:
+                if task.enabled != on:
+                    task.enabled = on
+                    task.save(update_fields=["enabled", "updated_at"])
+                    count += 1
         word = "enabled" if on else "disabled"
         self.message_user(request, f"{count} tasks {word}.", messages.SUCCESS)
 

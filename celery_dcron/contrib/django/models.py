@@ -3,9 +3,12 @@
 A :class:`DynamicTask` row is the source of truth for its registry entry (source
 ``"django"``): saving or deleting the row writes or removes the entry when the
 transaction commits, and :func:`~celery_dcron.contrib.django.sync.reconcile` repairs the
-registry from these rows. Run state (owner, last tick, run count) lives in Redis; the
-``last_run_at`` / ``total_run_count`` columns are a copy refreshed by each reconcile (the
-admin shows the registry's values, never this copy).
+registry from these rows (incrementally: the rows whose ``updated_at`` changed, so a
+change made without ``save()``, by ``QuerySet.update()`` or raw SQL, should set it too,
+or waits for the next full reconcile). Run state (owner, last tick, run count) lives in
+Redis; the ``last_run_at`` / ``total_run_count`` columns are a copy refreshed by each
+full reconcile, and by any reconcile that reads the row (the admin shows the registry's
+values, never this copy).
 
 Validation is :mod:`.validators` (the core API's rules), which imports no model.
 """
@@ -159,6 +162,8 @@ class DynamicTask(models.Model):
         constraints = (
             models.UniqueConstraint(fields=("namespace", "name"), name="dcron_unique_name"),
         )
+        # An incremental reconcile reads the rows of a namespace changed since a time.
+        indexes = (models.Index(fields=("namespace", "updated_at"), name="dcron_changed"),)
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)

@@ -16,10 +16,11 @@ raises RegistryUnavailableError, as with Redis down) and :meth:`MemoryRegistry.l
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING
 
-from ..codec import Snapshot, decode_entries
+from ...entries import EntrySpec
+from ..codec import FeedPage, FeedPosition, FeedRecord, Snapshot, decode_entries
 from .base import MemorySubscription
 from .claims import _Claims
 from .entries import _Entries
@@ -39,6 +40,53 @@ class MemoryRegistry(_Nodes, _Entries, _Claims):
     @classmethod
     def from_settings(cls, settings: Settings, clock: Clock) -> MemoryRegistry:
         return cls(clock, namespace=settings.namespace)
+
+    # -- the change feed and paged reads ----------------------------------------------
+
+    def feed_position(self) -> FeedPosition:
+        with self._op():
+            d = self._data
+            last = d.feed[-1][0] if d.feed else 0
+            return FeedPosition(seq=d.entries_version, record_id=f"{last}-0")
+
+    def read_feed(self, after: FeedPosition, count: int) -> FeedPage:
+        with self._op():
+            d = self._data
+            head = d.entries_version
+            after_id = int(after.record_id.partition("-")[0])
+            page = [r for r in d.feed if r[0] > after_id][:count]
+            records: list[FeedRecord] = []
+            position = after
+            for seq, name, kind in page:
+                if seq != position.seq + 1:
+                    return FeedPage(records=[], position=after, head=head, gap=True)
+                records.append(FeedRecord(name=name, kind=kind, seq=seq))
+                position = FeedPosition(seq=seq, record_id=f"{seq}-0")
+            gap = (not records and head != position.seq) or head < position.seq
+            return FeedPage(records=[] if gap else records, position=position, head=head, gap=gap)
+
+    def scan_entries(
+        self, cursor: int, count: int, want: Callable[[str], bool]
+    ) -> tuple[int, list[str], dict[str, EntrySpec], dict[str, str]]:
+        with self._op():
+            names = sorted(self._data.entries)[cursor : cursor + count]
+            texts = {n: self._data.entries[n] for n in names if want(n)}
+        good, bad = decode_entries(texts)
+        end = cursor + len(names)
+        return (0 if len(names) < count else end), names, good, bad
+
+    def get_entries(self, names: Iterable[str]) -> tuple[dict[str, EntrySpec], dict[str, str]]:
+        with self._op():
+            entries = self._data.entries
+            texts = {n: entries[n] for n in names if n in entries}
+        return decode_entries(texts)
+
+    def trim_feed(self, keep: int = 0) -> None:
+        """Test helper: drop all but the last ``keep`` feed records (as ``XTRIM`` does)."""
+        with self._lock:
+            feed = self._data.feed
+            while len(feed) > keep:
+                feed.popleft()
 
     # -- views -------------------------------------------------------------------------
 

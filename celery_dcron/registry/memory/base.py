@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import queue
 import threading
+from collections import deque
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -21,6 +22,7 @@ from ...exceptions import (
 )
 from ...schedules import IntervalSchedule
 from ...ticks import interval_phase_ms, phased_anchor
+from ..scripts.base import FEED_MAXLEN
 
 # The registry's record types: pure frozen dataclasses (the module that holds them
 # imports redis; the memory registry uses nothing else of it).
@@ -82,6 +84,9 @@ class _Data:
     requests: dict[tuple[str, int], str] = field(default_factory=dict)  # (name, ms) -> holder
     locks: dict[tuple[str, int], int] = field(default_factory=dict)  # (name, tick) -> expiry
     errors: dict[str, str] = field(default_factory=dict)  # name -> last publish error JSON
+    feed: deque[tuple[int, str, str]] = field(
+        default_factory=lambda: deque(maxlen=FEED_MAXLEN)
+    )  # (version, name, kind): the change feed
 
 
 class _Base:
@@ -113,12 +118,18 @@ class _Base:
         with self._lock:
             yield self.clock.now_ms()
 
+    def _feed(self, name: str, kind: str) -> None:
+        """Record a write to entry ``name`` in the change feed (bumps the entries version)."""
+        d = self._data
+        d.entries_version += 1
+        d.feed.append((d.entries_version, name, kind))
+
     def _notify(self, kind: str) -> None:
+        """Publish ``kind`` to the subscribers; "members" bumps the members version
+        (entry writes bump theirs in :meth:`_feed`)."""
         d = self._data
         if kind == _MEMBERS:
             d.members_version += 1
-        else:
-            d.entries_version += 1
         for sub in list(self._subscribers):
             sub.put(kind)
 

@@ -164,6 +164,7 @@ class _Claims(_Base):
             if name not in d.entries:
                 raise EntryNotFoundError(f"entry {name!r}: not found")
             d.requests.setdefault((name, now), "")
+            self._feed(name, "run")
             self._notify(_ENTRIES)
             return now
 

@@ -48,11 +48,13 @@ class _Entries(_Base):
                     if d.entries.get(name) != text:
                         d.entries[name] = text
                         d.static.add(name)
+                        self._feed(name, "put")
                         changed += 1
                     d.anchor.setdefault(name, self._anchor_at(spec, now))
             for name in sorted(d.static - keep):
                 d.static.discard(name)
                 d.entries.pop(name, None)
+                self._feed(name, "del")
                 changed += 1
             if changed:
                 self._notify(_ENTRIES)
@@ -112,6 +114,7 @@ class _Entries(_Base):
                 d.static.discard(name)
             d.entries[name] = text
             d.anchor.setdefault(name, self._anchor_at(spec, now))
+            self._feed(name, "put")
             self._notify(_ENTRIES)
             return new
 
@@ -147,6 +150,7 @@ class _Entries(_Base):
             for table in (d.entries, d.anchor, d.last, d.runs, d.lastnode, d.errors):
                 table.pop(name, None)
             d.static.discard(name)
+            self._feed(name, "del")
             self._notify(_ENTRIES)
             return True
 
@@ -164,6 +168,7 @@ class _Entries(_Base):
                 for key in [k for k in fields if k[0] == name]:
                     del fields[key]
                     removed += 1
+            self._feed(name, "del")
             self._notify(_ENTRIES)
             return removed
 
@@ -191,6 +196,7 @@ class _Entries(_Base):
             d.anchor[name] = self._anchor_at(spec, now)
             for table in (d.last, d.runs, d.lastnode, d.errors):
                 table.pop(name, None)
+            self._feed(name, "state")
             self._notify(_ENTRIES)
             return True
 
@@ -206,6 +212,7 @@ class _Entries(_Base):
     def set_paused(self, paused: bool) -> None:
         with self._op():
             self._data.paused = paused
+            self._feed("", "pause")
             self._notify(_ENTRIES)
 
     def is_paused(self) -> bool:

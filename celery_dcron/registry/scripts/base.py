@@ -7,7 +7,11 @@ from dataclasses import dataclass
 
 from ..keys import KeyName, Keys
 
-__all__ = ["Script"]
+__all__ = ["FEED_MAXLEN", "Script"]
+
+#: Records the change feed keeps (about: ``XADD MAXLEN ~`` trims whole nodes of the
+#: stream). An instance that falls further behind than this reloads in full, once.
+FEED_MAXLEN = 10_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,3 +57,15 @@ local function version_of(cur)
   return 0
 end
 """
+
+# Defines ``feed(meta, stream, name, kind)`` (``meta`` and ``stream``: the indexes in KEYS
+# of the meta hash and the feed stream): bumps the entries version and records in the
+# change feed which entry changed and how (kind: put, del, state, run, pause); returns the
+# new version, which the record carries as ``s`` (gap-free: every bump writes a record).
+_FEED = """
+local function feed(meta, stream, name, kind)
+  local seq = redis.call('HINCRBY', KEYS[meta], 'entries', 1)
+  redis.call('XADD', KEYS[stream], 'MAXLEN', '~', {maxlen}, '*', 'n', name, 'k', kind, 's', seq)
+  return seq
+end
+""".replace("{maxlen}", str(FEED_MAXLEN))

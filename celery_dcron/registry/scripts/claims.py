@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from .base import _NOW, Script
+from .base import _FEED, _NOW, Script
 
 __all__ = ["CLAIM", "MARK_SENT", "REJECT", "RETAKE", "RUN_NOW", "TAKE_REQUESTS"]
 
@@ -134,17 +134,18 @@ return 1
 # -- run-now requests -------------------------------------------------------------
 
 # Records a run-now request at the server time; the entry's owner takes it.
-# KEYS: entries, requests, meta
+# KEYS: entries, requests, meta, feed
 # ARGV: channel, name
 # Returns the request time (ms), or -1 when there is no such entry.
 RUN_NOW = Script(
     "run_now",
-    ("entries", "requests", "meta"),
+    ("entries", "requests", "meta", "feed"),
     _NOW
+    + _FEED
     + """
 if redis.call('HEXISTS', KEYS[1], ARGV[2]) == 0 then return -1 end
 redis.call('HSETNX', KEYS[2], now .. ':' .. ARGV[2], '')
-redis.call('HINCRBY', KEYS[3], 'entries', 1)
+feed(3, 4, ARGV[2], 'run')
 redis.call('PUBLISH', ARGV[1], 'entries')
 return now
 """,

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 from ..keys import KeyName
-from .base import _ANCHOR, _NOW, _VERSION, Script
+from .base import _ANCHOR, _FEED, _NOW, _VERSION, Script
 
 __all__ = ["CLEANUP", "PUT_ENTRY", "REMOVE_ENTRY", "RESET", "SET_PAUSED", "SYNC_STATIC"]
 
 
 # -- entries ----------------------------------------------------------------------
-# Every write bumps the entries version and publishes "entries", so owners reload.
+# Every write records which entry changed in the change feed (bumping the entries
+# version) and publishes "entries", so that the entry's owner applies it.
 
 # The keys holding an entry's definition and run state (and its last publish error):
 # REMOVE_ENTRY and CLEANUP clear KEYS[1..8] (REMOVE_ENTRY keeps the tombstone, KEYS[3]).
@@ -20,14 +21,15 @@ _DEFINITION_AND_STATE: tuple[KeyName, ...] = (
 # Writes the static entries of one beat_schedule in one step: a tombstoned name or
 # a dynamic entry of the same name is left alone (reported); static entries no
 # longer in the schedule are removed; anchors are set once (HSETNX, on the entry's grid).
-# KEYS: entries, static, tombstones, anchor, meta
+# KEYS: entries, static, tombstones, anchor, meta, feed
 # ARGV: channel, n, then per entry i: name, json, every_ms (0 = not an interval), phase_ms
 # Returns {changed, name, reason, name, reason, ...}.
 SYNC_STATIC = Script(
     "sync_static",
-    ("entries", "static", "tombstones", "anchor", "meta"),
+    ("entries", "static", "tombstones", "anchor", "meta", "feed"),
     _NOW
     + _ANCHOR
+    + _FEED
     + """
 local n = tonumber(ARGV[2])
 local changed = 0
@@ -47,6 +49,7 @@ for i = 1, n do
     if redis.call('HGET', KEYS[1], name) ~= json then
       redis.call('HSET', KEYS[1], name, json)
       redis.call('HSET', KEYS[2], name, '1')
+      feed(5, 6, name, 'put')
       changed = changed + 1
     end
     redis.call('HSETNX', KEYS[4], name, anchor_at(ARGV[b + 2], ARGV[b + 3]))
@@ -56,11 +59,11 @@ for _, name in ipairs(redis.call('HKEYS', KEYS[2])) do
   if not keep[name] then
     redis.call('HDEL', KEYS[2], name)
     redis.call('HDEL', KEYS[1], name)
+    feed(5, 6, name, 'del')
     changed = changed + 1
   end
 end
 if changed > 0 then
-  redis.call('HINCRBY', KEYS[5], 'entries', 1)
   redis.call('PUBLISH', ARGV[1], 'entries')
 end
 table.insert(out, 1, changed)
@@ -70,7 +73,7 @@ return out
 
 # Compare-and-set of one entry definition; sets the anchor once (HSETNX, server time on
 # the entry's grid).
-# KEYS: entries, static, tombstones, anchor, meta
+# KEYS: entries, static, tombstones, anchor, meta, feed
 # ARGV: channel, name, json, expected ('' = must not exist, else the current version),
 #       force ('1' = write over a tombstone or a static entry, and drop both marks),
 #       every_ms, phase_ms (the interval grid; every_ms 0 = not an interval)
@@ -78,10 +81,11 @@ return out
 # 'tombstoned' or 'static' (a new dynamic entry may not take a static entry's name).
 PUT_ENTRY = Script(
     "put_entry",
-    ("entries", "static", "tombstones", "anchor", "meta"),
+    ("entries", "static", "tombstones", "anchor", "meta", "feed"),
     _NOW
     + _ANCHOR
     + _VERSION
+    + _FEED
     + """
 local name = ARGV[2]
 local cur = redis.call('HGET', KEYS[1], name)
@@ -102,7 +106,7 @@ if force then
 end
 redis.call('HSET', KEYS[1], name, ARGV[3])
 redis.call('HSETNX', KEYS[4], name, anchor_at(ARGV[6], ARGV[7]))
-redis.call('HINCRBY', KEYS[5], 'entries', 1)
+feed(5, 6, name, 'put')
 redis.call('PUBLISH', ARGV[1], 'entries')
 return {'ok', ver}
 """,
@@ -110,14 +114,15 @@ return {'ok', ver}
 
 # Removes the definition and run state; with tombstone, records the deletion time so
 # that re-adding the name (also from a static beat_schedule) is refused.
-# KEYS: entries, static, tombstones, anchor, last, runs, lastnode, errors, meta
+# KEYS: entries, static, tombstones, anchor, last, runs, lastnode, errors, meta, feed
 # ARGV: channel, name, tombstone ('1'|'0'), expected ('' = any version)
 # Returns {status, current version}: 'ok', 'missing' (tombstone still set) or 'conflict'.
 REMOVE_ENTRY = Script(
     "remove_entry",
-    (*_DEFINITION_AND_STATE, "meta"),
+    (*_DEFINITION_AND_STATE, "meta", "feed"),
     _NOW
     + _VERSION
+    + _FEED
     + """
 local name = ARGV[2]
 local ver = version_of(redis.call('HGET', KEYS[1], name))
@@ -127,7 +132,7 @@ if ver < 0 then return {'missing', ver} end
 for i = 1, 8 do
   if i ~= 3 then redis.call('HDEL', KEYS[i], name) end
 end
-redis.call('HINCRBY', KEYS[9], 'entries', 1)
+feed(9, 10, name, 'del')
 redis.call('PUBLISH', ARGV[1], 'entries')
 return {'ok', ver}
 """,
@@ -136,13 +141,14 @@ return {'ok', ver}
 # Erases every trace of an entry: definition, state, last publish error, tombstone, unsent
 # claims and run-now requests. (Per-tick locks expire on their own after dcron_lock_ttl.)
 # KEYS: entries, static, tombstones, anchor, last, runs, lastnode, errors, pending,
-#       requests, meta
+#       requests, meta, feed
 # ARGV: channel, name
 # Returns the number of fields removed.
 CLEANUP = Script(
     "cleanup",
-    (*_DEFINITION_AND_STATE, "pending", "requests", "meta"),
-    """
+    (*_DEFINITION_AND_STATE, "pending", "requests", "meta", "feed"),
+    _FEED
+    + """
 local name = ARGV[2]
 local n = 0
 for i = 1, 8 do n = n + redis.call('HDEL', KEYS[i], name) end
@@ -152,7 +158,7 @@ for i = 9, 10 do
     if c and string.sub(f, c + 1) == name then n = n + redis.call('HDEL', KEYS[i], f) end
   end
 end
-redis.call('HINCRBY', KEYS[11], 'entries', 1)
+feed(11, 12, name, 'del')
 redis.call('PUBLISH', ARGV[1], 'entries')
 return n
 """,
@@ -160,38 +166,40 @@ return n
 
 # Starts an entry afresh: anchor at now (server time, on the entry's grid), no last
 # tick, no runs, no last publish error.
-# KEYS: entries, anchor, last, runs, lastnode, errors, meta
+# KEYS: entries, anchor, last, runs, lastnode, errors, meta, feed
 # ARGV: channel, name, every_ms, phase_ms (the interval grid; every_ms 0 = not an interval)
 # Returns 1, or 0 when there is no such entry.
 RESET = Script(
     "reset",
-    ("entries", "anchor", "last", "runs", "lastnode", "errors", "meta"),
+    ("entries", "anchor", "last", "runs", "lastnode", "errors", "meta", "feed"),
     _NOW
     + _ANCHOR
+    + _FEED
     + """
 if redis.call('HEXISTS', KEYS[1], ARGV[2]) == 0 then return 0 end
 redis.call('HSET', KEYS[2], ARGV[2], anchor_at(ARGV[3], ARGV[4]))
 for i = 3, 6 do redis.call('HDEL', KEYS[i], ARGV[2]) end
-redis.call('HINCRBY', KEYS[7], 'entries', 1)
+feed(7, 8, ARGV[2], 'state')
 redis.call('PUBLISH', ARGV[1], 'entries')
 return 1
 """,
 )
 
 # Sets or clears the cluster-wide pause; heartbeats return it.
-# KEYS: meta
+# KEYS: meta, feed
 # ARGV: channel, paused ('1'|'0')
 # Returns 1.
 SET_PAUSED = Script(
     "set_paused",
-    ("meta",),
-    """
+    ("meta", "feed"),
+    _FEED
+    + """
 if ARGV[2] == '1' then
   redis.call('HSET', KEYS[1], 'paused', '1')
 else
   redis.call('HDEL', KEYS[1], 'paused')
 end
-redis.call('HINCRBY', KEYS[1], 'entries', 1)
+feed(1, 2, '', 'pause')
 redis.call('PUBLISH', ARGV[1], 'entries')
 return 1
 """,

@@ -1,0 +1,210 @@
+"""Paged bookkeeping: the full reload, and the reassignment after a membership change.
+
+Each job is a generator that does one page of work per step (a round trip of a few
+thousand entries, or a few thousand ownership decisions) and then yields. :class:`Jobs`
+runs the current job for at most :data:`BUDGET_S` per pass of the scheduling loop, so that
+heartbeats and due ticks go out between pages: no bookkeeping step holds the loop for more
+than about 100 ms, whatever the number of entries (G8).
+
+- The **full reload** (at start, after a reconnect or a data loss, or when the change feed
+  has a gap) notes the feed's position, scans every entry name in pages, keeps the
+  definitions and states of the entries this instance owns, and swaps them in at once;
+  the feed is then applied from the noted position, so nothing written meanwhile is lost.
+- The **reassignment** places every known name on the new set of nodes, forgets the
+  entries that moved away and reads only those that moved here (about 1/N of them).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Iterator, Sequence
+from typing import TypeVar
+
+from .. import signals
+from ..entries import EntrySpec, EntryState
+from ..logfields import log_event
+from .view import View
+
+__all__ = ["BUDGET_S", "Jobs"]
+
+logger = logging.getLogger(__name__)
+
+#: Entries per page of the full reload's scan (one HSCAN round trip).
+SCAN_PAGE = 2_000
+#: Definitions and states read per round trip.
+LOAD_PAGE = 2_000
+#: Ownership decisions, or timeline placements, between two yields.
+PLACE_PAGE = 10_000
+#: The longest a job runs in one pass of the loop (seconds); a page may end a bit later.
+BUDGET_S = 0.05
+
+T = TypeVar("T")
+
+
+class Jobs:
+    """The paged job in progress, if any: a full reload or a reassignment."""
+
+    def __init__(self, view: View, *, on_loaded: Callable[[], None]) -> None:
+        self.view = view
+        #: called when a full reload has swapped in (the node may say it works then)
+        self.on_loaded = on_loaded
+        self.kind = ""
+        #: full reloads started (the first one at start included)
+        self.reloads = 0
+        self._job: Iterator[None] | None = None
+        self._reassign_after = False
+
+    @property
+    def busy(self) -> bool:
+        return self._job is not None
+
+    @property
+    def loading(self) -> bool:
+        """A full reload is under way (the feed waits for it)."""
+        return self.kind == "reload"
+
+    def reload(self, reason: str) -> None:
+        """Start a full reload (any job under way is dropped: this one covers it)."""
+        self.reloads += 1
+        log_event(
+            logger, logging.INFO if reason != "start" else logging.DEBUG, "reload",
+            "dcron: reloading every entry (%(reason)s)",
+            node=self.view.node_id, reason=reason,
+        )  # fmt: skip
+        self._job = self._reload()
+        self.kind = "reload"
+        self._reassign_after = False
+
+    def reassign(self) -> None:
+        """Place the entries on the nodes anew (after the full reload under way, if any)."""
+        if self.kind == "reload":
+            self._reassign_after = True
+            return
+        self._job = self._reassign()
+        self.kind = "reassign"
+
+    def run(self, budget_s: float | None = None) -> bool:
+        """Run the job under way for up to ``budget_s`` (default :data:`BUDGET_S`; 0: one
+        page); True when none is left."""
+        deadline = time.monotonic() + (BUDGET_S if budget_s is None else budget_s)
+        while self._job is not None:
+            try:
+                next(self._job)
+            except StopIteration:
+                finished, self._job, self.kind = self.kind, None, ""
+                if finished == "reload":
+                    self.on_loaded()
+                    if self._reassign_after:
+                        self._reassign_after = False
+                        self.reassign()
+                continue
+            except BaseException:
+                # Redis went away mid-job: the reconnect reloads in full.
+                self._job, self.kind = None, ""
+                raise
+            if time.monotonic() >= deadline:
+                return False
+        return True
+
+    # -- the jobs ------------------------------------------------------------------
+
+    def _reload(self) -> Iterator[None]:
+        view = self.view
+        registry = view.registry
+        position = registry.feed_position()
+        nodes = view.placement_nodes()
+        me = view.node_id
+        placing = any(n.id == me for n in nodes)
+        whole = view.whole_list
+        strategy = view.strategy
+        names: set[str] = set()
+        entries: dict[str, EntrySpec] = {}
+        bad: dict[str, str] = {}
+
+        def mine(name: str) -> bool:
+            return placing and not whole and strategy.owner(name, nodes) == me
+
+        cursor = 0
+        while True:
+            cursor, page, good, errors = registry.scan_entries(cursor, SCAN_PAGE, mine)
+            names.update(page)
+            entries.update(good)
+            bad.update(errors)
+            yield
+            if cursor == 0:
+                break
+        assignment: dict[str, str] | None = None
+        if whole:
+            assignment = dict(strategy.assign(sorted(names), nodes)) if placing else {}
+            yield
+            for chunk in _chunks([n for n, o in assignment.items() if o == me], LOAD_PAGE):
+                good, errors = registry.get_entries(chunk)
+                entries.update(good)
+                bad.update(errors)
+                yield
+        states: dict[str, EntryState] = {}
+        for chunk in _chunks(list(entries), LOAD_PAGE):
+            states.update(registry.states(chunk))
+            yield
+        static = [s.name for s in view.static_entries if s.name not in entries]
+        static_states = {**registry.states(static), **states} if static else states
+        view.static_anchors = {
+            s.name: a
+            for s in view.static_entries
+            if (st := static_states.get(s.name)) is not None and (a := st.anchor_ms) is not None
+        }
+        view.skip_bad(bad)
+        first = view.position is None
+        old_names, old_entries = view.names, view.entries
+        changed = entries.keys() != view.owned
+        view.names, view.entries, view.states = names, entries, states
+        view.owned = set(entries)
+        view.nodes, view.assignment, view.position = nodes, assignment, position
+        if not first:
+            for name, spec in entries.items():
+                old = old_entries.get(name)
+                if name not in old_names:
+                    view.notify(signals.entry_added, entry=spec)
+                elif old is not None and old != spec:
+                    view.notify(signals.entry_changed, entry=spec, old=old)
+            for name in old_names - names:
+                if name in old_entries:
+                    view.notify(signals.entry_removed, entry=old_entries[name])
+        view.timeline.clear()
+        for i, spec in enumerate(entries.values(), 1):
+            view.place(spec)
+            if i % PLACE_PAGE == 0:
+                yield
+        view.report_ownership(changed)
+
+    def _reassign(self) -> Iterator[None]:
+        view = self.view
+        nodes = view.placement_nodes()
+        me = view.node_id
+        placing = any(n.id == me for n in nodes)
+        before = set(view.owned)
+        # From now on the feed places new names on these nodes too.
+        view.nodes = nodes
+        mine: set[str] = set()
+        if placing and view.whole_list:
+            view.assignment = dict(view.strategy.assign(sorted(view.names), nodes))
+            mine = {n for n, owner in view.assignment.items() if owner == me}
+            yield
+        elif placing:
+            view.assignment = None
+            for chunk in _chunks(list(view.names), PLACE_PAGE):
+                placed = view.strategy.assign(chunk, nodes)
+                mine.update(n for n, owner in placed.items() if owner == me)
+                yield
+        for name in before - mine:
+            view.drop(name, removed=False)
+        gained = [n for n in mine if n not in view.owned and n in view.names]
+        for chunk in _chunks(gained, LOAD_PAGE):
+            view.load(chunk, notify=False)
+            yield
+        view.report_ownership(view.owned != before)
+
+
+def _chunks(items: Sequence[T], size: int) -> list[Sequence[T]]:
+    return [items[i : i + size] for i in range(0, len(items), size)]

@@ -1,0 +1,88 @@
+"""The change feed, and the paged reads an instance needs when it must reload.
+
+Every write to an entry (the scripts of :mod:`~celery_dcron.registry.scripts.entries`,
+and a run-now request) appends one record to the ``feed`` stream in the same script that
+bumps the entries version: ``n`` (entry name), ``k`` (kind), ``s`` (the version the
+write set). Versions are gap-free, so an instance that read up to version ``s`` knows
+the next record must carry ``s + 1``: when it does not (the stream was trimmed past the
+instance, or the registry lost its data), :meth:`FeedStore.read_feed` says so and the
+instance reloads in full, once, in pages (:meth:`FeedStore.scan_entries`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from ..entries import EntrySpec
+from .codec import FeedPage, FeedPosition, FeedRecord, decode_entries
+from .transport import Store
+
+__all__ = ["FeedStore"]
+
+
+class FeedStore(Store):
+    """The ``feed`` stream, and the entries hash read by pages or by names."""
+
+    def feed_position(self) -> FeedPosition:
+        """Where the feed stands now: the entries version and the id of its last record,
+        read in one transaction (no write falls between the two)."""
+        t = self.transport
+        pipe = t.client.pipeline(transaction=True)
+        pipe.hget(self.keys.meta, "entries")
+        pipe.xrevrange(self.keys.feed, "+", "-", count=1)
+        version, last = t.execute(pipe)
+        return FeedPosition(seq=int(version or 0), record_id=str(last[0][0]) if last else "0-0")
+
+    def read_feed(self, after: FeedPosition, count: int) -> FeedPage:
+        """Up to ``count`` records after ``after``, with the version now; ``gap`` when a
+        record between ``after`` and them is gone (read again from
+        :meth:`feed_position` after a full reload)."""
+        t = self.transport
+        pipe = t.pipeline()
+        pipe.xrange(self.keys.feed, _next_id(after.record_id), "+", count=count)
+        pipe.hget(self.keys.meta, "entries")
+        raw, version = t.execute(pipe)
+        head = int(version or 0)
+        records: list[FeedRecord] = []
+        expected = after.seq + 1
+        for record_id, fields in raw:
+            seq = int(fields.get("s", -1))
+            if seq != expected:
+                return FeedPage(records=[], position=after, head=head, gap=True)
+            records.append(FeedRecord(name=fields.get("n", ""), kind=fields.get("k", ""), seq=seq))
+            after = FeedPosition(seq=seq, record_id=str(record_id))
+            expected += 1
+        # Nothing after us, yet the version moved on (the records were trimmed), or went
+        # back (a registry that lost its data): either way the feed cannot tell what changed.
+        gap = (not records and head != after.seq) or head < after.seq
+        return FeedPage(records=[] if gap else records, position=after, head=head, gap=gap)
+
+    def scan_entries(
+        self, cursor: int, count: int, want: Callable[[str], bool]
+    ) -> tuple[int, list[str], dict[str, EntrySpec], dict[str, str]]:
+        """One page of the entries hash (``HSCAN``; cursor 0 starts, and 0 back means
+        done; a name may come twice): every name in it, and the definitions of the names
+        ``want`` accepts (decoded), and ``name -> error`` for those that do not parse."""
+        t = self.transport
+        cursor, page = t.run(lambda: t.client.hscan(self.keys.entries, cursor, count=count))
+        names = list(page)
+        good, bad = decode_entries({n: text for n, text in page.items() if want(n)})
+        return int(cursor), names, good, bad
+
+    def get_entries(self, names: Iterable[str]) -> tuple[dict[str, EntrySpec], dict[str, str]]:
+        """The definitions of ``names`` that exist and parse, and ``name -> error`` for
+        those that do not parse (one round trip; absent names are in neither)."""
+        wanted = list(names)
+        if not wanted:
+            return {}, {}
+        t = self.transport
+        texts: list[Any] = t.run(lambda: t.client.hmget(self.keys.entries, wanted))
+        return decode_entries({n: text for n, text in zip(wanted, texts, strict=True) if text})
+
+
+def _next_id(record_id: str) -> str:
+    """The smallest stream id after ``record_id`` (an exclusive start for ``XRANGE``
+    that works on every Redis version)."""
+    ms, _, seq = record_id.partition("-")
+    return f"{ms}-{int(seq or 0) + 1}"

@@ -1,0 +1,212 @@
+"""Owned-only state and the change feed (G8), on the in-memory registry.
+
+Each engine sees the registry through a :class:`Spy` that counts the entry definitions it
+reads: a change is read by the entry's owner alone, one entry at a time; a membership
+change reads only the entries that moved; a full reload happens at start and after a gap
+in the feed, never for a change, and is paged so that the loop runs between its pages.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import pytest
+
+from celery_dcron.engine import Engine, loading
+from celery_dcron.entries import EntrySpec, NodeStatus
+from celery_dcron.enums import EntrySource
+from celery_dcron.registry.memory import MemoryRegistry
+from celery_dcron.schedules import IntervalSchedule
+from tests.enginekit import MemoryCluster, S, assert_each_tick_once, decisions, ticks_of
+
+
+class Spy:
+    """One engine's registry: the shared memory registry, counting what the engine reads."""
+
+    def __init__(self, inner: MemoryRegistry) -> None:
+        self.inner = inner
+        self.read: list[str] = []
+        self.scans = 0
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+    def get_entries(self, names: Iterable[str]) -> Any:
+        names = list(names)
+        self.read.extend(names)
+        return self.inner.get_entries(names)
+
+    def scan_entries(self, cursor: int, count: int, want: Callable[[str], bool]) -> Any:
+        self.scans += 1
+        return self.inner.scan_entries(cursor, count, want)
+
+    def reset(self, *args: Any) -> Any:  # the registry's reset(name), not the spy's
+        return self.inner.reset(*args)
+
+    def clear(self) -> None:
+        self.read, self.scans = [], 0
+
+
+def dynamic(n: int, every_s: int = 3600, prefix: str = "d") -> list[EntrySpec]:
+    return [
+        EntrySpec(
+            name=f"{prefix}{i:05d}",
+            task="t",
+            schedule=IntervalSchedule(every_ms=every_s * S),
+            source=EntrySource.DYNAMIC,
+        )
+        for i in range(n)
+    ]
+
+
+def start(c: MemoryCluster, ids: str, n: int) -> tuple[list[Engine], dict[str, Spy]]:
+    """``n`` dynamic entries, then one engine per id in ``ids``, each behind a spy."""
+    c.registry.put_entries(dynamic(n))
+    engines = [c.add(node_id, []) for node_id in ids]
+    spies = {}
+    for e in engines:
+        spies[e.node_id] = spy = Spy(c.registry)
+        e.view.registry = spy  # type: ignore[assignment]
+    c.step_all(6)
+    for spy in spies.values():
+        spy.clear()
+    return engines, spies
+
+
+def owner_of(engines: list[Engine], name: str) -> Engine:
+    (owner,) = [e for e in engines if name in e.owned]
+    return owner
+
+
+def test_each_instance_keeps_every_name_and_only_its_own_definitions() -> None:
+    c = MemoryCluster()
+    engines, _ = start(c, "abc", 600)
+    names = {s.name for s in dynamic(600)}
+    owned = [e.owned for e in engines]
+    assert set().union(*owned) == names and sum(map(len, owned)) == 600  # each once
+    for e in engines:
+        assert 100 < len(e.owned) < 350  # about a third each
+        assert e.view.names == names
+        assert set(e.view.entries) == e.owned and set(e.view.states) <= e.owned
+
+
+def test_a_change_is_read_by_its_owner_alone_one_entry_at_a_time() -> None:
+    c = MemoryCluster()
+    engines, spies = start(c, "abc", 600)
+    reg = c.registry
+    name = "d00007"
+    owner = owner_of(engines, name)
+    old = reg.get_entry(name)
+    assert old is not None
+    reg.put_entry(
+        old.with_changes(schedule=IntervalSchedule(every_ms=2 * S)), expected_version=old.version
+    )
+    c.step_all(2)
+    assert {e.node_id: spies[e.node_id].read for e in engines} == {
+        e.node_id: [name] if e is owner else [] for e in engines
+    }
+    assert owner.view.entries[name].schedule == IntervalSchedule(every_ms=2 * S)
+
+    # An add and a removal: every instance learns the name, only the owner reads it.
+    for spy in spies.values():
+        spy.clear()
+    reg.put_entry(dynamic(1, prefix="new")[0], expected_version=None)
+    c.step_all(2)
+    new_owner = owner_of(engines, "new00000")
+    assert sorted(spy.read for spy in spies.values()) == [[], [], ["new00000"]]
+    assert all("new00000" in e.view.names for e in engines)
+    reg.remove_entry("new00000", tombstone=False)
+    c.step_all(2)
+    assert all("new00000" not in e.view.names for e in engines)
+    assert "new00000" not in new_owner.view.entries
+    assert not any(spy.scans for spy in spies.values())  # no full reload for any of it
+
+
+def test_a_paused_entry_leaves_its_owners_timeline_and_comes_back_on_resume() -> None:
+    c = MemoryCluster()
+    reg = c.registry
+    reg.put_entries(dynamic(30, every_s=1))
+    engines = [c.add(node_id, []) for node_id in "ab"]
+    c.step_all(4)
+    c.align()
+    c.advance(2 * S, step_ms=250)
+    name = "d00003"
+    reg.set_enabled(name, False)
+    paused_at = c.clock.now_ms()
+    c.advance(3 * S, step_ms=250)
+    assert not [t for t in ticks_of(c.recorder, name) if t > paused_at]
+    assert owner_of(engines, name).view.entries[name].enabled is False
+    reg.set_enabled(name, True)
+    resumed_at = c.clock.now_ms()
+    c.advance(3 * S, step_ms=250)
+    assert [t for t in ticks_of(c.recorder, name) if t > resumed_at]
+    assert_each_tick_once(c.recorder)
+
+
+def test_a_feed_gap_makes_each_instance_reload_once(caplog: pytest.LogCaptureFixture) -> None:
+    c = MemoryCluster()
+    engines, spies = start(c, "ab", 300)
+    c.registry.trim_feed(0)
+    c.registry.put_entry(dynamic(1, prefix="late")[0], expected_version=None)
+    c.registry.trim_feed(0)  # the record of the add is lost too
+    with caplog.at_level(logging.INFO, logger="celery_dcron"):
+        c.step_all(4)
+    assert sorted(d["node"] for d in decisions(caplog, "feed_gap")) == ["a", "b"]
+    assert sorted((d["node"], d["reason"]) for d in decisions(caplog, "reload")) == [
+        ("a", "feed gap"), ("b", "feed gap"),
+    ]  # fmt: skip
+    assert all(spy.scans for spy in spies.values())
+    assert all("late00000" in e.view.names for e in engines)  # the reload found it
+    assert "late00000" in owner_of(engines, "late00000").view.entries
+    # And the feed is followed again afterwards, without another reload.
+    c.registry.put_entry(dynamic(1, prefix="later")[0], expected_version=None)
+    with caplog.at_level(logging.INFO, logger="celery_dcron"):
+        c.step_all(2)
+    assert len(decisions(caplog, "reload")) == 2
+    assert all("later00000" in e.view.names for e in engines)
+
+
+def test_a_membership_change_reads_only_the_entries_that_moved() -> None:
+    c = MemoryCluster()
+    engines, spies = start(c, "abc", 900)
+    a, b, dead = engines
+    moved = set(dead.owned)
+    c.engines.remove(dead)  # a crash: no leave, its heartbeat runs out
+    c.advance(c.ttl_ms + S, step_ms=250)
+    read = spies["a"].read + spies["b"].read
+    assert sorted(read) == sorted(moved)  # each moved entry read once, nothing else
+    assert a.owned | b.owned == {s.name for s in dynamic(900)}
+    assert not spies["a"].scans and not spies["b"].scans
+
+
+def test_a_starting_instance_loads_in_pages_while_the_others_fire_and_then_works(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """One page of 100 entries per pass of the loop: the heartbeat and due ticks go out
+    between pages. The new instance says it works only once its share is loaded."""
+    monkeypatch.setattr(loading, "SCAN_PAGE", 100)
+    monkeypatch.setattr(loading, "LOAD_PAGE", 100)
+    monkeypatch.setattr(loading, "BUDGET_S", 0.0)
+    c = MemoryCluster()
+    c.registry.put_entries(dynamic(3000) + dynamic(5, every_s=1, prefix="fast"))
+    a = c.add("a", [])
+    c.step_all(80)
+    assert a.membership.status is NodeStatus.WORKING and len(a.owned) == 3005
+    c.align()
+    b = c.add("b", [])
+    steps = 0
+    while b.membership.status is not NodeStatus.WORKING:
+        c.advance(100, step_ms=100)  # one pass of each loop
+        steps += 1
+        assert steps < 200
+        live = {n.id: n.status for n in c.registry.nodes()[0]}
+        assert live.get("b") in (NodeStatus.STARTING, NodeStatus.WORKING)  # never dead
+    assert steps >= 30  # 3,005 names at 100 a page: the reload was paged
+    c.advance(2 * S, step_ms=100)
+    assert 1000 < len(b.owned) < 2000 and a.owned.isdisjoint(b.owned)
+    for i in range(5):  # the fast entries kept firing every second while b loaded
+        ts = ticks_of(c.recorder, f"fast{i:05d}")
+        assert len(ts) >= steps // 10
+    assert_each_tick_once(c.recorder)
