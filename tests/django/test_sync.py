@@ -6,9 +6,12 @@ production, when the transaction really commits.
 
 from __future__ import annotations
 
+import threading
+import time
 from datetime import datetime, timedelta, timezone
 from io import StringIO
 from itertools import pairwise
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -190,10 +193,12 @@ def test_dcron_sync_command_reports_and_fails_on_errors(dt: DynamicTasks, redis_
 
 
 def test_engines_reconcile_after_flushdb_and_no_tick_fires_twice(
-    dt: DynamicTasks, redis_url: str
+    dt: DynamicTasks, redis_url: str, settings: Any
 ) -> None:
     """Three engines run admin tasks; Redis loses its data; the engines' reconcile signal
-    puts every task back (anchors kept), and no (entry, tick) is published twice."""
+    puts every task back (anchors kept), and no (entry, tick) is published twice. (The
+    reconcile runs inline here, in step with the engines' manual clock.)"""
+    settings.DCRON_RECONCILE_IN_BACKGROUND = False
     for i in range(6):
         make_task(name=f"every-{i}", schedule_kind="interval", cron="", interval_seconds=1).save()
     signals.reconcile.connect(sync._on_reconcile, weak=False, dispatch_uid="dcron_django")
@@ -457,3 +462,34 @@ def test_a_name_deleted_and_taken_again_in_one_transaction_keeps_its_new_entry(
     with transaction.atomic():
         DynamicTask.objects.get(name="x").delete()
     assert dt.registry.get_entry("x") is None
+
+
+def test_the_reconcile_signal_runs_in_the_background_and_merges_what_arrives_meanwhile(
+    dt: DynamicTasks, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A beat's loop sends the signal and goes on at once; signals sent while a reconcile
+    runs are merged into one more (full if one of them asked for it)."""
+    make_task(name="bg", schedule_kind="interval", cron="", interval_seconds=60).save()
+    calls: list[bool] = []
+    gate = threading.Event()
+    real = sync.reconcile
+
+    def slow(namespaces: Any, *, full: bool = False, **kw: Any) -> Any:
+        calls.append(full)
+        gate.wait(10)
+        return real(namespaces, full=full, **kw)
+
+    monkeypatch.setattr(sync, "reconcile", slow)
+    sender = SimpleNamespace(settings=SimpleNamespace(namespace="djtest"))
+    started = time.monotonic()
+    sync._on_reconcile(sender, reason="periodic")
+    deadline = time.monotonic() + 5
+    while not calls and time.monotonic() < deadline:  # the runner took the first one
+        time.sleep(0.01)
+    sync._on_reconcile(sender, reason="reconnect")
+    sync._on_reconcile(sender, reason="reset")
+    assert time.monotonic() - started < 0.5  # the loop did not wait for the reconcile
+    gate.set()
+    assert sync.wait_reconciled(10)
+    assert calls == [False, True]  # the first, then one merged run, full for "reset"
+    assert dt.get("bg").source == "django"

@@ -30,7 +30,8 @@ from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
 
-from django.db import close_old_connections, transaction
+from django.conf import settings as django_settings
+from django.db import close_old_connections, connections, transaction
 from django.db.models.signals import post_delete, post_save
 
 from celery_dcron import signals as dcron_signals
@@ -48,6 +49,7 @@ __all__ = [
     "reconcile",
     "remove",
     "take_failures",
+    "wait_reconciled",
 ]
 
 logger = logging.getLogger(__name__)
@@ -146,11 +148,59 @@ def _on_delete(sender: Any, instance: DynamicTask, using: str, **kwargs: Any) ->
 
 def _on_reconcile(sender: Any, reason: str = "", **kwargs: Any) -> None:
     """Receiver of :data:`celery_dcron.signals.reconcile` in beat instances: a full
-    reconcile on start and after a data loss, else an incremental one (full when due)."""
+    reconcile on start and after a data loss, else an incremental one (full when due).
+
+    It runs in a background thread (``DCRON_RECONCILE_IN_BACKGROUND``, default True): a
+    reconcile of many rows must not hold the beat's scheduling loop, whose heartbeat would
+    stop meanwhile. Signals that arrive while one runs are merged into one more run (full
+    if any of them asked for it)."""
     namespace = getattr(getattr(sender, "settings", None), "namespace", None)
+    full = reason in FULL_REASONS
+    if not getattr(django_settings, "DCRON_RECONCILE_IN_BACKGROUND", True):
+        _reconcile_logged(namespace, full=full, reason=reason)
+        return
+    global _runner
+    with _runner_lock:
+        previous = _wanted.get(namespace)
+        merged_full = full or (previous is not None and previous[0])
+        _wanted[namespace] = (merged_full, reason if previous is None else previous[1])
+        if _runner is not None and _runner.is_alive():
+            return
+        _runner = threading.Thread(target=_drain, name="dcron-reconcile", daemon=True)
+        _runner.start()
+
+
+#: namespace -> (full wanted, first reason) of the reconciles waiting for the runner
+_wanted: dict[str | None, tuple[bool, str]] = {}
+_runner: threading.Thread | None = None
+_runner_lock = threading.Lock()
+
+
+def _drain() -> None:
+    """The background runner: reconcile what was asked for, until nothing waits."""
+    while True:
+        with _runner_lock:
+            if not _wanted:
+                connections.close_all()  # this thread's connections
+                return
+            namespace, (full, reason) = _wanted.popitem()
+        _reconcile_logged(namespace, full=full, reason=reason)
+
+
+def wait_reconciled(timeout_s: float = 30.0) -> bool:
+    """Wait until no background reconcile runs or waits (tests, shutdown); True if so."""
+    with _runner_lock:
+        runner = _runner
+    if runner is not None:
+        runner.join(timeout_s)
+    with _runner_lock:
+        return not _wanted and (_runner is None or not _runner.is_alive())
+
+
+def _reconcile_logged(namespace: str | None, *, full: bool, reason: str) -> None:
     close_old_connections()
     try:
-        report = reconcile(None if namespace is None else [namespace], full=reason in FULL_REASONS)
+        report = reconcile(None if namespace is None else [namespace], full=full)
     except Exception:
         logger.exception("dcron: reconcile (%s) with the database failed", reason)
         return
