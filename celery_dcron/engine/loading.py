@@ -7,9 +7,10 @@ heartbeats and due ticks go out between pages: no bookkeeping step holds the loo
 than about 100 ms, whatever the number of entries (G8).
 
 - The **full reload** (at start, after a reconnect or a data loss, or when the change feed
-  has a gap) notes the feed's position, scans every entry name in pages, keeps the
-  definitions and states of the entries this instance owns, and swaps them in at once;
-  the feed is then applied from the noted position, so nothing written meanwhile is lost.
+  has a gap) notes the feed's position, scans every entry name in pages (nothing decoded),
+  places the names on the nodes known by then, reads the definitions and states of the
+  entries this instance owns, and swaps them in at once; the feed is then applied from the
+  noted position, so nothing written meanwhile is lost.
 - The **reassignment** places every known name on the new set of nodes, forgets the
   entries that moved away and reads only those that moved here (about 1/N of them).
 """
@@ -113,38 +114,37 @@ class Jobs:
         view = self.view
         registry = view.registry
         position = registry.feed_position()
-        nodes = view.placement_nodes()
-        me = view.node_id
-        placing = any(n.id == me for n in nodes)
-        whole = view.whole_list
-        strategy = view.strategy
+        # Names first (nothing decoded): the nodes to place them on are read only after
+        # the scan, so that instances starting together already see each other.
         names: set[str] = set()
-        entries: dict[str, EntrySpec] = {}
-        bad: dict[str, str] = {}
-
-        def mine(name: str) -> bool:
-            return placing and not whole and strategy.owner(name, nodes) == me
-
         cursor = 0
         while True:
-            cursor, page, good, errors = registry.scan_entries(cursor, SCAN_PAGE, mine)
+            cursor, page, _, _ = registry.scan_entries(cursor, SCAN_PAGE, _none)
             names.update(page)
-            entries.update(good)
-            bad.update(errors)
             yield
             if cursor == 0:
                 break
+        nodes = view.placement_nodes()
+        me = view.node_id
+        mine: list[str] = []
         assignment: dict[str, str] | None = None
-        if whole:
-            assignment = dict(strategy.assign(sorted(names), nodes)) if placing else {}
-            yield
-            for chunk in _chunks([n for n, o in assignment.items() if o == me], LOAD_PAGE):
-                good, errors = registry.get_entries(chunk)
-                entries.update(good)
-                bad.update(errors)
+        if any(n.id == me for n in nodes):
+            if view.whole_list:
+                assignment = dict(view.strategy.assign(sorted(names), nodes))
+                mine = [n for n, owner in assignment.items() if owner == me]
                 yield
+            else:
+                for chunk in _chunks(list(names), PLACE_PAGE):
+                    placed = view.strategy.assign(chunk, nodes)
+                    mine.extend(n for n, owner in placed.items() if owner == me)
+                    yield
+        entries: dict[str, EntrySpec] = {}
         states: dict[str, EntryState] = {}
-        for chunk in _chunks(list(entries), LOAD_PAGE):
+        bad: dict[str, str] = {}
+        for chunk in _chunks(mine, LOAD_PAGE):
+            good, errors = registry.get_entries(chunk)
+            entries.update(good)
+            bad.update(errors)
             states.update(registry.states(chunk))
             yield
         static = [s.name for s in view.static_entries if s.name not in entries]
@@ -204,6 +204,11 @@ class Jobs:
             view.load(chunk, notify=False)
             yield
         view.report_ownership(view.owned != before)
+
+
+def _none(name: str) -> bool:
+    """Decode no definition while scanning names."""
+    return False
 
 
 def _chunks(items: Sequence[T], size: int) -> list[Sequence[T]]:

@@ -119,12 +119,17 @@ class View(Part):
         return bool(getattr(self.strategy, "needs_all_entries", False))
 
     def placement_nodes(self) -> list[Node]:
-        """The nodes to place entries on: the working ones, and this one while it starts
-        (it loads its share before it says it works, so that nothing waits for it)."""
+        """The nodes to place entries on: the working ones; while this one starts, also
+        itself and the others that are starting (each loads its share before it says it
+        works; instances started together then load a share each, not everything)."""
         nodes = list(self.membership.working_nodes())
         me = self.membership.node
-        if me.status is NodeStatus.STARTING and all(n.id != me.id for n in nodes):
-            nodes.append(me)
+        if me.status is NodeStatus.STARTING:
+            ids = {n.id for n in nodes}
+            for node in (*self.membership.nodes, me):
+                if node.status is NodeStatus.STARTING and node.id not in ids:
+                    nodes.append(node)
+                    ids.add(node.id)
         return nodes
 
     def is_mine(self, name: str) -> bool:
