@@ -10,14 +10,21 @@ Starts a throwaway redis-server, then for each N in ``--entries`` times:
 - ``put_entries``: the registry's pipelined write alone, on entries built beforehand
   (validation excluded), to show what validation costs.
 
-Entries are interval entries (``every`` 60 s + i) with args and kwargs, half of them
-``cron`` strings, as a CLI import would give them (mappings of ``add``'s fields). Redis
-commands are counted by ``INFO commandstats`` (reset before each case): the script calls
-(``evalsha``) and every command the scripts run inside, plus the client's reads.
+Entries are mappings of ``add``'s fields with args and kwargs, as a CLI import would give
+them: ``--kind interval`` (``every`` 60 s + i % 3600), ``--kind cron`` (``cron`` strings,
+60 distinct ones), or ``--kind mixed`` (half each, the default). Redis commands are
+counted by ``INFO commandstats`` (reset before each case): the script calls (``evalsha``)
+and every command the scripts run inside, plus the client's reads. CPU is counted apart
+for the benchmark process (``time.process_time``) and for redis-server (``INFO cpu``), in
+µs per entry: on a loaded machine the wall clock varies from run to run, the CPU much less.
+``ms/call`` is the average time of a script call in Redis (``usec_per_call``), ``max ms``
+the longest command, from its latency monitor (whole ms): a script call blocks Redis
+while it runs. Both are wall time: on a loaded machine they include time the server was
+descheduled.
 
 Run from the repository root::
 
-    python benchmarks/bench_bulk.py --entries 10000,100000
+    python benchmarks/bench_bulk.py --entries 10000,100000 --kind mixed
 """
 
 from __future__ import annotations
@@ -28,6 +35,7 @@ import platform
 import sys
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import date
 from pathlib import Path
 from typing import Any
@@ -54,40 +62,70 @@ def make_tasks(url: str, namespace: str) -> DynamicTasks:
     return DynamicTasks(app, settings=Settings(redis_url=url, namespace=namespace))
 
 
-def entries(n: int) -> list[dict[str, Any]]:
+def entries(n: int, kind: str = "mixed") -> list[dict[str, Any]]:
     out: list[dict[str, Any]] = []
     for i in range(n):
-        schedule = {"every": 60 + i % 3600} if i % 2 else {"cron": f"{i % 60} * * * *"}
+        cron = kind == "cron" or (kind == "mixed" and i % 2 == 0)
+        schedule = {"cron": f"{i % 60} * * * *"} if cron else {"every": 60 + i % 3600}
         out.append({"name": f"e{i:07d}", "task": "bench.noop", "args": [i],
                     "kwargs": {"n": i}, **schedule})  # fmt: skip
     return out
 
 
-def commands(client: redis.Redis) -> tuple[int, int]:
-    """(all commands, script calls) since the last CONFIG RESETSTAT."""
+def commands(client: redis.Redis) -> tuple[int, int, float]:
+    """(all commands, script calls, µs per script call) since the last CONFIG RESETSTAT."""
     stats = client.info("commandstats")
     total = sum(int(v["calls"]) for k, v in stats.items() if k not in _OURS)
-    return total, int(stats.get("cmdstat_evalsha", {}).get("calls", 0))
+    evalsha = stats.get("cmdstat_evalsha", {})
+    return total, int(evalsha.get("calls", 0)), float(evalsha.get("usec_per_call", 0))
 
 
 #: the benchmark's own commands, not counted
 _OURS = ("cmdstat_config", "cmdstat_info", "cmdstat_flushall")
 
 
-def measure(client: redis.Redis, run: Callable[[], object]) -> tuple[float, int, int]:
+def server_cpu(client: redis.Redis) -> float:
+    """CPU seconds redis-server has used (user + system)."""
+    info = client.info("cpu")
+    return float(info["used_cpu_user"]) + float(info["used_cpu_sys"])
+
+
+@dataclass(frozen=True)
+class Row:
+    case: str
+    entries: int
+    seconds: float
+    commands: int
+    evalsha: int
+    us_per_evalsha: float
+    client_cpu_s: float
+    server_cpu_s: float
+    slowest_ms: int
+
+
+def slowest_ms(client: redis.Redis) -> int:
+    """The longest command (a script call: it blocks Redis while it runs) since the last
+    LATENCY RESET, in ms, as Redis' latency monitor saw it (0: none took 1 ms)."""
+    latest = client.execute_command("LATENCY", "LATEST")
+    return max((int(event[3]) for event in latest if event[0] == "command"), default=0)
+
+
+def measure(client: redis.Redis, case: str, n: int, run: Callable[[], object]) -> Row:
     client.config_resetstat()
+    client.execute_command("LATENCY", "RESET")
+    cpu, server = time.process_time(), server_cpu(client)
     start = time.perf_counter()
     run()
     seconds = time.perf_counter() - start
-    return (seconds, *commands(client))
+    client_cpu, server_used = time.process_time() - cpu, server_cpu(client) - server
+    return Row(case, n, seconds, *commands(client), client_cpu, server_used, slowest_ms(client))
 
 
-Row = tuple[str, int, float, int, int]
-
-
-def run_size(client: redis.Redis, url: str, n: int, chunk: int, add_limit: int) -> list[Row]:
+def run_size(
+    client: redis.Redis, url: str, n: int, chunk: int, add_limit: int, kind: str
+) -> list[Row]:
     """The four cases on N entries (each in its own namespace of a flushed server)."""
-    items = entries(n)
+    items = entries(n, kind)
     client.flushall()
     few = items[: min(n, add_limit)]
     single = make_tasks(url, "single")
@@ -104,10 +142,10 @@ def run_size(client: redis.Redis, url: str, n: int, chunk: int, add_limit: int) 
         result = bulk.add_many(items, chunk=chunk, replace=replace)
         assert result.ok, (result.refused[:3], result.invalid[:3])
 
-    rows: list[Row] = [
-        ("add (one per call)", len(few), *measure(client, add_each)),
-        ("add_many", n, *measure(client, lambda: add_many(False))),
-        ("add_many replace", n, *measure(client, lambda: add_many(True))),
+    rows = [
+        measure(client, "add (one per call)", len(few), add_each),
+        measure(client, "add_many", n, lambda: add_many(False)),
+        measure(client, "add_many replace", n, lambda: add_many(True)),
     ]
     specs = bulk.export()
 
@@ -115,7 +153,7 @@ def run_size(client: redis.Redis, url: str, n: int, chunk: int, add_limit: int) 
         for i in range(0, len(specs), chunk):
             raw.registry.put_entries(specs[i : i + chunk])
 
-    rows.append(("put_entries (no validation)", n, *measure(client, put_all)))
+    rows.append(measure(client, "put_entries (no validation)", n, put_all))
     return rows
 
 
@@ -124,24 +162,33 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--entries", default="10000,100000", help="comma-separated Ns")
     parser.add_argument("--chunk", type=int, default=1000)
     parser.add_argument("--add-limit", type=int, default=5000)
+    parser.add_argument("--kind", choices=("mixed", "interval", "cron"), default="mixed")
     args = parser.parse_args(argv)
     server = RedisServer().start()
     client = redis.Redis.from_url(server.url, decode_responses=True)
+    client.config_set("latency-monitor-threshold", 1)
     try:
+        load = os.getloadavg()[0]
         rows: list[Row] = []
         for n in (int(x) for x in args.entries.split(",")):
-            rows.extend(run_size(client, server.url, n, args.chunk, args.add_limit))
+            rows.extend(run_size(client, server.url, n, args.chunk, args.add_limit, args.kind))
         version = client.info("server")["redis_version"]
         cpu = platform.processor() or platform.machine()
         print(
             f"# {date.today()}  {platform.node()}  {cpu}  {os.cpu_count()} CPUs  "
-            f"Python {platform.python_version()}  redis-server {version}  chunk {args.chunk}"
+            f"Python {platform.python_version()}  redis-server {version}  chunk {args.chunk}  "
+            f"kind {args.kind}  load {load:.1f} -> {os.getloadavg()[0]:.1f}"
         )
-        head = ("case", "entries", "seconds", "entries/s", "commands", "evalsha")
-        print(f"{head[0]:<28} {head[1]:>8} {head[2]:>8} {head[3]:>10} {head[4]:>9} {head[5]:>8}")
-        for case, n, seconds, total, evalsha in rows:
+        print(
+            f"{'case':<28} {'entries':>8} {'seconds':>8} {'entries/s':>10} {'cmd/entry':>9} "
+            f"{'evalsha':>8} {'ms/call':>7} {'max ms':>6} {'µs client':>9} {'µs redis':>8}"
+        )
+        for r in rows:
             print(
-                f"{case:<28} {n:>8} {seconds:>8.2f} {n / seconds:>10,.0f} {total:>9} {evalsha:>8}"
+                f"{r.case:<28} {r.entries:>8} {r.seconds:>8.2f} {r.entries / r.seconds:>10,.0f} "
+                f"{r.commands / r.entries:>9.2f} {r.evalsha:>8} {r.us_per_evalsha / 1000:>7.2f} "
+                f"{r.slowest_ms:>6} {r.client_cpu_s / r.entries * 1e6:>9.1f} "
+                f"{r.server_cpu_s / r.entries * 1e6:>8.1f}"
             )
     finally:
         client.close()

@@ -37,7 +37,7 @@ from .exceptions import (
     InvalidScheduleError,
 )
 from .registry import Registry
-from .schedules import CronSchedule, IntervalSchedule, Schedule
+from .schedules import CronSchedule, Schedule
 from .taskcheck import argument_mismatch, load_task_modules
 from .ticks import run_now_task_id
 from .validation import OPTION_KEYS, SCHEDULE_FIELDS
@@ -302,36 +302,57 @@ class DynamicTasks:
         fields: Mapping[str, Any],
         *,
         now_ms: int | Callable[[], int] | None = None,
+        app_zone: str | None = None,
+        version: int = 0,
     ) -> EntrySpec:
+        """The new entry ``name`` (at ``version``), validated; ``app_zone``: the app's
+        timezone, when the caller read it already (:meth:`_app_zone`)."""
         rules.entry_name(name)
         rules.known_fields(name, fields, _FIELDS)
         rules.one_schedule(name, fields, SCHEDULE_FIELDS, required=True)
         changes = dict(fields)
         changes["task"] = task
-        blank = EntrySpec(name=name, task="", schedule=IntervalSchedule(every_ms=1000))
-        return self._apply(blank, changes, creating=True, now_ms=now_ms)
+        new = self._changed(name, None, changes, now_ms=now_ms, app_zone=app_zone)
+        spec = EntrySpec(name=name, version=version, **new)
+        self._check_result(spec, call=True)
+        return spec
 
     def _apply(
         self,
         spec: EntrySpec,
         changes: Mapping[str, Any],
         *,
-        creating: bool = False,
         now_ms: int | Callable[[], int] | None = None,
     ) -> EntrySpec:
-        name = spec.name
-        rules.known_fields(name, changes, _FIELDS)
-        new: dict[str, Any] = {"source": EntrySource.DYNAMIC if creating else spec.source}
-        if creating or "task" in changes:
-            has_payload = changes.get("payload") is not None or "payload" in spec.kwargs
+        rules.known_fields(spec.name, changes, _FIELDS)
+        result = spec.with_changes(**self._changed(spec.name, spec, changes, now_ms=now_ms))
+        self._check_result(result, call=bool(changes.keys() & _CALL_FIELDS))
+        return result
+
+    def _changed(
+        self,
+        name: str,
+        spec: EntrySpec | None,
+        changes: Mapping[str, Any],
+        *,
+        now_ms: int | Callable[[], int] | None = None,
+        app_zone: str | None = None,
+    ) -> dict[str, Any]:
+        """The fields of ``spec`` that ``changes`` set, validated (``spec`` None: a new
+        entry ``name``; then the fields always include its task and schedule)."""
+        new: dict[str, Any] = {"source": EntrySource.DYNAMIC if spec is None else spec.source}
+        old_kwargs: Mapping[str, Any] = {} if spec is None else spec.kwargs
+        if spec is None or "task" in changes:
+            has_payload = changes.get("payload") is not None or "payload" in old_kwargs
             new["task"] = self._task(name, changes.get("task"), has_payload=has_payload)
-        schedule = self._schedule(spec, changes, creating=creating, now_ms=now_ms)
+        schedule = self._schedule(name, spec, changes, now_ms=now_ms, app_zone=app_zone)
         if schedule is not None:
             new["schedule"] = schedule
-        for field in changes.keys() & _SIMPLE.keys():
-            attr, rule = _SIMPLE[field]
-            new[attr] = rule(name, changes[field])
-        kwargs = dict(spec.kwargs)
+        for field, value in changes.items():
+            if field in _SIMPLE:
+                attr, rule = _SIMPLE[field]
+                new[attr] = rule(name, value)
+        kwargs = dict(old_kwargs)
         if "kwargs" in changes:
             payload = kwargs.get("payload")
             kwargs = rules.kwargs(name, changes["kwargs"])
@@ -340,14 +361,13 @@ class DynamicTasks:
         if changes.get("payload") is not None:
             kwargs["payload"] = changes["payload"]
         new["kwargs"] = kwargs
-        tz = self._zone_of_naive(spec, changes, creating=creating)
-        for key, attr in (("start_at", "start_ms"), ("end_at", "end_ms")):
-            if key in changes:
-                value = changes[key]
-                new[attr] = None if value is None else rules.instant(name, key, value, tz)
-        result = spec.with_changes(**new)
-        self._check_result(result, call=creating or bool(changes.keys() & _CALL_FIELDS))
-        return result
+        if "start_at" in changes or "end_at" in changes:
+            tz = self._zone_of_naive(spec, changes)
+            for key, attr in (("start_at", "start_ms"), ("end_at", "end_ms")):
+                if key in changes:
+                    value = changes[key]
+                    new[attr] = None if value is None else rules.instant(name, key, value, tz)
+        return new
 
     def _check_result(self, spec: EntrySpec, *, call: bool) -> None:
         """The rules of the whole entry; ``call``: its task call changed (args checked
@@ -408,45 +428,48 @@ class DynamicTasks:
             ) from exc
         return task in self.app.tasks
 
-    def _zone_of_naive(
-        self, spec: EntrySpec, changes: Mapping[str, Any], *, creating: bool
-    ) -> str | None:
+    def _app_zone(self) -> str:
+        """The zone of a cron (or crontab) given without ``tz=``: the app's ``timezone``."""
+        return str(getattr(self.app.conf, "timezone", None) or "UTC")
+
+    def _zone_of_naive(self, spec: EntrySpec | None, changes: Mapping[str, Any]) -> str | None:
         """The zone of naive datetimes: ``tz=``, else (in an update) the entry's own."""
         tz = changes.get("tz")
-        if tz is None and not creating and isinstance(spec.schedule, CronSchedule):
+        if tz is None and spec is not None and isinstance(spec.schedule, CronSchedule):
             return spec.schedule.tz
         return tz if isinstance(tz, str) else None
 
     def _schedule(
         self,
-        spec: EntrySpec,
+        name: str,
+        spec: EntrySpec | None,
         changes: Mapping[str, Any],
         *,
-        creating: bool,
         now_ms: int | Callable[[], int] | None = None,
+        app_zone: str | None = None,
     ) -> Schedule | None:
-        """The new schedule, or None when ``changes`` keep the entry's."""
-        name = spec.name
+        """The new schedule, or None when ``changes`` keep the entry's (``spec`` None: a
+        new entry ``name``)."""
         kind = rules.one_schedule(name, changes, SCHEDULE_FIELDS, required=False)
         tz = rules.tz(name, changes.get("tz"))
         # A partial update keeps the zone: a cron (or crontab) given without tz= takes the
         # entry's own, and only a new entry (or a change from another kind) the app's.
-        naive_tz = self._zone_of_naive(spec, changes, creating=creating)
-        zone = naive_tz or str(getattr(self.app.conf, "timezone", None) or "UTC")
+        naive_tz = self._zone_of_naive(spec, changes)
         if kind is None:
-            if tz is not None and isinstance(spec.schedule, CronSchedule):
+            if tz is not None and spec is not None and isinstance(spec.schedule, CronSchedule):
                 return rules.cron(name, spec.schedule.expr, tz, day_or=spec.schedule.day_or)
-            if tz is not None and not creating:
+            if tz is not None and spec is not None:
                 raise InvalidScheduleError(
                     f"entry {name!r}: tz: only cron schedules have a timezone", field="tz"
                 )
             return None
         value = changes[kind]
-        if kind == "cron":
-            return rules.cron(name, value, zone)
         if kind == "every":
             return rules.every(name, value)
         if kind == "at":
             now = self.registry.server_ms if now_ms is None else now_ms
             return rules.at(name, value, naive_tz, now_ms=now)
+        zone = naive_tz or app_zone or self._app_zone()
+        if kind == "cron":
+            return rules.cron(name, value, zone)
         return from_celery(value, entry=name, app_tz=zone)

@@ -126,12 +126,12 @@ def validate(
     problems: list[EntryProblem] = []
     first: dict[str, int] = {}
     now = _ServerTime(tasks)
+    zone = tasks._app_zone()  # the zone of a cron without tz=: read once, not per entry
     for index, item in enumerate(entries):
-        name = _name_of(item)
         try:
-            spec = _spec_of(tasks, item, now)
+            spec = _spec_of(tasks, item, now, zone)
         except InvalidEntryError as exc:
-            problems.append(_problem(index, name, exc))
+            problems.append(_problem(index, _name_of(item), exc))
             continue
         if spec.name in first:
             problems.append(EntryProblem(
@@ -187,7 +187,9 @@ def _name_of(item: object) -> str | None:
     return name if isinstance(name, str) else None
 
 
-def _spec_of(tasks: DynamicTasks, item: object, now_ms: Callable[[], int]) -> EntrySpec:
+def _spec_of(tasks: DynamicTasks, item: object, now_ms: Callable[[], int], zone: str) -> EntrySpec:
+    """The entry ``item`` gives, validated; made at version 1, as a new entry is stored
+    (so that writing it uses the JSON text its validation made)."""
     if isinstance(item, EntrySpec):
         return tasks.check(item)
     if not isinstance(item, Mapping):
@@ -200,13 +202,16 @@ def _spec_of(tasks: DynamicTasks, item: object, now_ms: Callable[[], int]) -> En
     if "name" not in item:
         raise InvalidEntryError("name: missing; give each entry a name", field="name")
     fields = {k: v for k, v in item.items() if k not in ("name", "task")}
-    return tasks.build(item["name"], item.get("task"), now_ms=now_ms, **fields)
+    return tasks._build(
+        item["name"], item.get("task"), fields, now_ms=now_ms, app_zone=zone, version=1
+    )
 
 
 def _stored(data: Mapping[str, Any]) -> EntrySpec:
-    """The entry of an ``export`` line (its version ignored: the registry numbers them)."""
+    """The entry of an ``export`` line (its version ignored: the registry numbers them;
+    version 1, as a new entry is stored)."""
     fields = {"source": EntrySource.DYNAMIC.value, **data}
-    fields.pop("version", None)
+    fields["version"] = 1
     for key in ("name", "task"):
         if key not in fields:
             raise InvalidEntryError(f"{key}: missing; give each entry a {key}", field=key)

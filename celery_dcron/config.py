@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 from .enums import MisfirePolicy, StrategyName
 from .exceptions import ConfigurationError, InvalidEntryError
@@ -171,6 +171,19 @@ SETTINGS: tuple[Setting, ...] = (
         "re-published by the entry's owner once its claimer is dead.",
     ),
     Setting(
+        "dcron_enqueue",
+        "auto",
+        "str",
+        "How a claimed tick reaches the broker. ``auto``: when the broker is the "
+        "registry's Redis (same server and database, kombu's ``redis://`` transport; the "
+        "default deployment, where ``dcron_redis_url`` falls back to the broker URL), the "
+        "message Celery would publish is pushed onto its queue list and the claim marked "
+        "sent by one Lua script, so no crash or freeze can send a tick twice; with any "
+        "other broker, as ``publish``. ``publish``: always Celery's own publish, then a "
+        'separate "mark sent" (a crash between the two can send a tick twice, with the '
+        "same task id). The instance logs which one it uses, and why, once.",
+    ),
+    Setting(
         "dcron_check_tasks",
         False,
         "bool",
@@ -270,6 +283,8 @@ class Settings:
     misfire_max_catchup: int = 100
     lock_ttl_s: float = 30.0
     check_tasks: bool = False
+    #: ``auto``: one script claims-to-sent when the broker is the registry's Redis
+    enqueue: Literal["auto", "publish"] = "auto"
     #: ``AUTO``: half of ``node_ttl_s``, at most ``MAX_AUTO_SOCKET_TIMEOUT_S``
     socket_timeout_s: float = AUTO
     default_task: str | None = None
@@ -351,6 +366,8 @@ class Settings:
                 f"dcron_socket_timeout: {self.socket_timeout_s}s must be > 0 and below "
                 f"dcron_node_ttl ({self.node_ttl_s}s)"
             )
+        if self.enqueue not in ("auto", "publish"):
+            raise ConfigurationError(f"dcron_enqueue: {self.enqueue!r} must be 'auto' or 'publish'")
         _positive("dcron_lock_ttl", self.lock_ttl_s)
         _positive("dcron_node_weight", self.node_weight)
         if self.virtual_nodes < 1 or self.virtual_nodes > 10_000:
@@ -444,6 +461,7 @@ class Settings:
             ),
             "lock_ttl_s": _seconds("dcron_lock_ttl", get("dcron_lock_ttl")),
             "check_tasks": _typed("dcron_check_tasks", get("dcron_check_tasks"), bool),
+            "enqueue": _typed("dcron_enqueue", get("dcron_enqueue"), str),
             "socket_timeout_s": _seconds_or_auto(
                 "dcron_socket_timeout", get("dcron_socket_timeout")
             ),

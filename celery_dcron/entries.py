@@ -32,6 +32,10 @@ __all__ = [
 ]
 
 
+#: The encoder of ``kombu.utils.json.dumps(data, sort_keys=True)``, made once.
+_ENCODER = kjson.JSONEncoder(sort_keys=True)
+
+
 class NodeStatus(str, enum.Enum):
     """Life cycle of an instance: only ``working`` nodes own entries."""
 
@@ -109,6 +113,9 @@ class EntrySpec:
     #: What happens once the entry has run for the last time (a one-off ``at`` entry,
     #: or ``max_runs`` reached); None: nothing.
     after_run: AfterRun | None = None
+    #: The text of :meth:`dumps`, once made (not part of the value: a copy made by
+    #: :meth:`with_changes` starts without it).
+    _text: str | None = field(default=None, init=False, repr=False, compare=False)
 
     def with_changes(self, **changes: Any) -> EntrySpec:
         return replace(self, **changes)
@@ -138,13 +145,21 @@ class EntrySpec:
         return data
 
     def dumps(self) -> str:
-        """The JSON text stored in the registry (kombu's JSON: dates survive)."""
-        try:
-            return str(kjson.dumps(self.to_json(), sort_keys=True))
-        except (TypeError, ValueError) as exc:
-            raise InvalidEntryError(
-                f"entry {self.name!r}: args/kwargs/options must be JSON-serialisable: {exc}"
-            ) from None
+        """The JSON text stored in the registry (kombu's JSON: dates survive).
+
+        Made once per object (validating an entry makes it, writing it uses it again): an
+        EntrySpec is frozen, and its args, kwargs and options are not changed in place.
+        """
+        text = self._text
+        if text is None:
+            try:
+                text = str(_ENCODER.encode(self.to_json()))
+            except (TypeError, ValueError) as exc:
+                raise InvalidEntryError(
+                    f"entry {self.name!r}: args/kwargs/options must be JSON-serialisable: {exc}"
+                ) from None
+            object.__setattr__(self, "_text", text)
+        return text
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> EntrySpec:

@@ -24,6 +24,8 @@ if TYPE_CHECKING:
     )
     from .exceptions import DcronError
     from .registry import (
+        BrokerCommand,
+        Enqueued,
         FeedPage,
         FeedPosition,
         Heartbeat,
@@ -110,6 +112,18 @@ class Registry(Protocol):
         data's epoch and reset time, the earliest heartbeat expiry of another node, and
         whether another incarnation (another ``node.token``) holds ``node.id``: then
         nothing is written."""
+        ...
+
+    def touch(
+        self, node_id: str, expiry_ms: int, *, read_alive: bool = True
+    ) -> dict[str, int] | None:
+        """The light heartbeat: set the heartbeat expiry of ``node_id``, a registered
+        node, to ``expiry_ms`` (cluster time), and nothing else: no node is forgotten,
+        no record, status or version written, no token checked. Returns None when
+        ``node_id`` is not registered (forgotten, or the data was lost) or already had
+        that expiry: nothing changed then. Else, with ``read_alive``, every registered
+        node's heartbeat expiry (expired ones not yet forgotten included); ``{}``
+        without."""
         ...
 
     def join(self, node: Node, ttl_ms: int, *, dead_token: str = "") -> Joined:
@@ -265,6 +279,15 @@ class Registry(Protocol):
     def mark_sent(self, ticks: Sequence[Tick]) -> None:
         """The claims of ``ticks`` were published: no longer pending. Each entry's last
         publish error is cleared, unless it is of a later tick than the one sent."""
+        ...
+
+    def enqueue(
+        self, sends: Sequence[tuple[Tick, Sequence[BrokerCommand]]], *, node_id: str
+    ) -> list[Enqueued]:
+        """Send claimed ticks when the broker is the registry's Redis: for each tick
+        whose pending claim is ``node_id``'s, run its message's broker commands and
+        forget the claim, atomically (sent once, or still pending). A tick whose claim
+        is not ``node_id``'s pending one is not sent."""
         ...
 
     def reject(self, rejections: Sequence[PublishRejection]) -> None:

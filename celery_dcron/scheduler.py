@@ -28,6 +28,7 @@ from .celery_schedules import from_celery
 from .clock import RedisClock
 from .config import Settings, mask_url
 from .engine import Engine
+from .enqueue import FastPath
 from .entries import EntrySpec, Tick
 from .enums import EntrySource
 from .exceptions import ConfigurationError, DcronError, InvalidEntryError
@@ -156,6 +157,7 @@ class DistributedScheduler(beat.Scheduler):
     ) -> None:
         # ``schedule_filename`` is accepted for compatibility and ignored: state lives in Redis.
         self._engine: Engine | None = None
+        self._fast_path: FastPath | None = None
         self._settings: Settings | None = None
         self._static: dict[str, beat.ScheduleEntry] = {}
         #: a ConfigurationError stopped the loop: close() exits with status 1
@@ -197,6 +199,12 @@ class DistributedScheduler(beat.Scheduler):
             claim_ahead_ms=CLAIM_AHEAD_MS,
             metrics=start_metrics(settings.namespace, settings.metrics_port, settings.metrics_addr),
         )
+        # Exactly once when the broker is the registry's Redis (dcron_enqueue): the ticks
+        # claimed are built by Celery into a capture, then pushed with their claims.
+        self._fast_path = FastPath(
+            settings, registry, connection=self.connection, producer=lambda: self.producer
+        )
+        self._engine.dispatcher.capture = self._fast_path.capture
         logger.info(
             "dcron: node %s joining namespace %r at %s with %s",
             settings.node_id or "<host>:<slot>",
@@ -239,6 +247,17 @@ class DistributedScheduler(beat.Scheduler):
                 self._misconfigured = True
                 logger.critical("dcron: %s", exc)
                 raise SystemExit(1) from None
+            if engine.membership.superseded:
+                # Another process took this node id over (this one was frozen past its
+                # TTL): it must not schedule again. Exit with status 1, so that a
+                # supervisor restarts it as a new incarnation, instead of idling forever.
+                self._misconfigured = True
+                logger.critical(
+                    "dcron: node %s was taken over by another process while this one "
+                    "was thought dead; exiting (status 1) so that it is restarted",
+                    engine.node_id,
+                )
+                raise SystemExit(1)
             until = time.monotonic() + min(wait, float(self.max_interval))
             while not caught:
                 left = until - time.monotonic()

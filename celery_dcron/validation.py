@@ -19,6 +19,7 @@ Pure module: no I/O.
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import re
@@ -95,7 +96,7 @@ def entry_name(name: Any) -> str:
 
 
 def known_fields(name: str, fields: Collection[str], allowed: Collection[str]) -> None:
-    unknown = sorted(set(fields) - set(allowed))
+    unknown = sorted(set(fields).difference(allowed))
     if unknown:
         raise InvalidEntryError(
             f"entry {name!r}: unknown fields {unknown}; allowed: {sorted(allowed)}",
@@ -310,7 +311,15 @@ def cron(name: str, value: Any, zone: str, *, day_or: bool = True) -> CronSchedu
             f"entry {name!r}: cron: {value!r} must be a string like '*/5 * * * *'", field="cron"
         )
     with in_entry(name, "cron"):
-        return CronSchedule(expr=value, tz=zone, day_or=day_or)
+        return _cron(value, zone, day_or)
+
+
+@functools.lru_cache(maxsize=4096, typed=True)
+def _cron(expr: str, zone: str, day_or: bool) -> CronSchedule:
+    """The checked schedule of a cron string, made once per (expression, zone, day_or):
+    the entries of a bulk write often share them. (An error is raised again each time:
+    only valid schedules are kept.)"""
+    return CronSchedule(expr=expr, tz=zone, day_or=day_or)
 
 
 def every(name: str, value: Any) -> IntervalSchedule:
@@ -329,7 +338,13 @@ def every(name: str, value: Any) -> IntervalSchedule:
             f"entry {name!r}: every: {value!r} must be a positive number of seconds",
             field="every",
         )
-    return IntervalSchedule(every_ms=round(seconds * 1000))
+    return _interval(round(seconds * 1000))
+
+
+@functools.lru_cache(maxsize=4096)
+def _interval(every_ms: int) -> IntervalSchedule:
+    """The schedule of a (checked) interval, made once per length."""
+    return IntervalSchedule(every_ms=every_ms)
 
 
 def at(name: str, value: Any, zone: str | None, *, now_ms: int | Callable[[], int]) -> AtSchedule:
@@ -367,16 +382,20 @@ def json_size(spec: EntrySpec, *, max_bytes: int) -> None:
     (``dcron_max_payload_bytes``) of it."""
     name = spec.name
     parts = {"args": list(spec.args), "kwargs": dict(spec.kwargs)}
-    for field, value in parts.items():
-        try:
-            json.dumps(value)
-        except (TypeError, ValueError) as exc:
-            raise InvalidEntryError(
-                f"entry {name!r}: {field}: must be JSON-serialisable (lists, dicts, strings, "
-                f"numbers, booleans, None): {exc}",
-                field=field,
-            ) from None
-    size = len(json.dumps(parts).encode())
+    try:
+        text = json.dumps(parts)
+    except (TypeError, ValueError):
+        for field, value in parts.items():  # name the field at fault
+            try:
+                json.dumps(value)
+            except (TypeError, ValueError) as exc:
+                raise InvalidEntryError(
+                    f"entry {name!r}: {field}: must be JSON-serialisable (lists, dicts, "
+                    f"strings, numbers, booleans, None): {exc}",
+                    field=field,
+                ) from None
+        raise
+    size = len(text.encode())
     if size > max_bytes:
         raise InvalidEntryError(
             f"entry {name!r}: payload: args + kwargs + payload are {size} bytes of JSON, "

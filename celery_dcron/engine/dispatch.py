@@ -7,6 +7,12 @@ failed publish (log, metrics, the adapter's hook, the ``publish_failed`` signal)
 :meth:`Dispatcher.recover` re-publishes, with their original task ids, the claims that
 were never marked sent (this node's after a failed publish, or a dead node's).
 
+When the adapter can send through the registry (:attr:`Dispatcher.capture`: the broker is
+the registry's Redis), a batch is published into a capture instead (Celery's own code
+builds each message, nothing is sent) and the registry pushes the messages and forgets
+their claims in one atomic step (:meth:`~celery_dcron.interfaces.Registry.enqueue`):
+each tick is then sent once, or still pending, whatever fails when.
+
 A failure that can never succeed on a retry (:mod:`.failures`: the task's arguments, the
 serializer, an unknown queue) is not retried: the tick is finished like a sent one, logged
 once (``publish_rejected``) and kept as the entry's last error in the registry.
@@ -17,20 +23,33 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager
+from typing import TYPE_CHECKING, Protocol
 
 from .. import signals
 from .. import ticks as tickmath
 from ..entries import ERROR_TEXT_MAX, EntrySpec, PublishRejection, Tick
-from ..exceptions import RegistryUnavailableError
+from ..exceptions import DcronError, RegistryUnavailableError
 from ..logfields import Summary, log_event
 from ..planning import Rules
 from .context import Context, Part
 from .failures import rejection
 from .view import View
 
-__all__ = ["PUBLISH_BATCH", "Dispatcher", "ErrorHook", "PublishBatch", "Publisher"]
+if TYPE_CHECKING:
+    from ..registry import BrokerCommand
+
+__all__ = [
+    "PUBLISH_BATCH",
+    "Capture",
+    "Captured",
+    "Dispatcher",
+    "EnqueueRefusedError",
+    "ErrorHook",
+    "PublishBatch",
+    "Publisher",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -42,8 +61,36 @@ ErrorHook = Callable[[EntrySpec, Tick, BaseException], None]
 #: (one broker round trip) or raises, and then none of them counts as sent.
 PublishBatch = Callable[[], AbstractContextManager[object]]
 
+
+class Captured(Protocol):
+    """What the publishes made inside a capture would have sent."""
+
+    def take(self) -> list[BrokerCommand]:
+        """The broker commands of the messages published since the last call."""
+        ...
+
+    def discard(self) -> None:
+        """Forget what a publish that failed half-way added."""
+        ...
+
+
+#: ``capture()`` opens a context in which ``publish`` sends nothing and its messages'
+#: broker commands are kept (:class:`Captured`), for the registry to run atomically
+#: with forgetting the claim; None: publish as usual (the broker is not the registry's
+#: Redis). May raise RegistryUnavailableError while it cannot tell (nothing sent yet).
+Capture = Callable[[], AbstractContextManager[Captured] | None]
+
 #: Messages per publish batch (one broker round trip when the transport batches).
 PUBLISH_BATCH = 100
+
+
+class EnqueueRefusedError(DcronError):
+    """Redis refused a broker command of a tick's message (``WRONGTYPE``, ``OOM``): the
+    tick is still pending and is retried with the same task id."""
+
+    def __init__(self, error: str) -> None:
+        super().__init__(f"dcron: Redis refused the message: {error}")
+        self.error = error
 
 
 class Dispatcher(Part):
@@ -65,6 +112,10 @@ class Dispatcher(Part):
         self.publish = publish
         self.publish_batch = publish_batch
         self.on_publish_error = on_publish_error
+        #: set by the adapter when the broker may be the registry's Redis
+        self.capture: Capture | None = None
+        #: sent and marked sent in one step (:meth:`_enqueue_batch`): not marked again
+        self.enqueued: set[Tick] = set()
         #: published, not yet marked sent (Redis did not answer): never publish them again
         self.unmarked: set[Tick] = set()
         #: failed publishes, retried soon by :meth:`recover`
@@ -85,9 +136,12 @@ class Dispatcher(Part):
         todo = sorted(ticks, key=lambda t: t.tick_ms)
         keepalive_at = time.monotonic() + self.settings.heartbeat_interval_s
         while todo and not self.membership.superseded:
-            if todo[0].tick_ms > self.clock.now_ms():
-                self.clock.sleep_until(todo[0].tick_ms)  # claimed ahead: not before its tick
-            now_ms = self.clock.now_ms()
+            # Never before its tick on the server's clock: our cluster time may run ahead
+            # of it by up to the clock's error bound, so a tick goes out at T + error.
+            margin = self.clock.error_ms
+            if todo[0].tick_ms + margin > self.clock.now_ms():
+                self.clock.sleep_until(todo[0].tick_ms + margin)
+            now_ms = self.clock.now_ms() - margin
             size = 1
             while size < min(len(todo), PUBLISH_BATCH) and todo[size].tick_ms <= now_ms:
                 size += 1
@@ -112,7 +166,11 @@ class Dispatcher(Part):
                     self.unmarked.update(sent)  # published: never publish them again
                     raise
                 claimed_at = checking_at
-            sent.extend(self._publish_batch(batch))
+            try:
+                sent.extend(self._publish_batch(batch))
+            except RegistryUnavailableError:
+                self.unmarked.update(sent)  # published: never publish them again
+                raise
         return sent
 
     def _still_ours(self, ticks: Sequence[Tick]) -> list[Tick]:
@@ -142,24 +200,15 @@ class Dispatcher(Part):
         again with the same task ids. A tick whose own publish can never succeed is
         rejected (:meth:`reject`), not failed.
         """
+        capture = self.capture() if self.capture is not None else None
+        if capture is not None:
+            return self._sent(self._enqueue_batch(ticks, capture))
         done: list[tuple[Tick, str]] = []
         failed: set[Tick] = set()
         spec_of = self.view.spec
         try:
             with self.publish_batch() if self.publish_batch else contextlib.nullcontext():
-                for tick in ticks:
-                    spec = spec_of(tick.name)
-                    if spec is None:
-                        continue
-                    task_id = tickmath.task_id(self.settings.namespace, tick.name, tick.tick_ms)
-                    try:
-                        self.publish(spec, tick, task_id)
-                    except Exception as exc:
-                        failed.add(tick)
-                        if not self.reject(spec, tick, task_id, exc):
-                            self._tick_failed(spec, tick, task_id, exc)
-                        continue
-                    done.append((tick, task_id))
+                done.extend((tick, task_id) for _, tick, task_id in self._each(ticks, failed))
         except Exception as exc:  # the batch as a whole (or opening it) failed
             for tick in ticks:
                 spec = spec_of(tick.name)
@@ -167,6 +216,72 @@ class Dispatcher(Part):
                     task_id = tickmath.task_id(self.settings.namespace, tick.name, tick.tick_ms)
                     self._tick_failed(spec, tick, task_id, exc)
             return []
+        return self._sent(done)
+
+    def _each(
+        self, ticks: Sequence[Tick], failed: set[Tick], undo: Callable[[], object] = object
+    ) -> Iterator[tuple[EntrySpec, Tick, str]]:
+        """Publish each tick (of a known entry) with its task id; yields those published.
+        A tick whose publish raised is added to ``failed`` (``undo`` forgets what it left
+        half-built), and rejected when it can never succeed, else retried later."""
+        spec_of = self.view.spec
+        for tick in ticks:
+            spec = spec_of(tick.name)
+            if spec is None:
+                continue
+            task_id = tickmath.task_id(self.settings.namespace, tick.name, tick.tick_ms)
+            try:
+                self.publish(spec, tick, task_id)
+            except Exception as exc:
+                failed.add(tick)
+                undo()
+                if not self.reject(spec, tick, task_id, exc):
+                    self._tick_failed(spec, tick, task_id, exc)
+                continue
+            yield spec, tick, task_id
+
+    def _enqueue_batch(
+        self, ticks: Sequence[Tick], capture: AbstractContextManager[Captured]
+    ) -> list[tuple[Tick, str]]:
+        """Build each tick's message in ``capture`` (Celery's own publish, nothing sent),
+        then have the registry push them and forget their claims atomically; the ticks
+        sent, with their task ids. A tick whose claim is no longer this node's is not
+        sent; when the registry call fails, each tick is either sent or still pending
+        (it is retaken and sent later, once)."""
+        built: list[tuple[EntrySpec, Tick, str, list[BrokerCommand]]] = []
+        with capture as captured:
+            for spec, tick, task_id in self._each(ticks, set(), undo=captured.discard):
+                built.append((spec, tick, task_id, captured.take()))
+        if not built:
+            return []
+        try:
+            # first: a tick sent now clears the error of an earlier one rejected
+            self.flush_rejected()
+            results = self.registry.enqueue(
+                [(tick, commands) for _, tick, _, commands in built], node_id=self.node_id
+            )
+        except Exception as exc:  # sent or still pending, each: retaken if pending
+            for spec, tick, task_id, _ in built:
+                self._tick_failed(spec, tick, task_id, exc)
+            return []
+        done: list[tuple[Tick, str]] = []
+        for (spec, tick, task_id, _), result in zip(built, results, strict=True):
+            if result.sent:
+                done.append((tick, task_id))
+            elif result.error is not None:
+                self._tick_failed(spec, tick, task_id, EnqueueRefusedError(result.error))
+            else:
+                log_event(
+                    logger, logging.WARNING, "taken_over",
+                    "dcron: %(entry)s tick=%(tick)s was taken over while this node stalled; "
+                    "not sent",
+                    entry=tick.name, tick_ms=tick.tick_ms, node=self.node_id,
+                )  # fmt: skip
+        self.enqueued.update(tick for tick, _ in done)
+        return done
+
+    def _sent(self, done: Sequence[tuple[Tick, str]]) -> list[Tick]:
+        """Count and log the ticks sent (with their task ids); returns the ticks."""
         sent_ms = self.clock.now_ms()
         lateness = [(sent_ms - tick.tick_ms) / 1000.0 for tick, _ in done]
         self.metrics.dispatched(
@@ -253,6 +368,9 @@ class Dispatcher(Part):
     def mark_sent(self, sent: Sequence[Tick]) -> None:
         """Mark ``sent`` sent, after recording the ticks rejected so far (so that a later
         tick sent clears the error of an earlier one)."""
+        if self.enqueued:  # already marked by the script that sent them
+            sent = [tick for tick in sent if tick not in self.enqueued]
+            self.enqueued.clear()
         try:
             self.flush_rejected()
             if sent:

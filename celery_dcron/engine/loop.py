@@ -138,6 +138,8 @@ class Engine:
         self._seen_once = False
         #: the change feed has records this instance has not applied yet
         self._feed_behind = False
+        #: the next heartbeat must be a full one (it reads the pause flag)
+        self._full_beat = False
         self._peer_expiry_ms: int | None = None
         #: the cluster-wide pause flag, learnt from each heartbeat: claim nothing while set
         self.paused = False
@@ -262,13 +264,15 @@ class Engine:
             self.requests.due = True
         if self.view.pause_seen:
             self.view.pause_seen = False
-            self._next_beat = 0.0  # the heartbeat brings the pause flag
+            self._next_beat = 0.0  # a full heartbeat brings the pause flag
+            self._full_beat = True
 
     def _beat(self) -> None:
         event_members = self._dirty(clear=True)
         if not self._connected:
             self.registry.load_scripts()
-        hb, members_changed, entries_changed = self.membership.beat()
+        hb, members_changed, entries_changed = self.membership.beat(full=self._full_beat)
+        self._full_beat = False
         if self.membership.superseded:
             return
         reset = self.recovery.observe(hb)

@@ -33,7 +33,7 @@ from ..entries import (
 )
 from ..exceptions import DcronError
 from ..topology import RedisTarget
-from .claims import MAX_TICKS_PER_SCRIPT, ClaimStore
+from .claims import MAX_TICKS_PER_SCRIPT, BrokerCommand, ClaimStore, Enqueued
 from .codec import (
     FeedPage,
     FeedPosition,
@@ -56,6 +56,8 @@ from .transport import REDIS_ERRORS, Transport, connect
 __all__ = [
     "MAX_TICKS_PER_SCRIPT",
     "REDIS_ERRORS",
+    "BrokerCommand",
+    "Enqueued",
     "FeedPage",
     "FeedPosition",
     "FeedRecord",
@@ -159,6 +161,11 @@ class Registry:
 
     def heartbeat(self, node: Node, ttl_ms: int) -> Heartbeat:
         return self.node_store.heartbeat(node, ttl_ms)
+
+    def touch(
+        self, node_id: str, expiry_ms: int, *, read_alive: bool = True
+    ) -> dict[str, int] | None:
+        return self.node_store.touch(node_id, expiry_ms, read_alive=read_alive)
 
     def join(self, node: Node, ttl_ms: int, *, dead_token: str = "") -> Joined:
         return self.node_store.join(node, ttl_ms, dead_token=dead_token)
@@ -294,6 +301,13 @@ class Registry:
         """The claims of ``ticks`` were published: no longer pending; their entries' last
         publish errors are cleared (unless newer than the tick sent)."""
         self.claim_store.mark_sent(ticks)
+
+    def enqueue(
+        self, sends: Sequence[tuple[Tick, Sequence[BrokerCommand]]], *, node_id: str
+    ) -> list[Enqueued]:
+        """When the broker is this Redis: push each claimed tick's message and forget its
+        claim in one atomic step, if the claim is ``node_id``'s and still pending."""
+        return self.claim_store.enqueue(sends, node_id=node_id)
 
     def reject(self, rejections: Sequence[PublishRejection]) -> None:
         """Finish ticks whose publish can never succeed: forget their pending claims and

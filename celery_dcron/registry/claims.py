@@ -8,18 +8,43 @@ last tick only ever grows, and a per-tick lock (``SET NX PX``) lets one node fir
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Literal
 
 from ..entries import ClaimResult, EntryState, PendingClaim, PublishRejection, Tick
 from . import scripts
 from .codec import decode_errors, decode_states, dumps
 from .transport import Store
 
-__all__ = ["MAX_TICKS_PER_SCRIPT", "ClaimStore"]
+__all__ = ["MAX_TICKS_PER_SCRIPT", "BrokerCommand", "ClaimStore", "Enqueued"]
 
 #: Ticks per claim or retake script. A claimed tick costs the script ~7 commands (~10 µs),
 #: so one call holds Redis for a few ms at most.
 MAX_TICKS_PER_SCRIPT = 500
+
+
+@dataclass(frozen=True, slots=True)
+class BrokerCommand:
+    """One Redis command of a message's publish, as kombu's Redis transport runs it:
+    ``lpush`` (``target`` the queue list, ``value`` the message), ``pexpire`` (a queue
+    with ``x-expires``; ``value`` the ms) or ``publish`` (a fanout: ``target`` the
+    channel). Keys are complete (kombu's ``global_keyprefix`` included)."""
+
+    op: Literal["lpush", "pexpire", "publish"]
+    target: str
+    value: str
+
+
+@dataclass(frozen=True, slots=True)
+class Enqueued:
+    """What :meth:`ClaimStore.enqueue` did with one tick: ``sent`` (its message pushed
+    and its claim no longer pending), or not because the claim is not (or no longer)
+    this node's pending claim (``sent`` False, ``error`` None), or because Redis refused
+    a command (``error``: its text; the claim stays pending)."""
+
+    tick: Tick
+    sent: bool
+    error: str | None = None
 
 
 class ClaimStore(Store):
@@ -91,6 +116,35 @@ class ClaimStore(Store):
             args = [x for tick in ticks for x in (tick.name, tick.tick_ms)]
             # durable: a lost mark would make the claim be sent again
             self.transport.call_durable(scripts.MARK_SENT, args)
+
+    def enqueue(
+        self, sends: Sequence[tuple[Tick, Sequence[BrokerCommand]]], *, node_id: str
+    ) -> list[Enqueued]:
+        """Send claimed ticks through this Redis, the broker's: per tick, if its pending
+        claim is ``node_id``'s, run its message's broker commands and forget the claim,
+        atomically (:data:`~celery_dcron.registry.scripts.ENQUEUE`). One round trip per
+        :data:`MAX_TICKS_PER_SCRIPT` ticks; a failure leaves each tick either sent or
+        pending, never both, so that retrying (:meth:`retake`) cannot send one twice."""
+        out: list[Enqueued] = []
+        for start in range(0, len(sends), MAX_TICKS_PER_SCRIPT):
+            part = sends[start : start + MAX_TICKS_PER_SCRIPT]
+            queues: dict[str, int] = {}  # key -> its index in KEYS (after the 2 fixed)
+            args: list[Any] = [node_id]
+            for tick, commands in part:
+                args.extend((tick.name, tick.tick_ms, len(commands)))
+                for c in commands:
+                    target = c.target
+                    if c.op != "publish":
+                        target = str(queues.setdefault(c.target, len(queues) + 3))
+                    args.extend((c.op, target, c.value))
+            # durable: with WAIT, a push counts once replicated, as a claim does
+            raw = self.transport.call_durable(scripts.ENQUEUE, args, list(queues))
+            for (tick, _), result in zip(part, raw, strict=True):
+                if isinstance(result, int):
+                    out.append(Enqueued(tick, sent=bool(result)))
+                else:
+                    out.append(Enqueued(tick, sent=False, error=str(result)))
+        return out
 
     def reject(self, rejections: Sequence[PublishRejection]) -> None:
         """Finish ticks whose publish can never succeed: forget their pending claims and

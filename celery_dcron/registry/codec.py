@@ -96,6 +96,9 @@ class Heartbeat:
     #: another incarnation holds this node id (its record has another token): this one
     #: was replaced and must claim and publish nothing more; the heartbeat wrote nothing
     superseded: bool = False
+    #: the live nodes and their heartbeat expiry (server time, ms), this one included
+    #: (unless superseded); what a light heartbeat (``touch``) then compares with
+    alive: tuple[tuple[str, int], ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -178,7 +181,13 @@ def decode_heartbeat(raw: Sequence[Any]) -> Heartbeat:
         reset_ms=int(raw[6]) if len(raw) > 6 and raw[6] is not None else None,
         peer_expiry_ms=int(float(raw[7])) if len(raw) > 7 and raw[7] is not None else None,
         superseded=len(raw) > 8 and str(raw[8]) == "1",
+        alive=_expiries(raw[9]) if len(raw) > 9 and raw[9] else (),
     )
+
+
+def _expiries(flat: Sequence[Any]) -> tuple[tuple[str, int], ...]:
+    """``(id, expiry_ms)`` pairs from a flat ``{id, expiry, id, expiry, ...}`` reply."""
+    return tuple((str(flat[i]), int(float(flat[i + 1]))) for i in range(0, len(flat) - 1, 2))
 
 
 def decode_joined(raw: Sequence[Any]) -> Joined:
@@ -200,7 +209,8 @@ def decode_nodes(
     now: tuple[int, int],
 ) -> tuple[list[Node], int]:
     """Live nodes (heartbeat not expired), by id, and the server time in ms. A node
-    record that does not parse is logged and skipped."""
+    record that does not parse is logged and skipped. A record that says its ``ttl_ms``
+    is not rewritten by each heartbeat: its heartbeat time is its expiry less that."""
     server_ms = time_ms(*now)
     expiry = {member: int(score) for member, score in alive}
     nodes = []
@@ -208,11 +218,15 @@ def decode_nodes(
         if expiry.get(node_id, 0) <= server_ms:
             continue
         try:
-            node = Node.from_json(json.loads(text))
+            data = json.loads(text)
+            node = Node.from_json(data)
             status = NodeStatus(statuses.get(node_id, node.status.value))
+            ttl_ms = int(data.get("ttl_ms", 0))
         except (ValueError, KeyError, TypeError) as exc:
             logger.warning("dcron: skipping malformed node %r: %s", node_id, exc)
             continue
+        if ttl_ms > 0:
+            node = replace(node, heartbeat_ms=expiry[node_id] - ttl_ms)
         nodes.append(replace(node, status=status))
     nodes.sort(key=lambda n: n.id)
     return nodes, server_ms

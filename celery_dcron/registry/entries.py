@@ -28,6 +28,8 @@ __all__ = ["EntryStore"]
 
 #: Attempts of a write that is retried on a concurrent change.
 _ATTEMPTS = 20
+#: Values of one entry in the rows of PUT_ENTRIES: name, json, expected, every_ms, phase_ms.
+_ROW = 5
 
 
 class EntryStore(Store):
@@ -106,9 +108,11 @@ class EntryStore(Store):
         self, specs: Sequence[EntrySpec], *, replace: bool = False
     ) -> list[EntrySpec | DcronError]:
         """Create (or with ``replace``, create or overwrite) each of ``specs`` as
-        :meth:`put_entry` does: one script call per entry, pipelined in one round trip
-        (``replace``: two, the first reads the versions). Tombstoned and static names are
-        refused. Returns, in order, each entry as stored or the error that refused it.
+        :meth:`put_entry` does, each on its own: PUT_ENTRIES calls of up to
+        ``PUT_ENTRIES_MAX`` entries (fewer when they are large), all pipelined in one
+        round trip (``replace``: two, the first reads the versions). Tombstoned and static
+        names are refused. Returns, in order, each entry as stored or the error that
+        refused it.
         """
         results: list[EntrySpec | DcronError | None] = [None] * len(specs)
         todo = list(range(len(specs)))
@@ -116,28 +120,26 @@ class EntryStore(Store):
             expected: dict[int, int | None] = dict.fromkeys(todo)
             if replace:
                 todo = self._read_versions(specs, todo, expected, results)
-            calls: list[list[Any]] = []
             written: list[tuple[int, EntrySpec]] = []
+            rows: list[tuple[str, str, int, int, int]] = []
             for i in todo:
                 spec, exp = specs[i], expected[i]
-                new = spec.with_changes(version=(exp or 0) + 1)
+                new = _at_version(spec, (exp or 0) + 1)
                 try:
                     text = new.dumps()
                 except InvalidEntryError as exc:
                     results[i] = exc
                     continue
-                calls.append([self.keys.events, spec.name, text,
-                              "" if exp is None else exp, "0", *self.grid(spec)])  # fmt: skip
+                rows.append((spec.name, text, -1 if exp is None else exp, *self.grid(spec)))
                 written.append((i, new))
-            replies = self.transport.call_many(scripts.PUT_ENTRY, calls) if calls else []
             todo = []
-            for (i, new), (status, version) in zip(written, replies, strict=True):
-                if str(status) == "ok":
+            for (i, new), (status, version) in zip(written, self._put_rows(rows), strict=True):
+                if status == "ok":
                     results[i] = new
-                elif replace and str(status) in ("exists", "conflict", "missing"):
+                elif replace and status in ("exists", "conflict", "missing"):
                     todo.append(i)  # written in between: read it again
                 else:
-                    results[i] = _write_error(new.name, str(status), int(version), expected[i])
+                    results[i] = _write_error(new.name, status, version, expected[i])
             if not todo:
                 break
         for i in todo:
@@ -145,6 +147,33 @@ class EntryStore(Store):
                 f"entry {specs[i].name!r}: too many concurrent writes; try again"
             )
         return [r for r in results if r is not None]
+
+    def _put_rows(self, rows: list[tuple[str, str, int, int, int]]) -> list[tuple[str, int]]:
+        """Run PUT_ENTRIES on ``rows`` (name, json, expected version or -1, every_ms,
+        phase_ms), in calls of at most ``PUT_ENTRIES_MAX`` entries and about
+        ``PUT_ENTRIES_MAX_BYTES`` of JSON, pipelined in one round trip; returns
+        ``(status, current version)`` of each entry, in order."""
+        batches: list[list[Any]] = []  # the rows of each call, flat
+        size = 0
+        for row in rows:
+            if (
+                not batches
+                or len(batches[-1]) >= _ROW * scripts.PUT_ENTRIES_MAX
+                or size + len(row[1]) > scripts.PUT_ENTRIES_MAX_BYTES
+            ):
+                batches.append([])
+                size = 0
+            batches[-1].extend(row)
+            size += len(row[1])
+        calls = [[self.keys.events, json.dumps(b, ensure_ascii=False)] for b in batches]
+        replies = self.transport.call_many(scripts.PUT_ENTRIES, calls) if calls else []
+        out: list[tuple[str, int]] = []
+        for batch, reply in zip(batches, replies, strict=True):
+            statuses = [("ok", -1)] * (len(batch) // _ROW)
+            for j in range(1, len(reply), 3):  # the refused entries: position, status, version
+                statuses[int(reply[j]) - 1] = (str(reply[j + 1]), int(reply[j + 2]))
+            out.extend(statuses)
+        return out
 
     def _read_versions(
         self,
@@ -240,6 +269,11 @@ class EntryStore(Store):
             return (0, 0)
         every = schedule.every_ms
         return (every, interval_phase_ms(self.keys.namespace, spec.name, every))
+
+
+def _at_version(spec: EntrySpec, version: int) -> EntrySpec:
+    """``spec`` as stored at ``version`` (itself when it already is)."""
+    return spec if spec.version == version else spec.with_changes(version=version)
 
 
 def _stored_version(text: str | None) -> int:

@@ -1,4 +1,5 @@
-"""Membership in Redis: heartbeats, leaving, the live nodes and their status."""
+"""Membership in Redis: heartbeats (full and light), leaving, the live nodes and their
+status."""
 
 from __future__ import annotations
 
@@ -19,16 +20,32 @@ class NodeStore(Store):
         """Refresh ``node`` for ``ttl_ms`` and expire dead nodes; returns the server
         time, versions and cluster flags."""
         args = [
-            node.id, dumps(node.to_json()), node.status.value, ttl_ms, self.keys.events,
+            node.id, _record(node, ttl_ms), node.status.value, ttl_ms, self.keys.events,
             node.token,
         ]  # fmt: skip
         return decode_heartbeat(self.transport.call(scripts.HEARTBEAT, args))
+
+    def touch(
+        self, node_id: str, expiry_ms: int, *, read_alive: bool = True
+    ) -> dict[str, int] | None:
+        """The light heartbeat: ``ZADD alive XX CH`` (and, with ``read_alive``, ``ZRANGE
+        alive WITHSCORES``) in one round trip, 1 or 2 commands. None when ``node_id`` is
+        not in ``alive`` (or already had that expiry): nothing was written."""
+        k = self.keys
+        pipe = self.transport.pipeline()
+        pipe.zadd(k.alive, {node_id: expiry_ms}, xx=True, ch=True)
+        if read_alive:
+            pipe.zrange(k.alive, 0, -1, withscores=True)
+        changed, *alive = self.transport.execute(pipe)
+        if not changed:
+            return None
+        return {member: int(score) for member, score in alive[0]} if alive else {}
 
     def join(self, node: Node, ttl_ms: int, *, dead_token: str = "") -> Joined:
         """Register a new incarnation under ``node.id`` if the id is free, expired, its
         own, or held by the incarnation ``dead_token`` (proved dead by the caller)."""
         args = [
-            node.id, dumps(node.to_json()), node.status.value, ttl_ms, self.keys.events,
+            node.id, _record(node, ttl_ms), node.status.value, ttl_ms, self.keys.events,
             node.token, dead_token,
         ]  # fmt: skip
         return decode_joined(self.transport.call(scripts.JOIN, args))
@@ -51,3 +68,9 @@ class NodeStore(Store):
         pipe.hgetall(k.status)
         pipe.zrange(k.alive, 0, -1, withscores=True)
         self.transport.queue_time(pipe)
+
+
+def _record(node: Node, ttl_ms: int) -> str:
+    """The stored node record: the node's JSON and its TTL (readers take its heartbeat
+    time from its expiry, so a heartbeat rewrites the record only when it changed)."""
+    return dumps({**node.to_json(), "ttl_ms": ttl_ms})

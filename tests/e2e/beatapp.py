@@ -17,6 +17,7 @@ Configured by environment variables so each test can start several instances:
     DCRON_E2E_CONFIRM    "1": AMQP publisher confirms (broker_transport_options)
     DCRON_E2E_METRICS_PORT    dcron_metrics_port (Prometheus metrics on 127.0.0.1)
     DCRON_E2E_REMOTE_CONTROL  "1": beat_enable_remote_control (Celery 5.7's beat pidbox)
+    DCRON_E2E_ENQUEUE    dcron_enqueue ("auto", the default, or "publish")
 
 Every ``publish_failed`` signal is logged by the beat as
 ``e2e: publish_failed signal <entry> tick=<T> exc=<error>``, so that a test can check
@@ -69,6 +70,8 @@ if os.environ.get("DCRON_E2E_REMOTE_CONTROL") == "1":
     app.conf.beat_enable_remote_control = True  # Celery 5.7+: beat answers `inspect ping`
 if os.environ.get("DCRON_E2E_CONFIRM") == "1":  # AMQP publisher confirms
     app.conf.broker_transport_options = {"confirm_publish": True}
+if os.environ.get("DCRON_E2E_ENQUEUE"):
+    app.conf.dcron_enqueue = os.environ["DCRON_E2E_ENQUEUE"]
 if os.environ.get("DCRON_E2E_GRACE"):
     app.conf.dcron_misfire_grace = float(os.environ["DCRON_E2E_GRACE"])
 

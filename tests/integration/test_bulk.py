@@ -12,7 +12,8 @@ from celery_dcron.bulk import entry_line, parse_line
 from celery_dcron.entries import EntrySpec
 from celery_dcron.enums import EntrySource
 from celery_dcron.exceptions import BulkInvalidError, InvalidEntryError
-from celery_dcron.schedules import IntervalSchedule
+from celery_dcron.registry.scripts import PUT_ENTRIES_MAX, PUT_ENTRIES_MAX_BYTES
+from celery_dcron.schedules import CronSchedule, IntervalSchedule
 from tests.integration.test_api import api_for
 
 
@@ -151,11 +152,57 @@ def test_each_chunk_is_one_round_trip(
     monkeypatch.setattr(redis.client.Pipeline, "execute", counted)
     redis_client.config_resetstat()
     api.add_many(every(250), chunk=100)
-    assert sent == [100, 100, 50]  # one pipeline per chunk, one script call per entry
+    assert sent == [1, 1, 1]  # one pipeline per chunk, one script call for its entries
     stats = redis_client.info("commandstats")
-    assert stats["cmdstat_evalsha"]["calls"] == 250
-    # what the scripts run: one read of the entry per entry, nothing else from the client
-    assert stats["cmdstat_hget"]["calls"] == 250 and "cmdstat_hmget" not in stats
+    assert stats["cmdstat_evalsha"]["calls"] == 3
+    # what the scripts run: per call, one read of each hash for all its entries, one write
+    # of the definitions and one of the anchors, one wake-up; per entry, its feed record
+    assert stats["cmdstat_hmget"]["calls"] == 3 * 4 and stats["cmdstat_hset"]["calls"] == 3 * 2
+    assert stats["cmdstat_publish"]["calls"] == 3 and "cmdstat_hget" not in stats
+    assert stats["cmdstat_xadd"]["calls"] == stats["cmdstat_hincrby"]["calls"] == 250
     sent.clear()
     api.add_many(every(250), chunk=100, replace=True)
-    assert sent == [2, 100, 2, 100, 2, 50]  # replace: the versions read first (2 HMGETs)
+    assert sent == [2, 1, 2, 1, 2, 1]  # replace: the versions read first (2 HMGETs)
+    sent.clear()
+    many = [{"name": f"m{i:04d}", "task": "t", "every": 5} for i in range(PUT_ENTRIES_MAX + 1)]
+    api.add_many(many, chunk=2 * PUT_ENTRIES_MAX)
+    assert sent == [2]  # a script call takes at most PUT_ENTRIES_MAX entries
+    sent.clear()
+    blob = "x" * (PUT_ENTRIES_MAX_BYTES // 10)  # under dcron_max_payload_bytes
+    big = [
+        {"name": f"big{i}", "task": "t", "every": 5, "kwargs": {"blob": blob}} for i in range(12)
+    ]
+    assert api.add_many(big).created == 12
+    assert sent == [2]  # ... and about PUT_ENTRIES_MAX_BYTES of them
+
+
+def test_entries_that_share_a_schedule_are_each_checked_and_named(api: DynamicTasks) -> None:
+    entries = [
+        {"name": "a", "task": "t", "cron": "0 7 * * *"},
+        {"name": "b", "task": "t", "cron": "0 7 * * *", "tz": "Europe/Paris"},
+        {"name": "bad-1", "task": "t", "cron": "61 * * * *"},
+        {"name": "bad-2", "task": "t", "cron": "61 * * * *"},
+        {"name": "bad-3", "task": "t", "cron": "0 7 * * *", "tz": "Nowhere/Else"},
+        {"name": "bad-4", "task": "t", "every": True},
+        {"name": "bad-5", "task": "t", "every": 1, "args": [datetime(2030, 1, 1)]},
+        {"name": "bad-6", "task": "t", "every": 1, "options": {"headers": {"x": object()}}},
+        {"name": "c", "task": "t", "every": 1},
+        {"name": "d", "task": "t", "every": 1.0},
+    ]
+    with pytest.raises(BulkInvalidError) as caught:
+        api.add_many(entries)
+    problems = {p.name: p.field for p in caught.value.problems}
+    assert problems == {"bad-1": "cron", "bad-2": "cron", "bad-3": "tz", "bad-4": "every",
+                        "bad-5": "args", "bad-6": "options"}  # fmt: skip
+    assert all(f"entry {p.name!r}" in p.message for p in caught.value.problems)
+    result = api.add_many(entries, skip_invalid=True)
+    assert result.created == 4
+    stored = {spec.name: spec for spec in api.list()}
+    assert stored["a"].schedule == CronSchedule(expr="0 7 * * *", tz="UTC")
+    assert stored["b"].schedule == CronSchedule(expr="0 7 * * *", tz="Europe/Paris")
+    assert stored["c"].schedule == stored["d"].schedule == IntervalSchedule(every_ms=1000)
+    # written as add() writes each: the same stored text
+    other = api_for(api.settings.redis_url, namespace="other")
+    other.add("b", "t", cron="0 7 * * *", tz="Europe/Paris")
+    texts = api.registry.client.hgetall(api.registry.keys.entries)
+    assert texts["b"] == other.registry.client.hget(other.registry.keys.entries, "b")

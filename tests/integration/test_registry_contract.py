@@ -226,6 +226,31 @@ def test_a_heartbeat_of_a_superseded_incarnation_writes_nothing(backend: Backend
     assert not reg.heartbeat(Node(id="x", status=NodeStatus.WORKING), ttl_ms=60_000).superseded
 
 
+def test_touch_moves_a_registered_nodes_expiry_and_nothing_else(backend: Backend) -> None:
+    """The light heartbeat: no version, record or status written, no node forgotten."""
+    reg = backend.reg
+    assert reg.touch("a", T0) is None  # not registered: nothing written
+    assert reg.nodes()[0] == []
+    hb = reg.heartbeat(Node(id="a", status=NodeStatus.WORKING), ttl_ms=60_000)
+    assert dict(hb.alive) == {"a": hb.server_ms + 60_000}  # the full one's live nodes
+    reg.heartbeat(Node(id="b", status=NodeStatus.WORKING), ttl_ms=TTL_MS)
+    before = versions(reg)  # registers "probe"
+    expiry = reg.server_ms() + 61_000  # not a's expiry now (then nothing changes)
+    alive = reg.touch("a", expiry)
+    assert alive is not None and alive.keys() == {"a", "b", "probe"} and alive["a"] == expiry
+    assert reg.touch("a", expiry) is None  # no change
+    assert reg.touch("a", expiry + 1, read_alive=False) == {}
+    assert versions(reg) == before
+    ((a,),) = [[n for n in reg.nodes()[0] if n.id == "a"]]
+    assert abs(a.heartbeat_ms - reg.server_ms()) < 2000  # the heartbeat time follows
+    backend.advance(PAST_TTL_MS)
+    alive = reg.touch("a", expiry + 2)  # b expired: read, not forgotten
+    assert alive is not None and alive["b"] <= reg.server_ms()
+    assert [n.id for n in reg.nodes()[0]] == ["a", "probe"]
+    backend.lose_data()
+    assert reg.touch("a", expiry + 3) is None  # gone with the data: a full heartbeat follows
+
+
 def test_events_tell_members_and_entries_changes_apart(backend: Backend) -> None:
     reg = backend.reg
     sub = reg.pubsub()
@@ -779,3 +804,39 @@ def test_entries_are_read_by_pages_and_by_names(backend: Backend) -> None:
     good, errors = reg.get_entries(["e001", "nope", "broken", "e002"])
     assert sorted(good) == ["e001", "e002"] and list(errors) == ["broken"]
     assert reg.get_entries([]) == ({}, {})
+
+
+def test_put_entries_writes_one_feed_record_per_entry_in_order(backend: Backend) -> None:
+    """A bulk write is each entry's own write, also over several script calls: one feed
+    record per entry written, in the order given; a refused entry records nothing; a
+    name given twice sees the first write (refused: it exists; replaced: over it)."""
+    from celery_dcron.registry.scripts import PUT_ENTRIES_MAX  # entries per script call
+
+    reg = backend.reg
+    reg.put_entry(dynamic("taken"), expected_version=None)
+    reg.remove_entry("gone", tombstone=True)
+    reg.sync_static([spec("s")])
+    start = reg.feed_position()
+    specs = [dynamic(f"e{i:04d}") for i in range(2 * PUT_ENTRIES_MAX + 5)]
+    specs[7], specs[PUT_ENTRIES_MAX + 1], specs[-1] = dynamic("taken"), dynamic("gone"), spec("s")
+    specs[PUT_ENTRIES_MAX - 1] = dynamic("twice")  # the last of the first script call
+    specs[PUT_ENTRIES_MAX + 2] = dynamic("twice", 2000)  # in the second
+    out = reg.put_entries(specs)
+    assert len(out) == len(specs)
+    refused = [(i, s.name) for i, s in enumerate(specs) if not isinstance(out[i], EntrySpec)]
+    assert refused == [(7, "taken"), (PUT_ENTRIES_MAX + 1, "gone"), (PUT_ENTRIES_MAX + 2, "twice"),
+                       (len(specs) - 1, "s")]  # fmt: skip
+    assert all(isinstance(out[i], ConflictError) for i, _ in refused)
+    written = [s.name for s, r in zip(specs, out, strict=True) if isinstance(r, EntrySpec)]
+    page = reg.read_feed(start, 10_000)
+    assert not page.gap
+    assert [(r.kind, r.name) for r in page.records] == [("put", name) for name in written]
+    assert [r.seq for r in page.records] == list(range(start.seq + 1, page.head + 1))
+    assert page.head == start.seq + len(written) == versions(reg)[1]
+    assert reg.get_entry("twice") == dynamic("twice").with_changes(version=1)
+    assert reg.get_entry("taken") == dynamic("taken").with_changes(version=1)  # kept
+    # replace: the second write of a name is made over the first
+    again = reg.put_entries([dynamic("twice", 3000), dynamic("twice", 4000)], replace=True)
+    assert [r.version if isinstance(r, EntrySpec) else r for r in again] == [2, 3]
+    assert reg.get_entry("twice") == again[1]
+    assert [r.name for r in reg.read_feed(page.position, 100).records] == ["twice", "twice"]

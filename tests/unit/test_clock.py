@@ -67,3 +67,20 @@ def test_manual_clock() -> None:
     assert c.advance(500) == 1500
     c.set(42)
     assert c.now_ms() == 42
+
+
+def test_the_error_bound_covers_where_in_the_round_trip_the_server_read_its_time() -> None:
+    """The server reads TIME anywhere in the round trip: half of it (of the best sample),
+    plus 1 ms for the millisecond floor and a little drift, bounds how far cluster time can
+    be ahead of the server's clock. Not synced: a large bound."""
+    clock = RedisClock()
+    assert clock.error_ms == 1_000
+    mono = time.monotonic() * 1000
+    clock.observe(server_ms=mono + 500, sent_mono_ms=mono - 20, received_mono_ms=mono)
+    assert 11 <= clock.error_ms <= 12  # 10 ms half round trip + 1 ms
+    clock.observe(server_ms=mono + 500, sent_mono_ms=mono - 4, received_mono_ms=mono)
+    assert 3 <= clock.error_ms <= 4  # the better sample decides, as for the offset
+    # Whatever instant of the round trip the server read, the truth is within the bound.
+    for read_at in (mono - 4, mono - 2, mono):
+        true_offset = 500 + mono - read_at  # server_ms - local instant of the read
+        assert abs(clock.offset_ms - true_offset) <= clock.error_ms  # type: ignore[operator]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime, timedelta, timezone
+from types import SimpleNamespace
 
 import pytest
 from celery import Celery
@@ -219,3 +220,30 @@ def test_args_of_a_known_task_must_fit_its_signature(
 def test_args_that_fit_are_accepted(entry: EntrySpec) -> None:
     _, sched = checker(check_tasks=True)
     assert sched._check_entry(entry) is None
+
+
+def test_a_superseded_instance_exits_with_status_1_instead_of_idling() -> None:
+    """Another process took this node id over while this one was frozen: beat's loop
+    must end (a supervisor then restarts it), with status 1, without deregistering."""
+
+    class Superseded:
+        node_id = "host:0"
+        membership = SimpleNamespace(superseded=True)
+        stopped = False
+
+        def step(self) -> float:
+            return 1.0
+
+        def stop(self) -> None:
+            self.stopped = True  # the real Engine.stop deregisters nothing when superseded
+
+    app = make_app()
+    sched = DistributedScheduler(app, lazy=True)
+    engine = Superseded()
+    sched._engine = engine  # type: ignore[assignment]
+    with pytest.raises(SystemExit) as exit_info:
+        sched.tick()
+    assert exit_info.value.code == 1
+    with pytest.raises(SystemExit) as closed:
+        sched.close()
+    assert closed.value.code == 1 and engine.stopped

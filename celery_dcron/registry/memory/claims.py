@@ -18,6 +18,7 @@ from ...exceptions import (
 
 # The registry's record types: pure frozen dataclasses (the module that holds them
 # imports redis; the memory registry uses nothing else of it).
+from ..claims import BrokerCommand, Enqueued
 from ..codec import (
     RunRequest,
     decode_errors,
@@ -100,6 +101,39 @@ class _Claims(_Base):
                     at = _error_tick_ms(text)
                     if at is None or at <= tick.tick_ms:
                         del d.errors[tick.name]
+
+    def enqueue(
+        self, sends: Sequence[tuple[Tick, Sequence[BrokerCommand]]], *, node_id: str
+    ) -> list[Enqueued]:
+        """As the script: the commands of each tick whose pending claim is ``node_id``'s
+        are appended to :attr:`enqueued` (the memory registry's broker) and the claim is
+        forgotten."""
+        with self._op():
+            d = self._data
+            out = []
+            for tick, commands in sends:
+                key = (tick.name, tick.tick_ms)
+                if d.pending.get(key) != node_id:
+                    out.append(Enqueued(tick, sent=False))
+                    continue
+                self.enqueued.append((tick, tuple(commands)))
+                del d.pending[key]
+                text = d.errors.get(tick.name)
+                if text is not None:
+                    at = _error_tick_ms(text)
+                    if at is None or at <= tick.tick_ms:
+                        del d.errors[tick.name]
+                out.append(Enqueued(tick, sent=True))
+            return out
+
+    _enqueued: list[tuple[Tick, tuple[BrokerCommand, ...]]] | None = None
+
+    @property
+    def enqueued(self) -> list[tuple[Tick, tuple[BrokerCommand, ...]]]:
+        """Every tick :meth:`enqueue` sent, with its commands, in order."""
+        if self._enqueued is None:
+            self._enqueued = []
+        return self._enqueued
 
     def reject(self, rejections: Sequence[PublishRejection]) -> None:
         texts = [(r, dumps(r.to_json())) for r in rejections]

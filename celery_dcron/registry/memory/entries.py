@@ -9,7 +9,6 @@ from ...entries import (
     EntrySpec,
 )
 from ...exceptions import (
-    ConflictError,
     DcronError,
     EntryNotFoundError,
     InvalidEntryError,
@@ -121,18 +120,38 @@ class _Entries(_Base):
     def put_entries(
         self, specs: Sequence[EntrySpec], *, replace: bool = False
     ) -> list[EntrySpec | DcronError]:
+        # As the Redis registry: each entry on its own, in order (a name given twice sees
+        # the first write), one feed record per entry written, one notification.
         results: list[EntrySpec | DcronError] = []
-        with self._op():
+        with self._op() as now:
             d = self._data
             for spec in specs:
-                current = _version_of(d.entries.get(spec.name))
+                name = spec.name
+                if replace and name in d.static:
+                    results.append(_refused(name, "a static entry (beat_schedule) has that name"))
+                    continue
+                current = _version_of(d.entries.get(name))
+                new = spec.with_changes(version=(max(current, 0) if replace else 0) + 1)
                 try:
-                    if replace and spec.name in d.static:
-                        raise _refused(spec.name, "a static entry (beat_schedule) has that name")
-                    expected = current if replace and current >= 0 else None
-                    results.append(self.put_entry(spec, expected_version=expected))
-                except (ConflictError, InvalidEntryError) as exc:
+                    text = new.dumps()
+                except InvalidEntryError as exc:
                     results.append(exc)
+                    continue
+                if name in d.tombstones:
+                    why = "the name is deleted (tombstoned); use force_add()"
+                elif name in d.static:
+                    why = "a static entry (beat_schedule) has that name"
+                elif current >= 0 and not replace:
+                    why = f"already exists (version {current})"
+                else:
+                    d.entries[name] = text
+                    d.anchor.setdefault(name, self._anchor_at(spec, now))
+                    self._feed(name, "put")
+                    results.append(new)
+                    continue
+                results.append(_refused(name, why))
+            if any(isinstance(r, EntrySpec) for r in results):
+                self._notify(_ENTRIES)
         return results
 
     def remove_entry(

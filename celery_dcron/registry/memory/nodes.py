@@ -45,7 +45,8 @@ class _Nodes(_Base):
             if not superseded:
                 if d.status.get(node.id) != node.status.value or node.id not in d.alive:
                     changed = True
-                d.nodes[node.id] = node
+                # the heartbeat time is the registry's, as Redis derives it from the expiry
+                d.nodes[node.id] = replace(node, heartbeat_ms=now)
                 d.status[node.id] = node.status.value
                 d.alive[node.id] = now + ttl_ms
             if changed:
@@ -62,7 +63,23 @@ class _Nodes(_Base):
                 reset_ms=d.reset_ms,
                 peer_expiry_ms=min(peers) if peers else None,
                 superseded=superseded,
+                alive=tuple(
+                    (i, exp) for i, exp in sorted(d.alive.items()) if i != node.id or not superseded
+                ),
             )
+
+    def touch(
+        self, node_id: str, expiry_ms: int, *, read_alive: bool = True
+    ) -> dict[str, int] | None:
+        with self._op() as now:
+            d = self._data
+            if d.alive.get(node_id, expiry_ms) == expiry_ms:
+                return None  # not registered (or no change): Redis' ZADD XX CH says 0
+            d.alive[node_id] = expiry_ms
+            held = d.nodes.get(node_id)
+            if held is not None:
+                d.nodes[node_id] = replace(held, heartbeat_ms=now)
+            return dict(d.alive) if read_alive else {}
 
     def join(self, node: Node, ttl_ms: int, *, dead_token: str = "") -> Joined:
         with self._op() as now:

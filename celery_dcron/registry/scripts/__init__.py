@@ -13,18 +13,32 @@ key name, and reads the time from the server (``TIME``): the cluster clock.
 from __future__ import annotations
 
 from .base import Script
-from .claims import CLAIM, MARK_SENT, REJECT, RETAKE, RUN_NOW, TAKE_REQUESTS
-from .entries import CLEANUP, PUT_ENTRY, REMOVE_ENTRY, RESET, SET_PAUSED, SYNC_STATIC
+from .claims import CLAIM, ENQUEUE, MARK_SENT, REJECT, RETAKE, RUN_NOW, TAKE_REQUESTS
+from .entries import (
+    CLEANUP,
+    PUT_ENTRIES,
+    PUT_ENTRIES_MAX,
+    PUT_ENTRIES_MAX_BYTES,
+    PUT_ENTRY,
+    REMOVE_ENTRY,
+    RESET,
+    SET_PAUSED,
+    SYNC_STATIC,
+)
 from .membership import HEARTBEAT, JOIN, LEAVE, TIME
 
 __all__ = [
     "ALL",
     "CLAIM",
     "CLEANUP",
+    "ENQUEUE",
     "HEARTBEAT",
     "JOIN",
     "LEAVE",
     "MARK_SENT",
+    "PUT_ENTRIES",
+    "PUT_ENTRIES_MAX",
+    "PUT_ENTRIES_MAX_BYTES",
     "PUT_ENTRY",
     "REJECT",
     "REMOVE_ENTRY",
@@ -41,6 +55,7 @@ __all__ = [
 #: Every script, in the order :meth:`Transport.load_scripts
 #: <celery_dcron.registry.transport.Transport.load_scripts>` loads them.
 ALL: tuple[Script, ...] = (
-    HEARTBEAT, JOIN, LEAVE, SYNC_STATIC, CLAIM, RETAKE, MARK_SENT, REJECT, PUT_ENTRY, REMOVE_ENTRY,
-    CLEANUP, RESET, SET_PAUSED, RUN_NOW, TAKE_REQUESTS, TIME,
+    HEARTBEAT, JOIN, LEAVE, SYNC_STATIC, CLAIM, RETAKE, MARK_SENT, REJECT, PUT_ENTRY,
+    PUT_ENTRIES, REMOVE_ENTRY, CLEANUP, RESET, SET_PAUSED, RUN_NOW, TAKE_REQUESTS, TIME,
+    ENQUEUE,
 )  # fmt: skip

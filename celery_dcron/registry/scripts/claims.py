@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from .base import _FEED, _NOW, Script
 
-__all__ = ["CLAIM", "MARK_SENT", "REJECT", "RETAKE", "RUN_NOW", "TAKE_REQUESTS"]
+__all__ = ["CLAIM", "ENQUEUE", "MARK_SENT", "REJECT", "RETAKE", "RUN_NOW", "TAKE_REQUESTS"]
 
 
 # -- claims -----------------------------------------------------------------------
@@ -109,6 +109,66 @@ for i = 1, #ARGV - 1, 2 do
   end
 end
 return 1
+""",
+)
+
+# Sends claimed ticks when the broker is this Redis: for each tick whose pending claim
+# this node holds, runs the broker commands of its message (kombu's Redis transport:
+# LPUSH onto the queue list, PEXPIRE of a queue with x-expires, PUBLISH for a fanout)
+# and forgets the claim (clearing the entry's last publish error as MARK_SENT does),
+# atomically: a tick's message is pushed only while its claim is pending, and its claim
+# stops being pending as it is pushed, so no crash, freeze or retry can push it twice.
+# A tick whose claim is gone (sent) or held by another node is not pushed. A command
+# Redis refuses (WRONGTYPE, OOM) leaves its tick pending and is returned as its result.
+# KEYS: pending, errors, then the queue keys of the messages (each once)
+# ARGV: node_id, then per tick: name, tick_ms, n, then n commands: op ('lpush' |
+#   'pexpire' | 'publish'), target (the key's index in KEYS; for 'publish' the channel),
+#   value (the message; for 'pexpire' the ms)
+# Returns per tick 1 (pushed), 0 (not this node's pending claim), or the error's text.
+ENQUEUE = Script(
+    "enqueue",
+    ("pending", "errors"),
+    """
+local any_error = redis.call('EXISTS', KEYS[2]) == 1
+local out = {}
+local i = 2
+while i <= #ARGV do
+  local name, tick, n = ARGV[i], ARGV[i + 1], tonumber(ARGV[i + 2])
+  local field = tick .. ':' .. name
+  local result = 0
+  if redis.call('HGET', KEYS[1], field) == ARGV[1] then
+    result = 1
+    for j = i + 3, i + 2 + 3 * n, 3 do
+      local op, target, value = ARGV[j], ARGV[j + 1], ARGV[j + 2]
+      local r
+      if op == 'lpush' then
+        r = redis.pcall('LPUSH', KEYS[tonumber(target)], value)
+      elseif op == 'pexpire' then
+        r = redis.pcall('PEXPIRE', KEYS[tonumber(target)], value)
+      elseif op == 'publish' then
+        r = redis.pcall('PUBLISH', target, value)
+      else
+        r = {err = 'unknown broker command ' .. op}
+      end
+      if type(r) == 'table' and r['err'] then
+        result = r['err']
+        break
+      end
+    end
+    if result == 1 then
+      redis.call('HDEL', KEYS[1], field)
+      local err = any_error and redis.call('HGET', KEYS[2], name)
+      if err then
+        local ok, data = pcall(cjson.decode, err)
+        local at = ok and type(data) == 'table' and tonumber(data['tick_ms'])
+        if not at or at <= tonumber(tick) then redis.call('HDEL', KEYS[2], name) end
+      end
+    end
+  end
+  out[#out + 1] = result
+  i = i + 3 + 3 * n
+end
+return out
 """,
 )
 

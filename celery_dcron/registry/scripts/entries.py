@@ -5,7 +5,10 @@ from __future__ import annotations
 from ..keys import KeyName
 from .base import _ANCHOR, _FEED, _NOW, _VERSION, Script
 
-__all__ = ["CLEANUP", "PUT_ENTRY", "REMOVE_ENTRY", "RESET", "SET_PAUSED", "SYNC_STATIC"]
+__all__ = [
+    "CLEANUP", "PUT_ENTRIES", "PUT_ENTRIES_MAX", "PUT_ENTRIES_MAX_BYTES", "PUT_ENTRY",
+    "REMOVE_ENTRY", "RESET", "SET_PAUSED", "SYNC_STATIC",
+]  # fmt: skip
 
 
 # -- entries ----------------------------------------------------------------------
@@ -109,6 +112,90 @@ redis.call('HSETNX', KEYS[4], name, anchor_at(ARGV[6], ARGV[7]))
 feed(5, 6, name, 'put')
 redis.call('PUBLISH', ARGV[1], 'entries')
 return {'ok', ver}
+""",
+)
+
+#: The most entries one PUT_ENTRIES call takes, and the most bytes of entry JSON: a few ms
+#: of Redis time (an entry costs a few µs inside the script, most of it the feed record;
+#: large entries, their size), so that a bulk write never blocks Redis (heartbeats,
+#: claims) for long. Callers send several calls per round trip.
+PUT_ENTRIES_MAX = 500
+PUT_ENTRIES_MAX_BYTES = 512 * 1024
+
+# Many PUT_ENTRY writes in one call, each on its own as PUT_ENTRY (without force) makes
+# it, in order: a tombstoned or static name is refused (also when replacing); the anchor
+# is set once (HSETNX, server time on the entry's grid); one feed record per entry
+# written; one PUBLISH for the whole call. An entry named twice sees the first write.
+# KEYS: entries, static, tombstones, anchor, meta, feed
+# ARGV: channel, rows: a JSON array (cjson), 5 values per entry: name, json, expected
+#       (the current version, -1 = must not exist), every_ms, phase_ms (the interval
+#       grid; every_ms 0 = not an interval). At most PUT_ENTRIES_MAX entries (and about
+#       PUT_ENTRIES_MAX_BYTES of JSON).
+# Returns {written, i, status, version, i, status, version, ...}: how many entries were
+# written, then each entry refused: its position in rows (1-based), its status as
+# PUT_ENTRY returns it ('exists', 'missing', 'conflict', 'tombstoned' or 'static') and
+# the current version. An entry not listed was written ('ok'; its version was expected).
+PUT_ENTRIES = Script(
+    "put_entries",
+    ("entries", "static", "tombstones", "anchor", "meta", "feed"),
+    _NOW
+    + _ANCHOR
+    + _VERSION
+    + _FEED
+    + """
+local rows = cjson.decode(ARGV[2])
+local n = #rows / 5
+if n == 0 then return {0} end
+local names = {}
+for i = 1, n do names[i] = rows[5 * i - 4] end
+local stored = redis.call('HMGET', KEYS[1], unpack(names))
+local static = redis.call('HMGET', KEYS[2], unpack(names))
+local tombs = redis.call('HMGET', KEYS[3], unpack(names))
+local anchors = redis.call('HMGET', KEYS[4], unpack(names))
+local out = {0}
+local texts = {}     -- name -> json written by this call (a name given twice sees it)
+local puts = {}      -- HSET entries: name, json, ...
+local marks = {}     -- HSET anchor: name, anchor, ... (the names without an anchor)
+local anchored = {}  -- names given an anchor by this call
+local fed = {}       -- the names written, in order: one feed record each
+for i = 1, n do
+  local b = 5 * i - 4
+  local name, text, expected = rows[b], rows[b + 1], rows[b + 2]
+  local ver = version_of(texts[name] or stored[i])
+  local status = nil
+  if tombs[i] then status = 'tombstoned'
+  elseif static[i] then status = 'static'
+  elseif expected < 0 then
+    if ver >= 0 then status = 'exists' end
+  elseif ver < 0 then status = 'missing'
+  elseif expected ~= ver then status = 'conflict'
+  end
+  if status then
+    local o = #out
+    out[o + 1] = i
+    out[o + 2] = status
+    out[o + 3] = ver
+  else
+    texts[name] = text
+    local p = #puts
+    puts[p + 1] = name
+    puts[p + 2] = text
+    if not anchors[i] and not anchored[name] then
+      anchored[name] = true
+      local m = #marks
+      marks[m + 1] = name
+      marks[m + 2] = anchor_at(rows[b + 3], rows[b + 4])
+    end
+    fed[#fed + 1] = name
+  end
+end
+if #fed == 0 then return out end
+redis.call('HSET', KEYS[1], unpack(puts))
+if #marks > 0 then redis.call('HSET', KEYS[4], unpack(marks)) end
+for _, name in ipairs(fed) do feed(5, 6, name, 'put') end
+redis.call('PUBLISH', ARGV[1], 'entries')
+out[1] = #fed
+return out
 """,
 )
 

@@ -22,8 +22,12 @@ local function token_of(rec)
 end
 """
 
-# Expires dead nodes, refreshes this node, bumps the membership version (and
-# publishes "members") when the live set or a status changed.
+# The full heartbeat (light ones: NodeStore.touch). Expires dead nodes, refreshes this
+# node, bumps the membership version (and publishes "members") when the live set or a
+# status changed. Writes the node record and status only when the record changed (the
+# record's heartbeat time stays put: readers take the expiry in ``alive`` less the
+# record's ttl_ms), so a heartbeat that changes nothing runs 5 commands: TIME, ZRANGE,
+# HGET, ZADD, HMGET.
 # Sets the namespace's epoch (server time) if it has none: a Redis that lost its data
 # has a new one, whatever its versions have climbed back to.
 # A heartbeat whose token is not the one of the node record stored under its id
@@ -33,48 +37,65 @@ end
 # ARGV: node_id, node_json, status, ttl_ms, channel, token ("": not checked)
 # Returns {server_s, server_us, members_version, entries_version, paused (0|1), epoch,
 # reset (ms, or nil on data that was never rebuilt after a loss), the earliest heartbeat
-# expiry of another node (ms, or nil when alone), superseded (0|1)}.
+# expiry of another node (ms, or nil when alone), superseded (0|1), the live nodes
+# {id, expiry, id, expiry, ...} (this one included unless superseded)}.
 HEARTBEAT = Script(
     "heartbeat",
     ("nodes", "status", "alive", "meta"),
     _NOW
     + _TOKEN
     + """
+local me = ARGV[1]
 local changed = 0
-local dead = redis.call('ZRANGEBYSCORE', KEYS[3], '-inf', now)
-for _, id in ipairs(dead) do
-  if id ~= ARGV[1] then
-    redis.call('ZREM', KEYS[3], id)
-    redis.call('HDEL', KEYS[1], id)
-    redis.call('HDEL', KEYS[2], id)
+local present = false
+local peer = false
+local live = {}
+local scores = redis.call('ZRANGE', KEYS[3], 0, -1, 'WITHSCORES')
+for i = 1, #scores, 2 do
+  local id, exp = scores[i], scores[i + 1]
+  if tonumber(exp) <= now then
+    if id ~= me then
+      redis.call('ZREM', KEYS[3], id)
+      redis.call('HDEL', KEYS[1], id)
+      redis.call('HDEL', KEYS[2], id)
+    end
+    changed = 1
+  elseif id == me then
+    present = true
+  else
+    if not peer then peer = exp end
+    live[#live + 1] = id
+    live[#live + 1] = exp
   end
-  changed = 1
 end
 local superseded = 0
-if ARGV[6] and ARGV[6] ~= '' then
-  local held = token_of(redis.call('HGET', KEYS[1], ARGV[1]))
+local rec = redis.call('HGET', KEYS[1], me)
+if ARGV[6] ~= '' then
+  local held = token_of(rec)
   if held ~= '' and held ~= ARGV[6] then superseded = 1 end
 end
 if superseded == 0 then
-  local old = redis.call('HGET', KEYS[2], ARGV[1])
-  if old ~= ARGV[3] then changed = 1 end
-  if redis.call('ZSCORE', KEYS[3], ARGV[1]) == false then changed = 1 end
-  redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
-  redis.call('HSET', KEYS[2], ARGV[1], ARGV[3])
-  redis.call('ZADD', KEYS[3], now + tonumber(ARGV[4]), ARGV[1])
+  if rec ~= ARGV[2] then
+    if redis.call('HGET', KEYS[2], me) ~= ARGV[3] then changed = 1 end
+    redis.call('HSET', KEYS[1], me, ARGV[2])
+    redis.call('HSET', KEYS[2], me, ARGV[3])
+  end
+  if not present then changed = 1 end
+  local expiry = now + tonumber(ARGV[4])
+  redis.call('ZADD', KEYS[3], expiry, me)
+  live[#live + 1] = me
+  live[#live + 1] = expiry
 end
 if changed == 1 then
   redis.call('HINCRBY', KEYS[4], 'members', 1)
   redis.call('PUBLISH', ARGV[5], 'members')
 end
-redis.call('HSETNX', KEYS[4], 'epoch', t[1] .. '.' .. t[2])
 local m = redis.call('HMGET', KEYS[4], 'members', 'entries', 'paused', 'epoch', 'reset')
-local first = redis.call('ZRANGE', KEYS[3], 0, 1, 'WITHSCORES')
-local peer = false
-for i = 1, #first, 2 do
-  if first[i] ~= ARGV[1] then peer = first[i + 1]; break end
+if not m[4] then
+  m[4] = t[1] .. '.' .. t[2]
+  redis.call('HSET', KEYS[4], 'epoch', m[4])
 end
-return {t[1], t[2], m[1] or '0', m[2] or '0', m[3] or '0', m[4], m[5], peer, superseded}
+return {t[1], t[2], m[1] or '0', m[2] or '0', m[3] or '0', m[4], m[5], peer, superseded, live}
 """,
 )
 
