@@ -7,6 +7,7 @@ Times are integer milliseconds since the epoch (UTC), named ``*_ms``.
 from __future__ import annotations
 
 import enum
+import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -167,7 +168,7 @@ class EntrySpec:
         name = str(data["name"])
         return cls(
             name=name,
-            task=str(data["task"]),
+            task=sys.intern(str(data["task"])),  # one string per task name, not per entry
             schedule=schedule_from_json(data["schedule"], entry=name),
             args=tuple(data.get("args") or ()),
             kwargs=dict(data.get("kwargs") or {}),

@@ -322,7 +322,24 @@ def schedule_from_json(data: object, *, entry: str) -> Schedule:
         raise InvalidScheduleError(
             f"{where}: unknown kind {kind!r}; expected 'interval', 'cron', 'solar' or 'at'"
         )
+    key = (make, *fields.items())
     try:
-        return make(**fields)
+        shared = _SHARED.get(key)
+    except TypeError:  # an unhashable value: its own check below names it
+        shared = None
+    if shared is not None:
+        return shared
+    try:
+        made = make(**fields)
     except InvalidScheduleError as exc:  # the value object's own check: name the entry
         raise InvalidScheduleError(f"entry {entry!r}: {exc}", field=exc.field) from None
+    if len(_SHARED) >= _SHARED_MAX:
+        _SHARED.clear()
+    _SHARED[key] = made
+    return made
+
+
+#: Schedules read back from the registry, one object per distinct schedule: the 100,000
+#: entries of a namespace often share a few dozen (schedules are immutable values).
+_SHARED: dict[tuple[Any, ...], Schedule] = {}
+_SHARED_MAX = 65_536
