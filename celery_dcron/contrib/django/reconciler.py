@@ -32,13 +32,11 @@ import time
 from collections import defaultdict
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone
+from datetime import timedelta
 from typing import Any
 
-from django.conf import settings as django_settings
 from django.core.exceptions import ValidationError
 from django.db.models import QuerySet
-from django.utils import timezone as dj_timezone
 
 from celery_dcron.api import DynamicTasks
 from celery_dcron.entries import EntrySpec, EntryState
@@ -50,10 +48,10 @@ from celery_dcron.exceptions import (
 )
 from celery_dcron.registry import Snapshot
 from celery_dcron.registry.leases import LeaseGrant, LeaseStore, Watermark, holder_id
-from celery_dcron.status import next_run_ms
 
 from . import writes
 from .models import AfterRun, DynamicTask
+from .rowstate import from_us, mirror_state, now_us, to_us
 from .validators import SOURCE, dynamic_tasks, spec_for
 
 __all__ = [
@@ -79,8 +77,6 @@ PAGE_SIZE = 1000
 #: An incremental reconcile also reads the rows saved this long before its watermark.
 OVERLAP = timedelta(seconds=2)
 
-_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
-_US = timedelta(microseconds=1)
 #: after_run values whose finished entry the registry tombstones: the row goes too.
 _DELETES_ROW = (AfterRun.DELETE, AfterRun.TOMBSTONE)
 
@@ -261,7 +257,7 @@ class _Pass:
         self._renewed = time.monotonic()
 
     def _run(self, *, full: bool, interval_s: float, now_ms: int) -> None:
-        started_us = (datetime.now(timezone.utc) - _EPOCH) // _US
+        started_us = now_us()
         mark = self.leases.watermark(LEASE)
         resume = None if full else _resume_from(mark, now_ms=now_ms, interval_s=interval_s)
         incremental = resume is not None
@@ -307,7 +303,7 @@ class _Pass:
             rows = list(self.rows.filter(name__in=names, after_run__in=_DELETES_ROW))
             if rows:
                 self._apply(rows, self.tasks.registry.snapshot([row.name for row in rows]))
-        since = _from_us(mark_us) - OVERLAP
+        since = from_us(mark_us) - OVERLAP
         for page in self._pages(self.rows.filter(updated_at__gte=since)):
             self._apply(page, self.tasks.registry.snapshot([row.name for row in page]))
 
@@ -352,7 +348,7 @@ class _Pass:
     def _row(self, task: DynamicTask, snap: Snapshot, todo: _Writes) -> None:
         """Decide what ``task`` needs (in ``todo``); apply nothing yet."""
         self.seen.add(task.name)
-        updated_us = _to_us(task.updated_at)
+        updated_us = to_us(task.updated_at)
         if self.latest_us is None or updated_us > self.latest_us:
             self.latest_us = updated_us
         label = f"{self.namespace}/{task.name}"
@@ -374,7 +370,7 @@ class _Pass:
             todo.finished.append(task)
             return
         if existing is not None:
-            fields = _mirror_state(task, existing, state, apply=not self.dry_run)
+            fields = mirror_state(task, existing, state, apply=not self.dry_run)
             if fields:
                 self.report.rows_updated.append(label)
                 todo.mirrored[fields].append(task)
@@ -471,45 +467,3 @@ def _counts(report: ReconcileReport) -> dict[str, int]:
     counts = {name: len(getattr(report, name)) for name in _CHANGES}
     counts.update(rows_read=report.rows_read, write_batches=report.write_batches)
     return counts
-
-
-def _mirror_state(
-    task: DynamicTask, existing: EntrySpec, state: EntryState, *, apply: bool
-) -> tuple[str, ...]:
-    """The columns to copy from the registry into the row: run count and last run, and
-    ``enabled`` when a finished ``disable`` task was disabled. With ``apply``, they are
-    set on ``task`` (saved by the caller, without touching ``updated_at``)."""
-    updates: dict[str, Any] = {}
-    last = None if state.last_tick_ms is None else _from_ms(state.last_tick_ms)
-    if state.last_tick_ms is not None and state.run_count != task.total_run_count:
-        updates["total_run_count"] = state.run_count
-    if last is not None and last != task.last_run_at:
-        updates["last_run_at"] = last
-    still_due = next_run_ms(existing.with_changes(enabled=True), state) is not None
-    finished = state.run_count > 0 and not still_due
-    if task.after_run == AfterRun.DISABLE and finished and not existing.enabled and task.enabled:
-        updates["enabled"] = False
-    if apply:
-        for key, value in updates.items():
-            setattr(task, key, value)
-    return tuple(sorted(updates))
-
-
-# -- times -------------------------------------------------------------------------
-
-
-def _to_us(value: datetime) -> int:
-    """Microseconds since the epoch of a column's datetime (naive: Django's zone)."""
-    if dj_timezone.is_naive(value):
-        value = dj_timezone.make_aware(value)
-    return (value - _EPOCH) // _US
-
-
-def _from_us(us: int) -> datetime:
-    """The column value of ``us`` microseconds since the epoch (naive without USE_TZ)."""
-    value = _EPOCH + us * _US
-    return value if django_settings.USE_TZ else dj_timezone.make_naive(value)
-
-
-def _from_ms(ms: int) -> datetime:
-    return datetime.fromtimestamp(ms / 1000, tz=timezone.utc)
