@@ -253,12 +253,15 @@ class Bench:
         self.tmp = Path(tempfile.mkdtemp(prefix="dcron-bench-"))
         (self.tmp / "benchapp.py").write_text(APP_MODULE)
         self.broker = RedisServer().start()
-        self.registry = RedisServer().start()
+        # --same-redis: the registry is the broker's Redis (the default deployment), so the
+        # beats push claimed ticks with the ENQUEUE script (exactly once, message templates)
+        self.registry = self.broker if args.same_redis else RedisServer().start()
         self.run_no = 0
 
     def close(self) -> None:
         self.broker.stop()
-        self.registry.stop()
+        if self.registry is not self.broker:
+            self.registry.stop()
         if self.args.keep_logs:
             print(f"beat logs kept in {self.tmp}", file=sys.stderr)
         else:
@@ -644,6 +647,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         metavar="DIR",
         help="record the first dcron instance of each dispatch run with py-spy "
         "(raw stacks in DIR) and print where its time goes",
+    )
+    parser.add_argument(
+        "--same-redis",
+        action="store_true",
+        help="one redis-server for the broker and the registry: the beats push ticks with "
+        "the ENQUEUE script (exactly once; registry counts then include the consumer's pops)",
     )
     parser.add_argument("--json", type=Path, help="also write every result to this JSON file")
     parser.add_argument("--keep-logs", action="store_true", help="keep the beat logs")

@@ -76,6 +76,14 @@ class Capture:
 
     # -- ours
 
+    def peek(self) -> list[BrokerCommand]:
+        """The commands of the messages published since the last :meth:`take`, kept."""
+        return list(self._commands)
+
+    def extend(self, commands: list[BrokerCommand]) -> None:
+        """Add the commands of a message built elsewhere (a template)."""
+        self._commands.extend(commands)
+
     def take(self) -> list[BrokerCommand]:
         """The commands of the messages published since the last call."""
         commands, self._commands = self._commands, []
@@ -128,6 +136,14 @@ class FastPath:
         static = self._static_reason()
         if static is not None:
             self._decide(False, static)
+
+    def current(self) -> Capture | None:
+        """The capture open on the beat's producer (inside :meth:`capture`'s context),
+        else None."""
+        if not self.enabled:
+            return None
+        current = getattr(self.producer()._batch_local, "current", None)
+        return current if isinstance(current, Capture) else None
 
     def capture(self) -> contextlib.AbstractContextManager[Capture] | None:
         if self.enabled is None:

@@ -13,6 +13,7 @@ import signal
 import socket
 import threading
 import time
+import uuid
 from collections.abc import Iterator, Mapping
 from contextlib import AbstractContextManager
 from types import MappingProxyType
@@ -28,7 +29,7 @@ from .celery_schedules import from_celery
 from .clock import RedisClock
 from .config import Settings, mask_url
 from .engine import Engine
-from .enqueue import FastPath
+from .enqueue import FastPath, capturing
 from .entries import EntrySpec, Tick
 from .enums import EntrySource
 from .exceptions import ConfigurationError, DcronError, InvalidEntryError
@@ -37,6 +38,7 @@ from .registry import Registry
 from .status import plural
 from .strategies import get_strategy
 from .taskcheck import argument_mismatch
+from .templates import Templates, celery_publish_needed
 from .ticks import tick_iso
 
 __all__ = ["DistributedScheduler", "entry_from_beat"]
@@ -62,6 +64,13 @@ CLAIM_AHEAD_MS = 20
 #: than the engine puts in one batch, so that a batch is sent (or fails) as a whole.
 _BATCH_MAX_OPS = 10_000
 
+
+#: Messages of the entries due within this long are built ahead (templates), in the idle
+#: time between passes, at most _PREPARE_BUDGET_S at a time.
+_PREPARE_AHEAD_MS = 60_000
+_PREPARE_BUDGET_S = 0.02
+#: A tick string no real tick has (1970), for the messages built ahead.
+_PROBE_TICKS = (tick_iso(1), tick_iso(2))
 
 #: How soon a stop signal that arrives while the scheduler waits ends the wait.
 _SIGNAL_POLL_S = 0.1
@@ -158,6 +167,8 @@ class DistributedScheduler(beat.Scheduler):
         # ``schedule_filename`` is accepted for compatibility and ignored: state lives in Redis.
         self._engine: Engine | None = None
         self._fast_path: FastPath | None = None
+        #: the messages of the fast path, built once per entry (see templates)
+        self._templates = Templates()
         self._settings: Settings | None = None
         self._static: dict[str, beat.ScheduleEntry] = {}
         #: a ConfigurationError stopped the loop: close() exits with status 1
@@ -258,6 +269,8 @@ class DistributedScheduler(beat.Scheduler):
                     engine.node_id,
                 )
                 raise SystemExit(1)
+            if wait > 2 * _PREPARE_BUDGET_S:
+                self._prepare_templates(engine)
             until = time.monotonic() + min(wait, float(self.max_interval))
             while not caught:
                 left = until - time.monotonic()
@@ -332,14 +345,65 @@ class DistributedScheduler(beat.Scheduler):
         return batch(max_size=_BATCH_MAX_OPS)  # type: ignore[no-any-return]
 
     def _publish(self, spec: EntrySpec, tick: Tick, task_id: str) -> None:
+        tick_text = tick_iso(tick.tick_ms)
+        task = self.app.tasks.get(spec.task)
+        # On the fast path (a capture is open), a message is its entry's template with the
+        # tick's id and time, once Celery built two of them the same way (templates).
+        capture = self._fast_path.current() if self._fast_path is not None else None
+        if capture is not None and celery_publish_needed(self.app, task) is None:
+            commands = self._templates.render(spec, task_id, tick_text)
+            if commands is not None:
+                capture.extend(commands)
+                if self._templates.rendered == 1:
+                    logger.info(
+                        "dcron: enqueue: messages are built once per entry by Celery and "
+                        "sent from that template, with each tick's id and time"
+                    )
+                return
+            self._publish_by_celery(spec, task, task_id, tick_text)
+            self._templates.learn(spec, task_id, tick_text, capture.peek())
+            return
+        self._publish_by_celery(spec, task, task_id, tick_text)
+
+    def _prepare_templates(self, engine: Engine) -> None:
+        """Build the templates of the entries due soon (within _PREPARE_AHEAD_MS) that have
+        none, for at most _PREPARE_BUDGET_S: Celery builds two messages of each into a
+        capture (nothing is sent; made-up ids and ticks), so that their first ticks, a
+        burst of them included, are already sent from templates."""
+        fast = self._fast_path
+        if fast is None or not fast.enabled or not engine.membership.joined:
+            return
+        templates = self._templates
+        deadline = time.monotonic() + _PREPARE_BUDGET_S
+        horizon = engine.clock.now_ms() + _PREPARE_AHEAD_MS
+        for name in engine.timeline.upcoming(horizon, templates.max_entries):
+            spec = engine.view.spec(name)
+            if spec is None or not templates.needs(spec):
+                continue
+            task = self.app.tasks.get(spec.task)
+            if celery_publish_needed(self.app, task) is not None:
+                return
+            try:
+                with capturing(self.producer) as capture:
+                    for tick in _PROBE_TICKS:
+                        probe_id = f"dcron-probe-{uuid.uuid4()}"
+                        self._publish_by_celery(spec, task, probe_id, tick)
+                        templates.learn(spec, probe_id, tick, capture.take())
+            except Exception as exc:  # the broker, or the entry: its ticks will tell
+                logger.debug("dcron: no message template for %s yet: %r", name, exc)
+                return
+            if time.monotonic() >= deadline:
+                return
+
+    def _publish_by_celery(self, spec: EntrySpec, task: Any, task_id: str, tick: str) -> None:
+        """Publish as Celery beat does (``apply_async``, or ``send_task`` by name)."""
         options = dict(spec.options)
         headers = dict(options.pop("headers", None) or {})
         headers["periodic_task_name"] = spec.name
-        headers["dcron_tick"] = tick_iso(tick.tick_ms)
+        headers["dcron_tick"] = tick
         options["headers"] = headers
         options.setdefault("retry", True)
         options.setdefault("retry_policy", _PUBLISH_RETRY)
-        task = self.app.tasks.get(spec.task)
         if task is not None:
             task.apply_async(
                 spec.args, dict(spec.kwargs), task_id=task_id, producer=self.producer, **options

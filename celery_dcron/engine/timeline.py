@@ -68,6 +68,22 @@ class Timeline:
             heapq.heappop(self._heap)
         return None
 
+    def upcoming(self, horizon_ms: int, limit: int) -> list[str]:
+        """Up to ``limit`` entries due at or before ``horizon_ms`` (not in order), left on
+        the timeline: a walk of the heap's top, O(the entries returned)."""
+        heap, current = self._heap, self._next
+        out: list[str] = []
+        todo = [0]
+        while todo and len(out) < limit:
+            i = todo.pop()
+            if i >= len(heap) or heap[i][0] > horizon_ms:
+                continue  # a heap: nothing below an item is due before it
+            due, name = heap[i]
+            if current.get(name) == due:
+                out.append(name)
+            todo += (2 * i + 1, 2 * i + 2)
+        return out
+
     def pop_due(self, horizon_ms: int) -> list[tuple[str, int]]:
         """The entries due at or before ``horizon_ms``, with their due time; they leave
         the timeline until scheduled or put back."""

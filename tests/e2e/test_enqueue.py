@@ -29,6 +29,7 @@ from tests.servers import RedisServer
 
 EXECUTED = "e2e:executed"  # written by beatapp.record
 ONE_SCRIPT = "dcron: enqueue: claimed ticks are pushed and marked sent in one script"
+TEMPLATES = "sent from that template, with each tick's id and time"
 
 
 class SameRedisCluster(Cluster):
@@ -60,10 +61,12 @@ def test_ticks_pushed_by_the_script_and_by_apply_async_run_alike(
     cluster = same_cluster
     entries = [f"every-1s-{i}" for i in range(3)]
     beats = cluster.start(2, DCRON_E2E_ENTRIES="3")
-    cluster.wait_ticks(3, after_ms=now_ms(), entries=entries, timeout=20)
+    cluster.wait_ticks(4, after_ms=now_ms(), entries=entries, timeout=20)
     cluster.stop_all()
     for beat in beats:  # decided (and logged) when it first sends
         assert bool(beat.grep(ONE_SCRIPT)) == bool(beat.fired()), beat.log_tail()
+        # the messages are built ahead (templates) and sent from them
+        assert bool(beat.grep(TEMPLATES)) == bool(beat.fired()), beat.log_tail()
         assert not beat.grep("then marked sent"), beat.log_tail()
     broker = cluster.client(BROKER_DB)
     pushed = [json.loads(raw) for raw in reversed(broker.lrange(QUEUE, 0, -1))]
@@ -79,8 +82,10 @@ def test_ticks_pushed_by_the_script_and_by_apply_async_run_alike(
         headers={"periodic_task_name": "every-1s-0", "dcron_tick": tick_iso(late_ms)},
     )  # fmt: skip
     (direct,) = [json.loads(r) for r in broker.lrange(QUEUE, 0, 0)]
-    scripted = next(m for m in pushed if m["headers"]["periodic_task_name"] == "every-1s-0")
+    # the last one pushed: from the template
+    *_, scripted = (m for m in pushed if m["headers"]["periodic_task_name"] == "every-1s-0")
     assert _shape(direct) == _shape(scripted)
+    assert len({m["properties"]["delivery_tag"] for m in pushed}) == len(pushed)
 
     worker = cluster.start_worker()
     results = cluster.client(2)
