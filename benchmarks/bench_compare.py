@@ -15,6 +15,10 @@ Scenarios (``--scenario``, comma-separated; all by default):
 ``lateness``  N interval entries due every N/1000 s (1,000 ticks per second whatever N;
               ``--entries``, default 1000,10000,100000), one instance of each scheduler.
               Lateness p50/p99/max, delivered share, CPU and RSS of the instance.
+``throughput`` N one-second entries (``--rate``, default 5,000: N ticks due every second),
+              one instance of each scheduler: ticks delivered per second, lateness, CPU,
+              registry commands per message sent (INFO commandstats, Lua-internal calls
+              included, the benchmark's own INFO and the consumer's pops left out).
 ``burst``     10,000 ``crontab()`` entries (every minute): all due in the same second.
               dcron and RedBeat with 3 instances, the default beat with 1. Time from the
               minute to the last message, p50/p99.
@@ -151,6 +155,8 @@ class Row:
     max_ms: float = math.nan
     all_sent_ms: float = math.nan
     reg_cmds_per_s: float = math.nan
+    #: registry commands (INFO commandstats, the consumer's pops left out) per message
+    reg_cmds_per_tick: float = math.nan
     client_cmds_per_s_per_inst: float = math.nan
     cpu_pct_per_inst: list[float] = field(default_factory=list)
     rss_mb_max: float = 0.0
@@ -311,7 +317,9 @@ class Run:
         # calls included (total_commands_processed counts a script as one), less this
         # benchmark's own INFO / CONFIG RESETSTAT.
         stats = self.reg.info("commandstats")
-        own = ("cmdstat_info", "cmdstat_config|resetstat", "cmdstat_config")
+        # ...and, with --same-redis, the consumer's pops of the broker queue
+        own = ("cmdstat_info", "cmdstat_config|resetstat", "cmdstat_config", "cmdstat_brpop",
+               "cmdstat_rpop")  # fmt: skip
         calls = sum(int(v["calls"]) for k, v in stats.items() if k not in own)
         row.reg_cmds_per_s = calls / wall
         cpu = []
@@ -415,6 +423,32 @@ class Compare(Bench):
                     _score_ticks(row, msgs, t0, window, interval, n)
                 else:
                     _score_gaps(row, msgs, t0, t1, interval, n)
+
+    def throughput(self) -> None:
+        """N one-second entries (``--rate``, N ticks due per second), one instance each:
+        ticks delivered per second, lateness, CPU, registry commands per message."""
+        n, window = self.args.rate, 15.0
+        env = {"BENCH_ENTRIES": str(n), "BENCH_KIND": "interval", "BENCH_INTERVAL": "1.0"}
+        for scheduler in self.pick(DCRON, DEFAULT, REDBEAT):
+            self.say(f"throughput {LABELS[scheduler]} N={n} every 1s, window {window:g}s")
+            row = Row("throughput", LABELS[scheduler], n, 1, interval_s=1.0)
+            with self.guard(row):
+                with Run(self, scheduler, 1, env) as run:
+                    run.wait_ready()
+                    time.sleep(8.0)  # past the start-up sends (and dcron's templates)
+                    run.begin()
+                    t0 = time.time()
+                    run.sample(t0 + window)
+                    t1 = time.time()
+                    run.end(row)
+                    arrived = sum(1 for a, _ in run.collector.raw if t0 <= a < t1)
+                    row.reg_cmds_per_tick = row.reg_cmds_per_s * (t1 - t0) / max(arrived, 1)
+                    time.sleep(self.args.drain)
+                    msgs = parse(run.collector.raw)
+                if scheduler == DCRON:
+                    _score_ticks(row, msgs, t0, window, 1.0, n)
+                else:
+                    _score_gaps(row, msgs, t0, t1, 1.0, n)
 
     def burst(self, n: int = 10_000) -> None:
         for scheduler, k in self.pick((DCRON, 3), (DEFAULT, 1), (REDBEAT, 3)):
@@ -614,6 +648,15 @@ def print_tables(rows: list[Row]) -> None:
           _f(r.max_ms), cpu(r), _f(r.rss_mb_max), f"{r.load1:.2f}"] for r in by["lateness"]],
     )  # fmt: skip
     table(
+        "Throughput: N entries every second (N ticks due per second), one instance",
+        ["scheduler", "N", "deliv/s", "deliv%", "dup", "p50ms", "p99ms", "maxms", "cpu%",
+         "reg cmd/tick", "load1"],
+        [[r.scheduler, str(r.entries), _f(r.delivered / r.window_s if r.window_s else math.nan),
+          _f(r.delivered_pct, 1), "n/a" if r.duplicates < 0 else str(r.duplicates),
+          _f(r.p50_ms, 1), _f(r.p99_ms, 1), _f(r.max_ms), cpu(r), _f(r.reg_cmds_per_tick, 2),
+          f"{r.load1:.2f}"] for r in by["throughput"]],
+    )  # fmt: skip
+    table(
         "Burst: N crontab() entries due in the same second",
         ["scheduler", "N", "K", "sent", "dup", "p50ms", "p99ms", "all sent ms", "cpu%/inst",
          "load1"],
@@ -652,7 +695,7 @@ def _ints(text: str) -> list[int]:
     return [int(x) for x in text.split(",") if x.strip()]
 
 
-SCENARIOS = ("lateness", "burst", "idle", "scale", "failover")
+SCENARIOS = ("lateness", "throughput", "burst", "idle", "scale", "failover")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -669,9 +712,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--schedulers", default="dcron,default,redbeat", help="comma-separated subset"
     )
     parser.add_argument("--idle-seconds", type=float, default=15.0)
+    parser.add_argument(
+        "--rate", type=int, default=5000, help="N of the throughput runs: ticks due per second"
+    )
     parser.add_argument("--failover-runs", type=int, default=3, help="kills per scheduler")
     parser.add_argument("--drain", type=float, default=3.0)
     parser.add_argument("--loglevel", default="warning")
+    parser.add_argument(
+        "--same-redis",
+        action="store_true",
+        help="the dcron registry and the RedBeat schedule on the broker's redis-server (the "
+        "default deployment: dcron pushes ticks with its ENQUEUE script and message "
+        "templates); not with the idle scenario, which counts the registry's commands",
+    )
     parser.add_argument("--json", type=Path, help="also write every row to this file")
     parser.add_argument("--keep-logs", action="store_true")
     args = parser.parse_args(argv)
@@ -679,11 +732,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     unknown = set(chosen) - set(SCENARIOS)
     if unknown:
         parser.error(f"unknown scenario(s) {sorted(unknown)}; choose from {SCENARIOS}")
+    if args.same_redis and "idle" in chosen:
+        parser.error("--same-redis: the idle scenario counts the registry's own commands")
     if set(args.schedulers.split(",")) - set(SCHEDULERS):
         parser.error(f"--schedulers: choose from {sorted(SCHEDULERS)}")
     started = time.monotonic()
     print(f"# {os.cpu_count()} cores, load average {os.getloadavg()}, python "
-          f"{sys.version.split()[0]}", file=sys.stderr)  # fmt: skip
+          f"{sys.version.split()[0]}, registry "
+          f"{'on the broker' if args.same_redis else 'apart'}", file=sys.stderr)  # fmt: skip
     bench = Compare(args)
     try:
         for scenario in chosen:

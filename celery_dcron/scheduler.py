@@ -66,9 +66,9 @@ _BATCH_MAX_OPS = 10_000
 
 
 #: Messages of the entries due within this long are built ahead (templates), in the idle
-#: time between passes, at most _PREPARE_BUDGET_S at a time.
+#: time between passes, ending _PREPARE_MARGIN_S before the next pass or at an event.
 _PREPARE_AHEAD_MS = 60_000
-_PREPARE_BUDGET_S = 0.02
+_PREPARE_MARGIN_S = 0.02
 #: A tick string no real tick has (1970), for the messages built ahead.
 _PROBE_TICKS = (tick_iso(1), tick_iso(2))
 
@@ -269,9 +269,9 @@ class DistributedScheduler(beat.Scheduler):
                     engine.node_id,
                 )
                 raise SystemExit(1)
-            if wait > 2 * _PREPARE_BUDGET_S:
-                self._prepare_templates(engine)
             until = time.monotonic() + min(wait, float(self.max_interval))
+            if wait > 2 * _PREPARE_MARGIN_S:
+                self._prepare_templates(engine, until - _PREPARE_MARGIN_S, caught)
             while not caught:
                 left = until - time.monotonic()
                 if left <= 0 or engine.wait(min(left, _SIGNAL_POLL_S)):
@@ -365,16 +365,16 @@ class DistributedScheduler(beat.Scheduler):
             return
         self._publish_by_celery(spec, task, task_id, tick_text)
 
-    def _prepare_templates(self, engine: Engine) -> None:
-        """Build the templates of the entries due soon (within _PREPARE_AHEAD_MS) that have
-        none, for at most _PREPARE_BUDGET_S: Celery builds two messages of each into a
-        capture (nothing is sent; made-up ids and ticks), so that their first ticks, a
-        burst of them included, are already sent from templates."""
+    def _prepare_templates(self, engine: Engine, deadline: float, caught: list[int]) -> None:
+        """Until ``deadline`` (``time.monotonic()``), an event or a stop signal, build the
+        templates of the entries due soon (within _PREPARE_AHEAD_MS) that have none:
+        Celery builds two messages of each into a capture (nothing is sent; made-up ids
+        and ticks), so that their first ticks, a burst of them included, are already
+        sent from templates."""
         fast = self._fast_path
         if fast is None or not fast.enabled or not engine.membership.joined:
             return
         templates = self._templates
-        deadline = time.monotonic() + _PREPARE_BUDGET_S
         horizon = engine.clock.now_ms() + _PREPARE_AHEAD_MS
         for name in engine.timeline.upcoming(horizon, templates.max_entries):
             spec = engine.view.spec(name)
@@ -392,7 +392,7 @@ class DistributedScheduler(beat.Scheduler):
             except Exception as exc:  # the broker, or the entry: its ticks will tell
                 logger.debug("dcron: no message template for %s yet: %r", name, exc)
                 return
-            if time.monotonic() >= deadline:
+            if time.monotonic() >= deadline or caught or engine.wake.is_set():
                 return
 
     def _publish_by_celery(self, spec: EntrySpec, task: Any, task_id: str, tick: str) -> None:

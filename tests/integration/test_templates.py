@@ -8,6 +8,7 @@ from __future__ import annotations
 import functools
 import json
 import logging
+import time
 import uuid
 from typing import Any
 
@@ -224,7 +225,7 @@ def test_engines_send_templated_messages_once_per_tick(
     with caplog.at_level(logging.INFO, logger="celery_dcron"):
         cluster.advance(2 * S)
         for e in engines:  # idle time between passes: build the templates ahead
-            s._prepare_templates(e)
+            s._prepare_templates(e, time.monotonic() + 5.0, [])
         assert raw_messages(redis_client, "celery") == {}
         cluster.advance(3 * S)
     assert s._templates.rendered >= 8
