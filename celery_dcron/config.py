@@ -48,6 +48,8 @@ class Settings:
     #: ``AUTO``: a third of ``node_ttl_s``
     heartbeat_interval_s: float = AUTO
     node_ttl_s: float = 2.5
+    #: a crashed instance (its Redis connections closed) is dropped in about a heartbeat
+    crash_detection: bool = True
     #: a built-in strategy, or the dotted path of one of yours
     strategy: StrategyName | str = StrategyName.CONSISTENT_HASH
     virtual_nodes: int = 160
@@ -225,6 +227,7 @@ class Settings:
                 "dcron_heartbeat_interval", get("dcron_heartbeat_interval")
             ),
             "node_ttl_s": _seconds("dcron_node_ttl", get("dcron_node_ttl")),
+            "crash_detection": _typed("dcron_crash_detection", get("dcron_crash_detection"), bool),
             "strategy": _typed("dcron_strategy", get("dcron_strategy"), str),
             "virtual_nodes": _typed("dcron_virtual_nodes", get("dcron_virtual_nodes"), int),
             "node_weight": _seconds("dcron_node_weight", get("dcron_node_weight")),

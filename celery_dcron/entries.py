@@ -60,6 +60,10 @@ class Node:
     #: this incarnation of the id: ``"<pid>:<process start>:<random>"`` (see
     #: :mod:`celery_dcron.membership`); "" for a record that does not say
     token: str = ""
+    #: its heartbeat interval (ms) while its process holds a subscription to its node
+    #: channel, which Redis drops when the process dies (crash detection: see
+    #: :mod:`celery_dcron.crashes`); 0: it holds none, only its TTL tells it is dead
+    watch_ms: int = 0
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -72,6 +76,7 @@ class Node:
             "weight": self.weight,
             "started_ms": self.started_ms,
             "heartbeat_ms": self.heartbeat_ms,
+            "watch_ms": self.watch_ms,
         }
 
     @classmethod
@@ -86,6 +91,7 @@ class Node:
             started_ms=int(data.get("started_ms", 0)),
             heartbeat_ms=int(data.get("heartbeat_ms", 0)),
             token=str(data.get("token", "")),
+            watch_ms=int(data.get("watch_ms", 0)),
         )
 
 

@@ -12,7 +12,8 @@ anything this package raises on purpose::
     ├── EntryNotFoundError        no entry by that name in the namespace
     ├── ConflictError             a concurrent edit, a deleted (tombstoned) or static name
     │   └── VersionConflictError  the entry changed since it was read (compare-and-set)
-    └── RegistryUnavailableError  Redis cannot be reached; nothing was claimed
+    ├── RegistryUnavailableError  Redis cannot be reached; nothing was claimed
+    └── UnsupportedError          this Redis cannot serve an optional feature (it is off)
 
 Messages name the field and the fix, for example::
 
@@ -40,6 +41,7 @@ __all__ = [
     "InvalidScheduleError",
     "RegistryAuthenticationError",
     "RegistryUnavailableError",
+    "UnsupportedError",
     "VersionConflictError",
 ]
 
@@ -105,3 +107,13 @@ class VersionConflictError(ConflictError):
 
 class RegistryUnavailableError(DcronError, ConnectionError):
     """Redis could not be reached; no claim was made and nothing was published."""
+
+
+class UnsupportedError(DcronError):
+    """This Redis cannot serve an optional feature: a command it needs is refused (an ACL
+    without it, a proxy that does not forward it) or means something else there (Redis
+    Cluster). The feature is off, the rest works; ``command`` names the command."""
+
+    def __init__(self, *args: object, command: str = "") -> None:
+        super().__init__(*args)
+        self.command = command

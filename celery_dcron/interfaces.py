@@ -25,6 +25,7 @@ if TYPE_CHECKING:
     from .exceptions import DcronError
     from .registry import (
         BrokerCommand,
+        CrashCheck,
         Enqueued,
         FeedPage,
         FeedPosition,
@@ -142,8 +143,30 @@ class Registry(Protocol):
         """Live nodes (heartbeat not expired) by id, with their status; and the clock."""
         ...
 
+    def subscribers(self, node_ids: Sequence[str]) -> dict[str, int]:
+        """How many subscriptions hold each node's channel (:meth:`watch`): 0 once the
+        node's process died (Redis drops a dead process's connections; a frozen or
+        partitioned one keeps them). One command. Raises
+        :class:`~celery_dcron.exceptions.UnsupportedError` where it cannot tell (Redis
+        Cluster, the command refused by an ACL or a proxy)."""
+        ...
+
+    def expire_crashed(self, node_ids: Sequence[str], *, grace_ms: int) -> CrashCheck:
+        """Take for dead each of ``node_ids`` (nodes the caller found without a
+        subscriber) whose record has a ``watch_ms`` and whose last heartbeat (its
+        expiry less its TTL) is older than that plus ``grace_ms``: its expiry becomes
+        now, so the next :meth:`heartbeat` forgets it (and notifies ``"members"``).
+        Decided and written in one step on the cluster clock. Returns the ids taken,
+        and in how long the first of the others given becomes overdue."""
+        ...
+
     def pubsub(self) -> Subscription:
         """A new subscription to this namespace's events."""
+        ...
+
+    def watch(self, subscription: Subscription, node_id: str) -> None:
+        """Subscribe ``subscription`` to ``node_id``'s channel too, for as long as it is
+        open (see :meth:`subscribers`)."""
         ...
 
     def follow_master(self) -> bool:

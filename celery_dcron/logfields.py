@@ -52,6 +52,8 @@ EVENTS: dict[str, tuple[str, ...]] = {
     "nodes": ("node", "nodes"),
     "node_reclaimed": ("node", "previous", "previous_host", "previous_pid"),
     "node_superseded": ("node",),
+    "node_crashed": ("node", "crashed"),
+    "crash_detection_off": ("node", "reason"),
     "registry_reset": ("node",),
     "registry_rebuilt": ("node", "reset_ms"),
     "redis_unreachable": ("node", "attempt", "retry_s", "error"),

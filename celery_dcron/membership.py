@@ -136,6 +136,7 @@ class Membership:
         weight: float = 1.0,
         version: str = "",
         pid_alive: PidAlive = process_alive,
+        watch_ms: int = 0,
     ) -> None:
         self.registry = registry
         self.clock = clock
@@ -152,6 +153,7 @@ class Membership:
             status=NodeStatus.STARTING,
             weight=weight,
             token=incarnation_token(),
+            watch_ms=watch_ms,
         )
         #: whether :meth:`join` won the id (once per incarnation)
         self.joined = False
@@ -423,6 +425,11 @@ class EventListener(threading.Thread):
         self.heard = 0
         #: whether a subscription is open: events arrive
         self.subscribed = False
+        #: the node whose channel to hold (crash detection, :mod:`celery_dcron.crashes`)
+        self.node_id: str | None = None
+        #: since when (``time.monotonic()``) that channel is held without a break; None:
+        #: not held (the others may take this node for dead once its heartbeat is late)
+        self.watching_since: float | None = None
         self._stopping = threading.Event()
         with contextlib.suppress(TypeError):  # see heard_on
             _LISTENERS.setdefault(registry, weakref.WeakSet()).add(self)
@@ -445,6 +452,9 @@ class EventListener(threading.Thread):
                 backoff = 0.1
                 check_at = time.monotonic() + self.master_check_s
                 while not self._stopping.is_set():
+                    if self.watching_since is None and self.node_id is not None:
+                        self.registry.watch(pubsub, self.node_id)
+                        self.watching_since = time.monotonic()
                     if time.monotonic() >= check_at:
                         check_at = time.monotonic() + self.master_check_s
                         if self.registry.follow_master():
@@ -470,6 +480,7 @@ class EventListener(threading.Thread):
                 backoff = min(backoff * 2, 2.0)
             finally:
                 self.subscribed = False
+                self.watching_since = None
                 if pubsub is not None:
                     with contextlib.suppress(Exception):
                         pubsub.close()

@@ -96,6 +96,19 @@ SETTINGS: tuple[Setting, ...] = (
         "process may stall longer, e.g. long GC pauses or a slow broker.",
     ),
     Setting(
+        "dcron_crash_detection",
+        True,
+        "bool",
+        "Move a crashed instance's entries in about one heartbeat instead of one "
+        "``dcron_node_ttl``: each instance holds a subscription to a channel of its own "
+        "while it runs, which Redis drops as soon as its process dies; an instance whose "
+        "channel has no subscriber and whose heartbeat is one heartbeat interval (plus "
+        "0.1 s) late is taken for dead. A frozen or partitioned instance keeps its "
+        "connections and still waits for the TTL. Off by itself (the TTL alone decides) on "
+        "Redis Cluster, where ``PUBSUB NUMSUB`` is refused (an ACL, a proxy), and for an "
+        "instance without its event listener. ``False`` turns it off.",
+    ),
+    Setting(
         "dcron_node_id",
         None,
         "str or None",

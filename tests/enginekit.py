@@ -102,8 +102,7 @@ class Cluster:
             strategy=get_strategy(s.strategy),
             publish=self.recorder(node_id),  # type: ignore[arg-type]
             static_entries=static,
-            listen=False,
-            **(engine_kw or {}),
+            **{"listen": False, **(engine_kw or {})},
         )
         self.engines.append(engine)
         return engine

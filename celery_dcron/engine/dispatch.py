@@ -32,16 +32,19 @@ from .. import ticks as tickmath
 from ..entries import ERROR_TEXT_MAX, EntrySpec, PublishRejection, Tick
 from ..exceptions import DcronError, RegistryUnavailableError
 from ..logfields import Summary, log_event
+from ..membership import FULL_HEARTBEAT_EVERY_MS
 from ..planning import Rules
 from .context import Context, Part
 from .failures import rejection
 from .view import View
 
 if TYPE_CHECKING:
+    from ..membership import EventListener
     from ..registry import BrokerCommand
 
 __all__ = [
     "PUBLISH_BATCH",
+    "RECOVER_EVERY_S",
     "Capture",
     "Captured",
     "Dispatcher",
@@ -82,6 +85,9 @@ Capture = Callable[[], AbstractContextManager[Captured] | None]
 
 #: Messages per publish batch (one broker round trip when the transport batches).
 PUBLISH_BATCH = 100
+#: :meth:`Dispatcher.recover` (and with it the run-now requests) at least this often (s),
+#: the full heartbeat's cadence: both are polled as a fallback for events.
+RECOVER_EVERY_S = FULL_HEARTBEAT_EVERY_MS / 1000
 
 
 class EnqueueRefusedError(DcronError):
@@ -125,6 +131,9 @@ class Dispatcher(Part):
         self.rejected: dict[tuple[str, int, bool], PublishRejection] = {}
         #: when :meth:`recover` runs next (``time.monotonic()``)
         self.next_recover = 0.0
+        #: the listener holding this node's channel when the others may take it for dead
+        #: on its crash (:mod:`celery_dcron.crashes`); None: only its TTL can
+        self.listener: EventListener | None = None
         self._safe_publish_s = self.settings.node_ttl_s / 2
 
     def publish_all(self, ticks: Sequence[Tick], claimed_at: float) -> list[Tick]:
@@ -156,9 +165,10 @@ class Dispatcher(Part):
                         self.membership.mark_superseded()
                         break
                 keepalive_at = time.monotonic() + self.settings.heartbeat_interval_s
-            if time.monotonic() - claimed_at > self._safe_publish_s:
-                # We were paused or slow since the claim: another node may have taken
-                # them over. Publish only the claims that are still ours.
+            if time.monotonic() - claimed_at > self._safe_publish_s or self._lapsed(claimed_at):
+                # We were paused or slow since the claim, or our node channel was not held
+                # all along (the others may have taken us for crashed): another node may
+                # have taken them over. Publish only the claims that are still ours.
                 checking_at = time.monotonic()
                 try:
                     batch = self._still_ours(batch)
@@ -172,6 +182,13 @@ class Dispatcher(Part):
                 self.unmarked.update(sent)  # published: never publish them again
                 raise
         return sent
+
+    def _lapsed(self, since: float) -> bool:
+        """Whether this node's channel was not held all along since ``since``."""
+        if self.listener is None:
+            return False
+        held = self.listener.watching_since
+        return held is None or held > since
 
     def _still_ours(self, ticks: Sequence[Tick]) -> list[Tick]:
         # A claim names the node id, not the process: first make sure no new incarnation
@@ -392,7 +409,9 @@ class Dispatcher(Part):
     def recover(self) -> int:
         """Publish again claims that were never marked sent: ours, or a dead node's."""
         s = self.settings
-        interval = s.heartbeat_interval_s if self.failed else s.node_ttl_s
+        # Polled as a fallback only: a members change (a node died or left) and our own
+        # failed publishes bring it forward, run-now requests come through the feed.
+        interval = s.heartbeat_interval_s if self.failed else RECOVER_EVERY_S
         self.next_recover = time.monotonic() + interval
         pending = self.registry.pending()
         if not pending:

@@ -29,6 +29,7 @@ from .. import engine as package
 from .. import signals
 from ..clock import ManualClock, RedisClock
 from ..config import Settings
+from ..crashes import CrashWatch
 from ..entries import EntrySpec, EntryState, NodeStatus, Tick
 from ..exceptions import RegistryUnavailableError
 from ..interfaces import Strategy
@@ -94,6 +95,8 @@ class Engine:
         self.clock = clock
         self.strategy = strategy
         self.metrics = metrics or NullMetrics()
+        # The node channel is held by the event listener: without one, only the TTL.
+        watch = settings.crash_detection and listen
         self.membership = Membership(
             registry,
             clock,
@@ -102,7 +105,12 @@ class Engine:
             weight=settings.node_weight,
             version=version,
             pid_alive=pid_alive,
+            watch_ms=settings.heartbeat_interval_ms if watch else 0,
         )
+        self.crashes = CrashWatch(
+            registry, self.membership, interval_ms=settings.heartbeat_interval_ms,
+            enabled=settings.crash_detection,
+        )  # fmt: skip
         self.wake = threading.Event()
         self.listener = EventListener(registry, self.wake) if listen else None
         ctx = Context(
@@ -123,6 +131,8 @@ class Engine:
             ctx, view=self.view, rules=rules, publish=publish, publish_batch=publish_batch,
             on_publish_error=on_publish_error,
         )  # fmt: skip
+        if watch:
+            self.dispatcher.listener = self.listener
         self.requests = Requests(ctx, view=self.view, dispatcher=self.dispatcher)
         self.claimer = Claimer(
             ctx, rules=rules, view=self.view, timeline=self.timeline, recovery=self.recovery,
@@ -275,6 +285,15 @@ class Engine:
         self._full_beat = False
         if self.membership.superseded:
             return
+        if self.listener is not None and self.membership.node.watch_ms:
+            self.listener.node_id = self.node_id  # its channel: held from now on
+        if self.crashes.check(hb.server_ms):
+            # the crashed nodes' expiries are now: a full heartbeat forgets them at once
+            hb, members, entries = self.membership.beat(full=True)
+            members_changed = members_changed or members
+            entries_changed = entries_changed or entries
+            if self.membership.superseded:
+                return
         reset = self.recovery.observe(hb)
         self._peer_expiry_ms = hb.peer_expiry_ms
         reconnected = not self._connected
@@ -328,7 +347,13 @@ class Engine:
         later: failover within the node TTL. Live nodes' expiries lie a TTL ahead, so this
         adds a heartbeat only when a node stops heartbeating."""
         interval = self.settings.heartbeat_interval_s
-        expiry = self._peer_expiry_ms
+        # and when a node without a subscriber (crashed?) becomes overdue: see crashes.py
+        recheck = self.crashes.recheck_ms
+        expiry = (
+            self._peer_expiry_ms
+            if recheck is None
+            else min(recheck, self._peer_expiry_ms or recheck)
+        )
         if expiry is None:
             return interval
         until_s = max(expiry - self.clock.now_ms(), 0) / 1000.0

@@ -35,6 +35,7 @@ from ..exceptions import DcronError
 from ..topology import RedisTarget
 from .claims import MAX_TICKS_PER_SCRIPT, BrokerCommand, ClaimStore, Enqueued
 from .codec import (
+    CrashCheck,
     FeedPage,
     FeedPosition,
     FeedRecord,
@@ -57,6 +58,7 @@ __all__ = [
     "MAX_TICKS_PER_SCRIPT",
     "REDIS_ERRORS",
     "BrokerCommand",
+    "CrashCheck",
     "Enqueued",
     "FeedPage",
     "FeedPosition",
@@ -176,6 +178,16 @@ class Registry:
     def nodes(self) -> tuple[list[Node], int]:
         """Live nodes (heartbeat not expired) with their status, and the server time."""
         return self.node_store.nodes()
+
+    def subscribers(self, node_ids: Sequence[str]) -> dict[str, int]:
+        """Subscribers of each node's channel (0: its process died); raises
+        UnsupportedError where Redis cannot tell (Cluster, a refused PUBSUB)."""
+        return self.node_store.subscribers(node_ids)
+
+    def expire_crashed(self, node_ids: Sequence[str], *, grace_ms: int) -> CrashCheck:
+        """Take for dead those of ``node_ids`` whose heartbeat is overdue (see
+        :meth:`NodeStore.expire_crashed <celery_dcron.registry.nodes.NodeStore.expire_crashed>`)."""
+        return self.node_store.expire_crashed(node_ids, grace_ms=grace_ms)
 
     # -- entries (EntryStore) ----------------------------------------------------------
 
@@ -351,6 +363,10 @@ class Registry:
     def pubsub(self) -> Any:
         """A subscription to the namespace's events (called again after each failure)."""
         return self.event_store.pubsub()
+
+    def watch(self, subscription: Any, node_id: str) -> None:
+        """Subscribe ``subscription`` (from :meth:`pubsub`) to ``node_id``'s channel too."""
+        self.event_store.watch(subscription, node_id)
 
     def set_paused(self, paused: bool) -> None:
         """Pause (or resume) the whole namespace: no instance claims anything while set."""

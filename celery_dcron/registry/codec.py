@@ -21,6 +21,7 @@ from ..exceptions import InvalidEntryError
 from .keys import Keys
 
 __all__ = [
+    "CrashCheck",
     "FeedPage",
     "FeedPosition",
     "FeedRecord",
@@ -29,6 +30,7 @@ __all__ = [
     "RunRequest",
     "Snapshot",
     "StaticSyncResult",
+    "decode_crash_check",
     "decode_entries",
     "decode_entry",
     "decode_errors",
@@ -110,6 +112,24 @@ class Joined:
     #: the record found there: the live holder when not won, the predecessor replaced
     #: (dead, expired or left behind) when won; None when the id was free
     holder: Node | None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class CrashCheck:
+    """The reply of :data:`~celery_dcron.registry.scripts.EXPIRE_CRASHED`."""
+
+    #: the nodes taken for dead (their expiry is now)
+    taken: tuple[str, ...] = ()
+    #: in how long (ms) the first of the others given becomes overdue; None: none will
+    overdue_in_ms: int | None = None
+
+
+def decode_crash_check(reply: Any) -> CrashCheck:
+    taken, soonest = reply
+    return CrashCheck(
+        taken=tuple(t.decode() if isinstance(t, bytes) else str(t) for t in taken or ()),
+        overdue_in_ms=int_or_none(soonest),
+    )
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

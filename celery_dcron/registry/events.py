@@ -28,6 +28,11 @@ class EventStore(Store):
         ps.subscribe(self.keys.events)
         return ps
 
+    def watch(self, subscription: Any, node_id: str) -> None:
+        """Subscribe ``subscription`` (from :meth:`pubsub`) to the channel of ``node_id``
+        too: held while this process runs, dropped by Redis when it dies."""
+        subscription.subscribe(self.keys.node_channel(node_id))
+
     def set_paused(self, paused: bool) -> None:
         """Pause (or resume) the whole namespace: no instance claims anything while set."""
         self.transport.call(scripts.SET_PAUSED, [self.keys.events, "1" if paused else "0"])

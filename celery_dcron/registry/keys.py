@@ -39,6 +39,9 @@ all scripts touch one Redis Cluster slot; ``B`` below stands for that tag)::
                                 last run / last full run started, full_wanted_ms -> when a
                                 full run was last asked for
     B:events      channel "members" | "entries" (pub/sub wake-ups; polling is the fallback)
+    B:node:<id>   channel nothing is published: the running process of node <id> stays
+                  subscribed (its event listener), and Redis drops the subscription when
+                  the process dies (PUBSUB NUMSUB 0: crash detection, see crashes.py)
 
 Nothing read back is unpickled: values are JSON or plain integers
 (see :mod:`celery_dcron.registry.codec`).
@@ -86,6 +89,10 @@ class Keys:
     def named(self, name: KeyName) -> str:
         """The fixed key called ``name`` (``keys.named("last") == keys.last``)."""
         return str(getattr(self, name))
+
+    def node_channel(self, node_id: str) -> str:
+        """The channel the running process of ``node_id`` stays subscribed to."""
+        return f"{self.base}:node:{node_id}"
 
     def lock(self, name: str, tick_ms: int) -> str:
         return f"{self.base}:lock:{name}:{tick_ms}"

@@ -3,11 +3,25 @@ status."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
+import redis
+
+from .. import clients
 from ..entries import Node
+from ..exceptions import UnsupportedError
 from . import scripts
-from .codec import Heartbeat, Joined, decode_heartbeat, decode_joined, decode_nodes, dumps
+from .codec import (
+    CrashCheck,
+    Heartbeat,
+    Joined,
+    decode_crash_check,
+    decode_heartbeat,
+    decode_joined,
+    decode_nodes,
+    dumps,
+)
 from .transport import Store
 
 __all__ = ["NodeStore"]
@@ -53,6 +67,43 @@ class NodeStore(Store):
     def leave(self, node_id: str) -> None:
         """Remove ``node_id`` at once (a graceful stop hands its entries over)."""
         self.transport.call(scripts.LEAVE, [node_id, self.keys.events])
+
+    def subscribers(self, node_ids: Sequence[str]) -> dict[str, int]:
+        """How many subscribers each node's channel has (``PUBSUB NUMSUB``, one command):
+        0 once its process died. Raises :class:`UnsupportedError` on Redis Cluster (the
+        count is per shard) or when Redis refuses the command (an ACL, a proxy)."""
+        if not node_ids:
+            return {}
+        t = self.transport
+        if clients.is_cluster(t.client):
+            raise UnsupportedError(
+                "PUBSUB NUMSUB counts the subscribers of one shard on Redis Cluster",
+                command="PUBSUB NUMSUB",
+            )
+        channels = [self.keys.node_channel(node_id) for node_id in node_ids]
+
+        def numsub() -> Any:
+            try:
+                return t.client.pubsub_numsub(*channels)
+            except redis.exceptions.ResponseError as exc:  # refused: not an outage
+                return exc
+
+        reply = t.run(numsub)
+        if isinstance(reply, Exception):
+            raise UnsupportedError(
+                f"Redis refused PUBSUB NUMSUB: {reply}", command="PUBSUB NUMSUB"
+            ) from reply
+        return {node_id: int(count) for node_id, (_, count) in zip(node_ids, reply, strict=True)}
+
+    def expire_crashed(self, node_ids: Sequence[str], *, grace_ms: int) -> CrashCheck:
+        """Of ``node_ids`` (nodes whose channel has no subscriber), take for dead those
+        whose heartbeat is also overdue: older than their heartbeat interval plus
+        ``grace_ms`` (server clock); their expiry becomes now, and the next full
+        heartbeat forgets them."""
+        if not node_ids:
+            return CrashCheck()
+        reply = self.transport.call(scripts.EXPIRE_CRASHED, [grace_ms, *node_ids])
+        return decode_crash_check(reply)
 
     def nodes(self) -> tuple[list[Node], int]:
         """Live nodes (heartbeat not expired) with their status, and the server time."""

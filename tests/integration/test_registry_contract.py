@@ -175,6 +175,61 @@ def test_leave_deregisters_at_once(backend: Backend) -> None:
     )
 
 
+def _numsub(reg: Registry, ids: list[str], want: dict[str, int]) -> dict[str, int]:
+    """``reg.subscribers(ids)`` once it says ``want`` (a subscription is counted once
+    the server processed it), or its last answer after 2 s."""
+    deadline = time.monotonic() + 2.0
+    counts = reg.subscribers(ids)
+    while counts != want and time.monotonic() < deadline:
+        time.sleep(0.01)
+        counts = reg.subscribers(ids)
+    return counts
+
+
+def test_a_node_channel_counts_the_subscriptions_watching_it_until_closed(
+    backend: Backend,
+) -> None:
+    reg = backend.reg
+    assert reg.subscribers([]) == {}
+    assert reg.subscribers(["a", "b"]) == {"a": 0, "b": 0}
+    sub = reg.pubsub()
+    other = reg.pubsub()
+    try:
+        reg.watch(sub, "a")
+        assert _numsub(reg, ["a", "b"], {"a": 1, "b": 0}) == {"a": 1, "b": 0}
+        reg.watch(other, "a")
+        assert _numsub(reg, ["b", "a"], {"b": 0, "a": 2}) == {"b": 0, "a": 2}
+    finally:
+        sub.close()
+    assert _numsub(reg, ["a"], {"a": 1}) == {"a": 1}  # a closed one counts no more
+    other.close()
+    assert _numsub(reg, ["a"], {"a": 0}) == {"a": 0}
+
+
+def test_expire_crashed_takes_only_overdue_nodes_that_hold_a_channel(backend: Backend) -> None:
+    reg = backend.reg
+    watched = Node(id="a", status=NodeStatus.WORKING, watch_ms=100)
+    unwatched = Node(id="b", status=NodeStatus.WORKING)  # no node channel: only its TTL
+    late = Node(id="c", status=NodeStatus.WORKING, watch_ms=100)
+    for node in (watched, unwatched, late):
+        reg.heartbeat(node, ttl_ms=2_000)
+    early = reg.expire_crashed(["a", "b", "c", "nobody"], grace_ms=50)
+    assert early.taken == ()
+    assert early.overdue_in_ms is not None and 0 < early.overdue_in_ms <= 150
+    backend.advance(100)
+    hb = reg.heartbeat(late, ttl_ms=2_000)  # c heartbeats: its overdue time moves
+    backend.advance(100)
+    checked = reg.expire_crashed(["a", "b", "c"], grace_ms=50)
+    assert checked.taken == ("a",)  # 200 ms late; c 100 ms: within 100 + 50
+    assert checked.overdue_in_ms is not None and 0 <= checked.overdue_in_ms <= 50
+    assert reg.expire_crashed(["a"], grace_ms=50).taken == ()  # taken once
+    # the next full heartbeat forgets it, as a membership change
+    after = reg.heartbeat(late, ttl_ms=2_000)
+    assert after.members_version > hb.members_version
+    assert [n.id for n in reg.nodes()[0]] == ["b", "c"]
+    assert [n.watch_ms for n in reg.nodes()[0]] == [0, 100]
+
+
 def test_join_takes_a_free_expired_or_own_id_and_refuses_a_live_holder(backend: Backend) -> None:
     reg = backend.reg
     old = Node(id="h:0", host="h", pid=7, token="7:100:aa", status=NodeStatus.WORKING)

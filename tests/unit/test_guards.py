@@ -169,6 +169,7 @@ CELERY_IMPORTERS = {
     "celery_schedules",  # converts Celery's crontab/solar/schedule; cron is a BaseSchedule
     "signals",  # celery's Signal class, as Celery's own signals
     "engine.failures",  # tells a permanent publish failure by Celery's exception types
+    "templates",  # whether Celery's publish signals have receivers, apply_async is Celery's
 }
 #: Import cycles that are not load-order dependencies, and why.
 CYCLE_EXCEPTIONS = {

@@ -46,6 +46,8 @@ class MemorySubscription:
     def __init__(self, owner: _Base) -> None:
         self._owner = owner
         self._queue: queue.SimpleQueue[str] = queue.SimpleQueue()
+        #: the node channels it is subscribed to (``Registry.watch``)
+        self.watching: set[str] = set()
 
     def put(self, kind: str) -> None:
         self._queue.put(kind)
@@ -68,6 +70,7 @@ class _Data:
     nodes: dict[str, Node] = field(default_factory=dict)
     status: dict[str, str] = field(default_factory=dict)
     alive: dict[str, int] = field(default_factory=dict)  # node id -> heartbeat expiry (ms)
+    ttl: dict[str, int] = field(default_factory=dict)  # node id -> its TTL (ms), as recorded
     members_version: int = 0
     entries_version: int = 0
     epoch: str | None = None
@@ -102,6 +105,12 @@ class _Base:
         self._losses = 0
         self._lock = threading.RLock()
         self._subscribers: list[MemorySubscription] = []
+        #: test helper: node ids whose process counts as connected (a subscriber on its
+        #: node channel) besides the subscriptions' own (``watch``); discard one to
+        #: simulate its process dying
+        self.connected: set[str] = set()
+        #: test helper: True, ``subscribers`` is refused (an ACL or a proxy)
+        self.numsub_refused = False
 
     def lose_data(self) -> None:
         """Forget everything (versions and epoch too), as a Redis restarted without

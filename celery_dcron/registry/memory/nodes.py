@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import replace
 from typing import TYPE_CHECKING
 
@@ -9,10 +10,12 @@ from ...entries import (
     Node,
     NodeStatus,
 )
+from ...exceptions import UnsupportedError
 
 # The registry's record types: pure frozen dataclasses (the module that holds them
 # imports redis; the memory registry uses nothing else of it).
 from ..codec import (
+    CrashCheck,
     Heartbeat,
     Joined,
 )
@@ -40,6 +43,7 @@ class _Nodes(_Base):
                         del d.alive[node_id]
                         d.nodes.pop(node_id, None)
                         d.status.pop(node_id, None)
+                        d.ttl.pop(node_id, None)
             held = d.nodes.get(node.id)
             superseded = bool(node.token and held and held.token and held.token != node.token)
             if not superseded:
@@ -49,6 +53,7 @@ class _Nodes(_Base):
                 d.nodes[node.id] = replace(node, heartbeat_ms=now)
                 d.status[node.id] = node.status.value
                 d.alive[node.id] = now + ttl_ms
+                d.ttl[node.id] = ttl_ms
             if changed:
                 self._notify(_MEMBERS)
             if d.epoch is None:  # Redis: TIME as "<s>.<us>"; a loss count stands in for µs
@@ -95,6 +100,7 @@ class _Nodes(_Base):
             d.nodes[node.id] = node
             d.status[node.id] = node.status.value
             d.alive[node.id] = now + ttl_ms
+            d.ttl[node.id] = ttl_ms
             self._notify(_MEMBERS)
             return Joined(won=True, holder=held)
 
@@ -104,6 +110,7 @@ class _Nodes(_Base):
             d.alive.pop(node_id, None)
             d.nodes.pop(node_id, None)
             d.status.pop(node_id, None)
+            d.ttl.pop(node_id, None)
             self._notify(_MEMBERS)
 
     def nodes(self) -> tuple[list[Node], int]:
@@ -117,6 +124,46 @@ class _Nodes(_Base):
             for node_id, node in sorted(d.nodes.items())
             if self._is_alive(node_id, now)
         ]
+
+    def subscribers(self, node_ids: Sequence[str]) -> dict[str, int]:
+        with self._op():
+            if not node_ids:
+                return {}
+            if self.numsub_refused:
+                raise UnsupportedError(
+                    "memory registry: PUBSUB NUMSUB refused", command="PUBSUB NUMSUB"
+                )
+            return {
+                node_id: int(node_id in self.connected)
+                + sum(node_id in sub.watching for sub in self._subscribers)
+                for node_id in node_ids
+            }
+
+    def expire_crashed(self, node_ids: Sequence[str], *, grace_ms: int) -> CrashCheck:
+        with self._op() as now:
+            d = self._data
+            taken: list[str] = []
+            soonest: int | None = None
+            for node_id in node_ids:
+                expiry = d.alive.get(node_id)
+                node = d.nodes.get(node_id)
+                ttl = d.ttl.get(node_id)
+                if expiry is None or node is None or ttl is None or expiry <= now:
+                    continue
+                if not node.watch_ms:
+                    continue
+                wait = (expiry - ttl) + node.watch_ms + grace_ms - now
+                if wait < 0:
+                    d.alive[node_id] = now
+                    taken.append(node_id)
+                elif soonest is None or wait < soonest:
+                    soonest = wait
+            return CrashCheck(taken=tuple(taken), overdue_in_ms=soonest)
+
+    def watch(self, subscription: object, node_id: str) -> None:
+        with self._op():
+            if isinstance(subscription, MemorySubscription):
+                subscription.watching.add(node_id)
 
     def pubsub(self) -> MemorySubscription:
         with self._op():

@@ -25,13 +25,14 @@ from .entries import (
     SET_PAUSED,
     SYNC_STATIC,
 )
-from .membership import HEARTBEAT, JOIN, LEAVE, TIME
+from .membership import EXPIRE_CRASHED, HEARTBEAT, JOIN, LEAVE, TIME
 
 __all__ = [
     "ALL",
     "CLAIM",
     "CLEANUP",
     "ENQUEUE",
+    "EXPIRE_CRASHED",
     "HEARTBEAT",
     "JOIN",
     "LEAVE",
@@ -57,5 +58,5 @@ __all__ = [
 ALL: tuple[Script, ...] = (
     HEARTBEAT, JOIN, LEAVE, SYNC_STATIC, CLAIM, RETAKE, MARK_SENT, REJECT, PUT_ENTRY,
     PUT_ENTRIES, REMOVE_ENTRY, CLEANUP, RESET, SET_PAUSED, RUN_NOW, TAKE_REQUESTS, TIME,
-    ENQUEUE,
+    ENQUEUE, EXPIRE_CRASHED,
 )  # fmt: skip

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from .base import _NOW, Script
 
-__all__ = ["HEARTBEAT", "JOIN", "LEAVE", "TIME"]
+__all__ = ["EXPIRE_CRASHED", "HEARTBEAT", "JOIN", "LEAVE", "TIME"]
 
 
 # -- membership -------------------------------------------------------------------
@@ -142,6 +142,51 @@ redis.call('HDEL', KEYS[2], ARGV[1])
 redis.call('HINCRBY', KEYS[4], 'members', 1)
 redis.call('PUBLISH', ARGV[2], 'members')
 return 1
+""",
+)
+
+# Crash detection (celery_dcron/crashes.py): takes for dead each node given (the caller
+# found no subscriber on its node channel: its process closed its connections) that is
+# also overdue on the server clock: its last heartbeat (its expiry less the record's
+# ttl_ms) is older than the record's watch_ms (its heartbeat interval) plus grace_ms. A
+# node whose record has no watch_ms (it holds no node channel) is left to its TTL. Each
+# one taken gets the expiry now, read and written in this one step (a heartbeat since
+# the check moved it: not overdue, not taken); the caller's full heartbeat (HEARTBEAT)
+# then forgets it and publishes "members".
+# KEYS: nodes, alive
+# ARGV: grace_ms, node_id, node_id, ...
+# Returns {the ids taken for dead, the least ms until another of them becomes overdue
+# (nil when none will: no record, no watch_ms, or expired)}.
+EXPIRE_CRASHED = Script(
+    "expire_crashed",
+    ("nodes", "alive"),
+    _NOW
+    + """
+local grace = tonumber(ARGV[1])
+local out = {}
+local soonest = false
+for i = 2, #ARGV do
+  local id = ARGV[i]
+  local exp = tonumber(redis.call('ZSCORE', KEYS[2], id))
+  local rec = redis.call('HGET', KEYS[1], id)
+  if exp and rec and exp > now then
+    local ok, data = pcall(cjson.decode, rec)
+    if ok and type(data) == 'table' then
+      local watch = tonumber(data['watch_ms']) or 0
+      local ttl = tonumber(data['ttl_ms'])
+      if watch > 0 and ttl then
+        local wait = (exp - ttl) + watch + grace - now
+        if wait < 0 then
+          redis.call('ZADD', KEYS[2], 'XX', now, id)
+          out[#out + 1] = id
+        elseif not soonest or wait < soonest then
+          soonest = wait
+        end
+      end
+    end
+  end
+end
+return {out, soonest}
 """,
 )
 

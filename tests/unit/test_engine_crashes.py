@@ -1,0 +1,171 @@
+"""Crash detection on the in-memory registry (G3): a peer whose process closed its Redis
+connections (no subscriber on its node channel) and missed its heartbeat is dropped in
+about one heartbeat; a frozen one (still subscribed) waits for its TTL.
+
+Engines have an event listener (not started: the test plays its part): each holds its
+node channel in the registry's ``connected`` set, and a crash is the test dropping an
+engine from the steps and its id from that set. Node TTL 3 s, heartbeats every 1 s.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+
+from celery_dcron.crashes import GRACE_MS
+from celery_dcron.engine import Engine
+from tests.enginekit import MemoryCluster, S, assert_each_tick_once, decisions, entries
+
+N = 12
+NAMES = frozenset(f"e{i}" for i in range(N))
+INTERVAL_MS = 1000
+
+
+def _running(nodes: int, **settings: object) -> tuple[MemoryCluster, list[Engine]]:
+    c = MemoryCluster()
+    engines = [
+        c.add(f"n{i}", entries(N), engine_kw={"listen": True}, **settings) for i in range(nodes)
+    ]
+    for e in engines:
+        assert e.listener is not None
+        e.listener.watching_since = 0.0  # its node channel is held, as a running listener's
+        c.registry.connected.add(e.node_id)
+    c.step_all(3)
+    c.align()
+    c.advance(2 * S, step_ms=100)
+    assert all(e.owned for e in engines)
+    return c, engines
+
+
+def _taken_at(c: MemoryCluster, others: list[Engine], orphans: set[str], until_ms: int) -> int:
+    """Step until the others own ``orphans``; the clock then (ms), or fail at ``until_ms``."""
+    while c.clock.now_ms() < until_ms:
+        c.advance(50, step_ms=50)
+        if orphans <= set().union(*(e.owned for e in others)):
+            return c.clock.now_ms()
+    pytest.fail("the crashed node's entries did not move")
+
+
+@pytest.mark.parametrize("nodes", [2, 3])
+@pytest.mark.parametrize("victim", [0, -1])  # the janitor (lowest id) too
+def test_a_crashed_peer_is_dropped_after_about_one_heartbeat(
+    caplog: pytest.LogCaptureFixture, nodes: int, victim: int
+) -> None:
+    c, engines = _running(nodes)
+    dead = engines[victim]
+    others = [e for e in engines if e is not dead]
+    orphans = set(dead.owned)
+    last_beat = c.clock.now_ms()  # it heartbeat at the last step
+    c.engines.remove(dead)
+    c.registry.connected.discard(dead.node_id)  # its process died: Redis dropped it
+    with caplog.at_level(logging.INFO, logger="celery_dcron"):
+        taken = _taken_at(c, others, orphans, last_beat + c.ttl_ms)
+    # overdue at one interval + grace; then the next turn of a survivor (at most two)
+    assert last_beat + INTERVAL_MS + GRACE_MS < taken <= last_beat + 2 * INTERVAL_MS + 200
+    crashed = decisions(caplog, "node_crashed")
+    assert [d["crashed"] for d in crashed] == [dead.node_id]
+    assert crashed[0]["node"] in {e.node_id for e in others}
+    c.advance(3 * S, step_ms=100)
+    assert_each_tick_once(c.recorder)
+
+
+def test_a_peer_without_a_subscriber_that_still_heartbeats_is_kept() -> None:
+    """Its listener is only reconnecting: not overdue, not dropped."""
+    c, engines = _running(3)
+    c.registry.connected.discard(engines[1].node_id)
+    before = {e.node_id: set(e.owned) for e in engines}
+    c.advance(3 * c.ttl_ms, step_ms=100)
+    assert {e.node_id: set(e.owned) for e in engines} == before
+    assert_each_tick_once(c.recorder)
+
+
+def test_a_frozen_peer_still_subscribed_waits_for_its_ttl() -> None:
+    c, engines = _running(3)
+    frozen = engines[1]
+    others = [e for e in engines if e is not frozen]
+    orphans = set(frozen.owned)
+    last_beat = c.clock.now_ms()
+    c.engines.remove(frozen)  # SIGSTOP: its connections (and subscription) stay
+    taken = _taken_at(c, others, orphans, last_beat + c.ttl_ms + 2 * S)
+    assert taken >= last_beat + c.ttl_ms
+    c.engines.insert(1, frozen)  # SIGCONT
+    c.advance(3 * S, step_ms=100)
+    assert_each_tick_once(c.recorder)
+
+
+def test_checks_are_staggered_about_one_per_interval_for_the_cluster() -> None:
+    c, _ = _running(3)
+    calls: dict[str, int] = {}
+    real = c.registry.subscribers
+
+    def counting(node_ids: list[str]) -> dict[str, int]:
+        calls[c.engines[step[0]].node_id] = calls.get(c.engines[step[0]].node_id, 0) + 1
+        return real(node_ids)
+
+    step = [0]
+    c.registry.subscribers = counting  # type: ignore[method-assign]
+    for _ in range(120):  # 12 s, each engine heartbeating every 100 ms
+        c.clock.advance(100)
+        for i, e in enumerate(c.engines):
+            step[0] = i
+            e._next_beat = 0.0
+            e.step()
+    # 12 intervals: about one check per interval for the cluster, a third each
+    assert sum(calls.values()) in range(11, 14), calls
+    assert all(count in range(3, 6) for count in calls.values()), calls
+
+
+def test_off_by_setting_and_when_redis_refuses_numsub(caplog: pytest.LogCaptureFixture) -> None:
+    _, (a, *_) = _running(3, crash_detection=False)
+    assert not a.membership.node.watch_ms and not a.crashes.enabled
+    c2, _ = _running(3)
+    c2.registry.numsub_refused = True
+    with caplog.at_level(logging.INFO, logger="celery_dcron"):
+        c2.advance(4 * S, step_ms=100)
+    assert not any(e.crashes.enabled for e in c2.engines)
+    off = decisions(caplog, "crash_detection_off")
+    assert off and all(d["level"] == logging.INFO for d in off)
+    assert len(off) == 3  # once per instance
+
+
+def test_an_instance_without_a_listener_is_left_to_its_ttl() -> None:
+    c = MemoryCluster()
+    alone = c.add("n0", entries(N))  # listen=False: holds no node channel
+    watched = [c.add(f"n{i}", entries(N), engine_kw={"listen": True}) for i in (1, 2)]
+    for e in watched:
+        c.registry.connected.add(e.node_id)
+    c.step_all(3)
+    assert alone.membership.node.watch_ms == 0
+    assert all(e.membership.node.watch_ms == INTERVAL_MS for e in watched)
+    orphans = set(alone.owned)
+    last_beat = c.clock.now_ms()
+    c.engines.remove(alone)
+    taken = _taken_at(c, watched, orphans, last_beat + c.ttl_ms + 2 * S)
+    assert taken >= last_beat + c.ttl_ms
+
+
+def test_a_publish_after_the_node_channel_lapsed_checks_the_claim_first() -> None:
+    """G1: the others may have taken this node for crashed while its channel was not held
+    (between its claim and its publish): it publishes only the claims still its own."""
+    c, engines = _running(2)
+    e = engines[0]
+    assert e.listener is not None
+    checks = []
+    real = e.dispatcher._still_ours
+
+    def still_ours(ticks):  # type: ignore[no-untyped-def]
+        checks.append(len(ticks))
+        return real(ticks)
+
+    e.dispatcher._still_ours = still_ours  # type: ignore[method-assign]
+    c.advance(2 * S, step_ms=100)
+    assert not checks  # held all along: no check
+    e.listener.watching_since = None  # the subscription lapsed
+    c.advance(2 * S, step_ms=100)
+    assert checks
+    checks.clear()
+    e.listener.watching_since = 10**12  # held again, since after the claims below
+    c.advance(S, step_ms=100)
+    assert checks
+    assert_each_tick_once(c.recorder)
