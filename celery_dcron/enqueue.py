@@ -145,10 +145,15 @@ class FastPath:
         current = getattr(self.producer()._batch_local, "current", None)
         return current if isinstance(current, Capture) else None
 
-    def capture(self) -> contextlib.AbstractContextManager[Capture] | None:
+    def decide(self) -> bool:
+        """Whether the fast path is on, deciding it now if not yet. Raises
+        RegistryUnavailableError while the broker or the registry does not answer."""
         if self.enabled is None:
             self._decide_by_server()
-        if not self.enabled:
+        return bool(self.enabled)
+
+    def capture(self) -> contextlib.AbstractContextManager[Capture] | None:
+        if not self.decide():
             return None
         return capturing(self.producer())
 

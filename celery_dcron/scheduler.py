@@ -32,7 +32,12 @@ from .engine import Engine
 from .enqueue import FastPath, capturing
 from .entries import EntrySpec, Tick
 from .enums import EntrySource
-from .exceptions import ConfigurationError, DcronError, InvalidEntryError
+from .exceptions import (
+    ConfigurationError,
+    DcronError,
+    InvalidEntryError,
+    RegistryUnavailableError,
+)
 from .metrics import start_metrics
 from .registry import Registry
 from .status import plural
@@ -372,7 +377,12 @@ class DistributedScheduler(beat.Scheduler):
         and ticks), so that their first ticks, a burst of them included, are already
         sent from templates."""
         fast = self._fast_path
-        if fast is None or not fast.enabled or not engine.membership.joined:
+        if fast is None or not engine.membership.joined:
+            return
+        try:
+            if not fast.decide():  # decided before the first tick: then there is time
+                return
+        except RegistryUnavailableError:
             return
         templates = self._templates
         horizon = engine.clock.now_ms() + _PREPARE_AHEAD_MS

@@ -63,8 +63,8 @@ def test_ticks_pushed_by_the_script_and_by_apply_async_run_alike(
     beats = cluster.start(2, DCRON_E2E_ENTRIES="3")
     cluster.wait_ticks(4, after_ms=now_ms(), entries=entries, timeout=20)
     cluster.stop_all()
-    for beat in beats:  # decided (and logged) when it first sends
-        assert bool(beat.grep(ONE_SCRIPT)) == bool(beat.fired()), beat.log_tail()
+    for beat in beats:  # decided (and logged) before it first sends
+        assert beat.grep(ONE_SCRIPT) or not beat.fired(), beat.log_tail()
         # the messages are built ahead (templates) and sent from them
         assert bool(beat.grep(TEMPLATES)) == bool(beat.fired()), beat.log_tail()
         assert not beat.grep("then marked sent"), beat.log_tail()
