@@ -23,7 +23,7 @@ Scenarios (``--scenario``, comma-separated; all by default):
               dcron and RedBeat with 3 instances, the default beat with 1. Time from the
               minute to the last message, p50/p99.
 ``idle``      N entries due once a year (nothing due): Redis commands per second and
-              CPU per instance, RSS. dcron with 1 and 2 instances, RedBeat with 1 and 2.
+              CPU per instance, RSS. dcron with 1, 2 and 3 instances, RedBeat with 1 and 2.
 ``scale``     dcron, 1,000 entries every second, on 1, 2 and 4 instances.
 ``failover``  60 entries every second (misfire policy ``all``); SIGKILL of the instance
               that sends most of them; time until each of its entries has a message
@@ -484,7 +484,7 @@ class Compare(Bench):
 
     def idle(self, n: int) -> None:
         for scheduler, k in self.pick(
-            (DCRON, 1), (DCRON, 2), (DEFAULT, 1), (REDBEAT, 1), (REDBEAT, 2)
+            (DCRON, 1), (DCRON, 2), (DCRON, 3), (DEFAULT, 1), (REDBEAT, 1), (REDBEAT, 2)
         ):
             self.say(f"idle {LABELS[scheduler]} N={n} K={k}")
             row = Row("idle", LABELS[scheduler], n, k)
