@@ -221,6 +221,7 @@ class DistributedScheduler(beat.Scheduler):
             settings, registry, connection=self.connection, producer=lambda: self.producer
         )
         self._engine.dispatcher.capture = self._fast_path.capture
+        self._engine.jobs.freeze_gc = True  # a process of its own: see engine.loading
         logger.info(
             "dcron: node %s joining namespace %r at %s with %s",
             settings.node_id or "<host>:<slot>",

@@ -210,3 +210,27 @@ def test_a_starting_instance_loads_in_pages_while_the_others_fire_and_then_works
         ts = ticks_of(c.recorder, f"fast{i:05d}")
         assert len(ts) >= steps // 10
     assert_each_tick_once(c.recorder)
+
+
+def test_a_beat_process_keeps_what_a_load_read_out_of_the_full_gc_scans() -> None:
+    """A full collection of a process holding many entries holds the loop (0.2-1 s at
+    1,000,000 entries): the beat moves what each paged job loaded out of the cyclic GC's
+    scans once the job is over; an engine in someone else's process does not."""
+    import gc
+
+    c = MemoryCluster()
+    c.registry.put_entries(dynamic(50))
+    plain, beat = c.add("a", []), c.add("b", [])
+    beat.jobs.freeze_gc = True
+    gc.unfreeze()
+    try:
+        plain.step()
+        while plain.jobs.busy:
+            plain.step()
+        assert gc.get_freeze_count() == 0
+        beat.step()
+        while beat.jobs.busy:
+            beat.step()
+        assert beat.owned and gc.get_freeze_count() > 0
+    finally:
+        gc.unfreeze()
