@@ -39,6 +39,23 @@ def test_an_entry_written_by_the_previous_version_loads_with_enums_and_dumps_the
     assert EntrySpec.from_json(without).source is EntrySource.STATIC  # the old default
 
 
+def test_kombu_typed_values_survive_the_stored_json_as_plain_ones_do() -> None:
+    """Entries are read with plain JSON unless their text holds a kombu-typed value (a
+    date, a UUID...; or an escape that could spell its marker): both read back equal."""
+    when = datetime(2026, 12, 4, 18, 0, tzinfo=UTC)
+    typed = EntrySpec(
+        name="x", task="t", schedule=IntervalSchedule(every_ms=5000),
+        kwargs={"since": when}, options={"eta_hint": when},
+    )  # fmt: skip
+    assert "__type__" in typed.dumps()
+    back = EntrySpec.loads(typed.dumps())
+    assert back == typed and back.kwargs["since"] == when
+    plain = EntrySpec(name="y", task="t", schedule=IntervalSchedule(every_ms=5000), args=("é",))
+    assert EntrySpec.loads(plain.dumps()) == plain
+    escaped = plain.dumps().replace('"args": [', '"\\u0061rgs": [')  # "args", escaped
+    assert EntrySpec.loads(escaped.encode()) == plain
+
+
 @pytest.mark.parametrize(("key", "value"), [("source", "cron-job"), ("after_run", "explode")])
 def test_an_unknown_enum_value_in_stored_json_names_the_entry_and_field(
     key: str, value: str
