@@ -16,9 +16,10 @@ than about 100 ms, whatever the number of entries (G8).
 
 In a beat process (:attr:`Jobs.freeze_gc`), when a job ends what the process holds is
 moved out of the cyclic garbage collector's full scans (``gc.freeze()``): a full
-collection of a process holding hundreds of thousands of entries takes 0.2-1 s, and held
-the loop that long at times, making due ticks late. Entries hold no reference cycles, and
-are still freed by their reference counts when dropped.
+collection visits every tracked object (170 ms for 355,000 of them on the benchmark
+machine, and a process holding a third of a million entries tracks several times that),
+and it runs inside the loop. Entries hold no reference cycles, and are still freed by
+their reference counts when dropped.
 """
 
 from __future__ import annotations
