@@ -50,6 +50,29 @@ def _json_loads(text: str | bytes) -> Any:
     return _PLAIN.decode(text)
 
 
+class _Empty(dict):  # type: ignore[type-arg]
+    """The kwargs or options of an entry that has none, shared by all such entries read
+    from the registry (two empty dicts were a third of an entry's memory): read-only."""
+
+    __slots__ = ()
+
+    def _refuse(self, *args: Any, **kwargs: Any) -> Any:
+        raise TypeError("an entry's kwargs and options are read-only: change a copy")
+
+    __setitem__ = __delitem__ = __ior__ = _refuse
+    clear = pop = popitem = setdefault = update = _refuse
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (_empty, ())
+
+
+_EMPTY = _Empty()
+
+
+def _empty() -> _Empty:
+    return _EMPTY
+
+
 class NodeStatus(str, enum.Enum):
     """Life cycle of an instance: only ``working`` nodes own entries."""
 
@@ -190,8 +213,8 @@ class EntrySpec:
             task=sys.intern(str(data["task"])),  # one string per task name, not per entry
             schedule=schedule_from_json(data["schedule"], entry=name),
             args=tuple(data.get("args") or ()),
-            kwargs=dict(data.get("kwargs") or {}),
-            options=dict(data.get("options") or {}),
+            kwargs=dict(kwargs) if (kwargs := data.get("kwargs")) else _EMPTY,
+            options=dict(options) if (options := data.get("options")) else _EMPTY,
             misfire_policy=(
                 MisfirePolicy.parse(policy, field_name=f"entry {name!r}: misfire_policy")
                 if policy is not None

@@ -56,6 +56,26 @@ def test_kombu_typed_values_survive_the_stored_json_as_plain_ones_do() -> None:
     assert EntrySpec.loads(escaped.encode()) == plain
 
 
+def test_entries_without_kwargs_or_options_share_one_read_only_empty_mapping() -> None:
+    """A third of a loaded entry's memory was its two empty dicts: entries read from the
+    registry share one, which refuses changes, pickles to itself and equals ``{}``."""
+    import pickle
+
+    texts = [
+        EntrySpec(name=n, task="t", schedule=IntervalSchedule(every_ms=5000)).dumps()
+        for n in ("a", "b")
+    ]
+    a, b = (EntrySpec.loads(t) for t in texts)
+    assert a.kwargs is b.kwargs is a.options and a.kwargs == {} and a.to_json()["kwargs"] == {}
+    with pytest.raises(TypeError, match="read-only"):
+        a.kwargs["x"] = 1  # type: ignore[index]
+    assert pickle.loads(pickle.dumps(a)) == a
+    copy = dict(a.kwargs)
+    copy["x"] = 1  # a copy changes freely
+    with_kwargs = EntrySpec.loads(texts[0].replace('"kwargs": {}', '"kwargs": {"k": 1}'))
+    assert with_kwargs.kwargs == {"k": 1} and with_kwargs.kwargs is not a.kwargs
+
+
 @pytest.mark.parametrize(("key", "value"), [("source", "cron-job"), ("after_run", "explode")])
 def test_an_unknown_enum_value_in_stored_json_names_the_entry_and_field(
     key: str, value: str
