@@ -201,13 +201,15 @@ class Dispatcher(Part):
         )
         for tick, ours in zip(ticks, flags, strict=True):
             if not ours:
-                log_event(
-                    logger, logging.WARNING, "taken_over",
-                    "dcron: %(entry)s tick=%(tick)s was taken over while this node stalled; "
-                    "not sent",
-                    entry=tick.name, tick_ms=tick.tick_ms, node=self.node_id,
-                )  # fmt: skip
+                self._taken_over(tick)
         return [tick for tick, ours in zip(ticks, flags, strict=True) if ours]
+
+    def _taken_over(self, tick: Tick) -> None:
+        log_event(
+            logger, logging.WARNING, "taken_over",
+            "dcron: %(entry)s tick=%(tick)s was taken over while this node stalled; not sent",
+            entry=tick.name, tick_ms=tick.tick_ms, node=self.node_id,
+        )  # fmt: skip
 
     def _publish_batch(self, ticks: Sequence[Tick]) -> list[Tick]:
         """Publish ``ticks`` in one broker batch (when the publisher batches); the sent ones.
@@ -288,12 +290,7 @@ class Dispatcher(Part):
             elif result.error is not None:
                 self._tick_failed(spec, tick, task_id, EnqueueRefusedError(result.error))
             else:
-                log_event(
-                    logger, logging.WARNING, "taken_over",
-                    "dcron: %(entry)s tick=%(tick)s was taken over while this node stalled; "
-                    "not sent",
-                    entry=tick.name, tick_ms=tick.tick_ms, node=self.node_id,
-                )  # fmt: skip
+                self._taken_over(tick)
         self.enqueued.update(tick for tick, _ in done)
         return done
 

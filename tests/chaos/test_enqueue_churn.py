@@ -29,7 +29,7 @@ import pytest
 
 from tests.chaos.observe import RedisQueueObserver
 from tests.chaos.run import TTL_S, Chaos, every, soak_seconds, soak_timeout
-from tests.e2e.conftest import CLUSTER_KEY
+from tests.e2e.conftest import held
 from tests.e2e.harness import Beat
 from tests.e2e.test_enqueue import ONE_SCRIPT, SameRedisCluster
 from tests.servers import RedisServer
@@ -45,12 +45,7 @@ def same_cluster(
     broker: RedisServer, tmp_path: Path, request: pytest.FixtureRequest
 ) -> Iterator[SameRedisCluster]:
     """Beats whose registry is the broker's database (the append-only ``broker``)."""
-    c = SameRedisCluster(broker, tmp_path / "procs")
-    request.node.stash[CLUSTER_KEY] = c
-    try:
-        yield c
-    finally:
-        c.cleanup()
+    yield from held(SameRedisCluster(broker, tmp_path / "procs"), request)
 
 
 @soak_timeout(CI_S)

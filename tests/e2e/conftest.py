@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Generator, Iterator
 from pathlib import Path
+from typing import TypeVar
 
 import pytest
 
@@ -16,6 +17,17 @@ from tests.e2e.harness import Cluster
 from tests.servers import RedisServer
 
 CLUSTER_KEY = pytest.StashKey[Cluster]()
+C = TypeVar("C", bound=Cluster)
+
+
+def held(c: C, request: pytest.FixtureRequest) -> Iterator[C]:
+    """A cluster fixture's body: ``c`` for the test (its logs go to a failure's report),
+    and every process of it killed at teardown."""
+    request.node.stash[CLUSTER_KEY] = c
+    try:
+        yield c
+    finally:
+        c.cleanup()
 
 
 @pytest.fixture
@@ -23,12 +35,7 @@ def cluster(
     redis_server: RedisServer, tmp_path: Path, request: pytest.FixtureRequest
 ) -> Iterator[Cluster]:
     """Beat/worker processes on a fresh redis-server; all killed at teardown."""
-    c = Cluster(redis_server, tmp_path / "procs")
-    request.node.stash[CLUSTER_KEY] = c
-    try:
-        yield c
-    finally:
-        c.cleanup()
+    yield from held(Cluster(redis_server, tmp_path / "procs"), request)
 
 
 @pytest.hookimpl(hookwrapper=True)

@@ -14,7 +14,7 @@ import redis
 from celery import Celery
 
 from celery_dcron.ticks import task_id, tick_iso
-from tests.e2e.conftest import CLUSTER_KEY
+from tests.e2e.conftest import held
 from tests.e2e.harness import (
     BROKER_DB,
     NAMESPACE,
@@ -47,12 +47,7 @@ class SameRedisCluster(Cluster):
 def same_cluster(
     redis_server: RedisServer, tmp_path: Path, request: pytest.FixtureRequest
 ) -> Iterator[SameRedisCluster]:
-    c = SameRedisCluster(redis_server, tmp_path / "procs")
-    request.node.stash[CLUSTER_KEY] = c
-    try:
-        yield c
-    finally:
-        c.cleanup()
+    yield from held(SameRedisCluster(redis_server, tmp_path / "procs"), request)
 
 
 def test_ticks_pushed_by_the_script_and_by_apply_async_run_alike(

@@ -4,6 +4,23 @@ from __future__ import annotations
 
 from .base import _FEED, _NOW, Script
 
+# Defines ``sent(name, tick)`` for MARK_SENT and ENQUEUE (KEYS[1] pending, KEYS[2]
+# errors): forgets the pending claim of a tick sent, and clears the entry's last publish
+# error unless it is newer than the tick (or unreadable: then it goes too). Errors are
+# rare: they are looked up per tick only when there is one at all.
+_SENT = """
+local any_error = redis.call('EXISTS', KEYS[2]) == 1
+local function sent(name, tick)
+  redis.call('HDEL', KEYS[1], tick .. ':' .. name)
+  local err = any_error and redis.call('HGET', KEYS[2], name)
+  if err then
+    local ok, data = pcall(cjson.decode, err)
+    local at = ok and type(data) == 'table' and tonumber(data['tick_ms'])
+    if not at or at <= tonumber(tick) then redis.call('HDEL', KEYS[2], name) end
+  end
+end
+"""
+
 __all__ = ["CLAIM", "ENQUEUE", "MARK_SENT", "REJECT", "RETAKE", "RUN_NOW", "TAKE_REQUESTS"]
 
 
@@ -95,18 +112,10 @@ return out
 MARK_SENT = Script(
     "mark_sent",
     ("pending", "errors"),
-    """
--- Errors are rare: look them up per tick only when there is one at all.
-local any_error = redis.call('EXISTS', KEYS[2]) == 1
+    _SENT
+    + """
 for i = 1, #ARGV - 1, 2 do
-  local name, tick = ARGV[i], ARGV[i + 1]
-  redis.call('HDEL', KEYS[1], tick .. ':' .. name)
-  local err = any_error and redis.call('HGET', KEYS[2], name)
-  if err then
-    local ok, data = pcall(cjson.decode, err)
-    local at = ok and type(data) == 'table' and tonumber(data['tick_ms'])
-    if not at or at <= tonumber(tick) then redis.call('HDEL', KEYS[2], name) end
-  end
+  sent(ARGV[i], ARGV[i + 1])
 end
 return 1
 """,
@@ -128,8 +137,8 @@ return 1
 ENQUEUE = Script(
     "enqueue",
     ("pending", "errors"),
-    """
-local any_error = redis.call('EXISTS', KEYS[2]) == 1
+    _SENT
+    + """
 local out = {}
 local i = 2
 while i <= #ARGV do
@@ -156,13 +165,7 @@ while i <= #ARGV do
       end
     end
     if result == 1 then
-      redis.call('HDEL', KEYS[1], field)
-      local err = any_error and redis.call('HGET', KEYS[2], name)
-      if err then
-        local ok, data = pcall(cjson.decode, err)
-        local at = ok and type(data) == 'table' and tonumber(data['tick_ms'])
-        if not at or at <= tonumber(tick) then redis.call('HDEL', KEYS[2], name) end
-      end
+      sent(name, tick)
     end
   end
   out[#out + 1] = result
