@@ -15,12 +15,17 @@ partitioned process keeps its connections, so the node TTL still decides for it.
 
 The check is staggered: with N live nodes, each one checks on its turn, one heartbeat
 interval in N (the turns follow the cluster clock and the rank of its id), so the cluster
-as a whole checks about once per interval, whichever node dies, and each instance pays
-about 1/N of a command per interval. A check that finds a channel without a subscriber
-whose node is not overdue yet checks again when it will be (:attr:`CrashWatch.recheck_ms`,
-the engine heartbeats then): a crash is taken at its node's overdue time, or at the
-first survivor's turn after the crash (at most two intervals later: the dead node's
-own turn goes unused), whichever comes last.
+as a whole checks about once per interval, whichever node dies. On its turn, the node's
+light heartbeat also reads the others' expiries (the ``ZRANGE`` it makes anyway when a
+peer's expiry nears, :meth:`~celery_dcron.membership.Membership.beat`), and only the
+nodes whose last heartbeat is older than half their interval are counted: a node that
+beat since is alive, and its channel is not asked about. So a turn costs one command
+while every peer beats on time (the read, which then also stands in for the next
+near-expiry read), two when one is late. A check that finds a channel without a
+subscriber whose node is not overdue yet checks again when it will be
+(:attr:`CrashWatch.recheck_ms`, the engine heartbeats then): a crash is taken at its
+node's overdue time, or at the first survivor's turn after it is half an interval
+late (the dead node's own turn goes unused), whichever comes last.
 
 Off (the TTL alone decides) with ``dcron_crash_detection = False``, on Redis Cluster
 (subscribers are counted per shard) and where ``PUBSUB NUMSUB`` is refused (an ACL, a
@@ -32,6 +37,7 @@ from __future__ import annotations
 
 import logging
 
+from .entries import Node
 from .exceptions import UnsupportedError
 from .logfields import log_event
 from .membership import Membership
@@ -62,6 +68,11 @@ class CrashWatch:
         #: check again at this cluster time (ms), turn or not: a node without a
         #: subscriber becomes overdue then; None: no such node
         self.recheck_ms: int | None = None
+        #: :meth:`turn` said this heartbeat is a turn: :meth:`check` counts after it
+        self._checking = False
+        #: the first check counts every channel, late or not (a Redis that refuses
+        #: ``PUBSUB NUMSUB`` is found out at start, not at the first crash)
+        self._probed = False
 
     def due(self, now_ms: int) -> bool:
         """Whether this node checks at ``now_ms``: once per turn of N intervals (N live
@@ -79,15 +90,33 @@ class CrashWatch:
         self.recheck_ms = None
         return True
 
+    def turn(self, now_ms: int) -> bool:
+        """Before a heartbeat at ``now_ms`` (cluster time): whether it is this node's
+        turn to check (:meth:`check` after it); its heartbeat then reads the others'
+        expiries."""
+        self._checking = self.enabled and self.due(now_ms)
+        return self._checking
+
     def check(self, now_ms: int) -> list[str]:
-        """After a heartbeat at ``now_ms`` (cluster time): on this node's turn, count
-        the subscribers of the other nodes' channels and take for dead those without
-        one whose heartbeat is overdue. Returns their ids: a full heartbeat must follow
-        (it forgets them and tells the others)."""
-        if not self.enabled or not self.due(now_ms):
+        """After the heartbeat of a :meth:`turn` at ``now_ms`` (cluster time): count the
+        subscribers of the channels of the other nodes whose heartbeat is late, and take
+        for dead those without one whose heartbeat is overdue. Returns their ids: a full
+        heartbeat must follow (it forgets them and tells the others)."""
+        if not self._checking:
             return []
-        me = self.membership.node.id
-        watched = [n.id for n in self.membership.nodes if n.id != me and n.watch_ms > 0]
+        self._checking = False
+        membership = self.membership
+        me = membership.node.id
+        fresh = membership.read_ms == now_ms and self._probed
+        self._probed = True
+        expiries = membership.expiries
+        watched = [
+            n.id
+            for n in membership.nodes
+            if n.id != me
+            and n.watch_ms > 0
+            and not (fresh and self._beat_since(n, expiries.get(n.id), now_ms))
+        ]
         if not watched:
             return []
         try:
@@ -115,3 +144,11 @@ class CrashWatch:
                 node=me, crashed=node_id,
             )  # fmt: skip
         return list(checked.taken)
+
+    def _beat_since(self, node: Node, expiry_ms: int | None, now_ms: int) -> bool:
+        """Whether ``node`` beat within the last half of its interval, by its expiry as
+        just read (its heartbeat time is its expiry less its TTL)."""
+        if expiry_ms is None:
+            return False
+        ttl_ms = node.ttl_ms or self.membership.ttl_ms
+        return now_ms - (expiry_ms - ttl_ms) <= node.watch_ms // 2

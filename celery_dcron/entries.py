@@ -100,6 +100,9 @@ class Node:
     #: channel, which Redis drops when the process dies (crash detection: see
     #: :mod:`celery_dcron.crashes`); 0: it holds none, only its TTL tells it is dead
     watch_ms: int = 0
+    #: its node TTL (ms) as its stored record says (its heartbeat time is its expiry less
+    #: this); 0: not known. Read only: the registry writes it beside the record's JSON
+    ttl_ms: int = 0
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -128,6 +131,7 @@ class Node:
             heartbeat_ms=int(data.get("heartbeat_ms", 0)),
             token=str(data.get("token", "")),
             watch_ms=int(data.get("watch_ms", 0)),
+            ttl_ms=int(data.get("ttl_ms", 0)),
         )
 
 

@@ -180,6 +180,16 @@ class Membership:
         self._read_ms = 0
 
     @property
+    def expiries(self) -> dict[str, int]:
+        """The heartbeat expiry of every live node (this one included), as last read."""
+        return self._expiry
+
+    @property
+    def read_ms(self) -> int:
+        """When :attr:`expiries` was read (cluster time, ms)."""
+        return self._read_ms
+
+    @property
     def status(self) -> NodeStatus:
         return self.node.status
 
@@ -236,7 +246,7 @@ class Membership:
         """Whether ``holder`` is a dead incarnation this host can prove dead."""
         return bool(holder.token) and holder.host == self.node.host and not self.pid_alive(holder)
 
-    def beat(self, *, full: bool = False) -> tuple[Heartbeat, bool, bool]:
+    def beat(self, *, full: bool = False, read: bool = False) -> tuple[Heartbeat, bool, bool]:
         """Send a heartbeat. Returns it and whether members / entries changed since.
         The first one joins (:meth:`join`). A heartbeat refused because another
         incarnation took this id sets :attr:`superseded`.
@@ -261,6 +271,8 @@ class Membership:
 
         A light heartbeat returns the last full one's reply with the server time and the
         earliest expiry of another node brought up to date; nothing changed then.
+        ``read``: a light heartbeat reads the others' expiries whatever their times (the
+        crash check's turn: :attr:`expiries` is then fresh).
         """
         if not self.joined:
             self.join()
@@ -269,7 +281,7 @@ class Membership:
             self.node = replace(self.node, started_ms=now)
         previous, self._beat_ms = self._beat_ms, None  # stays None if this one fails
         if not full and self._light_allowed(now, previous):
-            hb = self._light(now)
+            hb = self._light(now, read=read)
             if hb is not None:
                 return hb, False, False
         return self._full()
@@ -282,7 +294,7 @@ class Membership:
         heard = heard_on(self.registry)
         return heard is not None and heard == self._heard
 
-    def _light(self, now: int) -> Heartbeat | None:
+    def _light(self, now: int, *, read: bool = False) -> Heartbeat | None:
         """A light heartbeat at ``now``; None when a full one must follow."""
         assert self._last is not None
         me = self.node.id
@@ -293,7 +305,7 @@ class Membership:
         # Read them when the earliest passes before the next heartbeat: a live node's
         # expiry is read again before it passes (about every other heartbeat), a dead
         # node's when it passes (the engine times a heartbeat on it: peer_expiry_ms).
-        read = now + self.ttl_ms // 3 - _READ_MARGIN_MS >= watch
+        read = read or now + self.ttl_ms // 3 - _READ_MARGIN_MS >= watch
         expiry = now + self.ttl_ms
         alive = self.registry.touch(me, expiry, read_alive=read)
         done = self.clock.now_ms()

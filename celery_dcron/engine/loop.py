@@ -281,7 +281,8 @@ class Engine:
         event_members = self._dirty(clear=True)
         if not self._connected:
             self.registry.load_scripts()
-        hb, members_changed, entries_changed = self.membership.beat(full=self._full_beat)
+        turn = self.crashes.turn(self.membership.clock.now_ms())
+        hb, members_changed, entries_changed = self.membership.beat(full=self._full_beat, read=turn)
         self._full_beat = False
         if self.membership.superseded:
             return

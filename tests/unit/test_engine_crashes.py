@@ -10,6 +10,7 @@ engine from the steps and its id from that set. Node TTL 3 s, heartbeats every 1
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 
 import pytest
 
@@ -22,8 +23,11 @@ NAMES = frozenset(f"e{i}" for i in range(N))
 INTERVAL_MS = 1000
 
 
-def _running(nodes: int, **settings: object) -> tuple[MemoryCluster, list[Engine]]:
+def _running(
+    nodes: int, *, numsub_refused: bool = False, **settings: object
+) -> tuple[MemoryCluster, list[Engine]]:
     c = MemoryCluster()
+    c.registry.numsub_refused = numsub_refused
     engines = [
         c.add(f"n{i}", entries(N), engine_kw={"listen": True}, **settings) for i in range(nodes)
     ]
@@ -61,8 +65,9 @@ def test_a_crashed_peer_is_dropped_after_about_one_heartbeat(
     c.registry.connected.discard(dead.node_id)  # its process died: Redis dropped it
     with caplog.at_level(logging.INFO, logger="celery_dcron"):
         taken = _taken_at(c, others, orphans, last_beat + c.ttl_ms)
-    # overdue at one interval + grace; then the next turn of a survivor (at most two)
-    assert last_beat + INTERVAL_MS + GRACE_MS < taken <= last_beat + 2 * INTERVAL_MS + 200
+    # overdue at one interval + grace; then the next turn of a survivor once it is half an
+    # interval late (a turn that finds it younger skips it: the next is at most two later)
+    assert last_beat + INTERVAL_MS + GRACE_MS < taken <= last_beat + 5 * INTERVAL_MS // 2 + 200
     crashed = decisions(caplog, "node_crashed")
     assert [d["crashed"] for d in crashed] == [dead.node_id]
     assert crashed[0]["node"] in {e.node_id for e in others}
@@ -96,33 +101,63 @@ def test_a_frozen_peer_still_subscribed_waits_for_its_ttl() -> None:
 
 def test_checks_are_staggered_about_one_per_interval_for_the_cluster() -> None:
     c, _ = _running(3)
-    calls: dict[str, int] = {}
+    turns: dict[str, int] = {}
+    counted: list[list[str]] = []
     real = c.registry.subscribers
 
     def counting(node_ids: list[str]) -> dict[str, int]:
-        calls[c.engines[step[0]].node_id] = calls.get(c.engines[step[0]].node_id, 0) + 1
+        counted.append(list(node_ids))
         return real(node_ids)
 
-    step = [0]
+    def turning(e: Engine) -> Callable[[int], bool]:
+        turn = e.crashes.turn
+
+        def wrapped(now_ms: int) -> bool:
+            if mine := turn(now_ms):
+                turns[e.node_id] = turns.get(e.node_id, 0) + 1
+            return mine
+
+        return wrapped
+
+    for e in c.engines:
+        e.crashes._probed = True  # past the first check, which counts every channel
+        e.crashes.turn = turning(e)  # type: ignore[method-assign]
     c.registry.subscribers = counting  # type: ignore[method-assign]
     for _ in range(120):  # 12 s, each engine heartbeating every 100 ms
         c.clock.advance(100)
-        for i, e in enumerate(c.engines):
-            step[0] = i
+        for e in c.engines:
             e._next_beat = 0.0
             e.step()
-    # 12 intervals: about one check per interval for the cluster, a third each
-    assert sum(calls.values()) in range(11, 14), calls
-    assert all(count in range(3, 6) for count in calls.values()), calls
+    # 12 intervals: about one turn per interval for the cluster, a third each
+    assert sum(turns.values()) in range(11, 14), turns
+    assert all(count in range(3, 6) for count in turns.values()), turns
+    # every peer beat within half an interval of each turn: no channel was counted
+    assert counted == []
+
+
+def test_a_turn_counts_only_the_channels_of_late_peers() -> None:
+    c, engines = _running(3)
+    for e in engines:
+        e.crashes._probed = True
+    counted: list[list[str]] = []
+    real = c.registry.subscribers
+
+    def counting(node_ids: list[str]) -> dict[str, int]:
+        counted.append(list(node_ids))
+        return real(node_ids)
+
+    c.registry.subscribers = counting  # type: ignore[method-assign]
+    late = engines[1]
+    c.engines.remove(late)  # frozen: still subscribed, no more heartbeats
+    c.advance(2 * INTERVAL_MS, step_ms=100)
+    assert counted and all(ids == [late.node_id] for ids in counted), counted
 
 
 def test_off_by_setting_and_when_redis_refuses_numsub(caplog: pytest.LogCaptureFixture) -> None:
     _, (a, *_) = _running(3, crash_detection=False)
     assert not a.membership.node.watch_ms and not a.crashes.enabled
-    c2, _ = _running(3)
-    c2.registry.numsub_refused = True
     with caplog.at_level(logging.INFO, logger="celery_dcron"):
-        c2.advance(4 * S, step_ms=100)
+        c2, _ = _running(3, numsub_refused=True)  # found out at the first check
     assert not any(e.crashes.enabled for e in c2.engines)
     off = decisions(caplog, "crash_detection_off")
     assert off and all(d["level"] == logging.INFO for d in off)
