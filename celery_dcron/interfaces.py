@@ -31,6 +31,7 @@ if TYPE_CHECKING:
         FeedPosition,
         Heartbeat,
         Joined,
+        Loaded,
         RunRequest,
         Snapshot,
         StaticSyncResult,
@@ -277,6 +278,15 @@ class Registry(Protocol):
     def get_entries(self, names: Iterable[str]) -> tuple[dict[str, EntrySpec], dict[str, str]]:
         """The definitions of ``names`` that exist and parse, and ``name -> error`` of
         those that do not parse."""
+        ...
+
+    def load(self, names: Sequence[str], *, definitions: bool = True) -> Loaded:
+        """The definitions (unless ``definitions`` is False) and run states of
+        ``names`` (``last_node`` not read), in one round trip."""
+        ...
+
+    def last_runs(self, names: Sequence[str]) -> dict[str, int]:
+        """The last tick, or else the anchor, of each of ``names`` that has one."""
         ...
 
     # -- run state and claims -----------------------------------------------------

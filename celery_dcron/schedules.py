@@ -286,6 +286,11 @@ def schedule_from_json(data: object, *, entry: str) -> Schedule:
 
     Unknown extra keys are ignored (written by a newer version).
     """
+    if type(data) is dict and data.get("kind") == "interval":
+        # the common case, read back by the hundred thousand: an interval already made
+        every = data.get("every_ms")
+        if type(every) is int and (shared := _SHARED.get((IntervalSchedule, ("every_ms", every)))):
+            return shared
     where = f"entry {entry!r}: schedule"
     if not isinstance(data, Mapping):
         raise InvalidScheduleError(f"{where} must be a JSON object, got {type(data).__name__}")

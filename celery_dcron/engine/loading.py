@@ -33,6 +33,7 @@ from typing import TypeVar
 from .. import signals
 from ..entries import EntrySpec, EntryState
 from ..logfields import log_event
+from .names import Names
 from .view import View
 
 __all__ = ["BUDGET_S", "Jobs"]
@@ -43,6 +44,8 @@ logger = logging.getLogger(__name__)
 SCAN_PAGE = 2_000
 #: Definitions and states read per round trip.
 LOAD_PAGE = 2_000
+#: Last runs read per round trip to order a large reassignment (see ``Jobs._reassign``).
+STATE_PAGE = 10_000
 #: Ownership decisions, or timeline placements, between two yields.
 PLACE_PAGE = 10_000
 #: The longest a job runs in one pass of the loop (seconds); a page may end a bit later.
@@ -131,7 +134,7 @@ class Jobs:
         position = registry.feed_position()
         # Names first (nothing decoded): the nodes to place them on are read only after
         # the scan, so that instances starting together already see each other.
-        names: set[str] = set()
+        names = Names(strategy=view.strategy)
         cursor = 0
         while True:
             cursor, page, _, _ = registry.scan_entries(cursor, SCAN_PAGE, _none)
@@ -148,6 +151,8 @@ class Jobs:
                 assignment = dict(view.strategy.assign(sorted(names), nodes))
                 mine = [n for n, owner in assignment.items() if owner == me]
                 yield
+            elif (by_arcs := names.owned(nodes, me, mine)) is not None:
+                yield from by_arcs
             else:
                 for chunk in _chunks(list(names), PLACE_PAGE):
                     placed = view.strategy.assign(chunk, nodes)
@@ -157,10 +162,10 @@ class Jobs:
         states: dict[str, EntryState] = {}
         bad: dict[str, str] = {}
         for chunk in _chunks(mine, LOAD_PAGE):
-            good, errors = registry.get_entries(chunk)
+            good, errors, read = registry.load(chunk)
             entries.update(good)
             bad.update(errors)
-            states.update(registry.states(chunk))
+            states.update(read)
             yield
         static = [s.name for s in view.static_entries if s.name not in entries]
         static_states = {**registry.states(static), **states} if static else states
@@ -202,10 +207,15 @@ class Jobs:
         # From now on the feed places new names on these nodes too.
         view.nodes = nodes
         mine: set[str] = set()
+        found: list[str] = []
         if placing and view.whole_list:
             view.assignment = dict(view.strategy.assign(sorted(view.names), nodes))
             mine = {n for n, owner in view.assignment.items() if owner == me}
             yield
+        elif placing and (by_arcs := view.names.owned(nodes, me, found)) is not None:
+            view.assignment = None
+            yield from by_arcs
+            mine.update(found)
         elif placing:
             view.assignment = None
             for chunk in _chunks(list(view.names), PLACE_PAGE):
@@ -215,6 +225,15 @@ class Jobs:
         for name in before - mine:
             view.drop(name, removed=False)
         gained = [n for n in mine if n not in view.owned and n in view.names]
+        if len(gained) > LOAD_PAGE:
+            # Many entries (a node died): those that ran last (or, never run, were added
+            # last) first, by one number each, so that the frequent ones, likely due
+            # within the seconds the rest takes, are on the timeline first.
+            recent: dict[str, int] = {}
+            for chunk in _chunks(gained, STATE_PAGE):
+                recent.update(view.registry.last_runs(chunk))
+                yield
+            gained.sort(key=lambda n: recent.get(n, 0), reverse=True)
         for chunk in _chunks(gained, LOAD_PAGE):
             view.load(chunk, notify=False)
             yield

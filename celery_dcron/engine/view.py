@@ -22,6 +22,7 @@ from ..interfaces import Strategy
 from ..logfields import log_event
 from ..registry import FeedPosition
 from .context import Context, Part
+from .names import Names
 from .timeline import Timeline
 
 __all__ = ["EntryCheck", "FeedApplied", "View"]
@@ -67,7 +68,7 @@ class View(Part):
         self.check = check
         self.timeline = timeline
         #: every entry name in the registry (ownership is decided from names)
-        self.names: set[str] = set()
+        self.names = Names(strategy=strategy)
         #: definitions of the owned entries
         self.entries: dict[str, EntrySpec] = {}
         #: run states of the owned entries (absent: no state yet)
@@ -183,10 +184,9 @@ class View(Part):
         return FeedApplied(done=page.position.seq >= page.head, reassign=reassign)
 
     def load(self, names: Sequence[str], *, notify: bool) -> None:
-        """Read the definitions and states of ``names`` (owned now) in one round trip
-        each, and put them on the timeline (or off it, when they cannot run)."""
-        specs, bad = self.registry.get_entries(names)
-        states = self.registry.states(names)
+        """Read the definitions and states of ``names`` (owned now) in one round trip,
+        and put them on the timeline (or off it, when they cannot run)."""
+        specs, bad, states = self.registry.load(names)
         for name in names:
             spec = specs.get(name)
             if spec is None:

@@ -47,7 +47,7 @@ from .codec import (
 )
 from .entries import EntryStore
 from .events import EventStore
-from .feed import FeedStore
+from .feed import FeedStore, Loaded
 from .keys import Keys
 from .nodes import NodeStore
 from .requests import RequestStore
@@ -66,6 +66,7 @@ __all__ = [
     "Heartbeat",
     "Joined",
     "Keys",
+    "Loaded",
     "Registry",
     "RunRequest",
     "Snapshot",
@@ -287,6 +288,15 @@ class Registry:
         """The definitions of ``names`` that exist and parse, and the errors of those
         that do not parse; one round trip."""
         return self.feed_store.get_entries(names)
+
+    def load(self, names: Sequence[str], *, definitions: bool = True) -> Loaded:
+        """The definitions (unless ``definitions`` is False) and run states of ``names``
+        (``last_node`` not read), in one round trip."""
+        return self.feed_store.load(names, definitions=definitions)
+
+    def last_runs(self, names: Sequence[str]) -> dict[str, int]:
+        """The last tick, or else the anchor, of each of ``names`` that has one."""
+        return self.feed_store.last_runs(names)
 
     # -- run state and claims (ClaimStore) -----------------------------------------------
 

@@ -11,14 +11,27 @@ instance reloads in full, once, in pages (:meth:`FeedStore.scan_entries`).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
-from typing import Any
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any, NamedTuple
 
-from ..entries import EntrySpec
+from ..entries import EntrySpec, EntryState
+from . import scripts
 from .codec import FeedPage, FeedPosition, FeedRecord, decode_entries
 from .transport import Store
 
-__all__ = ["FeedStore"]
+__all__ = ["FeedStore", "Loaded", "decode_loaded"]
+
+
+class Loaded(NamedTuple):
+    """What :meth:`FeedStore.load` read of some entries."""
+
+    #: the definitions that exist and parse
+    specs: dict[str, EntrySpec]
+    #: ``name -> error`` of the definitions that do not parse
+    bad: dict[str, str]
+    #: the run states (anchor, last tick, run count; ``last_node`` is not read) of the
+    #: entries that have one
+    states: dict[str, EntryState]
 
 
 class FeedStore(Store):
@@ -79,6 +92,51 @@ class FeedStore(Store):
         t = self.transport
         texts: list[Any] = t.run(lambda: t.client.hmget(self.keys.entries, wanted))
         return decode_entries({n: text for n, text in zip(wanted, texts, strict=True) if text})
+
+    def load(self, names: Sequence[str], *, definitions: bool = True) -> Loaded:
+        """The definitions (unless ``definitions`` is False) and run states of ``names``,
+        in one round trip and one reply string (:data:`~.scripts.LOAD`): what an
+        instance reads of the entries it comes to own."""
+        if not names:
+            return Loaded({}, {}, {})
+        raw = self.transport.call(scripts.LOAD, ["1" if definitions else "0", *names])
+        return decode_loaded(names, str(raw), definitions=definitions)
+
+    def last_runs(self, names: Sequence[str]) -> dict[str, int]:
+        """The last tick, or else the anchor, of each of ``names`` that has one (one
+        round trip, one reply string): how recently each ran, or was added."""
+        if not names:
+            return {}
+        fields = str(self.transport.call(scripts.LOAD, ["r", *names])).split(scripts.LOAD_SEP)
+        if len(fields) != len(names):
+            raise ValueError(f"last_runs: {len(fields)} fields for {len(names)} names")
+        return {name: int(ms) for name, ms in zip(names, fields, strict=True) if ms}
+
+
+def decode_loaded(names: Sequence[str], raw: str, *, definitions: bool) -> Loaded:
+    """:data:`~.scripts.LOAD`'s reply for ``names``."""
+    fields = raw.split(scripts.LOAD_SEP)
+    width = 4 if definitions else 3
+    if len(fields) != width * len(names):
+        raise ValueError(f"load: {len(fields)} fields for {len(names)} names")
+    states: dict[str, EntryState] = {}
+    texts: dict[str, str] = {}
+    at = 0
+    for name in names:
+        if definitions:
+            if text := fields[at]:
+                texts[name] = text
+            at += 1
+        anchor, last, runs = fields[at], fields[at + 1], fields[at + 2]
+        at += 3
+        if anchor or last or runs:
+            states[name] = EntryState(
+                anchor_ms=int(anchor) if anchor else None,
+                last_tick_ms=int(last) if last else None,
+                run_count=int(runs) if runs else 0,
+            )
+    specs, bad = decode_entries(texts) if texts else ({}, {})
+    return Loaded(specs, bad, states)
 
 
 def _next_id(record_id: str) -> str:

@@ -29,16 +29,21 @@ the spread comes from the ring: a node's share varies by about 1/sqrt(160) = 8%)
 from __future__ import annotations
 
 from bisect import bisect_right
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from functools import lru_cache
 
 from ..enums import StrategyName
 from ..interfaces import NodeRef
 from ._common import hash64, weighted_nodes
 
-__all__ = ["DEFAULT_VIRTUAL_NODES", "ConsistentHashStrategy"]
+__all__ = ["DEFAULT_VIRTUAL_NODES", "ConsistentHashStrategy", "RingIndex"]
 
 DEFAULT_VIRTUAL_NODES = 160
+#: :class:`RingIndex` cuts the ring into 2**16 arcs of equal length.
+_ARC_BITS = 16
+_ARC_SHIFT = 64 - _ARC_BITS
+#: Arcs looked at between two yields of :meth:`RingIndex.owned`.
+_ARCS_PER_STEP = 4096
 #: Ring positions are below 2**64; this sentinel closes the ring.
 _END = 1 << 64
 
@@ -98,3 +103,60 @@ class ConsistentHashStrategy:
             return {}
         positions, owners = ring
         return {entry: owners[bisect_right(positions, hash64(entry))] for entry in entries}
+
+
+class RingIndex:
+    """Names by arc of the ring (the top 16 bits of their hash), so that the names a
+    node owns are found without hashing each one again.
+
+    A node's points cut few of the 65,536 arcs (160 points per node of weight 1): every
+    name of an arc without a point inside has the owner of the first point after the arc,
+    so :meth:`owned` hashes only the names of the arcs that hold a point. With 1,000,000
+    names over 3 nodes that is about 7,000 of them, against one hash (about 1 µs) per
+    name for :meth:`ConsistentHashStrategy.assign`. Costs one hash per name added, and
+    about 13 MB at 1,000,000 names (a dict of lists, whose items are the names already
+    held).
+    """
+
+    def __init__(self, strategy: ConsistentHashStrategy) -> None:
+        self.strategy = strategy
+        #: the names of each arc that holds any
+        self._arcs: dict[int, list[str]] = {}
+
+    def add(self, name: str) -> None:
+        """Index a new name (the caller adds each name once)."""
+        arc = hash64(name) >> _ARC_SHIFT
+        if (names := self._arcs.get(arc)) is None:
+            self._arcs[arc] = [name]
+        else:
+            names.append(name)
+
+    def discard(self, name: str) -> None:
+        """Forget an indexed name."""
+        arc = hash64(name) >> _ARC_SHIFT
+        names = self._arcs.get(arc)
+        if names is not None and name in names:
+            names.remove(name)
+            if not names:
+                del self._arcs[arc]
+
+    def owned(self, nodes: Sequence[NodeRef], me: str, into: list[str]) -> Iterator[None]:
+        """Append to ``into`` the indexed names that ``me`` owns on the ring of ``nodes``
+        (as :meth:`ConsistentHashStrategy.assign` places them), yielding every
+        :data:`_ARCS_PER_STEP` arcs."""
+        ring = self.strategy.ring(nodes)
+        if ring is None or me not in ring[1]:
+            return
+        positions, owners = ring
+        width = 1 << _ARC_SHIFT
+        arcs = list(self._arcs.items())
+        for start in range(0, len(arcs), _ARCS_PER_STEP):
+            for arc, names in arcs[start : start + _ARCS_PER_STEP]:
+                lo = arc << _ARC_SHIFT
+                first = bisect_right(positions, lo)
+                if positions[first] >= lo + width:  # no point inside: one owner
+                    if owners[first] == me:
+                        into.extend(names)
+                    continue
+                into.extend(n for n in names if owners[bisect_right(positions, hash64(n))] == me)
+            yield

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import pytest
 import redis
@@ -630,6 +630,32 @@ def test_states_of_some_entries_or_all(backend: Backend) -> None:
     assert set(reg.states()) == {"a", "b"}
     assert set(reg.states(["b", "missing"])) == {"b"}
     assert reg.states([]) == {}
+
+
+def test_load_reads_definitions_and_states_as_get_entries_and_states_do(
+    backend: Backend,
+) -> None:
+    reg = backend.reg
+    reg.sync_static([spec("a"), spec("b")])
+    reg.put_entry(dynamic("d", every_ms=5000), expected_version=None)
+    reg.claim([tick("b", T0), tick("c", T0, fire=False)], node_id="n1", lock_ttl_ms=60_000)
+    backend.write_raw("junk", "{not json")
+    backend.write_raw("sep", spec("sep").dumps()[:-1] + ', "x": "\x1f"}')  # raw \x1f
+    names = ["a", "b", "c", "d", "junk", "sep", "missing"]
+    loaded = reg.load(names)
+    good, bad = reg.get_entries(names)
+    assert loaded.specs == good and set(good) == {"a", "b", "d"}
+    assert set(loaded.bad) == {"junk", "sep"} and set(bad) >= {"junk"}
+    expected = {n: replace(st, last_node=None) for n, st in reg.states(names).items()}
+    assert loaded.states == expected and set(expected) == {"a", "b", "c", "d"}
+    assert loaded.states["b"].last_tick_ms == T0 and loaded.states["b"].run_count == 1
+    states_only = reg.load(names, definitions=False)
+    assert states_only.specs == {} and states_only.bad == {}
+    assert states_only.states == expected
+    assert reg.load([]) == ({}, {}, {})
+    runs = reg.last_runs(names)
+    assert runs == {n: st.last_tick_ms or st.anchor_ms for n, st in expected.items()}
+    assert runs["b"] == runs["c"] == T0 and reg.last_runs([]) == {}
 
 
 # -- run-now requests ---------------------------------------------------------------

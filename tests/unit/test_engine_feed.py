@@ -9,7 +9,7 @@ in the feed, never for a change, and is paged so that the loop runs between its 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import pytest
@@ -37,6 +37,11 @@ class Spy:
         names = list(names)
         self.read.extend(names)
         return self.inner.get_entries(names)
+
+    def load(self, names: Sequence[str], *, definitions: bool = True) -> Any:
+        if definitions:
+            self.read.extend(names)
+        return self.inner.load(names, definitions=definitions)
 
     def scan_entries(self, cursor: int, count: int, want: Callable[[str], bool]) -> Any:
         self.scans += 1
@@ -179,6 +184,35 @@ def test_a_membership_change_reads_only_the_entries_that_moved() -> None:
     assert sorted(read) == sorted(moved)  # each moved entry read once, nothing else
     assert a.owned | b.owned == {s.name for s in dynamic(900)}
     assert not spies["a"].scans and not spies["b"].scans
+
+
+def test_a_large_reassignment_loads_the_entries_that_ran_last_first(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A crashed node's entries are read in pages, those that fired most recently first
+    (ordered by their states alone): the frequent ones are back on a timeline before the
+    rest is read."""
+    monkeypatch.setattr(loading, "LOAD_PAGE", 50)
+    monkeypatch.setattr(loading, "STATE_PAGE", 100)
+    monkeypatch.setattr(loading, "BUDGET_S", 0.0)
+    c = MemoryCluster()
+    c.registry.put_entries(dynamic(30, every_s=1, prefix="fast"))
+    engines, spies = start(c, "abc", 900)
+    c.align()
+    c.advance(3 * S, step_ms=100)  # the fast entries fire; the hourly ones never did
+    dead = engines[2]
+    fast = {n for n in dead.owned if n.startswith("fast")}
+    assert fast and len(dead.owned) > 50
+    for spy in spies.values():
+        spy.clear()
+    c.engines.remove(dead)
+    c.advance(c.ttl_ms + 2 * S, step_ms=100)
+    for node_id in "ab":
+        read = spies[node_id].read
+        mine = [n for n in read if n.startswith("fast")]
+        assert read[: len(mine)] == mine, read[:10]  # every fast entry before any other
+    assert fast <= engines[0].owned | engines[1].owned
+    assert_each_tick_once(c.recorder)
 
 
 def test_a_starting_instance_loads_in_pages_while_the_others_fire_and_then_works(

@@ -30,6 +30,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from celery_dcron.engine.names import Names
 from celery_dcron.exceptions import ConfigurationError
 from celery_dcron.interfaces import NodeRef, Strategy
 from celery_dcron.strategies import (
@@ -653,3 +654,34 @@ def test_bad_dotted_paths_name_the_setting(plugin_module: str, path: str, fragme
         get_strategy(path)
     assert str(info.value).startswith("dcron_strategy: ")
     assert fragment in str(info.value)
+
+
+# -- the ring index (names by arc) ---------------------------------------------------
+
+
+def test_the_ring_index_finds_the_names_assign_gives_each_node() -> None:
+    """Every name's owner by arcs is the one ``assign`` computes, for node sets that cut
+    arcs (so both the one-owner arcs and the names hashed one by one are covered), after
+    removals too, and for a node that is not on the ring."""
+    strategy = ConsistentHashStrategy()
+    names = Names((f"entry-{i}" for i in range(20_000)), strategy=strategy)
+    for i in range(0, 20_000, 7):
+        names.discard(f"entry-{i}")
+    names.discard("never-added")
+    assert names.index is not None and len(names) == 20_000 - len(range(0, 20_000, 7))
+    for ids in (["a"], ["a", "b", "c"], [f"n{i}" for i in range(30)]):
+        nodes = nodes_of(ids)
+        assigned = strategy.assign(sorted(names), nodes)
+        for me in (*ids, "absent"):
+            found: list[str] = []
+            job = names.owned(nodes, me, found)
+            assert job is not None
+            for _ in job:
+                pass
+            assert sorted(found) == sorted(n for n, owner in assigned.items() if owner == me)
+
+
+def test_names_index_only_for_the_consistent_hash_ring() -> None:
+    plain = Names(["a", "b"], strategy=get_strategy("rendezvous"))
+    assert plain.index is None and plain.owned(nodes_of(["n"]), "n", []) is None
+    assert plain == {"a", "b"}

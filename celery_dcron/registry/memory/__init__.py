@@ -16,11 +16,13 @@ raises RegistryUnavailableError, as with Redis down) and :meth:`MemoryRegistry.l
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import replace
 from typing import TYPE_CHECKING
 
 from ...entries import EntrySpec
 from ..codec import FeedPage, FeedPosition, FeedRecord, Snapshot, decode_entries
+from ..feed import Loaded
 from .base import MemorySubscription
 from .claims import _Claims
 from .entries import _Entries
@@ -80,6 +82,25 @@ class MemoryRegistry(_Nodes, _Entries, _Claims):
             entries = self._data.entries
             texts = {n: entries[n] for n in names if n in entries}
         return decode_entries(texts)
+
+    def load(self, names: Sequence[str], *, definitions: bool = True) -> Loaded:
+        with self._op():
+            entries = self._data.entries
+            texts = {n: entries[n] for n in names if n in entries} if definitions else {}
+            states = {
+                name: replace(state, last_node=None) for name, state in self._states(names).items()
+            }
+        specs, bad = decode_entries(texts) if texts else ({}, {})
+        return Loaded(specs, bad, states)
+
+    def last_runs(self, names: Sequence[str]) -> dict[str, int]:
+        with self._op():
+            states = self._states(names)
+        return {
+            name: ms
+            for name, st in states.items()
+            if (ms := st.last_tick_ms if st.last_tick_ms is not None else st.anchor_ms) is not None
+        }
 
     def trim_feed(self, keep: int = 0) -> None:
         """Test helper: drop all but the last ``keep`` feed records (as ``XTRIM`` does)."""

@@ -26,6 +26,7 @@ from .entries import (
     SYNC_STATIC,
 )
 from .membership import EXPIRE_CRASHED, HEARTBEAT, JOIN, LEAVE, TIME
+from .reads import LOAD, LOAD_SEP
 
 __all__ = [
     "ALL",
@@ -36,6 +37,8 @@ __all__ = [
     "HEARTBEAT",
     "JOIN",
     "LEAVE",
+    "LOAD",
+    "LOAD_SEP",
     "MARK_SENT",
     "PUT_ENTRIES",
     "PUT_ENTRIES_MAX",
@@ -58,5 +61,5 @@ __all__ = [
 ALL: tuple[Script, ...] = (
     HEARTBEAT, JOIN, LEAVE, SYNC_STATIC, CLAIM, RETAKE, MARK_SENT, REJECT, PUT_ENTRY,
     PUT_ENTRIES, REMOVE_ENTRY, CLEANUP, RESET, SET_PAUSED, RUN_NOW, TAKE_REQUESTS, TIME,
-    ENQUEUE, EXPIRE_CRASHED,
+    ENQUEUE, EXPIRE_CRASHED, LOAD,
 )  # fmt: skip

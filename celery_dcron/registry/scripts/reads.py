@@ -1,0 +1,55 @@
+"""Read-only scripts: the owned entries' definitions and states, packed in one reply."""
+
+from __future__ import annotations
+
+from .base import Script
+
+__all__ = ["LOAD", "LOAD_SEP"]
+
+#: Separates the fields of :data:`LOAD`'s reply (ASCII unit separator: JSON text escapes
+#: every control character, so no stored definition written by this package holds one).
+LOAD_SEP = "\x1f"
+
+# The definitions and run states of some entries, as one string: redis-py parses a reply
+# of thousands of bulk strings one by one in Python (several µs each), one string at once.
+# Per name: its definition (when ARGV[1] is '1'), anchor, last tick and run count, '' where
+# absent, all joined by \31. A definition holding \31 itself (not written by this package)
+# is sent as \30, which the reader takes for malformed.
+# With ARGV[1] 'r' instead: one field per name, its last tick, or else its anchor, or ''.
+# KEYS: entries, anchor, last, runs
+# ARGV: '1' (definitions too), '0' (states only) or 'r' (last runs), then the names
+LOAD = Script(
+    "load",
+    ("entries", "anchor", "last", "runs"),
+    """
+local n = #ARGV - 1
+if n < 1 then return '' end
+if ARGV[1] == 'r' then
+  local last = redis.call('HMGET', KEYS[3], unpack(ARGV, 2))
+  local anchor = redis.call('HMGET', KEYS[2], unpack(ARGV, 2))
+  local out = {}
+  for i = 1, n do out[i] = last[i] or anchor[i] or '' end
+  return table.concat(out, '\\31')
+end
+local defs = ARGV[1] == '1'
+local texts = defs and redis.call('HMGET', KEYS[1], unpack(ARGV, 2)) or nil
+local anchor = redis.call('HMGET', KEYS[2], unpack(ARGV, 2))
+local last = redis.call('HMGET', KEYS[3], unpack(ARGV, 2))
+local runs = redis.call('HMGET', KEYS[4], unpack(ARGV, 2))
+local out = {}
+local j = 0
+for i = 1, n do
+  if defs then
+    local text = texts[i] or ''
+    if string.find(text, '\\31', 1, true) then text = '\\30' end
+    j = j + 1
+    out[j] = text
+  end
+  out[j + 1] = anchor[i] or ''
+  out[j + 2] = last[i] or ''
+  out[j + 3] = runs[i] or ''
+  j = j + 3
+end
+return table.concat(out, '\\31')
+""",
+)
