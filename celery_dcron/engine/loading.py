@@ -9,8 +9,10 @@ than about 100 ms, whatever the number of entries (G8).
 - The **full reload** (at start, after a reconnect or a data loss, or when the change feed
   has a gap) notes the feed's position, scans every entry name in pages (nothing decoded),
   places the names on the nodes known by then, reads the definitions and states of the
-  entries this instance owns, and swaps them in at once; the feed is then applied from the
-  noted position, so nothing written meanwhile is lost.
+  entries this instance owns, computes their next ticks on a timeline of its own, and
+  swaps all of it in at once (a reload dropped for another one leaves the view and the
+  timeline as they were); the feed is then applied from the noted position, so nothing
+  written meanwhile is lost.
 - The **reassignment** places every known name on the new set of nodes, forgets the
   entries that moved away and reads only those that moved here (about 1/N of them).
 
@@ -34,7 +36,8 @@ from .. import signals
 from ..entries import EntrySpec, EntryState
 from ..logfields import log_event
 from .names import Names
-from .view import View
+from .timeline import Timeline
+from .view import NO_STATE, View
 
 __all__ = ["BUDGET_S", "Jobs"]
 
@@ -175,6 +178,14 @@ class Jobs:
             if (st := static_states.get(s.name)) is not None and (a := st.anchor_ms) is not None
         }
         view.skip_bad(bad)
+        # Their next ticks, on a timeline of their own until the swap: a reload dropped
+        # for another one (a reset, a second gap) leaves the current timeline whole.
+        fresh = Timeline(on_finished=view.timeline.on_finished)
+        for i, spec in enumerate(entries.values(), 1):
+            if view.runnable(spec):
+                fresh.schedule(spec, states.get(spec.name) or NO_STATE)
+            if i % PLACE_PAGE == 0:
+                yield
         first = view.position is None
         old_names, old_entries = view.names, view.entries
         changed = entries.keys() != view.owned
@@ -191,11 +202,7 @@ class Jobs:
             for name in old_names - names:
                 if name in old_entries:
                     view.notify(signals.entry_removed, entry=old_entries[name])
-        view.timeline.clear()
-        for i, spec in enumerate(entries.values(), 1):
-            view.place(spec)
-            if i % PLACE_PAGE == 0:
-                yield
+        view.timeline.adopt(fresh)
         view.report_ownership(changed)
 
     def _reassign(self) -> Iterator[None]:

@@ -4,6 +4,8 @@ One :meth:`Engine.step`:
 
 1. heartbeat (when due, or woken by an event) and refresh what changed: nodes, entries,
    shared state, ownership (:mod:`.view`); notice a Redis data loss (:mod:`.recovery`);
+   then one budget of paged bookkeeping: the rebuild after a data loss (:mod:`.recovery`),
+   else the full reload or the reassignment (:mod:`.loading`), else the change feed;
 2. retake claims that were made but never marked sent (ours after a failed publish, or
    those of a dead node) and publish them again with the same task id (:mod:`.dispatch`);
 3. for every owned entry whose next tick is due (:mod:`.timeline`): plan its ticks under
@@ -178,7 +180,9 @@ class Engine:
             if now_mono >= self._next_beat or not self._connected or self._dirty(clear=False):
                 self._beat()
                 self._next_beat = now_mono + self._next_beat_in_s()
-            if self.jobs.busy:
+            if self.recovery.rebuilding:
+                self.recovery.run()  # a data loss: the reload and the feed wait for it
+            elif self.jobs.busy:
                 self.jobs.run()
             elif self._feed_behind:
                 self._apply_feed()
@@ -306,15 +310,17 @@ class Engine:
                 else "resumed with the cluster: missed ticks follow the misfire policy",
             )  # fmt: skip
             self.paused = hb.paused
-        if not self._synced or reset:
-            if reset:
-                self.recovery.restore_anchors(self.view.anchors())
+        if reset:  # settle from now on; the rebuild's pages go in step() (recovery.py)
+            self.recovery.start_rebuild(self.view.states)
+            self._synced = False
+        if not self._synced:
+            # after a loss, the static entries' anchors first: the sync would anchor anew
+            self.recovery.restore_static_anchors(self.view.static_anchors)
             self.view.sync_static()
             self._synced = True
-            self._notify(signals.reconcile, reason="reset" if reset else "start")
+            if not self.recovery.rebuilding:  # else the rebuild's, once the anchors are back
+                self._notify(signals.reconcile, reason="start")
             self._next_reconcile = time.monotonic() + self.settings.reconcile_interval_s
-            if reset:
-                self.recovery.restore_last_ticks(self.view.states, self.view.owned)
         full = reset or reconnected
         again = reconnected and not reset and self._synced and self._seen_once
         if again:
@@ -367,7 +373,7 @@ class Engine:
     # -- waiting and failures ------------------------------------------------------
 
     def _wait_s(self) -> float:
-        if self.jobs.busy or self._feed_behind:
+        if self.jobs.busy or self._feed_behind or self.recovery.rebuilding:
             return 0.0  # the next page, once the loop has looked at due ticks
         wait = self._next_beat - time.monotonic()
         due = self.next_due_ms()

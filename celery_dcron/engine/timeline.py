@@ -29,9 +29,9 @@ class Timeline:
         self._heap: list[tuple[int, str]] = []
         self._next: dict[str, int] = {}
 
-    def clear(self) -> None:
-        self._heap = []
-        self._next = {}
+    def adopt(self, other: Timeline) -> None:
+        """Take ``other``'s entries and due times in place of these, at once."""
+        self._heap, self._next = other._heap, other._next
 
     def schedule(self, spec: EntrySpec, state: EntryState) -> None:
         """Put ``spec`` at its next tick (at 0, due at once, when it has no anchor yet: the

@@ -95,12 +95,6 @@ class View(Part):
 
     # -- reading -------------------------------------------------------------------
 
-    def anchors(self) -> dict[str, int]:
-        """The anchors this instance can put back after a data loss: its static entries'
-        and its owned entries'."""
-        owned = {n: st.anchor_ms for n, st in self.states.items() if st.anchor_ms is not None}
-        return {**self.static_anchors, **owned}
-
     def state(self, name: str) -> EntryState:
         return self.states.get(name) or NO_STATE
 

@@ -14,15 +14,23 @@ Both tests come from the chaos suite (tests/chaos/test_registry_loss.py).
    their ticks from the anchor, ticks the old owner had already sent (G1). Fixed: the
    first instance that rebuilds the registry records the reset time in it, and a new
    instance applies the same rule as those that saw the loss.
+
+And the rebuild on a real Redis, in pages (G8): with a page per pass of the loop, the
+instance heartbeats between pages (it stays alive), and every anchor and last tick is
+back at the end.
 """
 
 from __future__ import annotations
 
 from itertools import pairwise
 
+import pytest
+
+from celery_dcron import signals
 from celery_dcron.clock import ManualClock
-from celery_dcron.engine import Engine
+from celery_dcron.engine import Engine, loading, recovery
 from celery_dcron.entries import EntrySpec, MisfirePolicy, NodeStatus
+from celery_dcron.enums import EntrySource
 from tests.integration.test_engine import (
     Cluster,
     Recorder,
@@ -103,3 +111,47 @@ def test_a_new_instance_after_a_data_loss_does_not_replay_the_ticks_of_a_late_ow
     c.advance(2 * S)
     assert fresh.owned
     assert_every_tick_once(c, static)
+
+
+def test_a_paged_rebuild_restores_everything_while_the_instance_heartbeats(
+    redis_server: RedisServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    n = 3_000
+    dynamic = [
+        spec.with_changes(name=f"d{spec.name}", source=EntrySource.DYNAMIC) for spec in entries(n)
+    ]
+    c = Cluster(redis_server.url, ManualClock(start_ms=_server_ms(redis_server.url)), Recorder())
+    static = entries(4)
+    a = c.add("a", static, misfire_policy=ALL)
+    a.registry.put_entries(dynamic)
+    c.step_all(5)
+    c.advance(2 * S)
+    before = a.registry.states()
+    assert len(before) == n + 4 and all(st.last_tick_ms for st in before.values())
+
+    def rewrite(sender: object, reason: str = "", **kw: object) -> None:
+        if reason == "reset":  # as the Django app does: the dynamic entries, written again
+            a.registry.put_entries(dynamic)
+
+    monkeypatch.setattr(recovery, "ANCHOR_PAGE", 500)
+    monkeypatch.setattr(recovery, "TICK_PAGE", 500)
+    signals.reconcile.connect(rewrite, weak=False)
+    try:
+        lose_data(redis_server, a)
+        monkeypatch.setattr(loading, "BUDGET_S", 0.0)  # one page per pass
+        passes = 0
+        while passes == 0 or a.recovery.rebuilding:
+            c.advance(100)
+            passes += 1
+            assert "a" in {node.id for node in a.registry.nodes()[0]}  # never expired
+        assert passes >= 2 * n // 500
+        monkeypatch.setattr(loading, "BUDGET_S", 0.05)
+        c.advance(2 * S)
+    finally:
+        signals.reconcile.disconnect(rewrite)
+    after = a.registry.states()
+    assert {k: st.anchor_ms for k, st in after.items()} == {
+        k: st.anchor_ms for k, st in before.items()
+    }
+    assert all((after[k].last_tick_ms or 0) >= (st.last_tick_ms or 0) for k, st in before.items())
+    assert_every_tick_once(c, [*static, *dynamic])

@@ -215,6 +215,30 @@ def test_a_large_reassignment_loads_the_entries_that_ran_last_first(
     assert_each_tick_once(c.recorder)
 
 
+def test_a_reload_keeps_the_timeline_whole_until_it_swaps_even_when_dropped(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The next ticks of a reload are computed aside and swapped in at once: at no page
+    of a reload (nor of one dropped for another: a reset, a second gap) does an owned
+    entry leave the timeline."""
+    for page in ("SCAN_PAGE", "LOAD_PAGE", "PLACE_PAGE"):
+        monkeypatch.setattr(loading, page, 100)
+    c = MemoryCluster()
+    c.registry.put_entries(dynamic(3000))
+    a = c.add("a", [])
+    c.step_all(80)
+    assert a.membership.status is NodeStatus.WORKING and len(a.view.timeline) == 3000
+    pages = 0
+    for reason in ("gap", "reset"):  # the second one drops the first one part-way
+        a.jobs.reload(reason)
+        for _ in range(75 if reason == "gap" else 1000):
+            if a.jobs.run(budget_s=0.0):
+                break
+            pages += 1
+            assert len(a.view.timeline) == 3000
+    assert not a.jobs.busy and pages > 75 and len(a.view.timeline) == 3000
+
+
 def test_a_starting_instance_loads_in_pages_while_the_others_fire_and_then_works(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
