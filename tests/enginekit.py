@@ -19,6 +19,7 @@ from celery_dcron.clock import ManualClock
 from celery_dcron.config import Settings
 from celery_dcron.engine import Engine
 from celery_dcron.entries import EntrySpec, Tick
+from celery_dcron.enums import EntrySource
 from celery_dcron.registry import Registry
 from celery_dcron.registry.memory import MemoryRegistry
 from celery_dcron.schedules import IntervalSchedule
@@ -66,6 +67,19 @@ def entries(n: int, every_s: float = 1, **kw: object) -> list[EntrySpec]:
         EntrySpec(
             name=f"e{i}", task="t", schedule=IntervalSchedule(every_ms=int(every_s * S)), **kw
         )  # type: ignore[arg-type]
+        for i in range(n)
+    ]
+
+
+def dynamic(n: int, every_s: int = 3600, prefix: str = "d") -> list[EntrySpec]:
+    """``n`` dynamic interval entries ``<prefix>00000``..., every ``every_s`` seconds."""
+    return [
+        EntrySpec(
+            name=f"{prefix}{i:05d}",
+            task="t",
+            schedule=IntervalSchedule(every_ms=every_s * S),
+            source=EntrySource.DYNAMIC,
+        )
         for i in range(n)
     ]
 

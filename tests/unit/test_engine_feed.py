@@ -15,11 +15,17 @@ from typing import Any
 import pytest
 
 from celery_dcron.engine import Engine, loading
-from celery_dcron.entries import EntrySpec, NodeStatus
-from celery_dcron.enums import EntrySource
+from celery_dcron.entries import NodeStatus
 from celery_dcron.registry.memory import MemoryRegistry
 from celery_dcron.schedules import IntervalSchedule
-from tests.enginekit import MemoryCluster, S, assert_each_tick_once, decisions, ticks_of
+from tests.enginekit import (
+    MemoryCluster,
+    S,
+    assert_each_tick_once,
+    decisions,
+    dynamic,
+    ticks_of,
+)
 
 
 class Spy:
@@ -52,18 +58,6 @@ class Spy:
 
     def clear(self) -> None:
         self.read, self.scans = [], 0
-
-
-def dynamic(n: int, every_s: int = 3600, prefix: str = "d") -> list[EntrySpec]:
-    return [
-        EntrySpec(
-            name=f"{prefix}{i:05d}",
-            task="t",
-            schedule=IntervalSchedule(every_ms=every_s * S),
-            source=EntrySource.DYNAMIC,
-        )
-        for i in range(n)
-    ]
 
 
 def start(c: MemoryCluster, ids: str, n: int) -> tuple[list[Engine], dict[str, Spy]]:

@@ -26,15 +26,14 @@ import pytest
 from celery_dcron import signals
 from celery_dcron.engine import Engine, loading, recovery
 from celery_dcron.entries import EntrySpec, EntryState, MisfirePolicy, Tick
-from celery_dcron.enums import EntrySource
 from celery_dcron.exceptions import RegistryUnavailableError
-from celery_dcron.schedules import IntervalSchedule
 from tests.enginekit import (
     MemoryCluster,
     Recorder,
     S,
     assert_each_tick_once,
     decisions,
+    dynamic,
     entries,
     ticks_of,
 )
@@ -232,18 +231,6 @@ class TimedRecorder(Recorder):
         return publish
 
 
-def dynamic(n: int) -> list[EntrySpec]:
-    return [
-        EntrySpec(
-            name=f"d{i:05d}",
-            task="t",
-            schedule=IntervalSchedule(every_ms=EVERY_S * S),
-            source=EntrySource.DYNAMIC,
-        )
-        for i in range(n)
-    ]
-
-
 class Calls:
     """The registry calls of one engine that matter here, in order: ``beat`` (a
     heartbeat, light or full), ``anchors`` / ``ticks`` (a page of the rebuild, with its
@@ -305,7 +292,7 @@ def _many_running(
     once; the registry's states then; a recorder of the registry calls."""
     c = MemoryCluster()
     c.recorder = TimedRecorder(c.clock.now_ms)
-    specs = dynamic(n)
+    specs = dynamic(n, every_s=EVERY_S)
     c.registry.put_entries(specs)
     a = c.add("a", entries(4))
     c.step_all(3)
