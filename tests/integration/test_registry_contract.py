@@ -658,6 +658,18 @@ def test_load_reads_definitions_and_states_as_get_entries_and_states_do(
     assert runs["b"] == runs["c"] == T0 and reg.last_runs([]) == {}
 
 
+def test_load_and_last_runs_take_pages_of_many_names(backend: Backend) -> None:
+    """More names than Lua's unpack() takes at once (~8,000)."""
+    reg = backend.reg
+    specs = [dynamic(f"d{i:05d}") for i in range(9_000)]
+    reg.put_entries(specs)
+    names = [s.name for s in specs] + ["missing"]
+    loaded = reg.load(names)
+    assert set(loaded.specs) == set(names[:-1]) and not loaded.bad
+    assert set(loaded.states) == set(names[:-1])  # anchored when written
+    assert reg.last_runs(names) == {n: st.anchor_ms for n, st in loaded.states.items()}
+
+
 # -- run-now requests ---------------------------------------------------------------
 
 
