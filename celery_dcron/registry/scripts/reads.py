@@ -25,26 +25,26 @@ LOAD = Script(
 local n = #ARGV - 1
 if n < 1 then return '' end
 -- HMGET of the names in slices: unpack() of more than ~8,000 values fails
-local function hmget(key)
+local function hmget(k)
   local out = {}
   for i = 2, #ARGV, 4000 do
-    local part = redis.call('HMGET', key, unpack(ARGV, i, math.min(i + 3999, #ARGV)))
+    local part = redis.call('HMGET', KEYS[k], unpack(ARGV, i, math.min(i + 3999, #ARGV)))
     for j = 1, #part do out[#out + 1] = part[j] end
   end
   return out
 end
 if ARGV[1] == 'r' then
-  local last = hmget(KEYS[3])
-  local anchor = hmget(KEYS[2])
+  local last = hmget(3)
+  local anchor = hmget(2)
   local out = {}
   for i = 1, n do out[i] = last[i] or anchor[i] or '' end
   return table.concat(out, '\\31')
 end
 local defs = ARGV[1] == '1'
-local texts = defs and hmget(KEYS[1]) or nil
-local anchor = hmget(KEYS[2])
-local last = hmget(KEYS[3])
-local runs = hmget(KEYS[4])
+local texts = defs and hmget(1) or nil
+local anchor = hmget(2)
+local last = hmget(3)
+local runs = hmget(4)
 local out = {}
 local j = 0
 for i = 1, n do
