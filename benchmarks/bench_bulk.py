@@ -12,7 +12,10 @@ Starts a throwaway redis-server, then for each N in ``--entries`` times:
 
 Entries are mappings of ``add``'s fields with args and kwargs, as a CLI import would give
 them: ``--kind interval`` (``every`` 60 s + i % 3600), ``--kind cron`` (``cron`` strings,
-60 distinct ones), or ``--kind mixed`` (half each, the default). Redis commands are
+60 distinct ones), or ``--kind mixed`` (half each, the default); or ``--kind idle``, the
+entries of ``bench_scale.py``'s bulk add (``every`` a day, ``args`` only). ``--per-call``
+splits them into ``add_many`` calls of that many (``bench_scale.py``: 10,000), and
+``--no-check-tasks`` skips the task check (as ``bench_scale.py`` does). Redis commands are
 counted by ``INFO commandstats`` (reset before each case): the script calls (``evalsha``)
 and every command the scripts run inside, plus the client's reads. CPU is counted apart
 for the benchmark process (``time.process_time``) and for redis-server (``INFO cpu``), in
@@ -52,17 +55,21 @@ from celery_dcron.config import Settings  # noqa: E402
 from tests.servers import RedisServer  # noqa: E402
 
 
-def make_tasks(url: str, namespace: str) -> DynamicTasks:
+def make_tasks(url: str, namespace: str, *, check_tasks: bool = True) -> DynamicTasks:
     app = Celery("bench_bulk", set_as_current=False)
     app.conf.timezone = "UTC"
 
     @app.task(name="bench.noop", shared=False)
     def noop(*args: Any, **kwargs: Any) -> None: ...
 
-    return DynamicTasks(app, settings=Settings(redis_url=url, namespace=namespace))
+    settings = Settings(redis_url=url, namespace=namespace)
+    return DynamicTasks(app, settings=settings, check_tasks=check_tasks)
 
 
 def entries(n: int, kind: str = "mixed") -> list[dict[str, Any]]:
+    if kind == "idle":  # bench_scale.py's
+        return [{"name": f"idle{i:07d}", "task": "bench.noop", "args": [i], "every": 86400}
+                for i in range(n)]  # fmt: skip
     out: list[dict[str, Any]] = []
     for i in range(n):
         cron = kind == "cron" or (kind == "mixed" and i % 2 == 0)
@@ -122,15 +129,16 @@ def measure(client: redis.Redis, case: str, n: int, run: Callable[[], object]) -
 
 
 def run_size(
-    client: redis.Redis, url: str, n: int, chunk: int, add_limit: int, kind: str
-) -> list[Row]:
+    client: redis.Redis, url: str, n: int, chunk: int, add_limit: int, kind: str,
+    per_call: int, check_tasks: bool,
+) -> list[Row]:  # fmt: skip
     """The four cases on N entries (each in its own namespace of a flushed server)."""
     items = entries(n, kind)
     client.flushall()
     few = items[: min(n, add_limit)]
-    single = make_tasks(url, "single")
-    bulk = make_tasks(url, "bulk")
-    raw = make_tasks(url, "raw")
+    single = make_tasks(url, "single", check_tasks=check_tasks)
+    bulk = make_tasks(url, "bulk", check_tasks=check_tasks)
+    raw = make_tasks(url, "raw", check_tasks=check_tasks)
     for tasks in (single, bulk, raw):
         tasks.registry.load_scripts()
 
@@ -139,8 +147,10 @@ def run_size(
             single.add(e["name"], **{k: v for k, v in e.items() if k != "name"})
 
     def add_many(replace: bool) -> None:
-        result = bulk.add_many(items, chunk=chunk, replace=replace)
-        assert result.ok, (result.refused[:3], result.invalid[:3])
+        for lo in range(0, n, per_call or n):
+            part = items[lo : lo + (per_call or n)]
+            result = bulk.add_many(part, chunk=chunk, replace=replace)
+            assert result.ok, (result.refused[:3], result.invalid[:3])
 
     rows = [
         measure(client, "add (one per call)", len(few), add_each),
@@ -162,7 +172,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--entries", default="10000,100000", help="comma-separated Ns")
     parser.add_argument("--chunk", type=int, default=1000)
     parser.add_argument("--add-limit", type=int, default=5000)
-    parser.add_argument("--kind", choices=("mixed", "interval", "cron"), default="mixed")
+    parser.add_argument("--kind", choices=("mixed", "interval", "cron", "idle"), default="mixed")
+    parser.add_argument("--per-call", type=int, default=0, help="entries per add_many call")
+    parser.add_argument("--no-check-tasks", dest="check_tasks", action="store_false")
     args = parser.parse_args(argv)
     server = RedisServer().start()
     client = redis.Redis.from_url(server.url, decode_responses=True)
@@ -171,13 +183,15 @@ def main(argv: list[str] | None = None) -> None:
         load = os.getloadavg()[0]
         rows: list[Row] = []
         for n in (int(x) for x in args.entries.split(",")):
-            rows.extend(run_size(client, server.url, n, args.chunk, args.add_limit, args.kind))
+            rows.extend(run_size(client, server.url, n, args.chunk, args.add_limit, args.kind,
+                                 args.per_call, args.check_tasks))  # fmt: skip
         version = client.info("server")["redis_version"]
         cpu = platform.processor() or platform.machine()
         print(
             f"# {date.today()}  {platform.node()}  {cpu}  {os.cpu_count()} CPUs  "
             f"Python {platform.python_version()}  redis-server {version}  chunk {args.chunk}  "
-            f"kind {args.kind}  load {load:.1f} -> {os.getloadavg()[0]:.1f}"
+            f"kind {args.kind}  per call {args.per_call or 'all'}  check tasks "
+            f"{args.check_tasks}  load {load:.1f} -> {os.getloadavg()[0]:.1f}"
         )
         print(
             f"{'case':<28} {'entries':>8} {'seconds':>8} {'entries/s':>10} {'cmd/entry':>9} "

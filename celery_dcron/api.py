@@ -91,6 +91,7 @@ class DynamicTasks:
         self.settings = settings or Settings.from_app(app)
         self.registry = registry or Registry.from_settings(self.settings)
         self.check_tasks = check_tasks
+        self._task_registry: Any = None  # app.tasks, once read (see _tasks)
 
     # -- reading -------------------------------------------------------------------
 
@@ -162,7 +163,7 @@ class DynamicTasks:
         dry_run: bool = False,
     ) -> BulkResult:
         """Add many entries: all are validated first, then written ``chunk`` at a time,
-        one pipelined round trip per chunk (two with ``replace``).
+        one pipelined round trip per chunk (two with ``replace``), two chunks at once.
 
         Each entry is a mapping of :meth:`add`'s fields with its ``name`` (and ``task``),
         a line of ``export`` (parsed), or an :class:`EntrySpec`. If any is invalid,
@@ -307,11 +308,18 @@ class DynamicTasks:
     ) -> EntrySpec:
         """The new entry ``name`` (at ``version``), validated; ``app_zone``: the app's
         timezone, when the caller read it already (:meth:`_app_zone`)."""
-        rules.entry_name(name)
-        rules.known_fields(name, fields, _FIELDS)
-        rules.one_schedule(name, fields, SCHEDULE_FIELDS, required=True)
         changes = dict(fields)
         changes["task"] = task
+        return self._new(name, changes, now_ms=now_ms, app_zone=app_zone, version=version)
+
+    def _new(
+        self, name: str, changes: dict[str, Any], *, now_ms: int | Callable[[], int] | None,
+        app_zone: str | None, version: int,
+    ) -> EntrySpec:  # fmt: skip
+        """:meth:`_build` of ``changes``: the new entry's fields and task (None: none
+        given), in a dict of the caller's, which this keeps."""
+        rules.entry_name(name)
+        rules.known_fields(name, changes, _FIELDS)  # (the task is one of them)
         new = self._changed(name, None, changes, now_ms=now_ms, app_zone=app_zone)
         spec = EntrySpec(name=name, version=version, **new)
         self._check_result(spec, call=True)
@@ -340,17 +348,24 @@ class DynamicTasks:
     ) -> dict[str, Any]:
         """The fields of ``spec`` that ``changes`` set, validated (``spec`` None: a new
         entry ``name``; then the fields always include its task and schedule)."""
+        # a new entry has exactly one schedule (checked first); an update, at most one
+        kind = (
+            rules.one_schedule(name, changes, SCHEDULE_FIELDS, required=True)
+            if spec is None
+            else None
+        )
         new: dict[str, Any] = {"source": EntrySource.DYNAMIC if spec is None else spec.source}
         old_kwargs: Mapping[str, Any] = {} if spec is None else spec.kwargs
         if spec is None or "task" in changes:
             has_payload = changes.get("payload") is not None or "payload" in old_kwargs
             new["task"] = self._task(name, changes.get("task"), has_payload=has_payload)
-        schedule = self._schedule(name, spec, changes, now_ms=now_ms, app_zone=app_zone)
+        schedule = self._schedule(name, spec, changes, kind, now_ms=now_ms, app_zone=app_zone)
         if schedule is not None:
             new["schedule"] = schedule
         for field, value in changes.items():
-            if field in _SIMPLE:
-                attr, rule = _SIMPLE[field]
+            simple = _SIMPLE.get(field)
+            if simple is not None:
+                attr, rule = simple
                 new[attr] = rule(name, value)
         kwargs = dict(old_kwargs)
         if "kwargs" in changes:
@@ -373,13 +388,12 @@ class DynamicTasks:
         """The rules of the whole entry; ``call``: its task call changed (args checked
         against the task's signature)."""
         rules.ending(spec)
-        rules.json_size(spec, max_bytes=self.settings.max_payload_bytes)
-        rules.storable(spec)
+        rules.stored_json(spec, max_bytes=self.settings.max_payload_bytes)
         if self.check_tasks and call:
             self._check_arguments(spec)
 
     def _check_arguments(self, spec: EntrySpec) -> None:
-        task = self.app.tasks.get(spec.task)
+        task = self._tasks().get(spec.task)
         if task is None:
             return
         mismatch = argument_mismatch(task, spec.args, spec.kwargs)
@@ -417,7 +431,7 @@ class DynamicTasks:
 
     def _known(self, name: str, task: str) -> bool:
         """Whether the app knows ``task``, once its task modules are imported."""
-        if task in self.app.tasks:
+        if task in self._tasks():
             return True
         try:
             load_task_modules(self.app)
@@ -426,7 +440,14 @@ class DynamicTasks:
                 f"entry {name!r}: task: importing the Celery app's task modules to check "
                 f"{task!r} failed: {exc!r}; fix that module, or {self.check_off_hint}"
             ) from exc
-        return task in self.app.tasks
+        return task in self._tasks()
+
+    def _tasks(self) -> Any:
+        """``app.tasks``, read once (a locked property, a Python call per read): the same
+        dict for the app's life, which registering a task fills."""
+        if self._task_registry is None:
+            self._task_registry = self.app.tasks
+        return self._task_registry
 
     def _app_zone(self) -> str:
         """The zone of a cron (or crontab) given without ``tz=``: the app's ``timezone``."""
@@ -444,17 +465,16 @@ class DynamicTasks:
         name: str,
         spec: EntrySpec | None,
         changes: Mapping[str, Any],
+        kind: str | None,
         *,
         now_ms: int | Callable[[], int] | None = None,
         app_zone: str | None = None,
     ) -> Schedule | None:
         """The new schedule, or None when ``changes`` keep the entry's (``spec`` None: a
-        new entry ``name``)."""
-        kind = rules.one_schedule(name, changes, SCHEDULE_FIELDS, required=False)
+        new entry ``name``, whose schedule field is ``kind``; an update finds its own)."""
+        if spec is not None:
+            kind = rules.one_schedule(name, changes, SCHEDULE_FIELDS, required=False)
         tz = rules.tz(name, changes.get("tz"))
-        # A partial update keeps the zone: a cron (or crontab) given without tz= takes the
-        # entry's own, and only a new entry (or a change from another kind) the app's.
-        naive_tz = self._zone_of_naive(spec, changes)
         if kind is None:
             if tz is not None and spec is not None and isinstance(spec.schedule, CronSchedule):
                 return rules.cron(name, spec.schedule.expr, tz, day_or=spec.schedule.day_or)
@@ -466,6 +486,9 @@ class DynamicTasks:
         value = changes[kind]
         if kind == "every":
             return rules.every(name, value)
+        # A partial update keeps the zone: a cron (or crontab) given without tz= takes the
+        # entry's own, and only a new entry (or a change from another kind) the app's.
+        naive_tz = self._zone_of_naive(spec, changes)
         if kind == "at":
             now = self.registry.server_ms if now_ms is None else now_ms
             return rules.at(name, value, naive_tz, now_ms=now)

@@ -57,6 +57,7 @@ __all__ = [
     "one_schedule",
     "options",
     "storable",
+    "stored_json",
     "task_name",
     "tz",
 ]
@@ -96,6 +97,8 @@ def entry_name(name: Any) -> str:
 
 
 def known_fields(name: str, fields: Collection[str], allowed: Collection[str]) -> None:
+    if isinstance(allowed, (set, frozenset)) and allowed.issuperset(fields):
+        return
     unknown = sorted(set(fields).difference(allowed))
     if unknown:
         raise InvalidEntryError(
@@ -288,9 +291,16 @@ def one_schedule(
     name: str, fields: Mapping[str, Any], kinds: Collection[str], *, required: bool
 ) -> str | None:
     """Which of the schedule ``kinds`` ``fields`` gives (None: none, if not required)."""
+    found = None
+    for kind in kinds:  # (no list made: this runs for each entry of a bulk write)
+        if fields.get(kind) is not None:
+            if found is not None:
+                break  # two of them
+            found = kind
+    else:
+        if found is not None or not required:
+            return found
     given = [kind for kind in kinds if fields.get(kind) is not None]
-    if len(given) == 1 or (not given and not required):
-        return given[0] if given else None
     if len(kinds) == 1:
         raise InvalidScheduleError(
             f"entry {name!r}: schedule: missing; give a number of seconds, a timedelta, a "
@@ -324,6 +334,8 @@ def _cron(expr: str, zone: str, day_or: bool) -> CronSchedule:
 
 def every(name: str, value: Any) -> IntervalSchedule:
     """Seconds (a number or a timedelta)."""
+    if type(value) is int and 0 < value < _EXACT_S:  # the usual case, made short
+        return _interval(value * 1000)
     if isinstance(value, timedelta):
         seconds = value.total_seconds()
     elif isinstance(value, (int, float)) and not isinstance(value, bool):
@@ -339,6 +351,11 @@ def every(name: str, value: Any) -> IntervalSchedule:
             field="every",
         )
     return _interval(round(seconds * 1000))
+
+
+#: Whole seconds below this are exact as a float, in ms too: ``every`` takes them as they
+#: are (``round(float(s) * 1000) == s * 1000``).
+_EXACT_S: Final = 2**53 // 1000
 
 
 @functools.lru_cache(maxsize=4096)
@@ -395,7 +412,33 @@ def json_size(spec: EntrySpec, *, max_bytes: int) -> None:
                     field=field,
                 ) from None
         raise
-    size = len(text.encode())
+    _size(name, len(text.encode()), max_bytes)
+
+
+def stored_json(spec: EntrySpec, *, max_bytes: int) -> None:
+    """:func:`json_size` then :func:`storable`, with their errors, encoding args and
+    kwargs once: their text measured here is the one :meth:`EntrySpec.dumps` stores
+    (made now, kept on ``spec``)."""
+    call = spec.call_json()
+    if call is None:  # not plain JSON: json_size says which field (or measures it)
+        json_size(spec, max_bytes=max_bytes)
+    else:  # json.dumps({"args": ..., "kwargs": ...}) is these texts and _CALL_FRAME
+        _size(spec.name, len(call[0]) + len(call[1]) + _CALL_FRAME, max_bytes)
+        try:
+            spec.dumps(call=call)
+        except InvalidEntryError:
+            pass  # storable names the field
+        else:
+            return
+    storable(spec)
+
+
+#: The characters ``json.dumps({"args": A, "kwargs": K})`` adds to the JSON of A and K
+#: (all ASCII: its size in bytes too).
+_CALL_FRAME: Final = len(json.dumps({"args": [], "kwargs": {}})) - len("[]{}")
+
+
+def _size(name: str, size: int, max_bytes: int) -> None:
     if size > max_bytes:
         raise InvalidEntryError(
             f"entry {name!r}: payload: args + kwargs + payload are {size} bytes of JSON, "

@@ -28,8 +28,6 @@ __all__ = ["EntryStore"]
 
 #: Attempts of a write that is retried on a concurrent change.
 _ATTEMPTS = 20
-#: Values of one entry in the rows of PUT_ENTRIES: name, json, expected, every_ms, phase_ms.
-_ROW = 5
 
 
 class EntryStore(Store):
@@ -120,7 +118,7 @@ class EntryStore(Store):
             expected: dict[int, int | None] = dict.fromkeys(todo)
             if replace:
                 todo = self._read_versions(specs, todo, expected, results)
-            written: list[tuple[int, EntrySpec]] = []
+            written: list[int] = []  # the index in specs of each row
             rows: list[tuple[str, str, int, int, int]] = []
             for i in todo:
                 spec, exp = specs[i], expected[i]
@@ -131,15 +129,15 @@ class EntryStore(Store):
                     results[i] = exc
                     continue
                 rows.append((spec.name, text, -1 if exp is None else exp, *self.grid(spec)))
-                written.append((i, new))
+                written.append(i)
+                results[i] = new  # unless refused below
             todo = []
-            for (i, new), (status, version) in zip(written, self._put_rows(rows), strict=True):
-                if status == "ok":
-                    results[i] = new
-                elif replace and status in ("exists", "conflict", "missing"):
+            for row, status, version in self._put_rows(rows):
+                i = written[row]
+                if replace and status in ("exists", "conflict", "missing"):
                     todo.append(i)  # written in between: read it again
                 else:
-                    results[i] = _write_error(new.name, status, version, expected[i])
+                    results[i] = _write_error(specs[i].name, status, version, expected[i])
             if not todo:
                 break
         for i in todo:
@@ -148,32 +146,39 @@ class EntryStore(Store):
             )
         return [r for r in results if r is not None]
 
-    def _put_rows(self, rows: list[tuple[str, str, int, int, int]]) -> list[tuple[str, int]]:
+    def _put_rows(self, rows: list[tuple[str, str, int, int, int]]) -> list[tuple[int, str, int]]:
         """Run PUT_ENTRIES on ``rows`` (name, json, expected version or -1, every_ms,
         phase_ms), in calls of at most ``PUT_ENTRIES_MAX`` entries and about
         ``PUT_ENTRIES_MAX_BYTES`` of JSON, pipelined in one round trip; returns
-        ``(status, current version)`` of each entry, in order."""
-        batches: list[list[Any]] = []  # the rows of each call, flat
+        ``(position in rows, status, current version)`` of each entry refused."""
+        calls: list[list[Any]] = []
+        firsts: list[int] = []  # the position in rows of each call's first entry
+        meta: list[Any] = []
+        texts: list[str] = []
         size = 0
-        for row in rows:
-            if (
-                not batches
-                or len(batches[-1]) >= _ROW * scripts.PUT_ENTRIES_MAX
-                or size + len(row[1]) > scripts.PUT_ENTRIES_MAX_BYTES
+        for at, (name, text, expected, every, phase) in enumerate(rows):
+            length = len(text) if text.isascii() else len(text.encode())
+            if texts and (
+                len(texts) >= scripts.PUT_ENTRIES_MAX
+                or size + length > scripts.PUT_ENTRIES_MAX_BYTES
             ):
-                batches.append([])
-                size = 0
-            batches[-1].extend(row)
-            size += len(row[1])
-        calls = [[self.keys.events, json.dumps(b, ensure_ascii=False)] for b in batches]
+                calls.append(
+                    [self.keys.events, json.dumps(meta, ensure_ascii=False), "".join(texts)]
+                )
+                meta, texts, size = [], [], 0
+            if not texts:
+                firsts.append(at)
+            meta.extend((name, length, expected, every, phase))
+            texts.append(text)
+            size += length
+        if texts:
+            calls.append([self.keys.events, json.dumps(meta, ensure_ascii=False), "".join(texts)])
         replies = self.transport.call_many(scripts.PUT_ENTRIES, calls) if calls else []
-        out: list[tuple[str, int]] = []
-        for batch, reply in zip(batches, replies, strict=True):
-            statuses = [("ok", -1)] * (len(batch) // _ROW)
+        refused: list[tuple[int, str, int]] = []
+        for first, reply in zip(firsts, replies, strict=True):
             for j in range(1, len(reply), 3):  # the refused entries: position, status, version
-                statuses[int(reply[j]) - 1] = (str(reply[j + 1]), int(reply[j + 2]))
-            out.extend(statuses)
-        return out
+                refused.append((first + int(reply[j]) - 1, str(reply[j + 1]), int(reply[j + 2])))
+        return refused
 
     def _read_versions(
         self,

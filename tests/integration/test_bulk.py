@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import gc
+import threading
 from datetime import datetime, timedelta, timezone
+from typing import Any
 
 import pytest
 import redis
@@ -11,7 +14,12 @@ from celery_dcron import DynamicTasks
 from celery_dcron.bulk import entry_line, parse_line
 from celery_dcron.entries import EntrySpec
 from celery_dcron.enums import EntrySource
-from celery_dcron.exceptions import BulkInvalidError, InvalidEntryError
+from celery_dcron.exceptions import (
+    BulkInvalidError,
+    DcronError,
+    InvalidEntryError,
+    RegistryUnavailableError,
+)
 from celery_dcron.registry.scripts import PUT_ENTRIES_MAX, PUT_ENTRIES_MAX_BYTES
 from celery_dcron.schedules import CronSchedule, IntervalSchedule
 from tests.integration.test_api import api_for
@@ -142,38 +150,49 @@ def test_each_chunk_is_one_round_trip(
     api: DynamicTasks, redis_client: redis.Redis, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     api.registry.load_scripts()
-    sent: list[int] = []
+    sent: list[tuple[int, int]] = []  # (thread, commands) of each pipeline sent
     execute = redis.client.Pipeline.execute
 
     def counted(self: redis.client.Pipeline, raise_on_error: bool = True) -> list[object]:
-        sent.append(len(self.command_stack))
+        sent.append((threading.get_ident(), len(self.command_stack)))
         return execute(self, raise_on_error)
+
+    def sizes() -> list[int]:
+        return [size for _, size in sent]
 
     monkeypatch.setattr(redis.client.Pipeline, "execute", counted)
     redis_client.config_resetstat()
     api.add_many(every(250), chunk=100)
-    assert sent == [1, 1, 1]  # one pipeline per chunk, one script call for its entries
+    assert sizes() == [1, 1, 1]  # one pipeline per chunk, one script call for its entries
     stats = redis_client.info("commandstats")
     assert stats["cmdstat_evalsha"]["calls"] == 3
     # what the scripts run: per call, one read of each hash for all its entries, one write
-    # of the definitions and one of the anchors, one wake-up; per entry, its feed record
+    # of the definitions and one of the anchors, one bump of the entries version (by the
+    # number of records), one trim of the feed, one wake-up; per entry, its feed record
     assert stats["cmdstat_hmget"]["calls"] == 3 * 4 and stats["cmdstat_hset"]["calls"] == 3 * 2
     assert stats["cmdstat_publish"]["calls"] == 3 and "cmdstat_hget" not in stats
-    assert stats["cmdstat_xadd"]["calls"] == stats["cmdstat_hincrby"]["calls"] == 250
+    assert stats["cmdstat_hincrby"]["calls"] == stats["cmdstat_xtrim"]["calls"] == 3
+    assert stats["cmdstat_xadd"]["calls"] == 250
     sent.clear()
     api.add_many(every(250), chunk=100, replace=True)
-    assert sent == [2, 1, 2, 1, 2, 1]  # replace: the versions read first (2 HMGETs)
+    # replace: the versions read first (2 HMGETs), then the write; two chunks are written
+    # at once, each by its own thread: in each thread, read then write, chunk after chunk
+    by_thread: dict[int, list[int]] = {}
+    for thread, size in sent:
+        by_thread.setdefault(thread, []).append(size)
+    assert sorted(sizes()) == [1, 1, 1, 2, 2, 2]
+    assert all(seq == [2, 1] * (len(seq) // 2) for seq in by_thread.values())
     sent.clear()
     many = [{"name": f"m{i:04d}", "task": "t", "every": 5} for i in range(PUT_ENTRIES_MAX + 1)]
     api.add_many(many, chunk=2 * PUT_ENTRIES_MAX)
-    assert sent == [2]  # a script call takes at most PUT_ENTRIES_MAX entries
+    assert sizes() == [2]  # a script call takes at most PUT_ENTRIES_MAX entries
     sent.clear()
     blob = "x" * (PUT_ENTRIES_MAX_BYTES // 10)  # under dcron_max_payload_bytes
     big = [
         {"name": f"big{i}", "task": "t", "every": 5, "kwargs": {"blob": blob}} for i in range(12)
     ]
     assert api.add_many(big).created == 12
-    assert sent == [2]  # ... and about PUT_ENTRIES_MAX_BYTES of them
+    assert sizes() == [2]  # ... and about PUT_ENTRIES_MAX_BYTES of them
 
 
 def test_entries_that_share_a_schedule_are_each_checked_and_named(api: DynamicTasks) -> None:
@@ -206,3 +225,97 @@ def test_entries_that_share_a_schedule_are_each_checked_and_named(api: DynamicTa
     other.add("b", "t", cron="0 7 * * *", tz="Europe/Paris")
     texts = api.registry.client.hgetall(api.registry.keys.entries)
     assert texts["b"] == other.registry.client.hget(other.registry.keys.entries, "b")
+
+
+def test_chunks_written_at_once_are_reported_as_if_written_one_by_one(api: DynamicTasks) -> None:
+    """Two chunks are written at once, each by its own thread: the result is the one of
+    chunks written one after the other (refused entries in the order given)."""
+    api.add("e004", "t", every=10)
+    api.mark_deleted("e011")
+    result = api.add_many(every(30), chunk=4)
+    assert (result.created, result.replaced) == (28, 0)
+    assert [(p.index, p.name) for p in result.refused] == [(4, "e004"), (11, "e011")]
+    assert [s.name for s in api.list()] == [f"e{i:03d}" for i in range(30) if i != 11]
+    again = api.add_many(every(30), chunk=4, replace=True)
+    assert again.replaced == 29 and [p.name for p in again.refused] == ["e011"]
+
+
+def test_a_redis_error_is_raised_as_when_all_is_one_chunk(
+    api: DynamicTasks, redis_client: redis.Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The error Redis gives a chunk reaches the caller as when every entry is in one chunk
+    (written without a thread), once the chunks under way are done; the chunks after it
+    are not written, and no thread is left behind."""
+    api.registry.load_scripts()
+    threads = threading.active_count()
+    redis_client.set(api.registry.keys.feed, "not a stream")  # each script call fails
+    errors = []
+    for prefix, chunk in (("one", 1000), ("many", 7)):
+        entries = [{"name": f"{prefix}{i}", "task": "t", "every": 5} for i in range(40)]
+        with pytest.raises(redis.exceptions.ResponseError) as caught:
+            api.add_many(entries, chunk=chunk)
+        errors.append(caught.value)
+    assert type(errors[0]) is type(errors[1]) and str(errors[0]) == str(errors[1])
+    assert threading.active_count() == threads
+    redis_client.delete(api.registry.keys.feed)
+
+    calls: list[str] = []
+    put = api.registry.put_entries
+
+    def unreachable_at_the_third(
+        specs: list[EntrySpec], *, replace: bool = False
+    ) -> list[EntrySpec | DcronError]:
+        calls.append(specs[0].name)
+        if len(calls) == 3:
+            raise RegistryUnavailableError("dcron: Redis unreachable: test")
+        return put(specs, replace=replace)
+
+    monkeypatch.setattr(api.registry, "put_entries", unreachable_at_the_third)
+    with pytest.raises(RegistryUnavailableError):
+        api.add_many(every(100), chunk=10)
+    assert 3 <= len(calls) <= 4  # the one beside the third may have been under way
+    assert len([s for s in api.list() if s.name.startswith("e")]) == 10 * (len(calls) - 1)
+    assert threading.active_count() == threads
+
+
+def test_text_beyond_ascii_and_kombu_typed_options_are_written_as_add_writes_them(
+    api: DynamicTasks,
+) -> None:
+    since = datetime(2030, 1, 2, 3, 4, 5, tzinfo=timezone.utc)
+    fields: dict[str, Any] = {
+        "every": 5, "args": ["é", "line\nbreak", '"quoted"'], "kwargs": {"ключ": "値"},
+        "options": {"headers": {"since": since}},
+    }  # fmt: skip
+    entries = [{"name": "café-ü", "task": "t", **fields}, {"name": "plain", "task": "t", **fields}]
+    assert api.add_many(entries, chunk=1).created == 2
+    other = api_for(api.settings.redis_url, namespace="other")
+    other.add("café-ü", "t", **fields)
+    texts = api.registry.client.hgetall(api.registry.keys.entries)
+    assert texts["café-ü"] == other.registry.client.hget(other.registry.keys.entries, "café-ü")
+    assert api.get("café-ü").options["headers"]["since"] == since
+    assert api.get("plain").with_changes(name="café-ü") == other.get("café-ü")
+
+
+def test_the_garbage_collector_is_paused_while_adding_then_left_as_it_was(
+    api: DynamicTasks, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    enabled: list[bool] = []
+    put = api.registry.put_entries
+
+    def spy(specs: list[EntrySpec], *, replace: bool = False) -> list[EntrySpec | DcronError]:
+        enabled.append(gc.isenabled())
+        return put(specs, replace=replace)
+
+    monkeypatch.setattr(api.registry, "put_entries", spy)
+    assert gc.isenabled()
+    assert api.add_many(every(5), chunk=2).created == 5
+    assert enabled == [False] * 3 and gc.isenabled()
+    with pytest.raises(BulkInvalidError):
+        api.add_many([{"name": "bad", "task": "t", "every": -1}])
+    assert gc.isenabled()
+    gc.disable()
+    try:
+        assert api.add_many(every(5), replace=True).replaced == 5
+        assert not gc.isenabled()  # off before: left off
+    finally:
+        gc.enable()

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import enum
 import json
 from datetime import datetime, timedelta, timezone
-from typing import Any
+from typing import Any, NamedTuple
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from kombu.utils import json as kjson
 
 from celery_dcron import validation as rules
 from celery_dcron.config import Settings
@@ -185,3 +189,109 @@ def test_whole_entry_rules() -> None:
         rules.storable(spec.with_changes(options={"x": object()}))
     assert err.value.field == "options"
     rules.storable(spec.with_changes(options={"expires": datetime(2030, 1, 1, tzinfo=UTC)}))
+
+
+# -- the stored text: made from its parts, the same as kombu's JSON of to_json() ----------
+
+_json_leaf = st.one_of(
+    st.none(), st.booleans(), st.integers(), st.floats(), st.text(max_size=8),
+    st.datetimes(timezones=st.just(UTC)),
+)  # fmt: skip
+_json_value = st.recursive(
+    _json_leaf,
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=4), inner),
+    max_leaves=6,
+)
+_schedules = st.one_of(
+    st.builds(IntervalSchedule, every_ms=st.integers(1, 10**12)),
+    st.sampled_from([CronSchedule(expr="0 7 * * *"),
+                     CronSchedule(expr="*/5 * * * *", tz="Europe/Paris", day_or=False)]),
+    st.builds(AtSchedule, at_ms=st.integers(0, 10**13)),
+)  # fmt: skip
+_specs = st.builds(
+    EntrySpec,
+    name=st.text(min_size=1, max_size=10), task=st.text(min_size=1, max_size=10),
+    schedule=_schedules,
+    args=st.lists(_json_value, max_size=3).map(tuple),
+    kwargs=st.dictionaries(st.text(max_size=5), _json_value, max_size=3),
+    options=st.dictionaries(st.sampled_from(["queue", "priority"]), _json_value, max_size=2),
+    misfire_policy=st.none() | st.sampled_from(MisfirePolicy),
+    misfire_grace_s=st.none() | st.floats(min_value=0.001, max_value=1e9),
+    enabled=st.booleans(),
+    start_ms=st.none() | st.integers(0, 10**13), end_ms=st.none() | st.integers(0, 10**13),
+    max_runs=st.none() | st.integers(1, 10**6), source=st.sampled_from(EntrySource),
+    description=st.text(max_size=5), version=st.integers(0, 10**6),
+    after_run=st.none() | st.sampled_from(AfterRun),
+)  # fmt: skip
+
+
+@settings(max_examples=300, deadline=None)
+@given(_specs)
+def test_the_stored_text_is_kombus_json_of_to_json_to_the_byte(spec: EntrySpec) -> None:
+    """Other versions read (and static sync compares) the stored text: the text made from
+    its parts is the one ``kombu.utils.json.dumps(to_json(), sort_keys=True)`` made."""
+    assert spec.dumps() == kjson.dumps(spec.to_json(), sort_keys=True)
+    fresh = spec.with_changes()
+    call = fresh.call_json()
+    if call is not None:
+        assert fresh.dumps(call=call) == spec.dumps()
+
+
+@settings(max_examples=300, deadline=None)
+@given(_specs, st.integers(10, 400))
+def test_stored_json_is_json_size_then_storable(spec: EntrySpec, max_bytes: int) -> None:
+    """One encoding for both rules, with their errors (field and message)."""
+
+    def outcome(check: Any) -> tuple[str | None, str] | None:
+        try:
+            check(spec.with_changes())
+        except InvalidEntryError as exc:
+            return exc.field, str(exc)
+        return None
+
+    def both(s: EntrySpec) -> None:
+        rules.json_size(s, max_bytes=max_bytes)
+        rules.storable(s)
+
+    assert outcome(lambda s: rules.stored_json(s, max_bytes=max_bytes)) == outcome(both)
+
+
+class _Pair(NamedTuple):
+    a: int
+    b: str
+
+
+class _Level(enum.IntEnum):
+    HIGH = 3
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"args": (object(),)}, {"kwargs": {"a": {1, 2}}}, {"kwargs": {1: "x", "b": 2}},
+        {"options": {"x": object()}}, {"args": (float("nan"),)}, {"misfire_grace_s": float("inf")},
+        {"kwargs": {"when": datetime(2030, 1, 1, tzinfo=UTC)}}, {"description": "é\n"},
+        {"args": "abc"}, {"args": _Pair(1, "x")}, {"args": [1, (2, 3)]}, {"kwargs": [("a", 1)]},
+        {"enabled": 1}, {"max_runs": True}, {"misfire_grace_s": 5}, {"version": _Level.HIGH},
+    ],
+)  # fmt: skip
+def test_stored_json_and_dumps_on_unusual_values(change: dict[str, Any]) -> None:
+    spec = EntrySpec(name="e", task="t", schedule=IntervalSchedule(every_ms=1000), **change)
+    errors = []
+    for check in (
+        lambda s: rules.stored_json(s, max_bytes=10_000),
+        lambda s: (rules.json_size(s, max_bytes=10_000), rules.storable(s)),
+    ):
+        try:
+            check(spec.with_changes())
+            errors.append(None)
+        except InvalidEntryError as exc:
+            errors.append((exc.field, str(exc)))
+    assert errors[0] == errors[1]
+    try:
+        expected = kjson.dumps(spec.to_json(), sort_keys=True)
+    except (TypeError, ValueError):
+        with pytest.raises(InvalidEntryError):
+            spec.dumps()
+    else:
+        assert spec.dumps() == expected

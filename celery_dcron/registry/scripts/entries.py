@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from ..keys import KeyName
-from .base import _ANCHOR, _FEED, _NOW, _VERSION, Script
+from .base import _ANCHOR, _FEED, _NOW, _VERSION, FEED_MAXLEN, Script
 
 __all__ = [
     "CLEANUP", "PUT_ENTRIES", "PUT_ENTRIES_MAX", "PUT_ENTRIES_MAX_BYTES", "PUT_ENTRY",
@@ -125,11 +125,15 @@ PUT_ENTRIES_MAX_BYTES = 512 * 1024
 # Many PUT_ENTRY writes in one call, each on its own as PUT_ENTRY (without force) makes
 # it, in order: a tombstoned or static name is refused (also when replacing); the anchor
 # is set once (HSETNX, server time on the entry's grid); one feed record per entry
-# written; one PUBLISH for the whole call. An entry named twice sees the first write.
+# written (as _FEED's ``feed`` records it: the entries version is bumped once per record,
+# in one HINCRBY, and the stream trimmed once, at the end); one PUBLISH for the whole
+# call. An entry named twice sees the first write.
 # KEYS: entries, static, tombstones, anchor, meta, feed
-# ARGV: channel, rows: a JSON array (cjson), 5 values per entry: name, json, expected
-#       (the current version, -1 = must not exist), every_ms, phase_ms (the interval
-#       grid; every_ms 0 = not an interval). At most PUT_ENTRIES_MAX entries (and about
+# ARGV: channel, rows, texts. rows: a JSON array (cjson), 5 values per entry: name, the
+#       length in bytes of its JSON, expected (the current version, -1 = must not exist),
+#       every_ms, phase_ms (the interval grid; every_ms 0 = not an interval). texts: the
+#       entries' JSON, one after the other (not escaped again inside rows: half the
+#       bytes to decode). At most PUT_ENTRIES_MAX entries (and about
 #       PUT_ENTRIES_MAX_BYTES of JSON).
 # Returns {written, i, status, version, i, status, version, ...}: how many entries were
 # written, then each entry refused: its position in rows (1-based), its status as
@@ -141,9 +145,9 @@ PUT_ENTRIES = Script(
     _NOW
     + _ANCHOR
     + _VERSION
-    + _FEED
     + """
 local rows = cjson.decode(ARGV[2])
+local blob = ARGV[3]
 local n = #rows / 5
 if n == 0 then return {0} end
 local names = {}
@@ -152,15 +156,18 @@ local stored = redis.call('HMGET', KEYS[1], unpack(names))
 local static = redis.call('HMGET', KEYS[2], unpack(names))
 local tombs = redis.call('HMGET', KEYS[3], unpack(names))
 local anchors = redis.call('HMGET', KEYS[4], unpack(names))
-local out = {0}
-local texts = {}     -- name -> json written by this call (a name given twice sees it)
-local puts = {}      -- HSET entries: name, json, ...
-local marks = {}     -- HSET anchor: name, anchor, ... (the names without an anchor)
-local anchored = {}  -- names given an anchor by this call
-local fed = {}       -- the names written, in order: one feed record each
+local out, o = {0}, 1       -- the reply, and its length
+local texts = {}            -- name -> json written by this call (a name given twice sees it)
+local puts, p = {}, 0       -- HSET entries: name, json, ...
+local marks, m = {}, 0      -- HSET anchor: name, anchor, ... (the names without an anchor)
+local anchored = {}         -- names given an anchor by this call
+local fed, f = {}, 0        -- the names written, in order: one feed record each
+local at = 1                -- where the next entry's JSON starts in blob
 for i = 1, n do
   local b = 5 * i - 4
-  local name, text, expected = rows[b], rows[b + 1], rows[b + 2]
+  local name, size, expected = rows[b], rows[b + 1], rows[b + 2]
+  local text = string.sub(blob, at, at + size - 1)
+  at = at + size
   local ver = version_of(texts[name] or stored[i])
   local status = nil
   if tombs[i] then status = 'tombstoned'
@@ -171,32 +178,31 @@ for i = 1, n do
   elseif expected ~= ver then status = 'conflict'
   end
   if status then
-    local o = #out
-    out[o + 1] = i
-    out[o + 2] = status
-    out[o + 3] = ver
+    out[o + 1], out[o + 2], out[o + 3] = i, status, ver
+    o = o + 3
   else
     texts[name] = text
-    local p = #puts
-    puts[p + 1] = name
-    puts[p + 2] = text
+    puts[p + 1], puts[p + 2] = name, text
+    p = p + 2
     if not anchors[i] and not anchored[name] then
       anchored[name] = true
-      local m = #marks
-      marks[m + 1] = name
-      marks[m + 2] = anchor_at(rows[b + 3], rows[b + 4])
+      marks[m + 1], marks[m + 2] = name, anchor_at(rows[b + 3], rows[b + 4])
+      m = m + 2
     end
-    fed[#fed + 1] = name
+    f = f + 1
+    fed[f] = name
   end
 end
-if #fed == 0 then return out end
+if f == 0 then return out end
 redis.call('HSET', KEYS[1], unpack(puts))
-if #marks > 0 then redis.call('HSET', KEYS[4], unpack(marks)) end
-for _, name in ipairs(fed) do feed(5, 6, name, 'put') end
+if m > 0 then redis.call('HSET', KEYS[4], unpack(marks)) end
+local seq = redis.call('HINCRBY', KEYS[5], 'entries', f) - f
+for j = 1, f do redis.call('XADD', KEYS[6], '*', 'n', fed[j], 'k', 'put', 's', seq + j) end
+redis.call('XTRIM', KEYS[6], 'MAXLEN', '~', {maxlen})
 redis.call('PUBLISH', ARGV[1], 'entries')
-out[1] = #fed
+out[1] = f
 return out
-""",
+""".replace("{maxlen}", str(FEED_MAXLEN)),
 )
 
 # Removes the definition and run state; with tombstone, records the deletion time so
