@@ -286,7 +286,7 @@ class Registry(Protocol):
         ...
 
     def last_runs(self, names: Sequence[str]) -> dict[str, int]:
-        """The last tick, or else the anchor, of each of ``names`` that has one."""
+        """The last tick of each of ``names`` that ran."""
         ...
 
     # -- run state and claims -----------------------------------------------------

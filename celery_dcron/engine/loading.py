@@ -49,6 +49,8 @@ SCAN_PAGE = 2_000
 LOAD_PAGE = 2_000
 #: Last runs read per round trip to order a large reassignment (see ``Jobs._reassign``).
 STATE_PAGE = 10_000
+#: An entry that ran within this many ms is read as soon as a large reassignment finds it.
+HOT_MS = 60_000
 #: Ownership decisions, or timeline placements, between two yields.
 PLACE_PAGE = 10_000
 #: The longest a job runs in one pass of the loop (seconds); a page may end a bit later.
@@ -231,15 +233,24 @@ class Jobs:
                 yield
         for name in before - mine:
             view.drop(name, removed=False)
-        gained = [n for n in mine if n not in view.owned and n in view.names]
+        owned, names = view.owned, view.names
+        gained = [n for n in mine if n not in owned and n in names]
         if len(gained) > LOAD_PAGE:
-            # Many entries (a node died): those that ran last (or, never run, were added
-            # last) first, by one number each, so that the frequent ones, likely due
-            # within the seconds the rest takes, are on the timeline first.
+            # Many entries (a node died): those that ran last first (by their last tick
+            # alone; never run: after them), so that the frequent ones, likely due within
+            # the seconds the rest takes, are on the timeline first; those that ran within
+            # the last HOT_MS at once, page by page, as they are found.
             recent: dict[str, int] = {}
+            hot_since = view.clock.now_ms() - HOT_MS
             for chunk in _chunks(gained, STATE_PAGE):
-                recent.update(view.registry.last_runs(chunk))
+                runs = view.registry.last_runs(chunk)
+                recent.update(runs)
+                hot = [n for n, ms in runs.items() if ms >= hot_since and n in view.names]
+                for page in _chunks(hot, LOAD_PAGE):
+                    view.load(page, notify=False)
+                    yield
                 yield
+            gained = [n for n in gained if n not in owned]
             gained.sort(key=lambda n: recent.get(n, 0), reverse=True)
         for chunk in _chunks(gained, LOAD_PAGE):
             view.load(chunk, notify=False)

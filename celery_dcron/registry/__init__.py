@@ -295,7 +295,7 @@ class Registry:
         return self.feed_store.load(names, definitions=definitions)
 
     def last_runs(self, names: Sequence[str]) -> dict[str, int]:
-        """The last tick, or else the anchor, of each of ``names`` that has one."""
+        """The last tick of each of ``names`` that ran."""
         return self.feed_store.last_runs(names)
 
     # -- run state and claims (ClaimStore) -----------------------------------------------

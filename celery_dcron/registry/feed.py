@@ -103,8 +103,8 @@ class FeedStore(Store):
         return decode_loaded(names, str(raw), definitions=definitions)
 
     def last_runs(self, names: Sequence[str]) -> dict[str, int]:
-        """The last tick, or else the anchor, of each of ``names`` that has one (one
-        round trip, one reply string): how recently each ran, or was added."""
+        """The last tick of each of ``names`` that ran (one round trip, one reply
+        string): how recently each ran."""
         if not names:
             return {}
         fields = str(self.transport.call(scripts.LOAD, ["r", *names])).split(scripts.LOAD_SEP)

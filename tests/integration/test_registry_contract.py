@@ -653,9 +653,7 @@ def test_load_reads_definitions_and_states_as_get_entries_and_states_do(
     assert states_only.specs == {} and states_only.bad == {}
     assert states_only.states == expected
     assert reg.load([]) == ({}, {}, {})
-    runs = reg.last_runs(names)
-    assert runs == {n: st.last_tick_ms or st.anchor_ms for n, st in expected.items()}
-    assert runs["b"] == runs["c"] == T0 and reg.last_runs([]) == {}
+    assert reg.last_runs(names) == {"b": T0, "c": T0} and reg.last_runs([]) == {}
 
 
 def test_load_and_last_runs_take_pages_of_many_names(backend: Backend) -> None:
@@ -667,7 +665,8 @@ def test_load_and_last_runs_take_pages_of_many_names(backend: Backend) -> None:
     loaded = reg.load(names)
     assert set(loaded.specs) == set(names[:-1]) and not loaded.bad
     assert set(loaded.states) == set(names[:-1])  # anchored when written
-    assert reg.last_runs(names) == {n: st.anchor_ms for n, st in loaded.states.items()}
+    reg.claim([tick(n, T0) for n in names[:600]], node_id="n1", lock_ttl_ms=60_000)
+    assert reg.last_runs(names) == dict.fromkeys(names[:600], T0)
 
 
 # -- run-now requests ---------------------------------------------------------------

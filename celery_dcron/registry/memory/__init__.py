@@ -96,11 +96,7 @@ class MemoryRegistry(_Nodes, _Entries, _Claims):
     def last_runs(self, names: Sequence[str]) -> dict[str, int]:
         with self._op():
             states = self._states(names)
-        return {
-            name: ms
-            for name, st in states.items()
-            if (ms := st.last_tick_ms if st.last_tick_ms is not None else st.anchor_ms) is not None
-        }
+        return {n: st.last_tick_ms for n, st in states.items() if st.last_tick_ms is not None}
 
     def trim_feed(self, keep: int = 0) -> None:
         """Test helper: drop all but the last ``keep`` feed records (as ``XTRIM`` does)."""

@@ -15,9 +15,9 @@ LOAD_SEP = "\x1f"
 # Per name: its definition (when ARGV[1] is '1'), anchor, last tick and run count, '' where
 # absent, all joined by \31. A definition holding \31 itself (not written by this package)
 # is sent as \30, which the reader takes for malformed.
-# With ARGV[1] 'r' instead: one field per name, its last tick, or else its anchor, or ''.
+# With ARGV[1] 'r' instead: one field per name, its last tick, or '' (never run).
 # KEYS: entries, anchor, last, runs
-# ARGV: '1' (definitions too), '0' (states only) or 'r' (last runs), then the names
+# ARGV: '1' (definitions too), '0' (states only) or 'r' (last ticks), then the names
 LOAD = Script(
     "load",
     ("entries", "anchor", "last", "runs"),
@@ -35,9 +35,8 @@ local function hmget(k)
 end
 if ARGV[1] == 'r' then
   local last = hmget(3)
-  local anchor = hmget(2)
   local out = {}
-  for i = 1, n do out[i] = last[i] or anchor[i] or '' end
+  for i = 1, n do out[i] = last[i] or '' end
   return table.concat(out, '\\31')
 end
 local defs = ARGV[1] == '1'
