@@ -108,7 +108,6 @@ class CrashWatch:
         membership = self.membership
         me = membership.node.id
         fresh = membership.read_ms == now_ms and self._probed
-        self._probed = True
         expiries = membership.expiries
         watched = [
             n.id
@@ -119,6 +118,7 @@ class CrashWatch:
         ]
         if not watched:
             return []
+        self._probed = True
         try:
             counts = self.registry.subscribers(watched)
         except UnsupportedError as exc:

@@ -181,8 +181,11 @@ class Jobs:
         }
         view.skip_bad(bad)
         # Their next ticks, on a timeline of their own until the swap: a reload dropped
-        # for another one (a reset, a second gap) leaves the current timeline whole.
-        fresh = Timeline(on_finished=view.timeline.on_finished)
+        # for another one (a reset, a second gap) leaves the current timeline whole. The
+        # entries found to have run for the last time are told of after the swap, once
+        # they are owned (their after-run action needs it).
+        finished: list[tuple[EntrySpec, EntryState]] = []
+        fresh = Timeline(on_finished=lambda spec, state: finished.append((spec, state)))
         for i, spec in enumerate(entries.values(), 1):
             if view.runnable(spec):
                 fresh.schedule(spec, states.get(spec.name) or NO_STATE)
@@ -205,6 +208,8 @@ class Jobs:
                 if name in old_entries:
                     view.notify(signals.entry_removed, entry=old_entries[name])
         view.timeline.adopt(fresh)
+        for spec, state in finished:
+            view.timeline.on_finished(spec, state)
         view.report_ownership(changed)
 
     def _reassign(self) -> Iterator[None]:
@@ -225,6 +230,7 @@ class Jobs:
             view.assignment = None
             yield from by_arcs
             mine.update(found)
+            yield
         elif placing:
             view.assignment = None
             for chunk in _chunks(list(view.names), PLACE_PAGE):
@@ -233,8 +239,10 @@ class Jobs:
                 yield
         for name in before - mine:
             view.drop(name, removed=False)
+        yield
         owned, names = view.owned, view.names
         gained = [n for n in mine if n not in owned and n in names]
+        yield
         if len(gained) > LOAD_PAGE:
             # Many entries (a node died): those that ran last first (by their last tick
             # alone; never run: after them), so that the frequent ones, likely due within
@@ -251,7 +259,9 @@ class Jobs:
                     yield
                 yield
             gained = [n for n in gained if n not in owned]
+            yield
             gained.sort(key=lambda n: recent.get(n, 0), reverse=True)
+            yield
         for chunk in _chunks(gained, LOAD_PAGE):
             view.load(chunk, notify=False)
             yield

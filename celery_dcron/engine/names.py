@@ -19,7 +19,8 @@ class Names(set[str]):
 
     def __init__(self, names: Iterable[str] = (), *, strategy: Strategy | None = None) -> None:
         super().__init__()
-        self.index = RingIndex(strategy) if isinstance(strategy, ConsistentHashStrategy) else None
+        # the class itself: a subclass may place entries otherwise
+        self.index = RingIndex(strategy) if type(strategy) is ConsistentHashStrategy else None
         self.update(names)
 
     def add(self, name: str) -> None:

@@ -15,7 +15,8 @@ from typing import Any
 import pytest
 
 from celery_dcron.engine import Engine, loading
-from celery_dcron.entries import NodeStatus
+from celery_dcron.entries import EntrySpec, EntryState, NodeStatus, Tick
+from celery_dcron.enums import EntrySource
 from celery_dcron.registry.memory import MemoryRegistry
 from celery_dcron.schedules import IntervalSchedule
 from tests.enginekit import (
@@ -231,6 +232,40 @@ def test_a_reload_keeps_the_timeline_whole_until_it_swaps_even_when_dropped(
             pages += 1
             assert len(a.view.timeline) == 3000
     assert not a.jobs.busy and pages > 75 and len(a.view.timeline) == 3000
+
+
+def test_a_reload_tells_of_finished_entries_once_it_owns_them(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """An entry found to have run for the last time is told of after the swap, when the
+    instance owns it (its after-run action needs it), even when the reload yields
+    between its pages."""
+    monkeypatch.setattr(loading, "PLACE_PAGE", 2)
+    c = MemoryCluster()
+    done = EntrySpec(
+        name="done",
+        task="t",
+        schedule=IntervalSchedule(every_ms=S),
+        max_runs=1,
+        source=EntrySource.DYNAMIC,
+    )  # fmt: skip (no after-run action: it stays, and each reload finds it finished)
+    c.registry.put_entries([*dynamic(10), done])
+    c.registry.claim([Tick(name="done", tick_ms=c.clock.now_ms())], node_id="x", lock_ttl_ms=S)
+    a = c.add("a", [])
+    c.step_all(10)
+    told: list[bool] = []
+    real = a.view.timeline.on_finished
+
+    def finished(spec: EntrySpec, state: EntryState) -> None:
+        told.append(spec.name in a.view.owned)
+        real(spec, state)
+
+    a.view.timeline.on_finished = finished
+    a.view.drop("done", removed=False)  # owned anew by the reload (as after a gap)
+    a.jobs.reload("gap")
+    while not a.jobs.run(budget_s=0.0):
+        pass
+    assert told == [True]
 
 
 def test_a_starting_instance_loads_in_pages_while_the_others_fire_and_then_works(
