@@ -7,21 +7,15 @@ Times are integer milliseconds since the epoch (UTC), named ``*_ms``.
 from __future__ import annotations
 
 import enum
-import json
-import math
 import sys
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from kombu.utils import json as kjson
-
+from .entrytext import ENCODER, entry_text, json_loads, listed, mapping_json, plain
 from .enums import AfterRun, EntrySource, MisfirePolicy, parse_field
 from .exceptions import InvalidEntryError
 from .schedules import (
-    AtSchedule,
-    CronSchedule,
-    IntervalSchedule,
     Schedule,
     schedule_from_json,
     schedule_to_json,
@@ -40,38 +34,6 @@ __all__ = [
     "PublishRejection",
     "Tick",
 ]
-
-
-#: The encoder of ``kombu.utils.json.dumps(data, sort_keys=True)``, made once.
-_ENCODER = kjson.JSONEncoder(sort_keys=True)
-
-
-def _make_plain() -> Callable[[Any], str]:
-    """``json.dumps(value, sort_keys=True)`` of a plain JSON value (then kombu's encoder
-    makes the same text), raising TypeError, ValueError or RecursionError (no circular
-    check) for any other: C's encoder, made once, not once per call as ``encode`` does."""
-    make, refuse = getattr(json.encoder, "c_make_encoder", None), json.JSONEncoder().default
-    try:
-        chunks = make(None, refuse, _string, None, ": ", ", ", True, False, True)  # type: ignore[misc]
-    except TypeError:  # no C encoder, or another signature
-        return json.JSONEncoder(sort_keys=True, check_circular=False).encode
-    return lambda value: "".join(chunks(value, 0))
-
-
-_string = json.encoder.encode_basestring_ascii
-_plain = _make_plain()
-#: Plain JSON, without kombu's hook (which is a Python call per object of the text).
-_PLAIN = json.JSONDecoder()
-
-
-def _json_loads(text: str | bytes) -> Any:
-    """kombu's JSON ``loads``, faster for the texts without a kombu-typed value (a date,
-    a UUID...): only those carry a ``__type__`` key (or an escape that could spell one)."""
-    if isinstance(text, bytes):
-        text = text.decode()
-    if "__type__" in text or "\\u" in text:
-        return kjson.loads(text)
-    return _PLAIN.decode(text)
 
 
 class _Empty(dict):  # type: ignore[type-arg]
@@ -221,7 +183,7 @@ class EntrySpec:
         None. Validation measures them (``dcron_max_payload_bytes``), then passes them to
         :meth:`dumps`, so that they are encoded once."""
         try:
-            return _plain(_listed(self.args)), _mapping_json(self.kwargs, _plain)
+            return plain(listed(self.args)), mapping_json(self.kwargs, plain)
         except (TypeError, ValueError, RecursionError):
             return None
 
@@ -235,11 +197,11 @@ class EntrySpec:
         text = self._text
         if text is None:
             try:
-                text = _entry_text(self, call)
+                text = entry_text(self, call)
             except (TypeError, ValueError, RecursionError):
                 text = None  # not plain: made by kombu's encoder, which names the error
             try:
-                text = text or str(_ENCODER.encode(self.to_json()))
+                text = text or str(ENCODER.encode(self.to_json()))
             except (TypeError, ValueError) as exc:
                 raise InvalidEntryError(
                     f"entry {self.name!r}: args/kwargs/options must be JSON-serialisable: {exc}"
@@ -282,7 +244,7 @@ class EntrySpec:
 
     @classmethod
     def loads(cls, text: str | bytes) -> EntrySpec:
-        data = _json_loads(text)
+        data = json_loads(text)
         if not isinstance(data, dict):
             raise InvalidEntryError(f"entry JSON must be an object, got {type(data).__name__}")
         return cls.from_json(data)
@@ -405,98 +367,6 @@ class PublishRejection:
 
 #: The longest error text a :class:`PublishRejection` keeps (a repr can be huge).
 ERROR_TEXT_MAX = 1000
-
-
-# -- the stored text, from its parts ----------------------------------------------
-
-
-def _entry_text(spec: EntrySpec, call: tuple[str, str] | None) -> str | None:
-    """``_ENCODER.encode(spec.to_json())``, made from its parts without the dicts (a third
-    of a bulk write was them and the encoder's set-up), for the types a validated entry
-    holds; None (or TypeError) for any other (an int subclass...): then made that way."""
-    args, kwargs = call if call is not None else (_value_json(_listed(spec.args)), None)
-    if kwargs is None:
-        kwargs = _mapping_json(spec.kwargs, _value_json)
-    schedule, enabled = _schedule_json(spec.schedule), spec.enabled
-    name, task, version = spec.name, spec.task, spec.version
-    if schedule is None or type(enabled) is not bool or type(version) is not int:
-        return None
-    if type(name) is not str or type(task) is not str:
-        return None
-    head = f'"args": {args}'  # the keys in order: after_run, args, description, enabled...
-    if spec.after_run is not None:
-        head = f'"after_run": {_enum_json(spec.after_run)}, {head}'
-    if spec.description:
-        if type(spec.description) is not str:
-            return None
-        head = f'{head}, "description": {_string(spec.description)}'
-    middle = f'"kwargs": {kwargs}'
-    if spec.end_ms is not None:
-        middle = f'"end_ms": {_int(spec.end_ms)}, {middle}'
-    if spec.max_runs is not None:
-        middle = f'{middle}, "max_runs": {_int(spec.max_runs)}'
-    if (grace := spec.misfire_grace_s) is not None:
-        if type(grace) is not float or not math.isfinite(grace):
-            return None
-        middle = f'{middle}, "misfire_grace_s": {float.__repr__(grace)}'
-    if spec.misfire_policy is not None:
-        middle = f'{middle}, "misfire_policy": {_enum_json(spec.misfire_policy)}'
-    tail = f'"task": {_string(task)}, "version": {version}'
-    if spec.start_ms is not None:
-        tail = f'"start_ms": {_int(spec.start_ms)}, {tail}'
-    return (
-        f'{{{head}, "enabled": {"true" if enabled else "false"}, {middle}, '
-        f'"name": {_string(name)}, "options": {_mapping_json(spec.options, _value_json)}, '
-        f'"schedule": {schedule}, "source": {_enum_json(spec.source)}, {tail}}}'
-    )
-
-
-#: The JSON of the enum members an entry holds, by identity (an enum's hash and value
-#: are Python calls).
-_ENUM_JSON = {id(m): _string(m.value) for e in (AfterRun, EntrySource, MisfirePolicy) for m in e}
-
-
-def _enum_json(member: enum.Enum) -> str:
-    text = _ENUM_JSON.get(id(member))
-    return _string(member.value) if text is None else text
-
-
-def _int(value: Any) -> str:
-    return str(value) if type(value) is int else str(_ENCODER.encode(value))
-
-
-def _listed(args: Any) -> Any:
-    """``list(args)``, or ``args`` when JSON writes it as that list (a tuple)."""
-    return args if isinstance(args, (tuple, list)) else list(args)
-
-
-def _value_json(value: Any) -> str:
-    """The JSON of ``value`` as kombu's encoder writes it (plain first: the common case)."""
-    try:
-        return _plain(value)
-    except (TypeError, ValueError, RecursionError):
-        return str(_ENCODER.encode(value))
-
-
-def _mapping_json(value: Mapping[str, Any], encode: Callable[[Any], str]) -> str:
-    """The JSON of ``dict(value)`` (kwargs, options)."""
-    if not value and (type(value) is dict or isinstance(value, Mapping)):
-        return "{}"
-    return encode(dict(value))
-
-
-def _schedule_json(schedule: Schedule) -> str | None:
-    """The JSON of ``schedule_to_json(schedule)`` for the usual kinds, else None."""
-    if type(schedule) is IntervalSchedule and type(every := schedule.every_ms) is int:
-        return f'{{"every_ms": {every}, "kind": "interval"}}'
-    if type(schedule) is CronSchedule:
-        expr, tz, day_or = schedule.expr, schedule.tz, schedule.day_or
-        if type(expr) is str and type(tz) is str and type(day_or) is bool:
-            day, expr, tz = "true" if day_or else "false", _string(expr), _string(tz)
-            return f'{{"day_or": {day}, "expr": {expr}, "kind": "cron", "tz": {tz}}}'
-    if type(schedule) is AtSchedule and type(at := schedule.at_ms) is int:
-        return f'{{"at_ms": {at}, "kind": "at"}}'
-    return None
 
 
 def _opt_int(value: Any) -> int | None:
