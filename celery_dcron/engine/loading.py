@@ -29,11 +29,11 @@ from __future__ import annotations
 import gc
 import logging
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Generator, Iterator, Sequence
 from typing import TypeVar
 
 from .. import signals
-from ..entries import EntrySpec, EntryState
+from ..entries import EntrySpec, EntryState, Node
 from ..logfields import log_event
 from .names import Names
 from .timeline import Timeline
@@ -148,21 +148,10 @@ class Jobs:
             if cursor == 0:
                 break
         nodes = view.placement_nodes()
-        me = view.node_id
         mine: list[str] = []
         assignment: dict[str, str] | None = None
-        if any(n.id == me for n in nodes):
-            if view.whole_list:
-                assignment = dict(view.strategy.assign(sorted(names), nodes))
-                mine = [n for n, owner in assignment.items() if owner == me]
-                yield
-            elif (by_arcs := names.owned(nodes, me, mine)) is not None:
-                yield from by_arcs
-            else:
-                for chunk in _chunks(list(names), PLACE_PAGE):
-                    placed = view.strategy.assign(chunk, nodes)
-                    mine.extend(n for n, owner in placed.items() if owner == me)
-                    yield
+        if any(n.id == view.node_id for n in nodes):
+            assignment = yield from _place(view, names, nodes, mine)
         entries: dict[str, EntrySpec] = {}
         states: dict[str, EntryState] = {}
         bad: dict[str, str] = {}
@@ -220,23 +209,11 @@ class Jobs:
         before = set(view.owned)
         # From now on the feed places new names on these nodes too.
         view.nodes = nodes
-        mine: set[str] = set()
         found: list[str] = []
-        if placing and view.whole_list:
-            view.assignment = dict(view.strategy.assign(sorted(view.names), nodes))
-            mine = {n for n, owner in view.assignment.items() if owner == me}
-            yield
-        elif placing and (by_arcs := view.names.owned(nodes, me, found)) is not None:
-            view.assignment = None
-            yield from by_arcs
-            mine.update(found)
-            yield
-        elif placing:
-            view.assignment = None
-            for chunk in _chunks(list(view.names), PLACE_PAGE):
-                placed = view.strategy.assign(chunk, nodes)
-                mine.update(n for n, owner in placed.items() if owner == me)
-                yield
+        if placing:
+            view.assignment = yield from _place(view, view.names, nodes, found)
+        mine = set(found)
+        yield
         for name in before - mine:
             view.drop(name, removed=False)
         yield
@@ -253,7 +230,7 @@ class Jobs:
             for chunk in _chunks(gained, STATE_PAGE):
                 runs = view.registry.last_runs(chunk)
                 recent.update(runs)
-                hot = [n for n, ms in runs.items() if ms >= hot_since and n in view.names]
+                hot = [n for n, ms in runs.items() if ms >= hot_since and n in names]
                 for page in _chunks(hot, LOAD_PAGE):
                     view.load(page, notify=False)
                     yield
@@ -266,6 +243,28 @@ class Jobs:
             view.load(chunk, notify=False)
             yield
         view.report_ownership(view.owned != before)
+
+
+def _place(
+    view: View, names: Names, nodes: Sequence[Node], into: list[str]
+) -> Generator[None, None, dict[str, str] | None]:
+    """A paged job: append to ``into`` the names this node owns on ``nodes``; returns the
+    whole assignment with a whole-list strategy (round-robin, range), else None."""
+    me = view.node_id
+    if view.whole_list:
+        assignment = dict(view.strategy.assign(sorted(names), nodes))
+        into.extend(n for n, owner in assignment.items() if owner == me)
+        yield
+        return assignment
+    by_arcs = names.owned(nodes, me, into)
+    if by_arcs is not None:  # the ring index: by arcs, not one hash per name
+        yield from by_arcs
+        return None
+    for chunk in _chunks(list(names), PLACE_PAGE):
+        placed = view.strategy.assign(chunk, nodes)
+        into.extend(n for n, owner in placed.items() if owner == me)
+        yield
+    return None
 
 
 def _none(name: str) -> bool:
