@@ -280,9 +280,9 @@ class Registry(Protocol):
         those that do not parse."""
         ...
 
-    def load(self, names: Sequence[str], *, definitions: bool = True) -> Loaded:
-        """The definitions (unless ``definitions`` is False) and run states of
-        ``names`` (``last_node`` not read), in one round trip."""
+    def load(self, names: Sequence[str]) -> Loaded:
+        """The definitions and run states of ``names`` (``last_node`` not read), in one
+        round trip."""
         ...
 
     def last_runs(self, names: Sequence[str]) -> dict[str, int]:

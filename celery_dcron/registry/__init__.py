@@ -289,10 +289,10 @@ class Registry:
         that do not parse; one round trip."""
         return self.feed_store.get_entries(names)
 
-    def load(self, names: Sequence[str], *, definitions: bool = True) -> Loaded:
-        """The definitions (unless ``definitions`` is False) and run states of ``names``
-        (``last_node`` not read), in one round trip."""
-        return self.feed_store.load(names, definitions=definitions)
+    def load(self, names: Sequence[str]) -> Loaded:
+        """The definitions and run states of ``names`` (``last_node`` not read), in one
+        round trip."""
+        return self.feed_store.load(names)
 
     def last_runs(self, names: Sequence[str]) -> dict[str, int]:
         """The last tick of each of ``names`` that ran."""

@@ -93,14 +93,13 @@ class FeedStore(Store):
         texts: list[Any] = t.run(lambda: t.client.hmget(self.keys.entries, wanted))
         return decode_entries({n: text for n, text in zip(wanted, texts, strict=True) if text})
 
-    def load(self, names: Sequence[str], *, definitions: bool = True) -> Loaded:
-        """The definitions (unless ``definitions`` is False) and run states of ``names``,
-        in one round trip and one reply string (:data:`~.scripts.LOAD`): what an
-        instance reads of the entries it comes to own."""
+    def load(self, names: Sequence[str]) -> Loaded:
+        """The definitions and run states of ``names``, in one round trip and one reply
+        string (:data:`~.scripts.LOAD`): what an instance reads of the entries it comes
+        to own."""
         if not names:
             return Loaded({}, {}, {})
-        raw = self.transport.call(scripts.LOAD, ["1" if definitions else "0", *names])
-        return decode_loaded(names, str(raw), definitions=definitions)
+        return decode_loaded(names, str(self.transport.call(scripts.LOAD, ["1", *names])))
 
     def last_runs(self, names: Sequence[str]) -> dict[str, int]:
         """The last tick of each of ``names`` that ran (one round trip, one reply
@@ -113,22 +112,17 @@ class FeedStore(Store):
         return {name: int(ms) for name, ms in zip(names, fields, strict=True) if ms}
 
 
-def decode_loaded(names: Sequence[str], raw: str, *, definitions: bool) -> Loaded:
+def decode_loaded(names: Sequence[str], raw: str) -> Loaded:
     """:data:`~.scripts.LOAD`'s reply for ``names``."""
     fields = raw.split(scripts.LOAD_SEP)
-    width = 4 if definitions else 3
-    if len(fields) != width * len(names):
+    if len(fields) != 4 * len(names):
         raise ValueError(f"load: {len(fields)} fields for {len(names)} names")
     states: dict[str, EntryState] = {}
     texts: dict[str, str] = {}
-    at = 0
-    for name in names:
-        if definitions:
-            if text := fields[at]:
-                texts[name] = text
-            at += 1
-        anchor, last, runs = fields[at], fields[at + 1], fields[at + 2]
-        at += 3
+    for i, name in enumerate(names):
+        text, anchor, last, runs = fields[4 * i : 4 * i + 4]
+        if text:
+            texts[name] = text
         if anchor or last or runs:
             states[name] = EntryState(
                 anchor_ms=int(anchor) if anchor else None,

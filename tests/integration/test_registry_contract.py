@@ -649,9 +649,6 @@ def test_load_reads_definitions_and_states_as_get_entries_and_states_do(
     expected = {n: replace(st, last_node=None) for n, st in reg.states(names).items()}
     assert loaded.states == expected and set(expected) == {"a", "b", "c", "d"}
     assert loaded.states["b"].last_tick_ms == T0 and loaded.states["b"].run_count == 1
-    states_only = reg.load(names, definitions=False)
-    assert states_only.specs == {} and states_only.bad == {}
-    assert states_only.states == expected
     assert reg.load([]) == ({}, {}, {})
     assert reg.last_runs(names) == {"b": T0, "c": T0} and reg.last_runs([]) == {}
 

@@ -45,10 +45,9 @@ class Spy:
         self.read.extend(names)
         return self.inner.get_entries(names)
 
-    def load(self, names: Sequence[str], *, definitions: bool = True) -> Any:
-        if definitions:
-            self.read.extend(names)
-        return self.inner.load(names, definitions=definitions)
+    def load(self, names: Sequence[str]) -> Any:
+        self.read.extend(names)
+        return self.inner.load(names)
 
     def scan_entries(self, cursor: int, count: int, want: Callable[[str], bool]) -> Any:
         self.scans += 1

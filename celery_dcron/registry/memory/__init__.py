@@ -83,10 +83,10 @@ class MemoryRegistry(_Nodes, _Entries, _Claims):
             texts = {n: entries[n] for n in names if n in entries}
         return decode_entries(texts)
 
-    def load(self, names: Sequence[str], *, definitions: bool = True) -> Loaded:
+    def load(self, names: Sequence[str]) -> Loaded:
         with self._op():
             entries = self._data.entries
-            texts = {n: entries[n] for n in names if n in entries} if definitions else {}
+            texts = {n: entries[n] for n in names if n in entries}
             states = {
                 name: replace(state, last_node=None) for name, state in self._states(names).items()
             }

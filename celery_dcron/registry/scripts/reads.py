@@ -12,12 +12,12 @@ LOAD_SEP = "\x1f"
 
 # The definitions and run states of some entries, as one string: redis-py parses a reply
 # of thousands of bulk strings one by one in Python (several µs each), one string at once.
-# Per name: its definition (when ARGV[1] is '1'), anchor, last tick and run count, '' where
-# absent, all joined by \31. A definition holding \31 itself (not written by this package)
+# Per name: its definition, anchor, last tick and run count, '' where absent, all joined
+# by \31. A definition holding \31 itself (not written by this package)
 # is sent as \30, which the reader takes for malformed.
 # With ARGV[1] 'r' instead: one field per name, its last tick, or '' (never run).
 # KEYS: entries, anchor, last, runs
-# ARGV: '1' (definitions too), '0' (states only) or 'r' (last ticks), then the names
+# ARGV: '1' (definitions and states) or 'r' (last ticks), then the names
 LOAD = Script(
     "load",
     ("entries", "anchor", "last", "runs"),
@@ -39,24 +39,19 @@ if ARGV[1] == 'r' then
   for i = 1, n do out[i] = last[i] or '' end
   return table.concat(out, '\\31')
 end
-local defs = ARGV[1] == '1'
-local texts = defs and hmget(1) or nil
+local texts = hmget(1)
 local anchor = hmget(2)
 local last = hmget(3)
 local runs = hmget(4)
 local out = {}
-local j = 0
 for i = 1, n do
-  if defs then
-    local text = texts[i] or ''
-    if string.find(text, '\\31', 1, true) then text = '\\30' end
-    j = j + 1
-    out[j] = text
-  end
-  out[j + 1] = anchor[i] or ''
-  out[j + 2] = last[i] or ''
-  out[j + 3] = runs[i] or ''
-  j = j + 3
+  local text = texts[i] or ''
+  if string.find(text, '\\31', 1, true) then text = '\\30' end
+  local j = 4 * (i - 1)
+  out[j + 1] = text
+  out[j + 2] = anchor[i] or ''
+  out[j + 3] = last[i] or ''
+  out[j + 4] = runs[i] or ''
 end
 return table.concat(out, '\\31')
 """,
