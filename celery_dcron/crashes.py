@@ -27,6 +27,11 @@ subscriber whose node is not overdue yet checks again when it will be
 node's overdue time, or at the first survivor's turn after it is half an interval
 late (the dead node's own turn goes unused), whichever comes last.
 
+A Redis outage stops every node's heartbeats and drops every subscription at once, so an
+instance that lost Redis takes no node for crashed until one node TTL after it reconnects
+(:meth:`CrashWatch.outage`): the others reconnect and subscribe again meanwhile, and one
+that does not is taken by its TTL, as without crash detection.
+
 Off (the TTL alone decides) with ``dcron_crash_detection = False``, on Redis Cluster
 (subscribers are counted per shard) and where ``PUBSUB NUMSUB`` is refused (an ACL, a
 proxy): logged once (``crash_detection_off``). An instance without an event listener
@@ -73,6 +78,9 @@ class CrashWatch:
         #: the first check counts every channel, late or not (a Redis that refuses
         #: ``PUBSUB NUMSUB`` is found out at start, not at the first crash)
         self._probed = False
+        #: this node lost Redis (see :meth:`outage`); no check before this cluster time
+        self._outage = False
+        self._quiet_until_ms = 0
 
     def due(self, now_ms: int) -> bool:
         """Whether this node checks at ``now_ms``: once per turn of N intervals (N live
@@ -94,8 +102,18 @@ class CrashWatch:
         """Before a heartbeat at ``now_ms`` (cluster time): whether it is this node's
         turn to check (:meth:`check` after it); its heartbeat then reads the others'
         expiries."""
-        self._checking = self.enabled and self.due(now_ms)
+        if self._outage:  # the first heartbeat since: quiet for one node TTL from now
+            self._outage, self._quiet_until_ms = False, now_ms + self.membership.ttl_ms
+        quiet = now_ms < self._quiet_until_ms
+        self._checking = self.enabled and not quiet and self.due(now_ms)
         return self._checking
+
+    def outage(self) -> None:
+        """This node could not reach Redis. The others' heartbeats and subscriptions may
+        have stopped with the same outage (a failover, a restart), so no node is taken
+        for crashed until one node TTL after this node's next heartbeat: the TTL decides
+        meanwhile, and a node that reconnects within it is not taken."""
+        self._outage = True
 
     def check(self, now_ms: int) -> list[str]:
         """After the heartbeat of a :meth:`turn` at ``now_ms`` (cluster time): count the

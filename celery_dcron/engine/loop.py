@@ -389,6 +389,7 @@ class Engine:
     def _unavailable(self, exc: RegistryUnavailableError) -> float:
         self._failures += 1
         self._connected = False
+        self.crashes.outage()
         self.metrics.registry_up(False)
         backoff: float = min(0.25 * (2 ** min(self._failures - 1, 5)), _MAX_BACKOFF_S)
         level = (

@@ -204,3 +204,28 @@ def test_a_publish_after_the_node_channel_lapsed_checks_the_claim_first() -> Non
     c.advance(S, step_ms=100)
     assert checks
     assert_each_tick_once(c.recorder)
+
+
+def test_after_a_redis_outage_a_peer_slow_to_reconnect_is_left_to_its_ttl(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A failover or restart of Redis stops every heartbeat and drops every subscription:
+    a peer that reconnects later than the others (within its TTL) is not taken for
+    crashed, and no tick is sent twice."""
+    c, engines = _running(3)
+    slow = engines[1]
+    before = {e.node_id: set(e.owned) for e in engines}
+    with caplog.at_level(logging.INFO, logger="celery_dcron"):
+        c.registry.available = False
+        c.advance(1500, step_ms=100)  # every engine fails its heartbeats
+        c.registry.available = True
+        c.engines.remove(slow)  # still reconnecting: no heartbeat, no subscription
+        c.registry.connected.discard(slow.node_id)
+        c.advance(c.ttl_ms - 1500 - 300, step_ms=100)
+        assert not decisions(caplog, "node_crashed")
+        c.engines.insert(1, slow)
+        c.registry.connected.add(slow.node_id)
+        c.advance(3 * S, step_ms=100)
+    assert not decisions(caplog, "node_crashed")
+    assert {e.node_id: set(e.owned) for e in engines} == before
+    assert_each_tick_once(c.recorder)
