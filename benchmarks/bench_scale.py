@@ -534,6 +534,7 @@ class Scale:
         self.out["membership"] = {"changes": w.changes, "flaps": w.flaps, "pids": w.node_pid}
         if "kill_t" in self.out:
             self.score_failover(msgs, first, logs)
+            self.score_idle_after_kill(first, idle)
 
     def score_membership(self, ph: Phase, logs: list[list[LogEvent]]) -> None:
         w, within = self.watcher, lambda t: ph.start <= t < ph.end
@@ -572,6 +573,27 @@ class Scale:
                 "warnings": sorted({e.text[:160] for e in log if e.level in WARN}),
             })  # fmt: skip
         self.out["instances"] = rows
+
+    def score_idle_after_kill(self, first: dict[tuple[str, int], float], idle: list[int]) -> None:
+        """Every idle tick due from the kill to the end of after-kill: how late it arrived
+        (the victim's third among them: its entries fire only once a survivor read them)."""
+        kill_ms, end_ms = int(self.out["kill_t"] * 1000), int(self.phases[-1].end * 1000)
+        late, missing = [], 0
+        for i, phase in enumerate(idle):
+            tick = kill_ms + (phase - kill_ms) % DAY_MS
+            if tick >= end_ms:
+                continue
+            arrived = first.get((f"idle{i:07d}", tick))
+            if arrived is None:
+                missing += 1
+            else:
+                late.append((arrived - tick) / 1000)
+        late.sort()
+        self.out["failover"].update(
+            idle_due=len(late) + missing, idle_missing=missing,
+            idle_late_p50_s=percentile(late, 50), idle_late_p99_s=percentile(late, 99),
+            idle_late_max_s=late[-1] if late else math.nan,
+        )  # fmt: skip
 
     def score_failover(self, msgs: list[Msg], first: dict[tuple[str, int], float],
                        logs: list[list[LogEvent]]) -> None:  # fmt: skip
@@ -678,6 +700,11 @@ def print_report(bench: Scale, head: str) -> None:
               f"{_f(f['first_fire_p50_s'], 2)} s (p50), {_f(f['first_fire_max_s'], 2)} s (max);"
               f" their 1-s ticks never sent: {f['ticks_missed']}; the survivors logged their "
               f"share among {args.instances - 1} after {_f(f['reown_s'], 2)} s")  # fmt: skip
+        if "idle_due" in f:
+            print(f"idle ticks due from the kill to the end: {f['idle_due']}, never sent: "
+                  f"{f['idle_missing']}; arrival - tick {_f(f['idle_late_p50_s'], 2)} s (p50),"
+                  f" {_f(f['idle_late_p99_s'], 2)} s (p99), {_f(f['idle_late_max_s'], 2)} s"
+                  " (max)")  # fmt: skip
     print("\nunits: own1/ownK s = Popen to the first 'owns' log line / the first among K"
           " nodes; deliv% = 1-s ticks delivered/due; p50/p99/maxms = arrival - tick; new% ="
           " the same for added entries; idle = idle ticks delivered/due; upd = updates, upd"

@@ -35,6 +35,7 @@ if TYPE_CHECKING:
         RunRequest,
         Snapshot,
         StaticSyncResult,
+        Stored,
     )
 
 __all__ = ["Clock", "NodeRef", "Registry", "Strategy", "Subscription"]
@@ -283,6 +284,12 @@ class Registry(Protocol):
     def load(self, names: Sequence[str]) -> Loaded:
         """The definitions and run states of ``names`` (``last_node`` not read), in one
         round trip."""
+        ...
+
+    def load_stored(self, names: Sequence[str]) -> dict[str, Stored]:
+        """As :meth:`load`, the definitions left as their stored text (to decode with
+        :func:`~celery_dcron.registry.decode_stored`); names that do not exist are left
+        out."""
         ...
 
     def last_runs(self, names: Sequence[str]) -> dict[str, int]:

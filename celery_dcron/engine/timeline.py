@@ -15,9 +15,10 @@ from collections.abc import Callable
 from .. import planning
 from .. import ticks as tickmath
 from ..entries import EntrySpec, EntryState
-from ..schedules import IntervalSchedule, Schedule
+from ..entrytext import schedule_json, start_ms_json
+from ..schedules import IntervalSchedule, Schedule, schedule_from_json
 
-__all__ = ["Timeline"]
+__all__ = ["Timeline", "earliest_due_ms"]
 
 
 class Timeline:
@@ -95,6 +96,29 @@ class Timeline:
             del self._next[name]
             due.append((name, when))
         return due
+
+
+def earliest_due_ms(text: str, state: EntryState | None) -> int:
+    """The earliest an entry can be due, from its stored text and state, without decoding
+    the entry: its schedule's next tick after its last tick (or anchor). Its ``end_at`` and
+    ``max_runs`` are not read: they can only cancel the tick. 0 (due at once) when not
+    anchored yet, finished, when a ``start_at`` moves its base (:func:`planning.base_tick_ms`),
+    or when the text cannot be read so.
+    """
+    if state is None:
+        return 0
+    base = state.last_tick_ms if state.last_tick_ms is not None else state.anchor_ms
+    if base is None:
+        return 0
+    start = start_ms_json(text)
+    data = schedule_json(text)
+    if data is None or (start is not None and (type(start) is not int or start - 1 > base)):
+        return 0
+    try:
+        due = _next_tick(schedule_from_json(data, entry="?"), base)
+    except Exception:  # only an estimate: decoding the entry reports what is wrong
+        return 0
+    return due or 0
 
 
 def _next_tick(schedule: Schedule, after_ms: int) -> int | None:

@@ -20,7 +20,7 @@ from .. import signals
 from ..entries import EntrySpec, EntryState, Node, NodeStatus
 from ..interfaces import Strategy
 from ..logfields import log_event
-from ..registry import FeedPosition
+from ..registry import FeedPosition, Loaded
 from .context import Context, Part
 from .names import Names
 from .timeline import Timeline
@@ -180,7 +180,12 @@ class View(Part):
     def load(self, names: Sequence[str], *, notify: bool) -> None:
         """Read the definitions and states of ``names`` (owned now) in one round trip,
         and put them on the timeline (or off it, when they cannot run)."""
-        specs, bad, states = self.registry.load(names)
+        self.adopt(names, self.registry.load(names), notify=notify)
+
+    def adopt(self, names: Sequence[str], loaded: Loaded, *, notify: bool) -> None:
+        """Take ``names`` (owned now) as ``loaded`` read them (a name it has no
+        definition of was removed), and put them on the timeline (or off it)."""
+        specs, bad, states = loaded
         for name in names:
             spec = specs.get(name)
             if spec is None:

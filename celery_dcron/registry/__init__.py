@@ -47,7 +47,7 @@ from .codec import (
 )
 from .entries import EntryStore
 from .events import EventStore
-from .feed import FeedStore, Loaded
+from .feed import FeedStore, Loaded, Stored, decode_stored
 from .keys import Keys
 from .nodes import NodeStore
 from .requests import RequestStore
@@ -71,7 +71,9 @@ __all__ = [
     "RunRequest",
     "Snapshot",
     "StaticSyncResult",
+    "Stored",
     "connect",
+    "decode_stored",
 ]
 
 
@@ -293,6 +295,11 @@ class Registry:
         """The definitions and run states of ``names`` (``last_node`` not read), in one
         round trip."""
         return self.feed_store.load(names)
+
+    def load_stored(self, names: Sequence[str]) -> dict[str, Stored]:
+        """As :meth:`load`, the definitions left as their stored text (to decode with
+        :func:`decode_stored`); names that do not exist are left out."""
+        return self.feed_store.load_stored(names)
 
     def last_runs(self, names: Sequence[str]) -> dict[str, int]:
         """The last tick of each of ``names`` that ran."""

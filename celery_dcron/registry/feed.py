@@ -11,7 +11,7 @@ instance reloads in full, once, in pages (:meth:`FeedStore.scan_entries`).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, NamedTuple
 
 from ..entries import EntrySpec, EntryState
@@ -19,7 +19,7 @@ from . import scripts
 from .codec import FeedPage, FeedPosition, FeedRecord, decode_entries
 from .transport import Store
 
-__all__ = ["FeedStore", "Loaded", "decode_loaded"]
+__all__ = ["FeedStore", "Loaded", "Stored", "decode_loaded", "decode_stored", "split_loaded"]
 
 
 class Loaded(NamedTuple):
@@ -32,6 +32,14 @@ class Loaded(NamedTuple):
     #: the run states (anchor, last tick, run count; ``last_node`` is not read) of the
     #: entries that have one
     states: dict[str, EntryState]
+
+
+class Stored(NamedTuple):
+    """One entry as :meth:`FeedStore.load_stored` found it: its definition's text, not decoded
+    yet, and its run state (``last_node`` not read; None: it has none yet)."""
+
+    text: str
+    state: EntryState | None
 
 
 class FeedStore(Store):
@@ -97,9 +105,14 @@ class FeedStore(Store):
         """The definitions and run states of ``names``, in one round trip and one reply
         string (:data:`~.scripts.LOAD`): what an instance reads of the entries it comes
         to own."""
+        return decode_stored(self.load_stored(names))
+
+    def load_stored(self, names: Sequence[str]) -> dict[str, Stored]:
+        """As :meth:`load`, the definitions left as their stored text (decoded later,
+        or never: :func:`decode_stored`); names that do not exist are left out."""
         if not names:
-            return Loaded({}, {}, {})
-        return decode_loaded(names, str(self.transport.call(scripts.LOAD, ["1", *names])))
+            return {}
+        return split_loaded(names, str(self.transport.call(scripts.LOAD, ["1", *names])))
 
     def last_runs(self, names: Sequence[str]) -> dict[str, int]:
         """The last tick of each of ``names`` that ran (one round trip, one reply
@@ -113,23 +126,36 @@ class FeedStore(Store):
 
 
 def decode_loaded(names: Sequence[str], raw: str) -> Loaded:
-    """:data:`~.scripts.LOAD`'s reply for ``names``."""
+    """:data:`~.scripts.LOAD`'s reply for ``names``, decoded."""
+    return decode_stored(split_loaded(names, raw))
+
+
+def split_loaded(names: Sequence[str], raw: str) -> dict[str, Stored]:
+    """:data:`~.scripts.LOAD`'s reply for ``names``: each existing entry's text and state."""
     fields = raw.split(scripts.LOAD_SEP)
     if len(fields) != 4 * len(names):
         raise ValueError(f"load: {len(fields)} fields for {len(names)} names")
-    states: dict[str, EntryState] = {}
-    texts: dict[str, str] = {}
-    for i, name in enumerate(names):
-        text, anchor, last, runs = fields[4 * i : 4 * i + 4]
-        if text:
-            texts[name] = text
+    out: dict[str, Stored] = {}
+    rows = zip(names, fields[0::4], fields[1::4], fields[2::4], fields[3::4], strict=True)
+    for name, text, anchor, last, runs in rows:
+        if not text:  # removed (its state, if any, is left behind by a reset)
+            continue
+        state = None
         if anchor or last or runs:
-            states[name] = EntryState(
+            state = EntryState(
                 anchor_ms=int(anchor) if anchor else None,
                 last_tick_ms=int(last) if last else None,
                 run_count=int(runs) if runs else 0,
             )
-    specs, bad = decode_entries(texts) if texts else ({}, {})
+        out[name] = Stored(text, state)
+    return out
+
+
+def decode_stored(stored: Mapping[str, Stored]) -> Loaded:
+    """The definitions of ``stored`` decoded (those that do not parse in ``bad``), and
+    their states."""
+    specs, bad = decode_entries({n: s.text for n, s in stored.items()}) if stored else ({}, {})
+    states = {n: s.state for n, s in stored.items() if s.state is not None}
     return Loaded(specs, bad, states)
 
 

@@ -27,6 +27,7 @@ from celery_dcron.exceptions import (
 )
 from celery_dcron.interfaces import Registry, Subscription
 from celery_dcron.registry import Registry as RedisRegistry
+from celery_dcron.registry import Stored, decode_stored
 from celery_dcron.registry.memory import MemoryRegistry
 from celery_dcron.schedules import CronSchedule, IntervalSchedule
 from celery_dcron.ticks import interval_phase_ms
@@ -646,10 +647,18 @@ def test_load_reads_definitions_and_states_as_get_entries_and_states_do(
     good, bad = reg.get_entries(names)
     assert loaded.specs == good and set(good) == {"a", "b", "d"}
     assert set(loaded.bad) == {"junk", "sep"} and set(bad) >= {"junk"}
+    # the states of the names that have a definition ("c" has a state alone)
     expected = {n: replace(st, last_node=None) for n, st in reg.states(names).items()}
-    assert loaded.states == expected and set(expected) == {"a", "b", "c", "d"}
+    assert set(expected) == {"a", "b", "c", "d"}
+    assert loaded.states == {n: expected[n] for n in "abd"}
     assert loaded.states["b"].last_tick_ms == T0 and loaded.states["b"].run_count == 1
     assert reg.load([]) == ({}, {}, {})
+    # the same, the definitions left as text
+    stored = reg.load_stored(names)
+    assert set(stored) == {"a", "b", "d", "junk", "sep"} and reg.load_stored([]) == {}
+    assert stored["d"].text == dynamic("d", every_ms=5000).with_changes(version=1).dumps()
+    assert stored["junk"] == Stored("{not json", None)
+    assert decode_stored(stored) == loaded
     assert reg.last_runs(names) == {"b": T0, "c": T0} and reg.last_runs([]) == {}
 
 

@@ -17,6 +17,7 @@ import pytest
 from celery_dcron.engine import Engine, loading
 from celery_dcron.entries import EntrySpec, EntryState, NodeStatus, Tick
 from celery_dcron.enums import EntrySource
+from celery_dcron.planning import next_run_ms
 from celery_dcron.registry.memory import MemoryRegistry
 from celery_dcron.schedules import IntervalSchedule
 from tests.enginekit import (
@@ -48,6 +49,10 @@ class Spy:
     def load(self, names: Sequence[str]) -> Any:
         self.read.extend(names)
         return self.inner.load(names)
+
+    def load_stored(self, names: Sequence[str]) -> Any:
+        self.read.extend(names)
+        return self.inner.load_stored(names)
 
     def scan_entries(self, cursor: int, count: int, want: Callable[[str], bool]) -> Any:
         self.scans += 1
@@ -207,6 +212,53 @@ def test_a_large_reassignment_loads_the_entries_that_ran_last_first(
         assert read[: len(mine)] == mine, read[:10]  # every fast entry before any other
     assert fast <= engines[0].owned | engines[1].owned
     assert_each_tick_once(c.recorder)
+
+
+def test_a_large_reassignment_decodes_the_rest_earliest_due_first(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Past the frequent ones, a crashed node's entries are read as text and decoded in
+    the order they are due (estimated from each one's schedule text): whatever comes due
+    while the rest is read is on a timeline first."""
+    monkeypatch.setattr(loading, "LOAD_PAGE", 50)
+    monkeypatch.setattr(loading, "STATE_PAGE", 100)
+    monkeypatch.setattr(loading, "BUDGET_S", 0.0)
+    c = MemoryCluster()
+    specs = {
+        s.name: s
+        for i in range(900)
+        for s in [
+            EntrySpec(
+                name=f"e{i:05d}", task="t", source=EntrySource.DYNAMIC,
+                schedule=IntervalSchedule(every_ms=(600 + (i * 7919) % 900) * S),
+            )
+        ]
+    }  # fmt: skip
+    c.registry.put_entries(list(specs.values()))
+    engines = [c.add(node_id, []) for node_id in "abc"]
+    c.advance(3 * S, step_ms=100)  # each loads its share, a page per pass
+    decoded: dict[str, list[str]] = {"a": [], "b": []}
+    for engine in engines[:2]:
+        adopt, into = engine.view.adopt, decoded[engine.node_id]
+
+        def spy(names: Any, loaded: Any, *, notify: bool, adopt: Any = adopt, into: Any = into):
+            into.extend(n for n in names if n in loaded.specs)
+            adopt(names, loaded, notify=notify)
+
+        monkeypatch.setattr(engine.view, "adopt", spy)
+    dead = engines[2]
+    moved = set(dead.owned)
+    states = c.registry.states(moved)
+    due = {n: next_run_ms(specs[n], states[n]) or 0 for n in moved}
+    soon_ms = c.clock.now_ms() + c.ttl_ms + 2 * S + loading.SOON_MS  # decoded as found
+    c.engines.remove(dead)
+    c.advance(c.ttl_ms + 2 * S, step_ms=100)
+    assert sorted(decoded["a"] + decoded["b"]) == sorted(moved)
+    for names in decoded.values():
+        later = [due[n] for n in names if due[n] > soon_ms]
+        assert len(later) > 50  # more than a page: the large reassignment
+        assert later == sorted(later)
+    assert engines[0].owned | engines[1].owned == set(specs)
 
 
 def test_a_reload_keeps_the_timeline_whole_until_it_swaps_even_when_dropped(

@@ -14,9 +14,12 @@ from kombu.utils import json as kjson
 
 from celery_dcron import validation as rules
 from celery_dcron.config import Settings
-from celery_dcron.entries import EntrySpec
+from celery_dcron.engine.timeline import earliest_due_ms
+from celery_dcron.entries import EntrySpec, EntryState
+from celery_dcron.entrytext import schedule_json
 from celery_dcron.enums import AfterRun, EntrySource, MisfirePolicy, StrategyName
 from celery_dcron.exceptions import ConfigurationError, InvalidEntryError, InvalidScheduleError
+from celery_dcron.planning import next_run_ms
 from celery_dcron.schedules import AtSchedule, CronSchedule, IntervalSchedule
 from celery_dcron.strategies import RendezvousStrategy, get_strategy
 
@@ -235,6 +238,39 @@ def test_the_stored_text_is_kombus_json_of_to_json_to_the_byte(spec: EntrySpec) 
     call = fresh.call_json()
     if call is not None:
         assert fresh.dumps(call=call) == spec.dumps()
+
+
+@settings(max_examples=300, deadline=None)
+@given(_specs, st.none() | st.integers(0, 10**13), st.none() | st.integers(0, 10**13))
+def test_the_due_time_read_from_the_text_alone_is_never_after_the_entrys_next_tick(
+    spec: EntrySpec, anchor: int | None, last: int | None
+) -> None:
+    """A large reassignment decodes the entries it gains in the order of this estimate
+    (made without decoding them): never later than the tick the decoded entry is put at,
+    and that very tick when no start_at, end_at or max_runs puts it off."""
+    state = EntryState(anchor_ms=anchor, last_tick_ms=last, run_count=1)
+    real = next_run_ms(spec, state)
+    if real is not None:
+        assert earliest_due_ms(spec.dumps(), state) <= real
+    free = spec.with_changes(start_ms=None, end_ms=None, max_runs=None)
+    if (due := next_run_ms(free, state)) is not None:
+        assert earliest_due_ms(free.dumps(), state) == due
+
+
+def test_the_schedule_read_from_the_text_alone_is_the_entrys_own() -> None:
+    """Args, kwargs and options come before it in the text and may hold a "schedule"
+    of their own; strings may spell one."""
+    decoy = '"schedule": {"kind": "interval", "every_ms": 5}'
+    spec = EntrySpec(
+        name="x", task="t", schedule=IntervalSchedule(every_ms=60_000),
+        args=(decoy,), kwargs={"schedule": {"kind": "interval", "every_ms": 7}},
+        options={"queue": decoy}, description=decoy,
+    )  # fmt: skip
+    assert schedule_json(spec.dumps()) == {"every_ms": 60_000, "kind": "interval"}
+    assert earliest_due_ms(spec.dumps(), EntryState(anchor_ms=1_000)) == 61_000
+    assert earliest_due_ms(spec.dumps(), None) == 0  # not anchored: due at once
+    assert schedule_json('{"name": "x"}') is None
+    assert earliest_due_ms('{"schedule": {"kind": "nope"}}', EntryState(anchor_ms=1)) == 0
 
 
 @settings(max_examples=300, deadline=None)

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING
 
 from ...entries import EntrySpec
 from ..codec import FeedPage, FeedPosition, FeedRecord, Snapshot, decode_entries
-from ..feed import Loaded
+from ..feed import Loaded, Stored, decode_stored
 from .base import MemorySubscription
 from .claims import _Claims
 from .entries import _Entries
@@ -84,14 +84,19 @@ class MemoryRegistry(_Nodes, _Entries, _Claims):
         return decode_entries(texts)
 
     def load(self, names: Sequence[str]) -> Loaded:
+        return decode_stored(self.load_stored(names))
+
+    def load_stored(self, names: Sequence[str]) -> dict[str, Stored]:
         with self._op():
             entries = self._data.entries
-            texts = {n: entries[n] for n in names if n in entries}
-            states = {
-                name: replace(state, last_node=None) for name, state in self._states(names).items()
+            states = self._states(names)
+            return {
+                n: Stored(
+                    entries[n], replace(st, last_node=None) if (st := states.get(n)) else None
+                )
+                for n in names
+                if n in entries
             }
-        specs, bad = decode_entries(texts) if texts else ({}, {})
-        return Loaded(specs, bad, states)
 
     def last_runs(self, names: Sequence[str]) -> dict[str, int]:
         with self._op():
