@@ -29,8 +29,8 @@ __all__ = [
     "listed",
     "mapping_json",
     "plain",
-    "schedule_json",
-    "start_ms_json",
+    "schedule_text",
+    "start_ms_text",
 ]
 
 #: The encoder of ``kombu.utils.json.dumps(data, sort_keys=True)``, made once.
@@ -65,32 +65,41 @@ def json_loads(text: str | bytes) -> Any:
     return _PLAIN.decode(text)
 
 
-def schedule_json(text: str) -> Any:
-    """The schedule object of a stored entry text, read without decoding the rest of it;
-    None when it is not found so (a text written otherwise than :func:`entry_text` and
-    kombu's sorted encoder do). What an instance needs to order thousands of entries it
-    comes to own by when they are due, before it decodes them."""
-    return _top_level(text, "schedule")
+def schedule_text(text: str) -> str | None:
+    """The JSON text of the schedule object of a stored entry text, found without decoding
+    the rest of it (as the ``LOAD`` script's mode ``s`` finds it); None when it is not found
+    so (a text written otherwise than :func:`entry_text` and kombu's sorted encoder do).
+    What an instance reads to order thousands of entries it comes to own by when they are
+    due, before it reads and decodes them."""
+    at = _top_level(text, "schedule")
+    if at < 0:
+        return None
+    try:
+        end = _PLAIN.raw_decode(text, at)[1]
+    except ValueError:
+        return None
+    return text[at:end] if text[at] == "{" else None
 
 
-def start_ms_json(text: str) -> Any:
-    """The ``start_ms`` of a stored entry text (None: none, or not found so), read as
-    :func:`schedule_json` reads the schedule."""
-    return _top_level(text, "start_ms")
+def start_ms_text(text: str) -> str | None:
+    """The ``start_ms`` of a stored entry text, found as :func:`schedule_text` finds the
+    schedule; None when there is none."""
+    at = _top_level(text, "start_ms")
+    if at < 0:
+        return None
+    end = at + 1 if text[at : at + 1] == "-" else at
+    while end < len(text) and text[end].isdigit():
+        end += 1
+    return text[at:end] or None
 
 
-def _top_level(text: str, key: str) -> Any:
+def _top_level(text: str, key: str) -> int:
     # Keys are sorted: after "schedule" come only "source", "start_ms", "task" and
     # "version", none of them an object, and a JSON string cannot hold an unescaped quote:
     # so the last '"schedule": ' (or '"start_ms": ') is the entry's own. Args, kwargs and
     # options come before it, and may hold such a key of their own.
     at = text.rfind(f'"{key}": ')
-    if at < 0:
-        return None
-    try:
-        return _PLAIN.raw_decode(text, at + len(key) + 4)[0]
-    except ValueError:
-        return None
+    return at if at < 0 else at + len(key) + 4
 
 
 def entry_text(spec: EntrySpec, call: tuple[str, str] | None) -> str | None:

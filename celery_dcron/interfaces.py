@@ -26,6 +26,7 @@ if TYPE_CHECKING:
     from .registry import (
         BrokerCommand,
         CrashCheck,
+        DueHint,
         Enqueued,
         FeedPage,
         FeedPosition,
@@ -35,7 +36,6 @@ if TYPE_CHECKING:
         RunRequest,
         Snapshot,
         StaticSyncResult,
-        Stored,
     )
 
 __all__ = ["Clock", "NodeRef", "Registry", "Strategy", "Subscription"]
@@ -286,10 +286,10 @@ class Registry(Protocol):
         round trip."""
         ...
 
-    def load_stored(self, names: Sequence[str]) -> dict[str, Stored]:
-        """As :meth:`load`, the definitions left as their stored text (to decode with
-        :func:`~celery_dcron.registry.decode_stored`); names that do not exist are left
-        out."""
+    def due_hints(self, names: Sequence[str]) -> dict[str, DueHint]:
+        """When each of ``names`` is due, as its schedule's text, start and last tick (or
+        anchor) tell, read without its definition whole (one round trip). A name without
+        a definition has an empty hint (due at once)."""
         ...
 
     def last_runs(self, names: Sequence[str]) -> dict[str, int]:

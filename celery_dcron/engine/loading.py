@@ -27,7 +27,6 @@ their reference counts when dropped.
 from __future__ import annotations
 
 import gc
-import heapq
 import logging
 import time
 from collections.abc import Callable, Generator, Iterator, Sequence
@@ -36,7 +35,6 @@ from typing import TypeVar
 from .. import signals
 from ..entries import EntrySpec, EntryState, Node
 from ..logfields import log_event
-from ..registry import Stored, decode_stored
 from .names import Names
 from .timeline import Timeline, earliest_due_ms
 from .view import NO_STATE, View
@@ -53,9 +51,13 @@ LOAD_PAGE = 2_000
 STATE_PAGE = 10_000
 #: An entry that ran within this many ms is read as soon as a large reassignment finds it.
 HOT_MS = 60_000
-#: A large reassignment decodes at once the entries due within this many ms (the others
-#: once it has read them all, earliest due first).
+#: Due hints read per round trip in a large reassignment (see ``_by_due``).
+HINT_PAGE = 5_000
+#: A large reassignment reads at once the entries due within this many ms (the others
+#: once it has read all the hints, earliest due first) ...
 SOON_MS = 10_000
+#: ... in buckets of this many ms of their estimated next tick.
+DUE_BUCKET_MS = 10_000
 #: Ownership decisions, or timeline placements, between two yields.
 PLACE_PAGE = 10_000
 #: The longest a job runs in one pass of the loop (seconds); a page may end a bit later.
@@ -270,39 +272,41 @@ def _place(
 
 
 def _by_due(view: View, gained: Sequence[str]) -> Iterator[None]:
-    """A paged job: read ``gained`` (owned now) and decode them in the order they are due.
+    """A paged job: read ``gained`` (owned now) in the order they are due.
 
-    Decoding is most of what a large reassignment costs (a third of a million entries
-    take seconds). So each page is read as stored text, and each entry's next tick is
-    estimated from its schedule's text alone (:func:`~.timeline.earliest_due_ms`, a
-    lower bound); the entries due within :data:`SOON_MS` are decoded and placed at once,
-    the others are decoded after the last page, earliest due first. An entry due while
-    the rest is read is then on the timeline by its tick. The texts held meanwhile take
-    less memory than the entries they become. (No change is applied meanwhile: the feed
-    waits for the job, and its records then override what was read here.)
+    Reading and decoding the definitions is most of what a large reassignment costs (a
+    third of a million entries take the survivors seconds). So first each entry's next
+    tick is estimated from a hint alone (:meth:`~celery_dcron.registry.Registry.due_hints`:
+    its schedule's text and its last tick; :func:`~.timeline.earliest_due_ms`, a lower
+    bound), :data:`HINT_PAGE` a round trip; the entries due within :data:`SOON_MS` are read
+    at once, the others after the last hint, by :data:`DUE_BUCKET_MS` buckets of their
+    estimate, earliest first. Only their names are kept meanwhile. (No change is applied
+    meanwhile: the feed waits for the job, and its records then override what was read.)
     """
-    later: list[tuple[int, str]] = []
-    held: dict[str, Stored] = {}
-    for chunk in _chunks(gained, LOAD_PAGE):
-        stored = view.registry.load_stored(chunk)
+    later: dict[int, list[str]] = {}
+    for chunk in _chunks(gained, HINT_PAGE):
+        hints = view.registry.due_hints(chunk)
         soon_ms = view.clock.now_ms() + SOON_MS
         now: list[str] = []
-        for name in chunk:
-            item = stored.get(name)
-            due = 0 if item is None else earliest_due_ms(item.text, item.state)
-            if item is None or due <= soon_ms:
-                now.append(name)  # a removed name too: adopt() forgets it
+        for name, hint in hints.items():
+            due = earliest_due_ms(hint)
+            if due <= soon_ms:
+                now.append(name)  # a removed name too: reading it finds it gone
             else:
-                later.append((due, name))
-                held[name] = item
-        if now:
-            view.adopt(now, decode_stored({n: stored[n] for n in now if n in stored}), notify=False)
+                later.setdefault(due // DUE_BUCKET_MS, []).append(name)
         yield
-    heapq.heapify(later)
-    yield
-    while later:
-        page = [heapq.heappop(later)[1] for _ in range(min(LOAD_PAGE, len(later)))]
-        view.adopt(page, decode_stored({n: held.pop(n) for n in page}), notify=False)
+        for page in _chunks(now, LOAD_PAGE):
+            view.load(page, notify=False)
+            yield
+    waiting: list[str] = []
+    for bucket in sorted(later):
+        waiting += later.pop(bucket)
+        while len(waiting) >= LOAD_PAGE:
+            view.load(waiting[:LOAD_PAGE], notify=False)
+            del waiting[:LOAD_PAGE]
+            yield
+    if waiting:
+        view.load(waiting, notify=False)
         yield
 
 

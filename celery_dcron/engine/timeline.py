@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import functools
 import heapq
+import json
 from collections.abc import Callable
 
 from .. import planning
 from .. import ticks as tickmath
 from ..entries import EntrySpec, EntryState
-from ..entrytext import schedule_json, start_ms_json
+from ..registry import DueHint
 from ..schedules import IntervalSchedule, Schedule, schedule_from_json
 
 __all__ = ["Timeline", "earliest_due_ms"]
@@ -98,27 +99,38 @@ class Timeline:
         return due
 
 
-def earliest_due_ms(text: str, state: EntryState | None) -> int:
-    """The earliest an entry can be due, from its stored text and state, without decoding
-    the entry: its schedule's next tick after its last tick (or anchor). Its ``end_at`` and
-    ``max_runs`` are not read: they can only cancel the tick. 0 (due at once) when not
-    anchored yet, finished, when a ``start_at`` moves its base (:func:`planning.base_tick_ms`),
-    or when the text cannot be read so.
+def earliest_due_ms(hint: DueHint) -> int:
+    """The earliest an entry can be due, from its :class:`~celery_dcron.registry.DueHint`
+    (read without decoding the entry): its schedule's next tick after its last tick, or
+    anchor. Its ``end_at`` and ``max_runs`` are not read: they can only cancel the tick. 0
+    (due at once) when it has no anchor yet, is finished, has a ``start_at`` that moves its
+    base (:func:`~celery_dcron.planning.base_tick_ms`), or its schedule cannot be read so.
     """
-    if state is None:
+    base = hint.base_ms
+    if (
+        base is None
+        or not hint.schedule
+        or (hint.start_ms is not None and hint.start_ms - 1 > base)
+    ):
         return 0
-    base = state.last_tick_ms if state.last_tick_ms is not None else state.anchor_ms
-    if base is None:
-        return 0
-    start = start_ms_json(text)
-    data = schedule_json(text)
-    if data is None or (start is not None and (type(start) is not int or start - 1 > base)):
+    schedule = _schedule_of(hint.schedule)
+    if schedule is None:
         return 0
     try:
-        due = _next_tick(schedule_from_json(data, entry="?"), base)
+        due = _next_tick(schedule, base)
     except Exception:  # only an estimate: decoding the entry reports what is wrong
         return 0
     return due or 0
+
+
+@functools.lru_cache(maxsize=4096)
+def _schedule_of(text: str) -> Schedule | None:
+    """A schedule's JSON text, decoded (None: it does not decode): entries share a few
+    distinct schedules, so a large reassignment decodes each one once."""
+    try:
+        return schedule_from_json(json.loads(text), entry="?")
+    except Exception:  # only an estimate: decoding the entry reports what is wrong
+        return None
 
 
 def _next_tick(schedule: Schedule, after_ms: int) -> int | None:

@@ -47,7 +47,7 @@ from .codec import (
 )
 from .entries import EntryStore
 from .events import EventStore
-from .feed import FeedStore, Loaded, Stored, decode_stored
+from .feed import DueHint, FeedStore, Loaded, due_hint
 from .keys import Keys
 from .nodes import NodeStore
 from .requests import RequestStore
@@ -59,6 +59,7 @@ __all__ = [
     "REDIS_ERRORS",
     "BrokerCommand",
     "CrashCheck",
+    "DueHint",
     "Enqueued",
     "FeedPage",
     "FeedPosition",
@@ -71,9 +72,8 @@ __all__ = [
     "RunRequest",
     "Snapshot",
     "StaticSyncResult",
-    "Stored",
     "connect",
-    "decode_stored",
+    "due_hint",
 ]
 
 
@@ -296,10 +296,10 @@ class Registry:
         round trip."""
         return self.feed_store.load(names)
 
-    def load_stored(self, names: Sequence[str]) -> dict[str, Stored]:
-        """As :meth:`load`, the definitions left as their stored text (to decode with
-        :func:`decode_stored`); names that do not exist are left out."""
-        return self.feed_store.load_stored(names)
+    def due_hints(self, names: Sequence[str]) -> dict[str, DueHint]:
+        """When each of ``names`` is due, as its schedule's text, start and last tick (or
+        anchor) tell, read without its definition whole; one round trip."""
+        return self.feed_store.due_hints(names)
 
     def last_runs(self, names: Sequence[str]) -> dict[str, int]:
         """The last tick of each of ``names`` that ran."""

@@ -11,15 +11,16 @@ instance reloads in full, once, in pages (:meth:`FeedStore.scan_entries`).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any, NamedTuple
 
 from ..entries import EntrySpec, EntryState
+from ..entrytext import schedule_text, start_ms_text
 from . import scripts
 from .codec import FeedPage, FeedPosition, FeedRecord, decode_entries
 from .transport import Store
 
-__all__ = ["FeedStore", "Loaded", "Stored", "decode_loaded", "decode_stored", "split_loaded"]
+__all__ = ["DueHint", "FeedStore", "Loaded", "decode_loaded", "due_hint"]
 
 
 class Loaded(NamedTuple):
@@ -34,12 +35,15 @@ class Loaded(NamedTuple):
     states: dict[str, EntryState]
 
 
-class Stored(NamedTuple):
-    """One entry as :meth:`FeedStore.load_stored` found it: its definition's text, not decoded
-    yet, and its run state (``last_node`` not read; None: it has none yet)."""
+class DueHint(NamedTuple):
+    """What tells when an entry is due, read without reading the entry whole
+    (:meth:`FeedStore.due_hints`)."""
 
-    text: str
-    state: EntryState | None
+    #: the JSON text of its schedule; '' when not found so
+    schedule: str
+    start_ms: int | None
+    #: its last tick, else its anchor; None when it has neither
+    base_ms: int | None
 
 
 class FeedStore(Store):
@@ -105,14 +109,25 @@ class FeedStore(Store):
         """The definitions and run states of ``names``, in one round trip and one reply
         string (:data:`~.scripts.LOAD`): what an instance reads of the entries it comes
         to own."""
-        return decode_stored(self.load_stored(names))
+        if not names:
+            return Loaded({}, {}, {})
+        return decode_loaded(names, str(self.transport.call(scripts.LOAD, ["1", *names])))
 
-    def load_stored(self, names: Sequence[str]) -> dict[str, Stored]:
-        """As :meth:`load`, the definitions left as their stored text (decoded later,
-        or never: :func:`decode_stored`); names that do not exist are left out."""
+    def due_hints(self, names: Sequence[str]) -> dict[str, DueHint]:
+        """When each of ``names`` is due, as its schedule's text, start and last tick (or
+        anchor) tell, read without its definition whole (one round trip, one reply
+        string). A name without a definition has an empty hint (due at once)."""
         if not names:
             return {}
-        return split_loaded(names, str(self.transport.call(scripts.LOAD, ["1", *names])))
+        raw = str(self.transport.call(scripts.LOAD, ["s", *names]))
+        fields = raw.split(scripts.LOAD_SEP)
+        if len(fields) != 4 * len(names):
+            raise ValueError(f"due_hints: {len(fields)} fields for {len(names)} names")
+        rows = zip(names, fields[0::4], fields[1::4], fields[2::4], fields[3::4], strict=True)
+        return {
+            name: DueHint(schedule, int(start) if start else None, _base(anchor, last))
+            for name, schedule, start, anchor, last in rows
+        }
 
     def last_runs(self, names: Sequence[str]) -> dict[str, int]:
         """The last tick of each of ``names`` that ran (one round trip, one reply
@@ -126,37 +141,38 @@ class FeedStore(Store):
 
 
 def decode_loaded(names: Sequence[str], raw: str) -> Loaded:
-    """:data:`~.scripts.LOAD`'s reply for ``names``, decoded."""
-    return decode_stored(split_loaded(names, raw))
-
-
-def split_loaded(names: Sequence[str], raw: str) -> dict[str, Stored]:
-    """:data:`~.scripts.LOAD`'s reply for ``names``: each existing entry's text and state."""
+    """:data:`~.scripts.LOAD`'s reply for ``names``."""
     fields = raw.split(scripts.LOAD_SEP)
     if len(fields) != 4 * len(names):
         raise ValueError(f"load: {len(fields)} fields for {len(names)} names")
-    out: dict[str, Stored] = {}
+    states: dict[str, EntryState] = {}
+    texts: dict[str, str] = {}
     rows = zip(names, fields[0::4], fields[1::4], fields[2::4], fields[3::4], strict=True)
     for name, text, anchor, last, runs in rows:
-        if not text:  # removed (its state, if any, is left behind by a reset)
-            continue
-        state = None
+        if text:
+            texts[name] = text
         if anchor or last or runs:
-            state = EntryState(
+            states[name] = EntryState(
                 anchor_ms=int(anchor) if anchor else None,
                 last_tick_ms=int(last) if last else None,
                 run_count=int(runs) if runs else 0,
             )
-        out[name] = Stored(text, state)
-    return out
-
-
-def decode_stored(stored: Mapping[str, Stored]) -> Loaded:
-    """The definitions of ``stored`` decoded (those that do not parse in ``bad``), and
-    their states."""
-    specs, bad = decode_entries({n: s.text for n, s in stored.items()}) if stored else ({}, {})
-    states = {n: s.state for n, s in stored.items() if s.state is not None}
+    specs, bad = decode_entries(texts) if texts else ({}, {})
     return Loaded(specs, bad, states)
+
+
+def due_hint(text: str, state: EntryState | None) -> DueHint:
+    """The :class:`DueHint` of a stored definition and its state, found as the ``LOAD``
+    script's mode ``s`` finds it (the memory registry's, and the tests')."""
+    base = None
+    if state is not None:
+        base = state.last_tick_ms if state.last_tick_ms is not None else state.anchor_ms
+    start = start_ms_text(text)
+    return DueHint(schedule_text(text) or "", int(start) if start else None, base)
+
+
+def _base(anchor: str, last: str) -> int | None:
+    return int(last) if last else int(anchor) if anchor else None
 
 
 def _next_id(record_id: str) -> str:

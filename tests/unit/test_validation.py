@@ -16,10 +16,11 @@ from celery_dcron import validation as rules
 from celery_dcron.config import Settings
 from celery_dcron.engine.timeline import earliest_due_ms
 from celery_dcron.entries import EntrySpec, EntryState
-from celery_dcron.entrytext import schedule_json
+from celery_dcron.entrytext import schedule_text, start_ms_text
 from celery_dcron.enums import AfterRun, EntrySource, MisfirePolicy, StrategyName
 from celery_dcron.exceptions import ConfigurationError, InvalidEntryError, InvalidScheduleError
 from celery_dcron.planning import next_run_ms
+from celery_dcron.registry import due_hint
 from celery_dcron.schedules import AtSchedule, CronSchedule, IntervalSchedule
 from celery_dcron.strategies import RendezvousStrategy, get_strategy
 
@@ -251,26 +252,29 @@ def test_the_due_time_read_from_the_text_alone_is_never_after_the_entrys_next_ti
     state = EntryState(anchor_ms=anchor, last_tick_ms=last, run_count=1)
     real = next_run_ms(spec, state)
     if real is not None:
-        assert earliest_due_ms(spec.dumps(), state) <= real
+        assert earliest_due_ms(due_hint(spec.dumps(), state)) <= real
     free = spec.with_changes(start_ms=None, end_ms=None, max_runs=None)
     if (due := next_run_ms(free, state)) is not None:
-        assert earliest_due_ms(free.dumps(), state) == due
+        assert earliest_due_ms(due_hint(free.dumps(), state)) == due
 
 
 def test_the_schedule_read_from_the_text_alone_is_the_entrys_own() -> None:
     """Args, kwargs and options come before it in the text and may hold a "schedule"
-    of their own; strings may spell one."""
-    decoy = '"schedule": {"kind": "interval", "every_ms": 5}'
+    or "start_ms" of their own; strings may spell one."""
+    decoy = '"schedule": {"kind": "interval", "every_ms": 5}, "start_ms": 9'
     spec = EntrySpec(
         name="x", task="t", schedule=IntervalSchedule(every_ms=60_000),
-        args=(decoy,), kwargs={"schedule": {"kind": "interval", "every_ms": 7}},
+        args=(decoy,), kwargs={"schedule": {"kind": "interval", "every_ms": 7}, "start_ms": 9},
         options={"queue": decoy}, description=decoy,
     )  # fmt: skip
-    assert schedule_json(spec.dumps()) == {"every_ms": 60_000, "kind": "interval"}
-    assert earliest_due_ms(spec.dumps(), EntryState(anchor_ms=1_000)) == 61_000
-    assert earliest_due_ms(spec.dumps(), None) == 0  # not anchored: due at once
-    assert schedule_json('{"name": "x"}') is None
-    assert earliest_due_ms('{"schedule": {"kind": "nope"}}', EntryState(anchor_ms=1)) == 0
+    text = spec.dumps()
+    assert schedule_text(text) == '{"every_ms": 60000, "kind": "interval"}'
+    assert start_ms_text(text) == "9"  # kwargs' own: too early to move anything
+    assert start_ms_text(spec.with_changes(start_ms=-5).dumps()) == "-5"
+    assert earliest_due_ms(due_hint(text, EntryState(anchor_ms=1_000))) == 61_000
+    assert earliest_due_ms(due_hint(text, None)) == 0  # not anchored: due at once
+    assert schedule_text('{"name": "x"}') is None
+    assert earliest_due_ms(due_hint('{"schedule": {"kind": "?"}}', EntryState(anchor_ms=1))) == 0
 
 
 @settings(max_examples=300, deadline=None)

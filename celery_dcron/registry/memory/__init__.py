@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING
 
 from ...entries import EntrySpec
 from ..codec import FeedPage, FeedPosition, FeedRecord, Snapshot, decode_entries
-from ..feed import Loaded, Stored, decode_stored
+from ..feed import DueHint, Loaded, due_hint
 from .base import MemorySubscription
 from .claims import _Claims
 from .entries import _Entries
@@ -84,18 +84,22 @@ class MemoryRegistry(_Nodes, _Entries, _Claims):
         return decode_entries(texts)
 
     def load(self, names: Sequence[str]) -> Loaded:
-        return decode_stored(self.load_stored(names))
+        with self._op():
+            entries = self._data.entries
+            texts = {n: entries[n] for n in names if n in entries}
+            states = {
+                name: replace(state, last_node=None) for name, state in self._states(names).items()
+            }
+        specs, bad = decode_entries(texts) if texts else ({}, {})
+        return Loaded(specs, bad, states)
 
-    def load_stored(self, names: Sequence[str]) -> dict[str, Stored]:
+    def due_hints(self, names: Sequence[str]) -> dict[str, DueHint]:
         with self._op():
             entries = self._data.entries
             states = self._states(names)
             return {
-                n: Stored(
-                    entries[n], replace(st, last_node=None) if (st := states.get(n)) else None
-                )
+                n: due_hint(entries[n], states.get(n)) if n in entries else DueHint("", None, None)
                 for n in names
-                if n in entries
             }
 
     def last_runs(self, names: Sequence[str]) -> dict[str, int]:

@@ -16,8 +16,12 @@ LOAD_SEP = "\x1f"
 # by \31. A definition holding \31 itself (not written by this package)
 # is sent as \30, which the reader takes for malformed.
 # With ARGV[1] 'r' instead: one field per name, its last tick, or '' (never run).
+# With 's': four fields per name, what tells when it is due without reading it whole:
+# the JSON text of its schedule (the object after the definition's last '"schedule": ';
+# keys are sorted, so that is the entry's own, see entrytext.py), its start_ms (after the
+# last '"start_ms": '), anchor and last tick; '' where absent (no definition: all four).
 # KEYS: entries, anchor, last, runs
-# ARGV: '1' (definitions and states) or 'r' (last ticks), then the names
+# ARGV: '1' (definitions and states), 'r' (last ticks) or 's' (due hints), then the names
 LOAD = Script(
     "load",
     ("entries", "anchor", "last", "runs"),
@@ -42,6 +46,22 @@ end
 local texts = hmget(1)
 local anchor = hmget(2)
 local last = hmget(3)
+if ARGV[1] == 's' then
+  local out = {}
+  for i = 1, n do
+    local text = texts[i]
+    local j = 4 * (i - 1)
+    if text then
+      out[j + 1] = string.match(text, '.*"schedule": (%b{})') or ''
+      out[j + 2] = string.match(text, '.*"start_ms": (%-?%d+)') or ''
+      out[j + 3] = anchor[i] or ''
+      out[j + 4] = last[i] or ''
+    else
+      out[j + 1], out[j + 2], out[j + 3], out[j + 4] = '', '', '', ''
+    end
+  end
+  return table.concat(out, '\\31')
+end
 local runs = hmget(4)
 local out = {}
 for i = 1, n do
