@@ -47,13 +47,23 @@ local texts = hmget(1)
 local anchor = hmget(2)
 local last = hmget(3)
 if ARGV[1] == 's' then
+  -- what follows the last (plain) occurrence of key in text, read by pattern
+  local function after_last(text, key, pattern)
+    local at, from = nil, 1
+    while true do
+      local _, e = string.find(text, key, from, true)
+      if not e then break end
+      at, from = e + 1, e + 1
+    end
+    return at and string.match(text, pattern, at) or ''
+  end
   local out = {}
   for i = 1, n do
     local text = texts[i]
     local j = 4 * (i - 1)
     if text then
-      out[j + 1] = string.match(text, '.*"schedule": (%b{})') or ''
-      out[j + 2] = string.match(text, '.*"start_ms": (%-?%d+)') or ''
+      out[j + 1] = after_last(text, '"schedule": ', '^%b{}')
+      out[j + 2] = after_last(text, '"start_ms": ', '^%-?%d+')
       out[j + 3] = anchor[i] or ''
       out[j + 4] = last[i] or ''
     else
