@@ -231,17 +231,29 @@ class Jobs:
             # Many entries (a node died). First those that ran within the last HOT_MS,
             # found by one cheap read of last ticks: the frequent ones, due within the
             # second. Then the rest by when each is due (_by_due).
+            started, count, hot_count = time.monotonic(), len(gained), 0
             hot_since = view.clock.now_ms() - HOT_MS
             for chunk in _chunks(gained, STATE_PAGE):
                 runs = view.registry.last_runs(chunk)
                 hot = [n for n, ms in runs.items() if ms >= hot_since and n in names]
+                hot_count += len(hot)
                 for page in _chunks(hot, LOAD_PAGE):
                     view.load(page, notify=False)
                     yield
                 yield
+            hot_s = time.monotonic() - started
             gained = [n for n in gained if n not in owned]
             yield
-            yield from _by_due(view, gained)
+            hinted = yield from _by_due(view, gained)
+            log_event(
+                logger, logging.INFO, "moved_here",
+                "dcron: read the %(count)d entries that moved here in %(seconds).2f s (the "
+                "%(hot)d that ran in the last minute after %(hot_s).2f s, the due hints of "
+                "all after %(hints_s).2f s)",
+                node=view.node_id, count=count, hot=hot_count, hot_s=round(hot_s, 3),
+                hints_s=round(hinted - started, 3),
+                seconds=round(time.monotonic() - started, 3),
+            )  # fmt: skip
         else:
             for chunk in _chunks(gained, LOAD_PAGE):
                 view.load(chunk, notify=False)
@@ -271,7 +283,7 @@ def _place(
     return None
 
 
-def _by_due(view: View, gained: Sequence[str]) -> Iterator[None]:
+def _by_due(view: View, gained: Sequence[str]) -> Generator[None, None, float]:
     """A paged job: read ``gained`` (owned now) in the order they are due.
 
     Reading and decoding the definitions is most of what a large reassignment costs (a
@@ -282,6 +294,7 @@ def _by_due(view: View, gained: Sequence[str]) -> Iterator[None]:
     at once, the others after the last hint, by :data:`DUE_BUCKET_MS` buckets of their
     estimate, earliest first. Only their names are kept meanwhile. (No change is applied
     meanwhile: the feed waits for the job, and its records then override what was read.)
+    Returns when the last hint was read (``time.monotonic()``).
     """
     later: dict[int, list[str]] = {}
     for chunk in _chunks(gained, HINT_PAGE):
@@ -298,6 +311,7 @@ def _by_due(view: View, gained: Sequence[str]) -> Iterator[None]:
         for page in _chunks(now, LOAD_PAGE):
             view.load(page, notify=False)
             yield
+    hinted = time.monotonic()
     waiting: list[str] = []
     for bucket in sorted(later):
         waiting += later.pop(bucket)
@@ -308,6 +322,7 @@ def _by_due(view: View, gained: Sequence[str]) -> Iterator[None]:
     if waiting:
         view.load(waiting, notify=False)
         yield
+    return hinted
 
 
 def _none(name: str) -> bool:

@@ -211,7 +211,7 @@ def test_a_large_reassignment_loads_the_entries_that_ran_last_first(
 
 
 def test_a_large_reassignment_decodes_the_rest_earliest_due_first(
-    monkeypatch: pytest.MonkeyPatch,
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     """Past the frequent ones, a crashed node's entries are read in the order they are
     due (estimated from hints: each one's schedule text and last tick): whatever comes
@@ -246,6 +246,7 @@ def test_a_large_reassignment_decodes_the_rest_earliest_due_first(
     dead = engines[2]
     moved = set(dead.owned)
     states = c.registry.states(moved)
+    caplog.set_level(logging.INFO, logger="celery_dcron")
     due = {n: next_run_ms(specs[n], states[n]) or 0 for n in moved}
     soon_ms = c.clock.now_ms() + c.ttl_ms + 2 * S + loading.SOON_MS  # decoded as found
     c.engines.remove(dead)
@@ -256,6 +257,12 @@ def test_a_large_reassignment_decodes_the_rest_earliest_due_first(
         assert len(later) > 50  # more than a page: the large reassignment
         assert later == sorted(later)  # by buckets of their next tick
     assert engines[0].owned | engines[1].owned == set(specs)
+    told = {
+        r.dcron_node: r for r in caplog.records if getattr(r, "dcron_event", "") == "moved_here"
+    }
+    assert sorted(told) == ["a", "b"]
+    assert {n: r.dcron_count for n, r in told.items()} == {n: len(d) for n, d in decoded.items()}
+    assert all(0 <= r.dcron_hot_s <= r.dcron_hints_s <= r.dcron_seconds for r in told.values())
 
 
 def test_a_reload_keeps_the_timeline_whole_until_it_swaps_even_when_dropped(
