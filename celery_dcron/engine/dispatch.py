@@ -421,11 +421,18 @@ class Dispatcher(Part):
         now_ms = self.clock.now_ms()
         view = self.view
         loaded = view.position is not None
-        # Our own claims of entries that moved elsewhere are ours to publish: read those.
+        # Our own claims of entries that moved elsewhere are ours to publish, and so are
+        # a dead node's claims of entries placed here that are not read yet (right after
+        # the node died, its entries are read in pages for seconds): read those.
+        placed = {
+            c.name for c in pending
+            if c.node != self.node_id and c.name not in view.owned and c.name in view.names
+            and view.is_mine(c.name)
+        }  # fmt: skip
         view.borrow({
             c.name for c in pending
             if c.node == self.node_id and c.name not in view.owned and c.name in view.names
-        })  # fmt: skip
+        } | placed)  # fmt: skip
         for claim in pending:
             tick = Tick(name=claim.name, tick_ms=claim.tick_ms)
             if tick in self.unmarked or (claim.name, claim.tick_ms, False) in self.rejected:
@@ -435,7 +442,8 @@ class Dispatcher(Part):
                 if janitor and loaded and claim.name not in view.names:
                     orphans.append(tick)
                 continue
-            if claim.name not in self.view.owned and claim.node != self.node_id:
+            mine = claim.name in view.owned or claim.name in placed
+            if not mine and claim.node != self.node_id:
                 continue
             grace_s = self.rules.grace_s(spec)
             if grace_s is not None and now_ms - claim.tick_ms > grace_s * 1000:

@@ -13,7 +13,7 @@ from itertools import pairwise
 
 import pytest
 
-from celery_dcron.engine import Engine
+from celery_dcron.engine import Engine, loading
 from celery_dcron.entries import MisfirePolicy, Tick
 from celery_dcron.ticks import task_id
 from tests.enginekit import (
@@ -21,6 +21,7 @@ from tests.enginekit import (
     S,
     assert_each_tick_once,
     decisions,
+    dynamic,
     entries,
     ticks_of,
 )
@@ -134,6 +135,39 @@ def test_a_stale_engine_that_wakes_up_does_not_double_fire(
     assert stale.owned == mine
     assert_each_tick_once(c.recorder)
     _on_the_grid(c, NAMES)
+
+
+def test_a_crashed_engines_unsent_claim_goes_out_before_its_many_entries_are_read(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The entries of a dead node are read in pages for seconds (a large reassignment):
+    its claims that were never sent go out as soon as it is taken for dead, not once its
+    entries are read (nor ten seconds later, at the next look at unsent claims)."""
+    for page, size in (("LOAD_PAGE", 20), ("STATE_PAGE", 50), ("HINT_PAGE", 50)):
+        monkeypatch.setattr(loading, page, size)
+    monkeypatch.setattr(loading, "BUDGET_S", 0.0)
+    c = MemoryCluster()
+    c.registry.put_entries(dynamic(600))
+    dead, other = c.add("n0", []), c.add("n1", [])
+    c.advance(3 * S, step_ms=100)  # each reads its share, a page a pass
+    name = max(dead.owned)
+    tick = c.clock.now_ms() + 200
+    c.clock.set(tick)
+    (claim,) = c.registry.claim(
+        [Tick(name=name, tick_ms=tick)], node_id=dead.node_id, lock_ttl_ms=30 * S
+    )
+    assert claim.won
+    c.engines.remove(dead)  # it dies before publishing it
+    sent = (name, tick, task_id("default", name, tick), other.node_id)
+    while sent not in c.recorder.sent:
+        c.advance(100, step_ms=100)
+        assert c.clock.now_ms() < tick + c.ttl_ms + 5 * S
+    assert other.jobs.busy and name not in other.owned  # still reading them
+    assert c.registry.pending() == []
+    while other.jobs.busy:
+        c.advance(100, step_ms=100)
+    assert name in other.owned
+    assert_each_tick_once(c.recorder)
 
 
 def test_a_crashed_engines_unsent_claim_is_published_by_the_next_owner_with_its_id() -> None:
