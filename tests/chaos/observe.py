@@ -53,7 +53,16 @@ from typing import Any
 import redis
 
 from celery_dcron.ticks import tick_iso
-from tests.e2e.harness import BROKER_DB, QUEUE, Cluster, Fired, Message, Published, iso_to_ms
+from tests.e2e.harness import (
+    BROKER_DB,
+    QUEUE,
+    Cluster,
+    Fired,
+    Message,
+    Published,
+    iso_to_ms,
+    log_time,
+)
 from tests.servers import RedisServer
 
 __all__ = [
@@ -345,7 +354,9 @@ class Report:
             if why:
                 self.window_dups[key] = f"{detail}: {why}"
             else:
-                self.bad_dups[key] = detail
+                self.bad_dups[key] = detail + "".join(
+                    f"\n    {line}" for line in _context(cluster, key, signals)
+                )
 
     # -- misses
 
@@ -494,6 +505,37 @@ def _coalesced(cluster: Cluster) -> set[tuple[str, int, int]]:
             for match in rx.finditer(line):
                 out.add((match[1], iso_to_ms(match[3]), int(match[2]) - 1))
     return out
+
+
+#: What a duplicate outside G1's window is shown with: every beat's log lines from this
+#: long before its tick to this long after, that name its entry or tell of nodes.
+CONTEXT_S = (4.0, 8.0)
+_CONTEXT_RE = re.compile(
+    r"nodes |taking its entries|re-publishing|taken over|superseded|Redis|crash|status "
+)
+
+
+def _context(
+    cluster: Cluster, key: tuple[str, int], signals: dict[str, list[tuple[float, str]]]
+) -> list[str]:
+    """The beats' log lines and signals around a duplicate's tick, to tell what happened
+    (a chaos run is random: its logs are gone once the test's tmp dir is)."""
+    entry, tick = key[0], key[1] / 1000
+    lo, hi = tick - CONTEXT_S[0], tick + CONTEXT_S[1]
+    out = [
+        f"{time.strftime('%H:%M:%S', time.gmtime(at))}.{int(at % 1 * 1000):03d} {sig} {beat}"
+        for beat, events in signals.items()
+        for at, sig in events
+        if lo <= at <= hi
+    ]
+    for beat in cluster.beats:
+        for line in beat.log_lines():
+            at = log_time(line)
+            if at is None or not lo <= at <= hi:
+                continue
+            if f"{entry} " in line or f"{entry}'" in line or _CONTEXT_RE.search(line):
+                out.append(f"{beat.name}: {line[:220]}")
+    return out[:120]
 
 
 def _window(
