@@ -115,6 +115,20 @@ class Jobs:
     def run(self, budget_s: float | None = None) -> bool:
         """Run the job under way for up to ``budget_s`` (default :data:`BUDGET_S`; 0: one
         page); True when none is left."""
+        # In a beat process the cyclic collector waits for the end of the slice: a page
+        # makes thousands of objects, and it would otherwise run every 700 of them, and
+        # now and then scan everything read since the job began (about 1.5 µs an entry
+        # read). What a slice leaves is collected once after it.
+        paused = self.freeze_gc and gc.isenabled()
+        if paused:
+            gc.disable()
+        try:
+            return self._run(budget_s)
+        finally:
+            if paused:
+                gc.enable()
+
+    def _run(self, budget_s: float | None) -> bool:
         deadline = time.monotonic() + (BUDGET_S if budget_s is None else budget_s)
         while self._job is not None:
             try:

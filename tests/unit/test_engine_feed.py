@@ -354,16 +354,27 @@ def test_a_starting_instance_loads_in_pages_while_the_others_fire_and_then_works
     assert_each_tick_once(c.recorder)
 
 
-def test_a_beat_process_keeps_what_a_load_read_out_of_the_full_gc_scans() -> None:
+def test_a_beat_process_keeps_what_a_load_read_out_of_the_full_gc_scans(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     """A full collection of a process holding many entries holds the loop (0.2-1 s at
     1,000,000 entries): the beat moves what each paged job loaded out of the cyclic GC's
-    scans once the job is over; an engine in someone else's process does not."""
+    scans once the job is over, and runs no collection inside a slice of a job; an engine
+    in someone else's process does neither."""
     import gc
 
     c = MemoryCluster()
     c.registry.put_entries(dynamic(50))
     plain, beat = c.add("a", []), c.add("b", [])
     beat.jobs.freeze_gc = True
+    collecting: list[bool] = []  # at each page of their reloads (one page each)
+    scan = c.registry.scan_entries
+
+    def spy(*args: Any) -> Any:
+        collecting.append(gc.isenabled())
+        return scan(*args)
+
+    monkeypatch.setattr(c.registry, "scan_entries", spy)
     gc.unfreeze()
     try:
         plain.step()
@@ -376,3 +387,5 @@ def test_a_beat_process_keeps_what_a_load_read_out_of_the_full_gc_scans() -> Non
         assert beat.owned and gc.get_freeze_count() > 0
     finally:
         gc.unfreeze()
+    # and the collector waits for the end of each of the beat's slices, not longer
+    assert collecting == [True, False] and gc.isenabled()
