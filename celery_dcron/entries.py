@@ -214,7 +214,7 @@ class EntrySpec:
     def from_json(cls, data: Mapping[str, Any]) -> EntrySpec:
         get = data.get
         name = str(data["name"])
-        policy, after_run, source = get("misfire_policy"), get("after_run"), get("source")
+        policy, after_run, source = get("misfire_policy"), get("after_run"), get("source", _ABSENT)
         build = _build_spec if cls is EntrySpec else _keywords(cls)
         return build(
             name,
@@ -231,9 +231,10 @@ class EntrySpec:
             _opt_int(get("start_ms")),
             _opt_int(get("end_ms")),
             _opt_int(get("max_runs")),
+            # absent: written before sources were (an explicit null is an error)
             EntrySource.STATIC
-            if source is None
-            else _SOURCES.get(source)
+            if source is _ABSENT
+            else (_SOURCES.get(source) if type(source) is str else None)
             or parse_field(EntrySource, source, entry=name, field="source"),
             str(get("description", "")),
             int(get("version", 0)),
@@ -367,6 +368,8 @@ class PublishRejection:
 
 T = TypeVar("T")
 
+#: A key not in the stored JSON.
+_ABSENT = object()
 #: The stored values of the entry sources, and the members they name.
 _SOURCES: dict[object, EntrySource] = {m.value: m for m in EntrySource}
 
@@ -377,6 +380,8 @@ def _positional(cls: type[T]) -> Callable[..., T]:
     keyword handling and one frozen ``object.__setattr__`` a field take half the time of
     decoding an entry, read back by the hundred thousand). No default is filled in."""
     fields = dataclasses.fields(cls)  # type: ignore[arg-type]
+    if any(f.default is dataclasses.MISSING for f in fields if not f.init):
+        raise TypeError(f"{cls.__name__}: a field left out of __init__ needs a plain default")
     setters = tuple(getattr(cls, f.name).__set__ for f in fields if f.init)
     rest = tuple((getattr(cls, f.name).__set__, f.default) for f in fields if not f.init)
     new = object.__new__

@@ -24,13 +24,12 @@ if TYPE_CHECKING:
 
 __all__ = [
     "ENCODER",
+    "due_fields",
     "entry_text",
     "json_loads",
     "listed",
     "mapping_json",
     "plain",
-    "schedule_text",
-    "start_ms_text",
 ]
 
 #: The encoder of ``kombu.utils.json.dumps(data, sort_keys=True)``, made once.
@@ -65,41 +64,44 @@ def json_loads(text: str | bytes) -> Any:
     return _PLAIN.decode(text)
 
 
-def schedule_text(text: str) -> str | None:
-    """The JSON text of the schedule object of a stored entry text, found without decoding
-    the rest of it (as the ``LOAD`` script's mode ``s`` finds it); None when it is not found
-    so (a text written otherwise than :func:`entry_text` and kombu's sorted encoder do).
-    What an instance reads to order thousands of entries it comes to own by when they are
-    due, before it reads and decodes them."""
-    at = _top_level(text, "schedule")
-    if at < 0:
+def due_fields(text: str) -> tuple[str, str] | None:
+    """The JSON text of a stored entry's schedule object and its ``start_ms`` ('' when it
+    has none), found without decoding the rest (as the ``LOAD`` script's mode ``s`` finds
+    them); None when they cannot be found so for sure: a key spelled more than once (args,
+    kwargs or options may hold a "schedule" of their own), no schedule object, or a
+    control character the script's reply could not carry. What an instance reads to order
+    thousands of entries it comes to own by when they are due, before it decodes them."""
+    if "\x1f" in text:
         return None
-    try:
-        end = _PLAIN.raw_decode(text, at)[1]
-    except ValueError:
+    at = _once(text, '"schedule": ')
+    start_at = _once(text, '"start_ms": ')
+    if at is None or at < 0 or start_at is None or text[at : at + 1] != "{":
         return None
-    return text[at:end] if text[at] == "{" else None
-
-
-def start_ms_text(text: str) -> str | None:
-    """The ``start_ms`` of a stored entry text, found as :func:`schedule_text` finds the
-    schedule; None when there is none."""
-    at = _top_level(text, "start_ms")
-    if at < 0:
+    depth, end = 0, at  # the object by its braces, as Lua's %b{} reads it
+    for end in range(at, len(text)):
+        depth += {"{": 1, "}": -1}.get(text[end], 0)
+        if depth == 0:
+            break
+    else:
         return None
-    end = at + 1 if text[at : at + 1] == "-" else at
-    while end < len(text) and text[end].isdigit():
-        end += 1
-    return text[at:end] or None
+    start = ""
+    if start_at >= 0:
+        stop = start_at + 1 if text[start_at : start_at + 1] == "-" else start_at
+        while stop < len(text) and text[stop] in "0123456789":
+            stop += 1
+        start = text[start_at:stop] if stop > start_at and text[stop - 1] != "-" else ""
+    return text[at : end + 1], start
 
 
-def _top_level(text: str, key: str) -> int:
-    # Keys are sorted: after "schedule" come only "source", "start_ms", "task" and
-    # "version", none of them an object, and a JSON string cannot hold an unescaped quote:
-    # so the last '"schedule": ' (or '"start_ms": ') is the entry's own. Args, kwargs and
-    # options come before it, and may hold such a key of their own.
-    at = text.rfind(f'"{key}": ')
-    return at if at < 0 else at + len(key) + 4
+def _once(text: str, key: str) -> int | None:
+    """Where what follows ``key`` starts when it occurs once in ``text``; -1: never; None:
+    more than once."""
+    first = text.find(key)
+    if first < 0:
+        return -1
+    if text.find(key, first + 1) >= 0:
+        return None
+    return first + len(key)
 
 
 def entry_text(spec: EntrySpec, call: tuple[str, str] | None) -> str | None:

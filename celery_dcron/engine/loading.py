@@ -51,8 +51,10 @@ LOAD_PAGE = 2_000
 STATE_PAGE = 10_000
 #: An entry that ran within this many ms is read as soon as a large reassignment finds it.
 HOT_MS = 60_000
-#: Due hints read per round trip in a large reassignment (see ``_by_due``).
-HINT_PAGE = 5_000
+#: Due hints read per round trip in a large reassignment (see ``_by_due``) ...
+HINT_PAGE = 2_000
+#: ... and estimated between two yields.
+ESTIMATE_PAGE = 500
 #: A large reassignment reads at once the entries due within this many ms (the others
 #: once it has read all the hints, earliest due first) ...
 SOON_MS = 10_000
@@ -313,14 +315,17 @@ def _by_due(view: View, gained: Sequence[str]) -> Generator[None, None, float]:
     later: dict[int, list[str]] = {}
     for chunk in _chunks(gained, HINT_PAGE):
         hints = view.registry.due_hints(chunk)
+        yield
         soon_ms = view.clock.now_ms() + SOON_MS
         now: list[str] = []
-        for name, hint in hints.items():
+        for i, (name, hint) in enumerate(hints.items(), 1):
             due = earliest_due_ms(hint)
             if due <= soon_ms:
                 now.append(name)  # a removed name too: reading it finds it gone
             else:
                 later.setdefault(due // DUE_BUCKET_MS, []).append(name)
+            if i % ESTIMATE_PAGE == 0:
+                yield  # a cron or solar estimate not cached is a croniter step, ~30 µs
         yield
         for page in _chunks(now, LOAD_PAGE):
             view.load(page, notify=False)

@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterable, Sequence
 from typing import Any, NamedTuple
 
 from ..entries import EntrySpec, EntryState
-from ..entrytext import schedule_text, start_ms_text
+from ..entrytext import due_fields
 from . import scripts
 from .codec import FeedPage, FeedPosition, FeedRecord, decode_entries
 from .transport import Store
@@ -167,8 +167,11 @@ def due_hint(text: str, state: EntryState | None) -> DueHint:
     base = None
     if state is not None:
         base = state.last_tick_ms if state.last_tick_ms is not None else state.anchor_ms
-    start = start_ms_text(text)
-    return DueHint(schedule_text(text) or "", int(start) if start else None, base)
+    found = due_fields(text)
+    if found is None:
+        return DueHint("", None, base)
+    schedule, start = found
+    return DueHint(schedule, int(start) if start else None, base)
 
 
 def _base(anchor: str, last: str) -> int | None:

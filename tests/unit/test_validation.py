@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import enum
 import json
+import re
 from dataclasses import fields
 from datetime import datetime, timedelta, timezone
 from typing import Any, NamedTuple
@@ -17,7 +18,7 @@ from celery_dcron import validation as rules
 from celery_dcron.config import Settings
 from celery_dcron.engine.timeline import earliest_due_ms
 from celery_dcron.entries import EntrySpec, EntryState
-from celery_dcron.entrytext import schedule_text, start_ms_text
+from celery_dcron.entrytext import due_fields
 from celery_dcron.enums import AfterRun, EntrySource, MisfirePolicy, StrategyName
 from celery_dcron.exceptions import ConfigurationError, InvalidEntryError, InvalidScheduleError
 from celery_dcron.planning import next_run_ms
@@ -85,12 +86,18 @@ def test_entries_without_kwargs_or_options_share_one_read_only_empty_mapping() -
     assert with_kwargs.kwargs == {"k": 1} and with_kwargs.kwargs is not a.kwargs
 
 
-@pytest.mark.parametrize(("key", "value"), [("source", "cron-job"), ("after_run", "explode")])
+@pytest.mark.parametrize(
+    ("key", "value"),
+    [("source", "cron-job"), ("source", None), ("source", ["a"]), ("source", ""),
+     ("after_run", "explode")],
+)  # fmt: skip
 def test_an_unknown_enum_value_in_stored_json_names_the_entry_and_field(
-    key: str, value: str
+    key: str, value: object
 ) -> None:
     data = {"name": "x", "task": "t", "schedule": {"kind": "at", "at_ms": 1}, key: value}
-    with pytest.raises(InvalidEntryError, match=f"entry 'x': {key}: '{value}'") as err:
+    with pytest.raises(
+        InvalidEntryError, match=f"entry 'x': {key}: {re.escape(repr(value))}"
+    ) as err:
         EntrySpec.from_json(data)
     assert err.value.field == key
 
@@ -272,22 +279,26 @@ def test_the_due_time_read_from_the_text_alone_is_never_after_the_entrys_next_ti
         assert earliest_due_ms(due_hint(free.dumps(), state)) == due
 
 
-def test_the_schedule_read_from_the_text_alone_is_the_entrys_own() -> None:
-    """Args, kwargs and options come before it in the text and may hold a "schedule"
-    or "start_ms" of their own; strings may spell one."""
-    decoy = '"schedule": {"kind": "interval", "every_ms": 5}, "start_ms": 9'
-    spec = EntrySpec(
-        name="x", task="t", schedule=IntervalSchedule(every_ms=60_000),
-        args=(decoy,), kwargs={"schedule": {"kind": "interval", "every_ms": 7}, "start_ms": 9},
-        options={"queue": decoy}, description=decoy,
-    )  # fmt: skip
+def test_the_schedule_is_read_from_the_text_alone_only_when_it_is_there_for_sure() -> None:
+    """Args, kwargs and options may hold a "schedule" or "start_ms" of their own, and a
+    newer version may add keys: a key spelled twice, or no schedule object, gives no hint
+    (due at once: read first), never a wrong one."""
+    spec = EntrySpec(name="x", task="t", schedule=IntervalSchedule(every_ms=60_000))
     text = spec.dumps()
-    assert schedule_text(text) == '{"every_ms": 60000, "kind": "interval"}'
-    assert start_ms_text(text) == "9"  # kwargs' own: too early to move anything
-    assert start_ms_text(spec.with_changes(start_ms=-5).dumps()) == "-5"
+    assert due_fields(text) == ('{"every_ms": 60000, "kind": "interval"}', "")
     assert earliest_due_ms(due_hint(text, EntryState(anchor_ms=1_000))) == 61_000
     assert earliest_due_ms(due_hint(text, None)) == 0  # not anchored: due at once
-    assert schedule_text('{"name": "x"}') is None
+    assert due_fields(spec.with_changes(start_ms=-5).dumps()) == (due_fields(text)[0], "-5")
+    decoy = '"schedule": {"kind": "interval", "every_ms": 5}'
+    # a string may spell it: its quotes are escaped, so it is not the key again
+    assert due_fields(spec.with_changes(args=(decoy,)).dumps()) == due_fields(text)
+    assert due_fields(spec.with_changes(kwargs={"schedule": 1}).dumps()) is None
+    both = spec.with_changes(options={"queue": {"start_ms": 2}}, start_ms=3)
+    assert due_fields(both.dumps()) is None
+    assert earliest_due_ms(due_hint(both.dumps(), EntryState(anchor_ms=1))) == 0
+    assert due_fields('{"name": "x"}') is None
+    assert due_fields('{"schedule": {"kind": "interval", "every_ms": 5') is None  # no end
+    assert due_fields(text[:-1] + ', "x": "\x1f"}') is None  # the script's separator
     assert earliest_due_ms(due_hint('{"schedule": {"kind": "?"}}', EntryState(anchor_ms=1))) == 0
 
 

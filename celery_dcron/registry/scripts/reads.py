@@ -17,9 +17,10 @@ LOAD_SEP = "\x1f"
 # is sent as \30, which the reader takes for malformed.
 # With ARGV[1] 'r' instead: one field per name, its last tick, or '' (never run).
 # With 's': four fields per name, what tells when it is due without reading it whole:
-# the JSON text of its schedule (the object after the definition's last '"schedule": ';
-# keys are sorted, so that is the entry's own, see entrytext.py), its start_ms (after the
-# last '"start_ms": '), anchor and last tick; '' where absent (no definition: all four).
+# the JSON text of its schedule (the object after '"schedule": ') and its start_ms (the
+# number after '"start_ms": '), both '' unless found for sure (each key at most once, the
+# schedule there, no \31 in the text: as entrytext.due_fields), then its anchor and last
+# tick; '' where absent.
 # KEYS: entries, anchor, last, runs
 # ARGV: '1' (definitions and states), 'r' (last ticks) or 's' (due hints), then the names
 LOAD = Script(
@@ -47,28 +48,26 @@ local texts = hmget(1)
 local anchor = hmget(2)
 local last = hmget(3)
 if ARGV[1] == 's' then
-  -- what follows the last (plain) occurrence of key in text, read by pattern
-  local function after_last(text, key, pattern)
-    local at, from = nil, 1
-    while true do
-      local _, e = string.find(text, key, from, true)
-      if not e then break end
-      at, from = e + 1, e + 1
-    end
-    return at and string.match(text, pattern, at) or ''
+  -- what follows key in text, read by pattern: '' if key is not there, or nothing read;
+  -- false if key is there more than once
+  local function once(text, key, pattern)
+    local _, e = string.find(text, key, 1, true)
+    if not e then return '' end
+    if string.find(text, key, e + 1, true) then return false end
+    return string.match(text, pattern, e + 1) or ''
   end
   local out = {}
   for i = 1, n do
     local text = texts[i]
     local j = 4 * (i - 1)
-    if text then
-      out[j + 1] = after_last(text, '"schedule": ', '^%b{}')
-      out[j + 2] = after_last(text, '"start_ms": ', '^%-?%d+')
-      out[j + 3] = anchor[i] or ''
-      out[j + 4] = last[i] or ''
-    else
-      out[j + 1], out[j + 2], out[j + 3], out[j + 4] = '', '', '', ''
+    local sched, start = '', ''
+    if text and not string.find(text, '\\31', 1, true) then
+      sched = once(text, '"schedule": ', '^%b{}')
+      start = once(text, '"start_ms": ', '^%-?%d+')
+      if sched == false or start == false or sched == '' then sched, start = '', '' end
     end
+    out[j + 1], out[j + 2] = sched, start
+    out[j + 3], out[j + 4] = anchor[i] or '', last[i] or ''
   end
   return table.concat(out, '\\31')
 end
