@@ -99,10 +99,15 @@ class Timeline:
         return due
 
 
+#: A cron, solar or one-off entry's estimate counts from the start of the hour of its base.
+ESTIMATE_ROUND_MS = 3_600_000
+
+
 def earliest_due_ms(hint: DueHint) -> int:
     """The earliest an entry can be due, from its :class:`~celery_dcron.registry.DueHint`
     (read without decoding the entry): its schedule's next tick after its last tick, or
-    anchor. Its ``end_at`` and ``max_runs`` are not read: they can only cancel the tick. 0
+    anchor (for a cron, solar or one-off schedule: after the start of that hour). Its
+    ``end_at`` and ``max_runs`` are not read: they can only cancel the tick. 0
     (due at once) when it has no anchor yet, is finished, has a ``start_at`` that moves its
     base (:func:`~celery_dcron.planning.base_tick_ms`), or its schedule cannot be read so.
     """
@@ -116,6 +121,11 @@ def earliest_due_ms(hint: DueHint) -> int:
     schedule = _schedule_of(hint.schedule)
     if schedule is None:
         return 0
+    if not isinstance(schedule, IntervalSchedule):
+        # A cron, solar or one-off tick is a croniter/ephem step (~30 µs), remembered by
+        # (schedule, base): from the hour the base falls in, entries share it, and the
+        # next tick after an earlier instant is never later (still a lower bound).
+        base -= base % ESTIMATE_ROUND_MS
     try:
         due = _next_tick(schedule, base)
     except Exception:  # only an estimate: decoding the entry reports what is wrong

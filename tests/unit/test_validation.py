@@ -269,13 +269,16 @@ def test_the_due_time_read_from_the_text_alone_is_never_after_the_entrys_next_ti
 ) -> None:
     """A large reassignment decodes the entries it gains in the order of this estimate
     (made without decoding them): never later than the tick the decoded entry is put at,
-    and that very tick when no start_at, end_at or max_runs puts it off."""
+    and, for an interval entry, that very tick when no start_at, end_at or max_runs puts
+    it off (a cron or solar entry's counts from the start of the hour of its base)."""
     state = EntryState(anchor_ms=anchor, last_tick_ms=last, run_count=1)
     real = next_run_ms(spec, state)
     if real is not None:
         assert earliest_due_ms(due_hint(spec.dumps(), state)) <= real
     free = spec.with_changes(start_ms=None, end_ms=None, max_runs=None)
-    if (due := next_run_ms(free, state)) is not None:
+    if (due := next_run_ms(free, state)) is not None and isinstance(
+        spec.schedule, IntervalSchedule
+    ):
         assert earliest_due_ms(due_hint(free.dumps(), state)) == due
 
 
@@ -300,6 +303,21 @@ def test_the_schedule_is_read_from_the_text_alone_only_when_it_is_there_for_sure
     assert due_fields('{"schedule": {"kind": "interval", "every_ms": 5') is None  # no end
     assert due_fields(text[:-1] + ', "x": "\x1f"}') is None  # the script's separator
     assert earliest_due_ms(due_hint('{"schedule": {"kind": "?"}}', EntryState(anchor_ms=1))) == 0
+
+
+def test_a_cron_entrys_due_time_counts_from_the_start_of_the_hour_of_its_last_tick() -> None:
+    """Entries whose last ticks fall in the same hour share one croniter step (~30 µs an
+    estimate otherwise): the estimate may be earlier than the tick, never later."""
+    hour = 1_800_000_000_000 - 1_800_000_000_000 % 3_600_000  # 2027-01-15T08:00Z
+    daily = EntrySpec(name="d", task="t", schedule=CronSchedule(expr="0 9 * * *"))
+    often = daily.with_changes(schedule=CronSchedule(expr="*/5 * * * *"))
+
+    def estimate(spec: EntrySpec, last: int) -> int:
+        return earliest_due_ms(due_hint(spec.dumps(), EntryState(last_tick_ms=last)))
+
+    assert estimate(daily, hour + 1_800_000) == hour + 3_600_000  # exact: 09:00
+    assert estimate(often, hour + 1_920_000) == hour + 300_000  # 08:05, the tick is 08:35
+    assert next_run_ms(often, EntryState(last_tick_ms=hour + 1_920_000)) == hour + 2_100_000
 
 
 @settings(max_examples=300, deadline=None)
