@@ -403,6 +403,17 @@ class Dispatcher(Part):
         self.registry.mark_sent(ticks)
         self.unmarked.difference_update(ticks)
 
+    def reclaim_failed(self) -> None:
+        """After Redis lost its data: claim again the ticks whose publish failed and that
+        wait to be published again. Their claims went with the data, and the last ticks
+        restored next cover them: unclaimed, nothing would publish them (G2). Claimed
+        again, :meth:`recover` publishes them with their ids, as before the loss."""
+        if not self.failed:
+            return
+        ticks = sorted(self.failed, key=lambda t: (t.tick_ms, t.name))
+        self.registry.claim(ticks, node_id=self.node_id, lock_ttl_ms=self.settings.lock_ttl_ms)
+        self.next_recover = 0.0
+
     def recover(self) -> int:
         """Publish again claims that were never marked sent: ours, or a dead node's."""
         s = self.settings

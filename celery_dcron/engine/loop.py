@@ -311,6 +311,7 @@ class Engine:
             )  # fmt: skip
             self.paused = hb.paused
         if reset:  # settle from now on; the rebuild's pages go in step() (recovery.py)
+            self.dispatcher.reclaim_failed()  # before their last ticks are put back
             self.recovery.start_rebuild(self.view.states)
             self._synced = False
         if not self._synced:

@@ -448,3 +448,22 @@ def test_the_settling_covers_the_whole_rebuild(monkeypatch: pytest.MonkeyPatch) 
     assert rec.put_off_ms(unknown, end + c.ttl_ms - 1) == end + c.ttl_ms
     assert not rec.settled(end + c.ttl_ms - 1)
     assert rec.settled(end + c.ttl_ms)
+
+
+def test_a_tick_whose_publish_failed_as_redis_lost_its_data_is_still_published() -> None:
+    """The broker fails (it is the Redis that goes away): the ticks claimed meanwhile wait
+    to be published again. Redis then comes back without its data: their claims went
+    with it, and the last ticks their owners restore cover them. Each owner claims them
+    again first, and publishes them with their ids (G2; policy all: no tick missing)."""
+    c, _, _, anchors = _two_running()
+    c.recorder.fail = True
+    c.advance(S, step_ms=250)
+    failed = {(p.name, p.tick_ms) for p in c.registry.pending()}
+    assert failed
+    c.registry.lose_data()
+    c.recorder.fail = False
+    c.advance(4 * S, step_ms=250)
+    sent = set(c.recorder.counts())
+    assert failed <= sent, sorted(failed - sent)
+    assert_each_tick_once(c.recorder)
+    _on_the_grid(c, anchors)
