@@ -148,6 +148,8 @@ class Engine:
         self._next_beat = 0.0
         self._next_reconcile = 0.0
         self._seen_once = False
+        #: after a data loss: the ticks whose publish failed are to be claimed again
+        self._reclaim = False
         #: the change feed has records this instance has not applied yet
         self._feed_behind = False
         #: the next heartbeat must be a full one (it reads the pause flag)
@@ -311,8 +313,11 @@ class Engine:
             )  # fmt: skip
             self.paused = hb.paused
         if reset:  # settle from now on; the rebuild's pages go in step() (recovery.py)
-            self.dispatcher.reclaim_failed()  # before their last ticks are put back
             self.recovery.start_rebuild(self.view.states)
+            self._reclaim = True
+        if self._reclaim:  # before the rebuild's first page puts last ticks back
+            self.dispatcher.reclaim_failed()
+            self._reclaim = False
             self._synced = False
         if not self._synced:
             # after a loss, the static entries' anchors first: the sync would anchor anew
