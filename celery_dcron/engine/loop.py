@@ -315,10 +315,10 @@ class Engine:
         if reset:  # settle from now on; the rebuild's pages go in step() (recovery.py)
             self.recovery.start_rebuild(self.view.states)
             self._reclaim = True
+            self._synced = False
         if self._reclaim:  # before the rebuild's first page puts last ticks back
             self.dispatcher.reclaim_failed()
             self._reclaim = False
-            self._synced = False
         if not self._synced:
             # after a loss, the static entries' anchors first: the sync would anchor anew
             self.recovery.restore_static_anchors(self.view.static_anchors)
