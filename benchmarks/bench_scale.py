@@ -65,6 +65,10 @@ DAY_MS = 86_400_000
 DRAIN_S = 3.0
 WARN = ("WARNING", "ERROR", "CRITICAL")
 OWNS = re.compile(r"dcron: node (\S+) owns (\d+) of (\d+) entries \((\d+) working nodes\)")
+MOVED = re.compile(
+    r"dcron: read the (\d+) entries that moved here in ([\d.]+) s \(the (\d+) due soon after"
+    r" ([\d.]+) s; order by the (\w+)\)"
+)
 LOG_LINE = re.compile(r"^\[(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}): (\w+)/[^\]]*\] (.*)$")
 ORIGIN = re.compile(r"^gen(\d+)@")
 
@@ -611,10 +615,19 @@ class Scale:
         others = [log for i, log in enumerate(logs) if i != self.out["victim_index"]]
         reown = [e.t for log in others for e in log if e.t * 1000 > kill_ms
                  and (m := OWNS.search(e.text)) and int(m[4]) == k1]  # fmt: skip
+        # each survivor's moved_here line: when (after the kill) it had read the entries
+        # due soon, and all of them
+        moved = [
+            {"count": int(m[1]), "soon": int(m[3]), "by": m[5],
+             "soon_s": e.t - float(m[2]) + float(m[4]) - kill_ms / 1000,
+             "all_s": e.t - kill_ms / 1000}
+            for log in others for e in log
+            if e.t * 1000 > kill_ms and (m := MOVED.search(e.text))
+        ]  # fmt: skip
         self.out["failover"] = {
             "entries": len(victim), "first_fire_p50_s": percentile(gaps, 50),
             "first_fire_max_s": gaps[-1] if gaps else math.nan, "ticks_missed": missed,
-            "reown_s": min(reown) - kill_ms / 1000 if reown else math.nan,
+            "reown_s": min(reown) - kill_ms / 1000 if reown else math.nan, "moved": moved,
         }  # fmt: skip
 
 
@@ -700,6 +713,10 @@ def print_report(bench: Scale, head: str) -> None:
               f"{_f(f['first_fire_p50_s'], 2)} s (p50), {_f(f['first_fire_max_s'], 2)} s (max);"
               f" their 1-s ticks never sent: {f['ticks_missed']}; the survivors logged their "
               f"share among {args.instances - 1} after {_f(f['reown_s'], 2)} s")  # fmt: skip
+        for mv in f["moved"]:
+            print(f"a survivor read {mv['count']:,} entries that moved to it, by the {mv['by']}:"
+                  f" the {mv['soon']:,} due soon in by {_f(mv['soon_s'], 2)} s after the kill,"
+                  f" all by {_f(mv['all_s'], 2)} s")  # fmt: skip
         if "idle_due" in f:
             print(f"idle ticks due from the kill to the end: {f['idle_due']}, never sent: "
                   f"{f['idle_missing']}; arrival - tick {_f(f['idle_late_p50_s'], 2)} s (p50),"

@@ -296,6 +296,23 @@ class Registry(Protocol):
         """The last tick of each of ``names`` that ran."""
         ...
 
+    def set_due(self, due: Mapping[str, int]) -> None:
+        """Record in the due index the next tick computed for each entry of ``due`` that
+        still exists."""
+        ...
+
+    def due_range(
+        self, after_ms: int | None, until_ms: int, *, offset: int = 0, count: int = 10_000
+    ) -> list[tuple[str, int]]:
+        """Up to ``count`` entries of the due index due after ``after_ms`` (None: any) and
+        at or before ``until_ms``, earliest first, after the first ``offset``; with their
+        due times."""
+        ...
+
+    def due_index_complete(self) -> bool:
+        """Whether the due index holds a time for every entry."""
+        ...
+
     # -- run state and claims -----------------------------------------------------
 
     def states(self, names: Iterable[str] | None = None) -> dict[str, EntryState]:

@@ -48,7 +48,7 @@ EVENTS: dict[str, tuple[str, ...]] = {
     "state_lost": ("entry", "tick_ms", "node"),
     "ownership": ("node", "owned", "entries", "working"),
     "reload": ("node", "reason"),
-    "moved_here": ("node", "count", "hot", "hot_s", "hints_s", "seconds"),
+    "moved_here": ("node", "count", "hot", "hot_s", "hints_s", "by", "seconds"),
     "feed_gap": ("node", "seq", "head"),
     "nodes": ("node", "nodes"),
     "node_reclaimed": ("node", "previous", "previous_host", "previous_pid"),

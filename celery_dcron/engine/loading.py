@@ -51,7 +51,10 @@ LOAD_PAGE = 2_000
 STATE_PAGE = 10_000
 #: An entry that ran within this many ms is read as soon as a large reassignment finds it.
 HOT_MS = 60_000
-#: Due hints read per round trip in a large reassignment (see ``_by_due``) ...
+#: Entries of the due index read per round trip in a large reassignment (``_by_index``).
+INDEX_PAGE = 10_000
+#: Without a complete due index (entries written before it), due hints instead: read per
+#: round trip (see ``_by_due``) ...
 HINT_PAGE = 2_000
 #: ... and estimated between two yields.
 ESTIMATE_PAGE = 500
@@ -107,9 +110,15 @@ class Jobs:
         self._reassign_after = False
 
     def reassign(self) -> None:
-        """Place the entries on the nodes anew (after the full reload under way, if any)."""
+        """Place the entries on the nodes anew (after the full reload under way, if any;
+        not again while one under way places them on the same nodes: a node that takes a
+        crashed one's entries hears of its own membership change once more)."""
         if self.kind == "reload":
             self._reassign_after = True
+            return
+        if self.kind == "reassign" and _placing(self.view.placement_nodes()) == _placing(
+            self.view.nodes
+        ):
             return
         self._job = self._reassign()
         self.kind = "reassign"
@@ -244,30 +253,25 @@ class Jobs:
         gained = [n for n in mine if n not in owned and n in names]
         yield
         if len(gained) > LOAD_PAGE:
-            # Many entries (a node died). First those that ran within the last HOT_MS,
-            # found by one cheap read of last ticks: the frequent ones, due within the
-            # second. Then the rest by when each is due (_by_due).
-            started, count, hot_count = time.monotonic(), len(gained), 0
-            hot_since = view.clock.now_ms() - HOT_MS
-            for chunk in _chunks(gained, STATE_PAGE):
-                runs = view.registry.last_runs(chunk)
-                hot = [n for n, ms in runs.items() if ms >= hot_since and n in names]
-                hot_count += len(hot)
-                for page in _chunks(hot, LOAD_PAGE):
-                    view.load(page, notify=False)
-                    yield
+            # Many entries (a node died). Reading and decoding them is most of the cost (a
+            # third of a million take the survivors seconds), so those due soon first.
+            started, count = time.monotonic(), len(gained)
+            if view.registry.due_index_complete():
+                by = "index"
+                hot_count, first_s = yield from _by_index(view, gained)
+                hot_s = hints_s = first_s - started
+            else:  # entries written before the due index: the due hints (_by_due)
+                by = "hints"
+                hot_count, hot_s = yield from _hot_first(view, gained)
+                gained = [n for n in gained if n not in owned]
                 yield
-            hot_s = time.monotonic() - started
-            gained = [n for n in gained if n not in owned]
-            yield
-            hinted = yield from _by_due(view, gained)
+                hints_s = (yield from _by_due(view, gained)) - started
             log_event(
                 logger, logging.INFO, "moved_here",
                 "dcron: read the %(count)d entries that moved here in %(seconds).2f s (the "
-                "%(hot)d that ran in the last minute after %(hot_s).2f s, the due hints of "
-                "all after %(hints_s).2f s)",
+                "%(hot)d due soon after %(hot_s).2f s; order by the %(by)s)",
                 node=view.node_id, count=count, hot=hot_count, hot_s=round(hot_s, 3),
-                hints_s=round(hinted - started, 3),
+                hints_s=round(hints_s, 3), by=by,
                 seconds=round(time.monotonic() - started, 3),
             )  # fmt: skip
         else:
@@ -297,6 +301,87 @@ def _place(
         into.extend(n for n, owner in placed.items() if owner == me)
         yield
     return None
+
+
+def _by_index(view: View, gained: Sequence[str]) -> Generator[None, None, tuple[int, float]]:
+    """A paged job: read ``gained`` (owned now), due ones first, by the due index.
+
+    The registry's due index holds, for each entry, the earliest its next tick can be
+    (what its last owner computed: registry/keys.py). The entries of ``gained`` it says are
+    due within :data:`SOON_MS` are read first; then the others, :data:`LOAD_PAGE` a round
+    trip, and before each page those that came within :data:`SOON_MS` meanwhile (one
+    small read of the index). So each entry is read before it is due, however long
+    reading them all takes. (The index can be later than the entry's next tick only in a
+    narrow race: its last owner wrote the tick it computed just after a change of the
+    entry's schedule set it to 0, and died before writing the new one. Such an entry is
+    read in its turn, and its catch-up follows its misfire policy.)
+    Returns how many were read first, and when they were in (``time.monotonic()``).
+    """
+    waiting = dict.fromkeys(gained)
+    horizon = view.clock.now_ms() + SOON_MS
+    first = yield from _due_soon(view, None, horizon, waiting)
+    for page in _chunks(first, LOAD_PAGE):
+        view.load(page, notify=False)
+        yield
+    first_s = time.monotonic()
+    rest = iter(gained)
+    while waiting:
+        page = []
+        for name in rest:
+            if name in waiting:
+                del waiting[name]
+                page.append(name)
+                if len(page) >= LOAD_PAGE:
+                    break
+        if not page:
+            break
+        view.load(page, notify=False)
+        yield
+        until = view.clock.now_ms() + SOON_MS
+        if until > horizon:
+            soon = yield from _due_soon(view, horizon, until, waiting)
+            horizon = until
+            for chunk in _chunks(soon, LOAD_PAGE):
+                view.load(chunk, notify=False)
+                yield
+    return len(first), first_s
+
+
+def _due_soon(
+    view: View, after_ms: int | None, until_ms: int, waiting: dict[str, None]
+) -> Generator[None, None, list[str]]:
+    """A paged job: the names of ``waiting`` that the due index says are due after
+    ``after_ms`` (None: any time) and by ``until_ms``, earliest first, taken out of it."""
+    out: list[str] = []
+    offset = 0
+    while True:
+        page = view.registry.due_range(after_ms, until_ms, offset=offset, count=INDEX_PAGE)
+        for name, _ in page:
+            if name in waiting:
+                del waiting[name]
+                out.append(name)
+        if len(page) < INDEX_PAGE:
+            return out
+        offset += len(page)
+        yield
+
+
+def _hot_first(view: View, gained: Sequence[str]) -> Generator[None, None, tuple[int, float]]:
+    """A paged job: read those of ``gained`` that ran within the last :data:`HOT_MS`,
+    found by one cheap read of last ticks: the frequent ones, due within the second.
+    Returns how many, and how long it took."""
+    started, count = time.monotonic(), 0
+    names = view.names
+    hot_since = view.clock.now_ms() - HOT_MS
+    for chunk in _chunks(gained, STATE_PAGE):
+        runs = view.registry.last_runs(chunk)
+        hot = [n for n, ms in runs.items() if ms >= hot_since and n in names]
+        count += len(hot)
+        for page in _chunks(hot, LOAD_PAGE):
+            view.load(page, notify=False)
+            yield
+        yield
+    return count, time.monotonic() - started
 
 
 def _by_due(view: View, gained: Sequence[str]) -> Generator[None, None, float]:
@@ -342,6 +427,11 @@ def _by_due(view: View, gained: Sequence[str]) -> Generator[None, None, float]:
         view.load(waiting, notify=False)
         yield
     return hinted
+
+
+def _placing(nodes: Sequence[Node]) -> list[tuple[str, float]]:
+    """What placing entries on ``nodes`` depends on: their ids and weights, in order."""
+    return [(n.id, n.weight) for n in nodes]
 
 
 def _none(name: str) -> bool:

@@ -11,7 +11,9 @@ One :meth:`Engine.step`:
 3. for every owned entry whose next tick is due (:mod:`.timeline`): plan its ticks under
    its misfire policy, claim them all in one round trip, publish the ones won, mark them
    sent in one more round trip (:mod:`.claims`);
-4. send the run-now requests, apply the after-run actions (:mod:`.requests`).
+4. send the run-now requests, apply the after-run actions (:mod:`.requests`);
+5. write the next ticks computed since the last pass to the registry's due index, for at
+   most half a job budget (a full reload's are written over the passes that follow it).
 
 With Redis unreachable nothing is claimed, so nothing is published (G5); the step backs
 off and everything is reloaded once Redis answers again. This module wires the parts and
@@ -40,6 +42,7 @@ from ..membership import EventListener, Membership, PidAlive, process_alive
 from ..metrics import Metrics, NullMetrics
 from ..planning import Rules
 from ..registry import Registry
+from ..registry.scripts import SET_DUE_MAX
 from . import loading
 from .claims import Claimer
 from .context import Context, Delegated
@@ -205,6 +208,8 @@ class Engine:
                         self.run_requests()
                 if self.requests.after_run:
                     self.requests.apply_after_run()
+            if self.timeline.dirty:
+                self._write_due()
             if self._failures or not self._up_reported:
                 self.metrics.registry_up(True)
                 self._up_reported = True
@@ -245,6 +250,18 @@ class Engine:
 
     def next_due_ms(self) -> int | None:
         return self.timeline.next_due_ms()
+
+    def _write_due(self) -> None:
+        """Write the next ticks the timeline computed since the last pass to the due index,
+        :data:`~.registry.scripts.SET_DUE_MAX` per call, for at most half a job budget.
+        A write lost (Redis went away) leaves an earlier time there: never a later one."""
+        deadline = time.monotonic() + loading.BUDGET_S / 2
+        while self.timeline.dirty:
+            due = self.timeline.take_dirty(SET_DUE_MAX)
+            if due:
+                self.registry.set_due(due)
+            if time.monotonic() >= deadline:
+                break
 
     def _publish_all(self, ticks: Sequence[Tick], claimed_at: float) -> list[Tick]:
         return self.dispatcher.publish_all(ticks, claimed_at)
@@ -379,7 +396,7 @@ class Engine:
     # -- waiting and failures ------------------------------------------------------
 
     def _wait_s(self) -> float:
-        if self.jobs.busy or self._feed_behind or self.recovery.rebuilding:
+        if self.jobs.busy or self._feed_behind or self.recovery.rebuilding or self.timeline.dirty:
             return 0.0  # the next page, once the loop has looked at due ticks
         wait = self._next_beat - time.monotonic()
         due = self.next_due_ms()

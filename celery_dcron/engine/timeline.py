@@ -4,6 +4,10 @@
 pops the entries due by a horizon, puts entries back (a claim that could not be made, an
 entry put off), and says when the next one is due. An entry rescheduled leaves its old
 heap item behind; such stale items are skipped when met.
+
+It also remembers which entries it scheduled since :meth:`Timeline.take_dirty` last asked:
+the engine writes their next ticks to the registry's due index (registry/keys.py), which
+tells a node that takes a dead node's entries which of them to read first.
 """
 
 from __future__ import annotations
@@ -11,6 +15,7 @@ from __future__ import annotations
 import functools
 import heapq
 import json
+from collections import deque
 from collections.abc import Callable
 
 from .. import planning
@@ -19,7 +24,11 @@ from ..entries import EntrySpec, EntryState
 from ..registry import DueHint
 from ..schedules import IntervalSchedule, Schedule, schedule_from_json
 
-__all__ = ["Timeline", "earliest_due_ms"]
+__all__ = ["NEVER_MS", "Timeline", "earliest_due_ms"]
+
+#: The due time written to the due index for an entry that never runs again (finished):
+#: after every other (a Redis score is a double: exact up to 2**53).
+NEVER_MS = 2**53 - 1
 
 
 class Timeline:
@@ -30,23 +39,56 @@ class Timeline:
         self.on_finished = on_finished
         self._heap: list[tuple[int, str]] = []
         self._next: dict[str, int] = {}
+        # Scheduled since take_dirty last asked (a name may be there twice; 8 bytes each),
+        # and of those, the ones found finished.
+        self._dirty: deque[str] = deque()
+        self._finished: set[str] = set()
 
     def adopt(self, other: Timeline) -> None:
         """Take ``other``'s entries and due times in place of these, at once."""
         self._heap, self._next = other._heap, other._next
+        self._dirty += other._dirty
+        self._finished |= other._finished
 
     def schedule(self, spec: EntrySpec, state: EntryState) -> None:
         """Put ``spec`` at its next tick (at 0, due at once, when it has no anchor yet: the
         next pass anchors it); a finished entry leaves the timeline."""
+        self._dirty.append(spec.name)
+        if self._finished:
+            self._finished.discard(spec.name)
         if planning.base_tick_ms(spec, state) is None:
             self.put(spec.name, 0)
             return
         due = planning.next_run_ms(spec, state, step=_next_tick)
         if due is None:
             self._next.pop(spec.name, None)
+            self._finished.add(spec.name)
             self.on_finished(spec, state)
             return
         self.put(spec.name, due)
+
+    @property
+    def dirty(self) -> int:
+        """How many entries :meth:`take_dirty` has to tell of (about: a name may count
+        twice)."""
+        return len(self._dirty)
+
+    def take_dirty(self, limit: int) -> dict[str, int]:
+        """Up to ``limit`` of the entries scheduled since the last call, oldest first,
+        with their next tick as it is now (:data:`NEVER_MS` for a finished one); an
+        entry no longer on the timeline otherwise (taken off, dropped) is left out."""
+        out: dict[str, int] = {}
+        dirty, current, finished = self._dirty, self._next, self._finished
+        for _ in range(min(limit, len(dirty))):
+            name = dirty.popleft()
+            due = current.get(name)
+            if due is None:
+                if name not in finished:
+                    continue
+                finished.discard(name)
+                due = NEVER_MS
+            out[name] = due
+        return out
 
     def discard(self, name: str) -> None:
         """Take ``name`` off the timeline (its heap item is skipped when met)."""

@@ -305,6 +305,23 @@ class Registry:
         """The last tick of each of ``names`` that ran."""
         return self.feed_store.last_runs(names)
 
+    def set_due(self, due: Mapping[str, int]) -> None:
+        """Record in the due index (keys.py) the next tick computed for each entry of
+        ``due`` that still exists; one round trip."""
+        self.feed_store.set_due(due)
+
+    def due_range(
+        self, after_ms: int | None, until_ms: int, *, offset: int = 0, count: int = 10_000
+    ) -> list[tuple[str, int]]:
+        """Up to ``count`` entries of the due index due after ``after_ms`` (None: any) and
+        at or before ``until_ms``, earliest first, after the first ``offset``; with their
+        due times."""
+        return self.feed_store.due_range(after_ms, until_ms, offset=offset, count=count)
+
+    def due_index_complete(self) -> bool:
+        """Whether the due index holds a time for every entry."""
+        return self.feed_store.due_index_complete()
+
     # -- run state and claims (ClaimStore) -----------------------------------------------
 
     def states(self, names: Iterable[str] | None = None) -> dict[str, EntryState]:

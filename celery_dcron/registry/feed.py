@@ -11,7 +11,7 @@ instance reloads in full, once, in pages (:meth:`FeedStore.scan_entries`).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, NamedTuple
 
 from ..entries import EntrySpec, EntryState
@@ -138,6 +138,44 @@ class FeedStore(Store):
         if len(fields) != len(names):
             raise ValueError(f"last_runs: {len(fields)} fields for {len(names)} names")
         return {name: int(ms) for name, ms in zip(names, fields, strict=True) if ms}
+
+    # -- the due index (keys.py) ------------------------------------------------------
+
+    def set_due(self, due: Mapping[str, int]) -> None:
+        """Record the next tick computed for each entry of ``due`` that still exists
+        (:data:`~.scripts.SET_DUE_MAX` a call, pipelined: one round trip)."""
+        if not due:
+            return
+        flat = [x for pair in due.items() for x in pair]
+        size = 2 * scripts.SET_DUE_MAX
+        self.transport.call_many(
+            scripts.SET_DUE, [flat[i : i + size] for i in range(0, len(flat), size)]
+        )
+
+    def due_range(
+        self, after_ms: int | None, until_ms: int, *, offset: int = 0, count: int = 10_000
+    ) -> list[tuple[str, int]]:
+        """Up to ``count`` entries of the due index whose due time is after ``after_ms``
+        (None: any) and at or before ``until_ms``, earliest first, skipping the first
+        ``offset`` of them; with their due times."""
+        t = self.transport
+        low = "-inf" if after_ms is None else f"({after_ms}"
+        raw = t.run(
+            lambda: t.client.zrangebyscore(
+                self.keys.due, low, until_ms, start=offset, num=count, withscores=True
+            )
+        )
+        return [(str(name), int(score)) for name, score in raw]
+
+    def due_index_complete(self) -> bool:
+        """Whether the due index holds a time for every entry (not so for entries written
+        before it existed, until their owners have read them once)."""
+        t = self.transport
+        pipe = t.pipeline()
+        pipe.zcard(self.keys.due)
+        pipe.hlen(self.keys.entries)
+        indexed, entries = t.execute(pipe)
+        return int(indexed) >= int(entries)
 
 
 def decode_loaded(names: Sequence[str], raw: str) -> Loaded:

@@ -18,6 +18,12 @@ all scripts touch one Redis Cluster slot; ``B`` below stands for that tag)::
     B:last        hash    entry name -> last claimed tick (ms); only ever grows
     B:runs        hash    entry name -> number of ticks claimed for dispatch
     B:lastnode    hash    entry name -> node id of the last claim
+    B:due         zset    entry name -> the earliest its next tick can be (cluster time,
+                          ms): what its owner last computed, 0 when unknown (every write
+                          to the entry sets 0; its owner then writes the tick it computed).
+                          Never later than the entry's next tick, but for a narrow race
+                          (see engine/loading.py); it tells a node that takes a dead
+                          node's entries which to read first (the due index)
     B:pending     hash    "<tick_ms>:<name>" -> node id: claimed, not yet marked sent
     B:errors      hash    entry name -> its last publish that can never succeed (JSON:
                           tick_ms, task_id, reason, error, at_ms, node, version, run_now);
@@ -57,7 +63,7 @@ __all__ = ["KeyName", "Keys"]
 #: declare the keys they take by these names (:mod:`celery_dcron.registry.scripts`).
 KeyName = Literal[
     "nodes", "status", "alive", "meta", "entries", "static", "tombstones", "anchor", "last",
-    "runs", "lastnode", "pending", "requests", "errors", "feed",
+    "runs", "lastnode", "pending", "requests", "errors", "feed", "due",
 ]  # fmt: skip
 
 
@@ -84,6 +90,7 @@ class Keys:
         self.requests = f"{base}:requests"
         self.errors = f"{base}:errors"
         self.feed = f"{base}:feed"
+        self.due = f"{base}:due"
         self.events = f"{base}:events"
 
     def named(self, name: KeyName) -> str:

@@ -690,6 +690,43 @@ def test_due_hints_are_each_entrys_schedule_text_start_and_last_tick(backend: Ba
     assert reg.due_hints([]) == {}
 
 
+def test_the_due_index_is_unknown_after_each_write_and_holds_what_owners_set(
+    backend: Backend,
+) -> None:
+    """Each write to an entry (static sync, put, bulk put, reset) sets its due time to 0,
+    unknown; a removal (remove, cleanup, a static entry dropped) takes it out; set_due
+    writes only entries that still exist; due_range reads by time, earliest first."""
+    reg = backend.reg
+    assert reg.due_index_complete() and reg.due_range(None, 2**53) == []
+    reg.sync_static([spec("s1"), spec("s2")])
+    reg.put_entry(dynamic("a"), expected_version=None)
+    reg.put_entries([dynamic("b"), dynamic("c"), dynamic("d")])
+    assert reg.due_range(None, 0) == [(n, 0) for n in ["a", "b", "c", "d", "s1", "s2"]]
+    reg.set_due({"a": T0 + 5, "b": T0 + 1, "c": T0 + 9, "s1": T0 + 3, "gone": T0})
+    assert reg.due_range(None, 2**53) == [
+        ("d", 0), ("s2", 0), ("b", T0 + 1), ("s1", T0 + 3), ("a", T0 + 5), ("c", T0 + 9),
+    ]  # fmt: skip
+    assert reg.due_range(T0 + 1, T0 + 5) == [("s1", T0 + 3), ("a", T0 + 5)]  # (after, until]
+    assert reg.due_range(None, T0 + 9, offset=2, count=2) == [("b", T0 + 1), ("s1", T0 + 3)]
+    a = reg.get_entry("a")
+    assert a is not None
+    reg.put_entry(a.with_changes(args=(1,)), expected_version=a.version)
+    reg.reset("b")
+    reg.put_entries([dynamic("c")], replace=True)
+    assert dict(reg.due_range(None, 2**53)) == {
+        "a": 0, "b": 0, "c": 0, "d": 0, "s1": T0 + 3, "s2": 0,
+    }  # fmt: skip
+    reg.remove_entry("a", tombstone=True)
+    reg.cleanup("b")
+    reg.sync_static([spec("s2")])  # s1 leaves the static schedule
+    assert [n for n, _ in reg.due_range(None, 2**53)] == ["c", "d", "s2"]
+    assert reg.due_index_complete()
+    backend.write_raw("legacy", dynamic("legacy").dumps())  # written before the index
+    assert not reg.due_index_complete()
+    reg.set_due({"legacy": T0})
+    assert reg.due_index_complete()
+
+
 def test_load_and_last_runs_take_pages_of_many_names(backend: Backend) -> None:
     """More names than Lua's unpack() takes at once (~8,000)."""
     reg = backend.reg

@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from celery_dcron.engine import Engine, loading
+from celery_dcron.engine import Engine, loading, timeline
 from celery_dcron.entries import EntrySpec, EntryState, NodeStatus, Tick
 from celery_dcron.enums import EntrySource
 from celery_dcron.planning import next_run_ms
@@ -181,12 +181,33 @@ def test_a_membership_change_reads_only_the_entries_that_moved() -> None:
     assert not spies["a"].scans and not spies["b"].scans
 
 
+def spread(n: int, every_s: Callable[[int], int]) -> dict[str, EntrySpec]:
+    """``n`` dynamic entries ``e00000``..., entry ``i`` due every ``every_s(i)`` seconds."""
+    specs = [
+        EntrySpec(
+            name=f"e{i:05d}", task="t", source=EntrySource.DYNAMIC,
+            schedule=IntervalSchedule(every_ms=every_s(i) * S),
+        )
+        for i in range(n)
+    ]  # fmt: skip
+    return {s.name: s for s in specs}
+
+
+def without_due_index(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The registry's due index is incomplete (entries written before it existed): a large
+    reassignment falls back on last ticks and due hints."""
+    monkeypatch.setattr(MemoryRegistry, "due_index_complete", lambda self: False)
+
+
+@pytest.mark.parametrize("index", [True, False], ids=["due-index", "hints"])
 def test_a_large_reassignment_loads_the_entries_that_ran_last_first(
-    monkeypatch: pytest.MonkeyPatch,
+    monkeypatch: pytest.MonkeyPatch, index: bool
 ) -> None:
-    """A crashed node's entries are read in pages, those that fired most recently first
-    (ordered by their states alone): the frequent ones are back on a timeline before the
-    rest is read."""
+    """A crashed node's entries are read in pages, the frequent ones first (they are due
+    soon: by the due index, or, without it, found as the ones that fired in the last
+    minute): they are back on a timeline before the rest is read."""
+    if not index:
+        without_due_index(monkeypatch)
     monkeypatch.setattr(loading, "LOAD_PAGE", 50)
     monkeypatch.setattr(loading, "STATE_PAGE", 100)
     monkeypatch.setattr(loading, "BUDGET_S", 0.0)
@@ -210,27 +231,19 @@ def test_a_large_reassignment_loads_the_entries_that_ran_last_first(
     assert_each_tick_once(c.recorder)
 
 
-def test_a_large_reassignment_decodes_the_rest_earliest_due_first(
+def test_without_the_due_index_a_large_reassignment_decodes_the_rest_earliest_due_first(
     monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
-    """Past the frequent ones, a crashed node's entries are read in the order they are
-    due (estimated from hints: each one's schedule text and last tick): whatever comes
-    due while the rest is read is on a timeline first."""
+    """Without a complete due index, past the frequent ones, a crashed node's entries
+    are read in the order they are due (estimated from hints: each one's schedule text
+    and last tick): whatever comes due while the rest is read is on a timeline first."""
+    without_due_index(monkeypatch)
     monkeypatch.setattr(loading, "LOAD_PAGE", 50)
     monkeypatch.setattr(loading, "STATE_PAGE", 100)
     monkeypatch.setattr(loading, "HINT_PAGE", 100)
     monkeypatch.setattr(loading, "BUDGET_S", 0.0)
     c = MemoryCluster()
-    specs = {
-        s.name: s
-        for i in range(900)
-        for s in [
-            EntrySpec(
-                name=f"e{i:05d}", task="t", source=EntrySource.DYNAMIC,
-                schedule=IntervalSchedule(every_ms=(600 + (i * 7919) % 900) * S),
-            )
-        ]
-    }  # fmt: skip
+    specs = spread(900, lambda i: 600 + (i * 7919) % 900)
     c.registry.put_entries(list(specs.values()))
     engines = [c.add(node_id, []) for node_id in "abc"]
     c.advance(3 * S, step_ms=100)  # each loads its share, a page per pass
@@ -263,6 +276,128 @@ def test_a_large_reassignment_decodes_the_rest_earliest_due_first(
     assert sorted(told) == ["a", "b"]
     assert {n: r.dcron_count for n, r in told.items()} == {n: len(d) for n, d in decoded.items()}
     assert all(0 <= r.dcron_hot_s <= r.dcron_hints_s <= r.dcron_seconds for r in told.values())
+    assert {r.dcron_by for r in told.values()} == {"hints"}
+
+
+def test_a_reassignment_under_way_is_not_started_again_for_the_same_nodes(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A node that takes a crashed one's entries hears of that membership change twice (its
+    own expiry of the dead node is published to it too): the reassignment under way goes
+    on instead of starting over, as long as it places on the same nodes."""
+    monkeypatch.setattr(loading, "PLACE_PAGE", 100)
+    c = MemoryCluster()
+    (a, _), _ = start(c, "ab", 900)
+    a.jobs.reassign()
+    job = a.jobs._job
+    assert job is not None and a.jobs.kind == "reassign"
+    a.jobs.run(budget_s=0.0)
+    a.jobs.reassign()
+    assert a.jobs._job is job
+    a.view.nodes = a.view.nodes[:1]  # as if it had placed on other nodes: start over
+    a.jobs.reassign()
+    assert a.jobs._job is not job
+    while not a.jobs.run(budget_s=0.0):
+        pass
+    assert a.owned | c.engines[1].owned == {s.name for s in dynamic(900)}
+
+
+def test_the_due_index_holds_each_owned_entrys_next_tick() -> None:
+    """Each owner writes the next tick it computed to the registry's due index: once it
+    has read its entries, and after each fire; a change to an entry sets 0 (unknown)
+    until its owner computes the new one; a removed entry leaves the index."""
+    c = MemoryCluster()
+    specs = dynamic(40, every_s=7) + dynamic(40, every_s=3600, prefix="h")
+    c.registry.put_entries(specs)
+    assert set(c.registry.due_range(None, 0)) == {(s.name, 0) for s in specs}
+    engines = [c.add(node_id, []) for node_id in "ab"]
+    c.advance(20 * S, step_ms=100)  # the 7 s entries fire twice or more
+
+    def index() -> dict[str, int]:
+        return dict(c.registry.due_range(None, 2**62))
+
+    def expected() -> dict[str, int]:
+        return {n: due for e in engines for n, due in e.timeline._next.items()}
+
+    assert index() == expected() and len(index()) == 80
+    assert all(due > c.clock.now_ms() for due in index().values())
+    assert c.registry.due_index_complete()
+    name = specs[0].name
+    spec = c.registry.get_entry(name)
+    assert spec is not None
+    c.registry.put_entry(spec.with_changes(schedule=IntervalSchedule(every_ms=11 * S)),
+                         expected_version=spec.version)  # fmt: skip
+    assert index()[name] == 0
+    c.step_all(2)
+    assert index() == expected() and index()[name] > c.clock.now_ms()
+    c.registry.remove_entry(name, tombstone=False)
+    c.step_all(2)
+    assert name not in index() and len(index()) == 79
+
+
+def test_a_finished_entry_goes_last_in_the_due_index() -> None:
+    """An entry that never runs again is written as due last (NEVER_MS): a node that takes
+    it over reads it after every entry that can still come due."""
+    c = MemoryCluster()
+    done = EntrySpec(
+        name="once", task="t", source=EntrySource.DYNAMIC,
+        schedule=IntervalSchedule(every_ms=2 * S), max_runs=1,
+    )  # fmt: skip
+    c.registry.put_entries([done, *dynamic(5, every_s=60)])
+    c.add("a", [])
+    c.advance(6 * S, step_ms=100)
+    assert ticks_of(c.recorder, "once")  # ran its one run
+    assert dict(c.registry.due_range(None, 2**62))["once"] == timeline.NEVER_MS
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_by_the_due_index_each_moved_entry_is_read_before_it_is_due(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture, seed: int
+) -> None:
+    """A crashed node's entries are read by the due index: those due soon first, then the
+    rest, looking at the index again before each page. Reading them all takes far longer
+    here than the time to their next ticks (a page of 5 per 100 ms pass), yet each entry
+    is on a timeline before it is due, and none fires late."""
+    monkeypatch.setattr(loading, "LOAD_PAGE", 5)
+    monkeypatch.setattr(loading, "BUDGET_S", 0.0)
+    monkeypatch.setattr(loading, "SOON_MS", 1000)
+    c = MemoryCluster()
+    specs = spread(900, lambda i: 20 + (i * 7 + seed) % 60)
+    c.registry.put_entries(list(specs.values()))
+    engines = [c.add(node_id, []) for node_id in "abc"]
+    c.advance(90 * S, step_ms=100)
+    read_at: dict[str, int] = {}
+    for engine in engines[:2]:
+        adopt = engine.view.adopt
+
+        def spy(names: Any, loaded: Any, *, notify: bool, adopt: Any = adopt) -> None:
+            for n in names:
+                read_at.setdefault(n, c.clock.now_ms())
+            adopt(names, loaded, notify=notify)
+
+        monkeypatch.setattr(engine.view, "adopt", spy)
+    dead = engines[2]
+    moved = set(dead.owned)
+    assert len(moved) > 10 * loading.LOAD_PAGE
+    due = {n: next_run_ms(specs[n], st) or 0 for n, st in c.registry.states(moved).items()}
+    caplog.set_level(logging.INFO, logger="celery_dcron")
+    c.engines.remove(dead)
+    c.advance(c.ttl_ms + 30 * S, step_ms=100)
+    assert set(read_at) >= moved
+    first_read = min(read_at[n] for n in moved)
+    slow = max(read_at[n] for n in moved) - first_read
+    assert slow > 3 * S  # reading them all took many of their intervals' worth
+    # (those due within SOON_MS of the first read are read first, in the order they are due)
+    later = [n for n in moved if due[n] > first_read + loading.SOON_MS]
+    assert len(later) > len(moved) / 2
+    late = {n: read_at[n] - due[n] for n in later if read_at[n] > due[n]}
+    assert not late
+    told = [r for r in caplog.records if getattr(r, "dcron_event", "") == "moved_here"]
+    assert {r.dcron_by for r in told} == {"index"} and len(told) == 2
+    assert_each_tick_once(c.recorder)
+    for n in moved:  # and each one's next tick was sent, as itself (no catch-up)
+        if first_read < due[n] <= c.clock.now_ms():
+            assert due[n] in ticks_of(c.recorder, n), n
 
 
 def test_a_reload_keeps_the_timeline_whole_until_it_swaps_even_when_dropped(

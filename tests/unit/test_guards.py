@@ -124,9 +124,11 @@ def test_every_script_names_as_many_keys_as_it_indexes() -> None:
 
     for script in scripts.ALL:
         indexes = [int(n) for n in re.findall(r"KEYS\[(\d+)\]", script.source)]
-        # feed(meta, stream, ...) takes the KEYS indexes of the meta hash and the feed
+        # feed(meta, stream, name, kind[, due]) takes the KEYS indexes of the meta hash,
+        # the feed and the due index
         for meta, stream in re.findall(r"\bfeed\((\d+), (\d+),", script.source):
             indexes += [int(meta), int(stream)]
+        indexes += [int(d) for d in re.findall(r"\bfeed\([^)]*'\w+', (\d+)\)", script.source)]
         assert max(indexes, default=len(script.keys)) == len(script.keys), script.name
         bound = script.bind(Keys("p", "n"), ["extra"])
         assert bound[-1] == "extra" and len(set(bound)) == len(script.keys) + 1

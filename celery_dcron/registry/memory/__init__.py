@@ -16,7 +16,7 @@ raises RegistryUnavailableError, as with Redis down) and :meth:`MemoryRegistry.l
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import replace
 from typing import TYPE_CHECKING
 
@@ -106,6 +106,28 @@ class MemoryRegistry(_Nodes, _Entries, _Claims):
         with self._op():
             states = self._states(names)
         return {n: st.last_tick_ms for n, st in states.items() if st.last_tick_ms is not None}
+
+    def set_due(self, due: Mapping[str, int]) -> None:
+        with self._op():
+            d = self._data
+            for name, ms in due.items():
+                if name in d.entries:
+                    d.due[name] = ms
+
+    def due_range(
+        self, after_ms: int | None, until_ms: int, *, offset: int = 0, count: int = 10_000
+    ) -> list[tuple[str, int]]:
+        with self._op():
+            found = sorted(
+                (ms, name)
+                for name, ms in self._data.due.items()
+                if (after_ms is None or ms > after_ms) and ms <= until_ms
+            )
+        return [(name, ms) for ms, name in found[offset : offset + count]]
+
+    def due_index_complete(self) -> bool:
+        with self._op():
+            return len(self._data.due) >= len(self._data.entries)
 
     def trim_feed(self, keep: int = 0) -> None:
         """Test helper: drop all but the last ``keep`` feed records (as ``XTRIM`` does)."""

@@ -87,6 +87,7 @@ class _Data:
     requests: dict[tuple[str, int], str] = field(default_factory=dict)  # (name, ms) -> holder
     locks: dict[tuple[str, int], int] = field(default_factory=dict)  # (name, tick) -> expiry
     errors: dict[str, str] = field(default_factory=dict)  # name -> last publish error JSON
+    due: dict[str, int] = field(default_factory=dict)  # name -> earliest next tick (ms)
     feed: deque[tuple[int, str, str]] = field(
         default_factory=lambda: deque(maxlen=FEED_MAXLEN)
     )  # (version, name, kind): the change feed
@@ -132,6 +133,10 @@ class _Base:
         d = self._data
         d.entries_version += 1
         d.feed.append((d.entries_version, name, kind))
+        if kind == "del":  # the due index, as the scripts' ``feed`` keeps it
+            d.due.pop(name, None)
+        elif kind in ("put", "state"):
+            d.due[name] = 0
 
     def _notify(self, kind: str) -> None:
         """Publish ``kind`` to the subscribers; "members" bumps the members version

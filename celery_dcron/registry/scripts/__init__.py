@@ -22,6 +22,8 @@ from .entries import (
     PUT_ENTRY,
     REMOVE_ENTRY,
     RESET,
+    SET_DUE,
+    SET_DUE_MAX,
     SET_PAUSED,
     SYNC_STATIC,
 )
@@ -49,6 +51,8 @@ __all__ = [
     "RESET",
     "RETAKE",
     "RUN_NOW",
+    "SET_DUE",
+    "SET_DUE_MAX",
     "SET_PAUSED",
     "SYNC_STATIC",
     "TAKE_REQUESTS",
@@ -61,5 +65,5 @@ __all__ = [
 ALL: tuple[Script, ...] = (
     HEARTBEAT, JOIN, LEAVE, SYNC_STATIC, CLAIM, RETAKE, MARK_SENT, REJECT, PUT_ENTRY,
     PUT_ENTRIES, REMOVE_ENTRY, CLEANUP, RESET, SET_PAUSED, RUN_NOW, TAKE_REQUESTS, TIME,
-    ENQUEUE, EXPIRE_CRASHED, LOAD,
+    ENQUEUE, EXPIRE_CRASHED, LOAD, SET_DUE,
 )  # fmt: skip

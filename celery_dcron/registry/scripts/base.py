@@ -58,14 +58,24 @@ local function version_of(cur)
 end
 """
 
-# Defines ``feed(meta, stream, name, kind)`` (``meta`` and ``stream``: the indexes in KEYS
-# of the meta hash and the feed stream): bumps the entries version and records in the
-# change feed which entry changed and how (kind: put, del, state, run, pause); returns the
-# new version, which the record carries as ``s`` (gap-free: every bump writes a record).
+# Defines ``feed(meta, stream, name, kind, due)`` (``meta``, ``stream``, ``due``: the
+# indexes in KEYS of the meta hash, the feed stream and the due index; ``due`` may be nil
+# for a write that changes no entry's ticks): bumps the entries version and records in
+# the change feed which entry changed and how (kind: put, del, state, run, pause); returns
+# the new version, which the record carries as ``s`` (gap-free: every bump writes a
+# record). A put or a state write sets the entry's due time to 0 (unknown until its owner
+# computes it again), a del takes it out of the due index (keys.py).
 _FEED = """
-local function feed(meta, stream, name, kind)
+local function feed(meta, stream, name, kind, due)
   local seq = redis.call('HINCRBY', KEYS[meta], 'entries', 1)
   redis.call('XADD', KEYS[stream], 'MAXLEN', '~', {maxlen}, '*', 'n', name, 'k', kind, 's', seq)
+  if due then
+    if kind == 'del' then
+      redis.call('ZREM', KEYS[due], name)
+    elseif kind == 'put' or kind == 'state' then
+      redis.call('ZADD', KEYS[due], 0, name)
+    end
+  end
   return seq
 end
 """.replace("{maxlen}", str(FEED_MAXLEN))

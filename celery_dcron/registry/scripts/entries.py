@@ -7,7 +7,7 @@ from .base import _ANCHOR, _FEED, _NOW, _VERSION, FEED_MAXLEN, Script
 
 __all__ = [
     "CLEANUP", "PUT_ENTRIES", "PUT_ENTRIES_MAX", "PUT_ENTRIES_MAX_BYTES", "PUT_ENTRY",
-    "REMOVE_ENTRY", "RESET", "SET_PAUSED", "SYNC_STATIC",
+    "REMOVE_ENTRY", "RESET", "SET_DUE", "SET_DUE_MAX", "SET_PAUSED", "SYNC_STATIC",
 ]  # fmt: skip
 
 
@@ -24,12 +24,12 @@ _DEFINITION_AND_STATE: tuple[KeyName, ...] = (
 # Writes the static entries of one beat_schedule in one step: a tombstoned name or
 # a dynamic entry of the same name is left alone (reported); static entries no
 # longer in the schedule are removed; anchors are set once (HSETNX, on the entry's grid).
-# KEYS: entries, static, tombstones, anchor, meta, feed
+# KEYS: entries, static, tombstones, anchor, meta, feed, due
 # ARGV: channel, n, then per entry i: name, json, every_ms (0 = not an interval), phase_ms
 # Returns {changed, name, reason, name, reason, ...}.
 SYNC_STATIC = Script(
     "sync_static",
-    ("entries", "static", "tombstones", "anchor", "meta", "feed"),
+    ("entries", "static", "tombstones", "anchor", "meta", "feed", "due"),
     _NOW
     + _ANCHOR
     + _FEED
@@ -52,7 +52,7 @@ for i = 1, n do
     if redis.call('HGET', KEYS[1], name) ~= json then
       redis.call('HSET', KEYS[1], name, json)
       redis.call('HSET', KEYS[2], name, '1')
-      feed(5, 6, name, 'put')
+      feed(5, 6, name, 'put', 7)
       changed = changed + 1
     end
     redis.call('HSETNX', KEYS[4], name, anchor_at(ARGV[b + 2], ARGV[b + 3]))
@@ -62,7 +62,7 @@ for _, name in ipairs(redis.call('HKEYS', KEYS[2])) do
   if not keep[name] then
     redis.call('HDEL', KEYS[2], name)
     redis.call('HDEL', KEYS[1], name)
-    feed(5, 6, name, 'del')
+    feed(5, 6, name, 'del', 7)
     changed = changed + 1
   end
 end
@@ -76,7 +76,7 @@ return out
 
 # Compare-and-set of one entry definition; sets the anchor once (HSETNX, server time on
 # the entry's grid).
-# KEYS: entries, static, tombstones, anchor, meta, feed
+# KEYS: entries, static, tombstones, anchor, meta, feed, due
 # ARGV: channel, name, json, expected ('' = must not exist, else the current version),
 #       force ('1' = write over a tombstone or a static entry, and drop both marks),
 #       every_ms, phase_ms (the interval grid; every_ms 0 = not an interval)
@@ -84,7 +84,7 @@ return out
 # 'tombstoned' or 'static' (a new dynamic entry may not take a static entry's name).
 PUT_ENTRY = Script(
     "put_entry",
-    ("entries", "static", "tombstones", "anchor", "meta", "feed"),
+    ("entries", "static", "tombstones", "anchor", "meta", "feed", "due"),
     _NOW
     + _ANCHOR
     + _VERSION
@@ -109,7 +109,7 @@ if force then
 end
 redis.call('HSET', KEYS[1], name, ARGV[3])
 redis.call('HSETNX', KEYS[4], name, anchor_at(ARGV[6], ARGV[7]))
-feed(5, 6, name, 'put')
+feed(5, 6, name, 'put', 7)
 redis.call('PUBLISH', ARGV[1], 'entries')
 return {'ok', ver}
 """,
@@ -127,8 +127,9 @@ PUT_ENTRIES_MAX_BYTES = 512 * 1024
 # is set once (HSETNX, server time on the entry's grid); one feed record per entry
 # written (as _FEED's ``feed`` records it: the entries version is bumped once per record,
 # in one HINCRBY, and the stream trimmed once, at the end); one PUBLISH for the whole
-# call. An entry named twice sees the first write.
-# KEYS: entries, static, tombstones, anchor, meta, feed
+# call. An entry named twice sees the first write. Each entry written gets due time 0
+# (unknown until its owner computes it: keys.py).
+# KEYS: entries, static, tombstones, anchor, meta, feed, due
 # ARGV: channel, rows, texts. rows: a JSON array (cjson), 5 values per entry: name, the
 #       length in bytes of its JSON, expected (the current version, -1 = must not exist),
 #       every_ms, phase_ms (the interval grid; every_ms 0 = not an interval). texts: the
@@ -141,7 +142,7 @@ PUT_ENTRIES_MAX_BYTES = 512 * 1024
 # the current version. An entry not listed was written ('ok'; its version was expected).
 PUT_ENTRIES = Script(
     "put_entries",
-    ("entries", "static", "tombstones", "anchor", "meta", "feed"),
+    ("entries", "static", "tombstones", "anchor", "meta", "feed", "due"),
     _NOW
     + _ANCHOR
     + _VERSION
@@ -162,6 +163,7 @@ local puts, p = {}, 0       -- HSET entries: name, json, ...
 local marks, m = {}, 0      -- HSET anchor: name, anchor, ... (the names without an anchor)
 local anchored = {}         -- names given an anchor by this call
 local fed, f = {}, 0        -- the names written, in order: one feed record each
+local dues = {}             -- ZADD due: 0, name, ...
 local at = 1                -- where the next entry's JSON starts in blob
 for i = 1, n do
   local b = 5 * i - 4
@@ -191,11 +193,13 @@ for i = 1, n do
     end
     f = f + 1
     fed[f] = name
+    dues[2 * f - 1], dues[2 * f] = 0, name
   end
 end
 if f == 0 then return out end
 redis.call('HSET', KEYS[1], unpack(puts))
 if m > 0 then redis.call('HSET', KEYS[4], unpack(marks)) end
+redis.call('ZADD', KEYS[7], unpack(dues))
 local seq = redis.call('HINCRBY', KEYS[5], 'entries', f) - f
 for j = 1, f do redis.call('XADD', KEYS[6], '*', 'n', fed[j], 'k', 'put', 's', seq + j) end
 redis.call('XTRIM', KEYS[6], 'MAXLEN', '~', {maxlen})
@@ -207,12 +211,12 @@ return out
 
 # Removes the definition and run state; with tombstone, records the deletion time so
 # that re-adding the name (also from a static beat_schedule) is refused.
-# KEYS: entries, static, tombstones, anchor, last, runs, lastnode, errors, meta, feed
+# KEYS: entries, static, tombstones, anchor, last, runs, lastnode, errors, meta, feed, due
 # ARGV: channel, name, tombstone ('1'|'0'), expected ('' = any version)
 # Returns {status, current version}: 'ok', 'missing' (tombstone still set) or 'conflict'.
 REMOVE_ENTRY = Script(
     "remove_entry",
-    (*_DEFINITION_AND_STATE, "meta", "feed"),
+    (*_DEFINITION_AND_STATE, "meta", "feed", "due"),
     _NOW
     + _VERSION
     + _FEED
@@ -225,7 +229,7 @@ if ver < 0 then return {'missing', ver} end
 for i = 1, 8 do
   if i ~= 3 then redis.call('HDEL', KEYS[i], name) end
 end
-feed(9, 10, name, 'del')
+feed(9, 10, name, 'del', 11)
 redis.call('PUBLISH', ARGV[1], 'entries')
 return {'ok', ver}
 """,
@@ -234,12 +238,12 @@ return {'ok', ver}
 # Erases every trace of an entry: definition, state, last publish error, tombstone, unsent
 # claims and run-now requests. (Per-tick locks expire on their own after dcron_lock_ttl.)
 # KEYS: entries, static, tombstones, anchor, last, runs, lastnode, errors, pending,
-#       requests, meta, feed
+#       requests, meta, feed, due
 # ARGV: channel, name
 # Returns the number of fields removed.
 CLEANUP = Script(
     "cleanup",
-    (*_DEFINITION_AND_STATE, "pending", "requests", "meta", "feed"),
+    (*_DEFINITION_AND_STATE, "pending", "requests", "meta", "feed", "due"),
     _FEED
     + """
 local name = ARGV[2]
@@ -251,7 +255,7 @@ for i = 9, 10 do
     if c and string.sub(f, c + 1) == name then n = n + redis.call('HDEL', KEYS[i], f) end
   end
 end
-feed(11, 12, name, 'del')
+feed(11, 12, name, 'del', 13)
 redis.call('PUBLISH', ARGV[1], 'entries')
 return n
 """,
@@ -259,12 +263,12 @@ return n
 
 # Starts an entry afresh: anchor at now (server time, on the entry's grid), no last
 # tick, no runs, no last publish error.
-# KEYS: entries, anchor, last, runs, lastnode, errors, meta, feed
+# KEYS: entries, anchor, last, runs, lastnode, errors, meta, feed, due
 # ARGV: channel, name, every_ms, phase_ms (the interval grid; every_ms 0 = not an interval)
 # Returns 1, or 0 when there is no such entry.
 RESET = Script(
     "reset",
-    ("entries", "anchor", "last", "runs", "lastnode", "errors", "meta", "feed"),
+    ("entries", "anchor", "last", "runs", "lastnode", "errors", "meta", "feed", "due"),
     _NOW
     + _ANCHOR
     + _FEED
@@ -272,7 +276,7 @@ RESET = Script(
 if redis.call('HEXISTS', KEYS[1], ARGV[2]) == 0 then return 0 end
 redis.call('HSET', KEYS[2], ARGV[2], anchor_at(ARGV[3], ARGV[4]))
 for i = 3, 6 do redis.call('HDEL', KEYS[i], ARGV[2]) end
-feed(7, 8, ARGV[2], 'state')
+feed(7, 8, ARGV[2], 'state', 9)
 redis.call('PUBLISH', ARGV[1], 'entries')
 return 1
 """,
@@ -295,5 +299,32 @@ end
 feed(1, 2, '', 'pause')
 redis.call('PUBLISH', ARGV[1], 'entries')
 return 1
+""",
+)
+
+# -- the due index ------------------------------------------------------------------
+# (keys.py: entry name -> the earliest its next tick can be.) Entry writes set 0 (in
+# ``feed``); an entry's owner writes the next tick it computed.
+
+#: The most entries one SET_DUE call takes (~2 µs of Redis time each).
+SET_DUE_MAX = 2_000
+
+# Sets the due times of entries that still exist (a name removed meanwhile is not put
+# back in the index).
+# KEYS: entries, due
+# ARGV: name, ms, name, ms, ... (at most SET_DUE_MAX pairs)
+# Returns how many were set.
+SET_DUE = Script(
+    "set_due",
+    ("entries", "due"),
+    """
+local n = 0
+for i = 1, #ARGV, 2 do
+  if redis.call('HEXISTS', KEYS[1], ARGV[i]) == 1 then
+    redis.call('ZADD', KEYS[2], ARGV[i + 1], ARGV[i])
+    n = n + 1
+  end
+end
+return n
 """,
 )
