@@ -187,11 +187,21 @@ class Jobs:
         entries: dict[str, EntrySpec] = {}
         states: dict[str, EntryState] = {}
         bad: dict[str, str] = {}
+        # Their next ticks, on a timeline of their own until the swap: a reload dropped
+        # for another one (a reset, a second gap) leaves the current timeline whole. The
+        # entries found to have run for the last time are told of after the swap, once
+        # they are owned (their after-run action needs it).
+        finished: list[tuple[EntrySpec, EntryState]] = []
+        fresh = Timeline(on_finished=lambda spec, state: finished.append((spec, state)))
         for chunk in _chunks(mine, LOAD_PAGE):
-            good, errors, read = registry.load(chunk)
+            good, errors, read, due = registry.load(chunk)
             entries.update(good)
             bad.update(errors)
             states.update(read)
+            yield
+            for spec in good.values():  # scheduled as read: the due times are not kept
+                if view.runnable(spec):
+                    fresh.schedule(spec, read.get(spec.name) or NO_STATE, known=due.get(spec.name))
             yield
         static = [s.name for s in view.static_entries if s.name not in entries]
         static_states = {**registry.states(static), **states} if static else states
@@ -201,17 +211,6 @@ class Jobs:
             if (st := static_states.get(s.name)) is not None and (a := st.anchor_ms) is not None
         }
         view.skip_bad(bad)
-        # Their next ticks, on a timeline of their own until the swap: a reload dropped
-        # for another one (a reset, a second gap) leaves the current timeline whole. The
-        # entries found to have run for the last time are told of after the swap, once
-        # they are owned (their after-run action needs it).
-        finished: list[tuple[EntrySpec, EntryState]] = []
-        fresh = Timeline(on_finished=lambda spec, state: finished.append((spec, state)))
-        for i, spec in enumerate(entries.values(), 1):
-            if view.runnable(spec):
-                fresh.schedule(spec, states.get(spec.name) or NO_STATE)
-            if i % PLACE_PAGE == 0:
-                yield
         first = view.position is None
         old_names, old_entries = view.names, view.entries
         changed = entries.keys() != view.owned

@@ -50,22 +50,28 @@ class Timeline:
         self._dirty += other._dirty
         self._finished |= other._finished
 
-    def schedule(self, spec: EntrySpec, state: EntryState) -> None:
+    def schedule(self, spec: EntrySpec, state: EntryState, *, known: int | None = None) -> None:
         """Put ``spec`` at its next tick (at 0, due at once, when it has no anchor yet: the
-        next pass anchors it); a finished entry leaves the timeline."""
-        self._dirty.append(spec.name)
+        next pass anchors it); a finished entry leaves the timeline. ``known``: its time in
+        the registry's due index, as read with it (None: unknown); unless the next tick is
+        that, :meth:`take_dirty` tells of it."""
+        name = spec.name
         if self._finished:
-            self._finished.discard(spec.name)
+            self._finished.discard(name)
         if planning.base_tick_ms(spec, state) is None:
-            self.put(spec.name, 0)
-            return
-        due = planning.next_run_ms(spec, state, step=_next_tick)
+            due: int | None = 0
+        else:
+            due = planning.next_run_ms(spec, state, step=_next_tick)
         if due is None:
-            self._next.pop(spec.name, None)
-            self._finished.add(spec.name)
+            self._next.pop(name, None)
+            if known != NEVER_MS:
+                self._finished.add(name)
+                self._dirty.append(name)
             self.on_finished(spec, state)
             return
-        self.put(spec.name, due)
+        if due != known:
+            self._dirty.append(name)
+        self.put(name, due)
 
     @property
     def dirty(self) -> int:

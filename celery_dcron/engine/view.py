@@ -185,7 +185,7 @@ class View(Part):
     def adopt(self, names: Sequence[str], loaded: Loaded, *, notify: bool) -> None:
         """Take ``names`` (owned now) as ``loaded`` read them (a name it has no
         definition of was removed), and put them on the timeline (or off it)."""
-        specs, bad, states = loaded
+        specs, bad, states = loaded.specs, loaded.bad, loaded.states
         for name in names:
             spec = specs.get(name)
             if spec is None:
@@ -208,12 +208,13 @@ class View(Part):
                 self.notify(signals.entry_added, entry=spec)
             elif notify and old is not None and old != spec:
                 self.notify(signals.entry_changed, entry=spec, old=old)
-            self.place(spec)
+            self.place(spec, known=loaded.due.get(name))
 
-    def place(self, spec: EntrySpec) -> None:
-        """Put an owned entry on the timeline at its next tick, or take it off."""
+    def place(self, spec: EntrySpec, *, known: int | None = None) -> None:
+        """Put an owned entry on the timeline at its next tick, or take it off (``known``:
+        its time in the due index, as read with it)."""
         if self.runnable(spec):
-            self.timeline.schedule(spec, self.state(spec.name))
+            self.timeline.schedule(spec, self.state(spec.name), known=known)
         else:
             self.timeline.discard(spec.name)
 

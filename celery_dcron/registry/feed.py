@@ -12,6 +12,7 @@ instance reloads in full, once, in pages (:meth:`FeedStore.scan_entries`).
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from types import MappingProxyType
 from typing import Any, NamedTuple
 
 from ..entries import EntrySpec, EntryState
@@ -33,6 +34,8 @@ class Loaded(NamedTuple):
     #: the run states (anchor, last tick, run count; ``last_node`` is not read) of the
     #: entries that have one
     states: dict[str, EntryState]
+    #: each one's time in the due index (registry/keys.py), if it has one
+    due: Mapping[str, int] = MappingProxyType({})
 
 
 class DueHint(NamedTuple):
@@ -181,14 +184,19 @@ class FeedStore(Store):
 def decode_loaded(names: Sequence[str], raw: str) -> Loaded:
     """:data:`~.scripts.LOAD`'s reply for ``names``."""
     fields = raw.split(scripts.LOAD_SEP)
-    if len(fields) != 4 * len(names):
+    if len(fields) != 5 * len(names):
         raise ValueError(f"load: {len(fields)} fields for {len(names)} names")
     states: dict[str, EntryState] = {}
     texts: dict[str, str] = {}
-    rows = zip(names, fields[0::4], fields[1::4], fields[2::4], fields[3::4], strict=True)
-    for name, text, anchor, last, runs in rows:
+    due: dict[str, int] = {}
+    rows = zip(
+        names, fields[0::5], fields[1::5], fields[2::5], fields[3::5], fields[4::5], strict=True
+    )
+    for name, text, anchor, last, runs, score in rows:
         if text:
             texts[name] = text
+        if score:
+            due[name] = int(float(score))
         if anchor or last or runs:
             states[name] = EntryState(
                 anchor_ms=int(anchor) if anchor else None,
@@ -196,7 +204,7 @@ def decode_loaded(names: Sequence[str], raw: str) -> Loaded:
                 run_count=int(runs) if runs else 0,
             )
     specs, bad = decode_entries(texts) if texts else ({}, {})
-    return Loaded(specs, bad, states)
+    return Loaded(specs, bad, states, due)
 
 
 def due_hint(text: str, state: EntryState | None) -> DueHint:

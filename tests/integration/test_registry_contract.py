@@ -650,7 +650,7 @@ def test_load_reads_definitions_and_states_as_get_entries_and_states_do(
     expected = {n: replace(st, last_node=None) for n, st in reg.states(names).items()}
     assert loaded.states == expected and set(expected) == {"a", "b", "c", "d"}
     assert loaded.states["b"].last_tick_ms == T0 and loaded.states["b"].run_count == 1
-    assert reg.load([]) == ({}, {}, {})
+    assert reg.load([]) == ({}, {}, {}, {})
     assert reg.last_runs(names) == {"b": T0, "c": T0} and reg.last_runs([]) == {}
 
 
@@ -716,6 +716,7 @@ def test_the_due_index_is_unknown_after_each_write_and_holds_what_owners_set(
     assert dict(reg.due_range(None, 2**53)) == {
         "a": 0, "b": 0, "c": 0, "d": 0, "s1": T0 + 3, "s2": 0,
     }  # fmt: skip
+    assert reg.load(["c", "s1", "missing"]).due == {"c": 0, "s1": T0 + 3}  # read with them
     reg.remove_entry("a", tombstone=True)
     reg.cleanup("b")
     reg.sync_static([spec("s2")])  # s1 leaves the static schedule

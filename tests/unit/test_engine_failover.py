@@ -150,6 +150,8 @@ def test_a_crashed_engines_unsent_claim_goes_out_before_its_many_entries_are_rea
     c.registry.put_entries(dynamic(600))
     dead, other = c.add("n0", []), c.add("n1", [])
     c.advance(3 * S, step_ms=100)  # each reads its share, a page a pass
+    while dead.jobs.busy or other.jobs.busy:
+        c.advance(100, step_ms=100)
     name = max(dead.owned)
     tick = c.clock.now_ms() + 200
     c.clock.set(tick)

@@ -335,6 +335,36 @@ def test_the_due_index_holds_each_owned_entrys_next_tick() -> None:
     assert name not in index() and len(index()) == 79
 
 
+def test_a_reload_or_a_move_writes_only_the_due_times_that_changed(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The due times are read with the entries: an owner that reads entries whose time in
+    the index is already the next tick it computes writes none of them (a restart, or a
+    dead node's entries taken over, cost no writes but for the entries that fired)."""
+    c = MemoryCluster()
+    engines, _ = start(c, "abc", 900)  # hourly: nothing fires
+    c.step_all(10)
+    assert sorted(dict(c.registry.due_range(None, 2**62)).values())[0] > c.clock.now_ms()
+    written: list[str] = []
+    set_due = c.registry.set_due
+
+    def spy(due: Any) -> None:
+        written.extend(due)
+        set_due(due)
+
+    monkeypatch.setattr(c.registry, "set_due", spy)
+    for e in engines:
+        e.jobs.reload("test")
+    c.step_all(40)
+    assert not any(e.jobs.busy for e in engines) and written == []
+    c.engines.remove(engines[2])
+    since = c.clock.now_ms()
+    c.advance(c.ttl_ms + 2 * S, step_ms=100)
+    assert len(engines[0].owned) + len(engines[1].owned) == 900
+    fired = {n for n, t, _, _ in c.recorder.sent if t >= since}
+    assert set(written) == fired  # only the entries that fired meanwhile: a new next tick
+
+
 def test_a_finished_entry_goes_last_in_the_due_index() -> None:
     """An entry that never runs again is written as due last (NEVER_MS): a node that takes
     it over reads it after every entry that can still come due."""
@@ -469,7 +499,7 @@ def test_a_starting_instance_loads_in_pages_while_the_others_fire_and_then_works
     c = MemoryCluster()
     c.registry.put_entries(dynamic(3000) + dynamic(5, every_s=1, prefix="fast"))
     a = c.add("a", [])
-    c.step_all(80)
+    c.step_all(120)
     assert a.membership.status is NodeStatus.WORKING and len(a.owned) == 3005
     c.align()
     b = c.add("b", [])

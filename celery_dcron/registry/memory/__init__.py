@@ -90,8 +90,10 @@ class MemoryRegistry(_Nodes, _Entries, _Claims):
             states = {
                 name: replace(state, last_node=None) for name, state in self._states(names).items()
             }
+            indexed = self._data.due
+            due = {n: indexed[n] for n in names if n in indexed}
         specs, bad = decode_entries(texts) if texts else ({}, {})
-        return Loaded(specs, bad, states)
+        return Loaded(specs, bad, states, due)
 
     def due_hints(self, names: Sequence[str]) -> dict[str, DueHint]:
         with self._op():

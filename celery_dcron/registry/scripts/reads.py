@@ -12,20 +12,21 @@ LOAD_SEP = "\x1f"
 
 # The definitions and run states of some entries, as one string: redis-py parses a reply
 # of thousands of bulk strings one by one in Python (several µs each), one string at once.
-# Per name: its definition, anchor, last tick and run count, '' where absent, all joined
-# by \31. A definition holding \31 itself (not written by this package)
-# is sent as \30, which the reader takes for malformed.
+# Per name: its definition, anchor, last tick, run count and time in the due index
+# (keys.py), '' where absent, all joined by \31. A definition holding \31 itself (not
+# written by this package) is sent as \30, which the reader takes for malformed.
 # With ARGV[1] 'r' instead: one field per name, its last tick, or '' (never run).
 # With 's': four fields per name, what tells when it is due without reading it whole:
 # the JSON text of its schedule (the object after '"schedule": ') and its start_ms (the
 # number after '"start_ms": '), both '' unless found for sure (each key at most once, the
 # schedule there, no \31 in the text: as entrytext.due_fields), then its anchor and last
 # tick; '' where absent.
-# KEYS: entries, anchor, last, runs
-# ARGV: '1' (definitions and states), 'r' (last ticks) or 's' (due hints), then the names
+# KEYS: entries, anchor, last, runs, due
+# ARGV: '1' (definitions, states, due times), 'r' (last ticks) or 's' (due hints), then the
+#       names
 LOAD = Script(
     "load",
-    ("entries", "anchor", "last", "runs"),
+    ("entries", "anchor", "last", "runs", "due"),
     """
 local n = #ARGV - 1
 if n < 1 then return '' end
@@ -76,11 +77,12 @@ local out = {}
 for i = 1, n do
   local text = texts[i] or ''
   if string.find(text, '\\31', 1, true) then text = '\\30' end
-  local j = 4 * (i - 1)
+  local j = 5 * (i - 1)
   out[j + 1] = text
   out[j + 2] = anchor[i] or ''
   out[j + 3] = last[i] or ''
   out[j + 4] = runs[i] or ''
+  out[j + 5] = redis.call('ZSCORE', KEYS[5], ARGV[i + 1]) or ''
 end
 return table.concat(out, '\\31')
 """,
