@@ -12,8 +12,8 @@ One :meth:`Engine.step`:
    its misfire policy, claim them all in one round trip, publish the ones won, mark them
    sent in one more round trip (:mod:`.claims`);
 4. send the run-now requests, apply the after-run actions (:mod:`.requests`);
-5. write the next ticks computed since the last pass to the registry's due index, for at
-   most half a job budget (a full reload's are written over the passes that follow it).
+5. write the next ticks computed since the last pass to the registry's due index, up to
+   2,000 a pass (a full reload's are written over the passes that follow it).
 
 With Redis unreachable nothing is claimed, so nothing is published (G5); the step backs
 off and everything is reloaded once Redis answers again. This module wires the parts and
@@ -60,6 +60,9 @@ logger = logging.getLogger(__name__)
 _MAX_BACKOFF_S = 5.0
 #: Heartbeat this long after a peer's expiry (server time), so that Redis sees it expired.
 _EXPIRY_MARGIN_S = 0.02
+#: With due times left to write (a reload's, a burst of changes), the loop comes back
+#: after at most this long: they go out a page a pass without keeping a core busy.
+_DUE_WRITE_PAUSE_S = 0.02
 
 
 class Engine:
@@ -252,16 +255,13 @@ class Engine:
         return self.timeline.next_due_ms()
 
     def _write_due(self) -> None:
-        """Write the next ticks the timeline computed since the last pass to the due index,
-        :data:`~.registry.scripts.SET_DUE_MAX` per call, for at most half a job budget.
-        A write lost (Redis went away) leaves an earlier time there: never a later one."""
-        deadline = time.monotonic() + loading.BUDGET_S / 2
-        while self.timeline.dirty:
-            due = self.timeline.take_dirty(SET_DUE_MAX)
-            if due:
-                self.registry.set_due(due)
-            if time.monotonic() >= deadline:
-                break
+        """Write the next ticks the timeline computed since the last pass to the due index:
+        one call of :data:`~.registry.scripts.SET_DUE_MAX` a pass (a few ms); the loop
+        comes back for the rest within :data:`_DUE_WRITE_PAUSE_S`. A write lost (Redis
+        went away) leaves an earlier time there: never a later one."""
+        due = self.timeline.take_dirty(SET_DUE_MAX)
+        if due:
+            self.registry.set_due(due)
 
     def _publish_all(self, ticks: Sequence[Tick], claimed_at: float) -> list[Tick]:
         return self.dispatcher.publish_all(ticks, claimed_at)
@@ -396,7 +396,7 @@ class Engine:
     # -- waiting and failures ------------------------------------------------------
 
     def _wait_s(self) -> float:
-        if self.jobs.busy or self._feed_behind or self.recovery.rebuilding or self.timeline.dirty:
+        if self.jobs.busy or self._feed_behind or self.recovery.rebuilding:
             return 0.0  # the next page, once the loop has looked at due ticks
         wait = self._next_beat - time.monotonic()
         due = self.next_due_ms()
@@ -407,6 +407,8 @@ class Engine:
             wait = min(wait, (due - lead_ms - self.clock.now_ms()) / 1000.0)
         if self.dispatcher.failed:
             wait = min(wait, self.dispatcher.next_recover - time.monotonic())
+        if self.timeline.dirty:  # due times left to write: soon, not at once (see step)
+            wait = min(wait, _DUE_WRITE_PAUSE_S)
         return max(wait, 0.0)
 
     def _unavailable(self, exc: RegistryUnavailableError) -> float:

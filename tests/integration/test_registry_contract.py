@@ -694,14 +694,32 @@ def test_the_due_index_is_unknown_after_each_write_and_holds_what_owners_set(
     backend: Backend,
 ) -> None:
     """Each write to an entry (static sync, put, bulk put, reset) sets its due time to 0,
-    unknown; a removal (remove, cleanup, a static entry dropped) takes it out; set_due
-    writes only entries that still exist; due_range reads by time, earliest first."""
+    unknown, but a new interval entry's: a whole interval after the anchor it gets (unless
+    a start_at could move its first tick); a removal (remove, cleanup, a static entry
+    dropped) takes it out; set_due writes only entries that still exist; due_range reads
+    by time, earliest first."""
     reg = backend.reg
     assert reg.due_index_complete() and reg.due_range(None, 2**53) == []
     reg.sync_static([spec("s1"), spec("s2")])
     reg.put_entry(dynamic("a"), expected_version=None)
-    reg.put_entries([dynamic("b"), dynamic("c"), dynamic("d")])
-    assert reg.due_range(None, 0) == [(n, 0) for n in ["a", "b", "c", "d", "s1", "s2"]]
+    reg.put_entries([dynamic("b"), dynamic("c"), dynamic("d", every_ms=7000)])
+    late = dynamic("late").with_changes(start_ms=T0)
+    reg.put_entries([late])
+    reg.put_entry(late.with_changes(name="late1"), expected_version=None)
+    cron = spec("cron", source=EntrySource.DYNAMIC).with_changes(
+        schedule=CronSchedule(expr="* * * * *")
+    )
+    reg.put_entry(cron, expected_version=None)
+    anchors = {n: st.anchor_ms for n, st in reg.states().items()}
+    first = {"a": 1000, "b": 1000, "c": 1000, "d": 7000}
+    assert dict(reg.due_range(None, 2**53)) == {
+        **{n: anchors[n] + every for n, every in first.items()},  # type: ignore[operator]
+        "late": 0, "late1": 0, "cron": 0, "s1": 0, "s2": 0,
+    }  # fmt: skip
+    reg.put_entries([dynamic("d", every_ms=7000)], replace=True)  # anchored before: unknown
+    assert dict(reg.due_range(None, 0))["d"] == 0
+    for name in ("late", "late1", "cron"):
+        reg.remove_entry(name, tombstone=False)
     reg.set_due({"a": T0 + 5, "b": T0 + 1, "c": T0 + 9, "s1": T0 + 3, "gone": T0})
     assert reg.due_range(None, 2**53) == [
         ("d", 0), ("s2", 0), ("b", T0 + 1), ("s1", T0 + 3), ("a", T0 + 5), ("c", T0 + 9),

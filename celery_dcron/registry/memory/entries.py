@@ -23,6 +23,7 @@ from ..codec import (
 
 if TYPE_CHECKING:
     pass
+from ...schedules import IntervalSchedule
 from .base import _ENTRIES, _Base, _conflict, _refused, _version_of
 
 
@@ -58,6 +59,13 @@ class _Entries(_Base):
             if changed:
                 self._notify(_ENTRIES)
             return StaticSyncResult(changed=changed, skipped=skipped)
+
+    def _first_due(self, name: str, spec: EntrySpec, text: str, anchored: bool) -> None:
+        """As the scripts' ``first_due``: an interval entry anchored by this write, without
+        "start_ms" in its text, is due a whole interval after its anchor."""
+        if anchored and isinstance(spec.schedule, IntervalSchedule) and '"start_ms"' not in text:
+            d = self._data
+            d.due[name] = d.anchor[name] + spec.schedule.every_ms
 
     def restore_anchors(self, anchors: Mapping[str, int], *, reset_ms: int) -> None:
         with self._op():
@@ -112,8 +120,10 @@ class _Entries(_Base):
                 d.tombstones.pop(name, None)
                 d.static.discard(name)
             d.entries[name] = text
+            anchored = name not in d.anchor
             d.anchor.setdefault(name, self._anchor_at(spec, now))
             self._feed(name, "put")
+            self._first_due(name, spec, text, anchored)
             self._notify(_ENTRIES)
             return new
 
@@ -145,8 +155,10 @@ class _Entries(_Base):
                     why = f"already exists (version {current})"
                 else:
                     d.entries[name] = text
+                    anchored = name not in d.anchor
                     d.anchor.setdefault(name, self._anchor_at(spec, now))
                     self._feed(name, "put")
+                    self._first_due(name, spec, text, anchored)
                     results.append(new)
                     continue
                 results.append(_refused(name, why))

@@ -79,3 +79,18 @@ local function feed(meta, stream, name, kind, due)
   return seq
 end
 """.replace("{maxlen}", str(FEED_MAXLEN))
+
+# The due time of an entry written now (keys.py): if ``anchored`` (1: its anchor was set
+# by this write), it is an interval entry (``every_s`` > 0) and its JSON ``text`` has no
+# "start_ms" (which can move its first tick earlier than a whole interval after the
+# anchor; a mere mention in its arguments counts too), its first tick, ``anchor + every``;
+# else 0, unknown.
+_FIRST_DUE = """
+local function first_due(anchored, anchor, every_s, text)
+  local every = tonumber(every_s)
+  if anchored == 1 and every > 0 and not string.find(text, '"start_ms"', 1, true) then
+    return anchor + every
+  end
+  return 0
+end
+"""

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from ..keys import KeyName
-from .base import _ANCHOR, _FEED, _NOW, _VERSION, FEED_MAXLEN, Script
+from .base import _ANCHOR, _FEED, _FIRST_DUE, _NOW, _VERSION, FEED_MAXLEN, Script
 
 __all__ = [
     "CLEANUP", "PUT_ENTRIES", "PUT_ENTRIES_MAX", "PUT_ENTRIES_MAX_BYTES", "PUT_ENTRY",
@@ -75,7 +75,7 @@ return out
 )
 
 # Compare-and-set of one entry definition; sets the anchor once (HSETNX, server time on
-# the entry's grid).
+# the entry's grid), and its due time (0, or first_due when it anchors it).
 # KEYS: entries, static, tombstones, anchor, meta, feed, due
 # ARGV: channel, name, json, expected ('' = must not exist, else the current version),
 #       force ('1' = write over a tombstone or a static entry, and drop both marks),
@@ -89,6 +89,7 @@ PUT_ENTRY = Script(
     + _ANCHOR
     + _VERSION
     + _FEED
+    + _FIRST_DUE
     + """
 local name = ARGV[2]
 local cur = redis.call('HGET', KEYS[1], name)
@@ -108,8 +109,11 @@ if force then
   redis.call('HDEL', KEYS[2], name)
 end
 redis.call('HSET', KEYS[1], name, ARGV[3])
-redis.call('HSETNX', KEYS[4], name, anchor_at(ARGV[6], ARGV[7]))
+local anchor = anchor_at(ARGV[6], ARGV[7])
+local anchored = redis.call('HSETNX', KEYS[4], name, anchor)
 feed(5, 6, name, 'put', 7)
+local first = first_due(anchored, anchor, ARGV[6], ARGV[3])
+if first > 0 then redis.call('ZADD', KEYS[7], first, name) end
 redis.call('PUBLISH', ARGV[1], 'entries')
 return {'ok', ver}
 """,
@@ -128,7 +132,8 @@ PUT_ENTRIES_MAX_BYTES = 512 * 1024
 # written (as _FEED's ``feed`` records it: the entries version is bumped once per record,
 # in one HINCRBY, and the stream trimmed once, at the end); one PUBLISH for the whole
 # call. An entry named twice sees the first write. Each entry written gets due time 0
-# (unknown until its owner computes it: keys.py).
+# (unknown until its owner computes it: keys.py), or, anchored by this call, the
+# first_due of its anchor.
 # KEYS: entries, static, tombstones, anchor, meta, feed, due
 # ARGV: channel, rows, texts. rows: a JSON array (cjson), 5 values per entry: name, the
 #       length in bytes of its JSON, expected (the current version, -1 = must not exist),
@@ -146,6 +151,7 @@ PUT_ENTRIES = Script(
     _NOW
     + _ANCHOR
     + _VERSION
+    + _FIRST_DUE
     + """
 local rows = cjson.decode(ARGV[2])
 local blob = ARGV[3]
@@ -186,14 +192,16 @@ for i = 1, n do
     texts[name] = text
     puts[p + 1], puts[p + 2] = name, text
     p = p + 2
-    if not anchors[i] and not anchored[name] then
-      anchored[name] = true
-      marks[m + 1], marks[m + 2] = name, anchor_at(rows[b + 3], rows[b + 4])
-      m = m + 2
-    end
     f = f + 1
     fed[f] = name
     dues[2 * f - 1], dues[2 * f] = 0, name
+    if not anchors[i] and not anchored[name] then
+      local anchor = anchor_at(rows[b + 3], rows[b + 4])
+      anchored[name] = true
+      marks[m + 1], marks[m + 2] = name, anchor
+      m = m + 2
+      dues[2 * f - 1] = first_due(1, anchor, rows[b + 3], text)
+    end
   end
 end
 if f == 0 then return out end
