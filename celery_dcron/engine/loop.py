@@ -13,7 +13,7 @@ One :meth:`Engine.step`:
    sent in one more round trip (:mod:`.claims`);
 4. send the run-now requests, apply the after-run actions (:mod:`.requests`);
 5. write the next ticks computed since the last pass to the registry's due index, up to
-   2,000 a pass (a full reload's are written over the passes that follow it).
+   1,000 a pass (a full reload's are written over the passes that follow it).
 
 With Redis unreachable nothing is claimed, so nothing is published (G5); the step backs
 off and everything is reloaded once Redis answers again. This module wires the parts and
@@ -42,7 +42,6 @@ from ..membership import EventListener, Membership, PidAlive, process_alive
 from ..metrics import Metrics, NullMetrics
 from ..planning import Rules
 from ..registry import Registry
-from ..registry.scripts import SET_DUE_MAX
 from . import loading
 from .claims import Claimer
 from .context import Context, Delegated
@@ -60,11 +59,12 @@ logger = logging.getLogger(__name__)
 _MAX_BACKOFF_S = 5.0
 #: Heartbeat this long after a peer's expiry (server time), so that Redis sees it expired.
 _EXPIRY_MARGIN_S = 0.02
-#: With due times left to write (a reload's, a burst of changes: the next ticks of fires
-#: are written in their own pass), the loop comes back after at most this long: a page
-#: (~8 ms) every 0.1 s, so that a reload's 333,000 (cron entries added in bulk: every
-#: owner computes them) take ~17 s in the background instead of a core (the index
-#: meanwhile says 0, unknown: a node taking them over reads them first).
+#: Due times written per pass of the loop (one SET_DUE call, ~4 ms of Python and Redis) ...
+_DUE_WRITE_PAGE = 1_000
+#: ... and with more left to write (a reload's), the loop comes back after at most this
+#: long: a reload's 333,000 (cron entries added in bulk, whose first ticks every owner
+#: computes) go out in the background over ~35 s instead of taking a core for ~3 s (the
+#: index meanwhile says 0, unknown: a node that takes them over reads them first).
 _DUE_WRITE_PAUSE_S = 0.1
 
 
@@ -259,10 +259,10 @@ class Engine:
 
     def _write_due(self) -> None:
         """Write the next ticks the timeline computed since the last pass to the due index:
-        one call of :data:`~.registry.scripts.SET_DUE_MAX` a pass (a few ms); the loop
-        comes back for the rest within :data:`_DUE_WRITE_PAUSE_S`. A write lost (Redis
-        went away) leaves an earlier time there: never a later one."""
-        due = self.timeline.take_dirty(SET_DUE_MAX)
+        :data:`_DUE_WRITE_PAGE` a pass; the loop comes back for the rest within
+        :data:`_DUE_WRITE_PAUSE_S`. A write lost (Redis went away) leaves an earlier time
+        there: never a later one."""
+        due = self.timeline.take_dirty(_DUE_WRITE_PAGE)
         if due:
             self.registry.set_due(due)
 
