@@ -200,8 +200,11 @@ class Jobs:
             states.update(read)
             yield
             for spec in good.values():  # scheduled as read: the due times are not kept
+                known = due.get(spec.name)
                 if view.runnable(spec):
-                    fresh.schedule(spec, read.get(spec.name) or NO_STATE, known=due.get(spec.name))
+                    fresh.schedule(spec, read.get(spec.name) or NO_STATE, known=known)
+                else:
+                    fresh.discard(spec.name, known=known)
             yield
         static = [s.name for s in view.static_entries if s.name not in entries]
         static_states = {**registry.states(static), **states} if static else states
@@ -311,9 +314,12 @@ def _by_index(view: View, gained: Sequence[str]) -> Generator[None, None, tuple[
     trip, and before each page those that came within :data:`SOON_MS` meanwhile (one
     small read of the index). So each entry is read before it is due, however long
     reading them all takes. (The index can be later than the entry's next tick only in a
-    narrow race: its last owner wrote the tick it computed just after a change of the
-    entry's schedule set it to 0, and died before writing the new one. Such an entry is
-    read in its turn, and its catch-up follows its misfire policy.)
+    narrow race: its last owner wrote a tick computed from the old definition after a
+    change of the entry's schedule set 0 and before the owner heard of the change (no
+    time is written while its change feed is behind: within about a pub/sub message), and
+    died before writing the new one. Such an entry is read in its turn, and its catch-up
+    follows its misfire policy. Entries the index moves meanwhile may also be read in
+    their turn: its pages follow the times read, not an offset from the start.)
     Returns how many were read first, and when they were in (``time.monotonic()``).
     """
     waiting = dict.fromkeys(gained)
@@ -361,7 +367,16 @@ def _due_soon(
                 out.append(name)
         if len(page) < INDEX_PAGE:
             return out
-        offset += len(page)
+        # On from the last time read (again: others may share it), not by an offset from
+        # the start: other nodes' writes move entries out of the range meanwhile, and an
+        # offset from the start would skip as many.
+        last = page[-1][1]
+        same = sum(1 for _, ms in page if ms == last)
+        if same == len(page) and after_ms == last - 1:
+            offset += same  # a page of one time, read from that time: further along it
+        else:
+            offset = same
+        after_ms = last - 1  # times are whole ms: from ``last`` on
         yield
 
 

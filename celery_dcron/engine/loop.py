@@ -214,7 +214,7 @@ class Engine:
                         self.run_requests()
                 if self.requests.after_run:
                     self.requests.apply_after_run()
-            if self.timeline.dirty:
+            if self.timeline.dirty and self._due_current():
                 self._write_due()
             if self._failures or not self._up_reported:
                 self.metrics.registry_up(True)
@@ -256,6 +256,16 @@ class Engine:
 
     def next_due_ms(self) -> int | None:
         return self.timeline.next_due_ms()
+
+    def _due_current(self) -> bool:
+        """Whether the next ticks on the timeline may go to the due index: not while a job
+        runs or the feed is behind (a definition changed since its owner read it could
+        have a next tick earlier than the one computed, and the feed waits for the job),
+        nor while a data loss settles (an entry put off is on the timeline at a time later
+        than its tick). They go once the feed is applied: :meth:`Timeline.take_dirty`
+        reads the timeline as it is then."""
+        recovery = self.recovery
+        return not (self.jobs.busy or self._feed_behind or recovery.rebuilding or recovery.settling)
 
     def _write_due(self) -> None:
         """Write the next ticks the timeline computed since the last pass to the due index:

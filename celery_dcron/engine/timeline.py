@@ -40,15 +40,17 @@ class Timeline:
         self._heap: list[tuple[int, str]] = []
         self._next: dict[str, int] = {}
         # Scheduled since take_dirty last asked (a name may be there twice; 8 bytes each),
-        # and of those, the ones found finished.
+        # and of those, the ones found finished, and those off the timeline whose time in
+        # the index is unknown (not read there: written as 0).
         self._dirty: deque[str] = deque()
         self._finished: set[str] = set()
+        self._unknown: set[str] = set()
 
     def adopt(self, other: Timeline) -> None:
         """Take ``other``'s entries and due times in place of these, at once."""
         self._heap, self._next = other._heap, other._next
-        self._dirty += other._dirty
-        self._finished |= other._finished
+        self._dirty += other._dirty  # the names of this one left in it are skipped
+        self._finished, self._unknown = other._finished, other._unknown
 
     def schedule(self, spec: EntrySpec, state: EntryState, *, known: int | None = None) -> None:
         """Put ``spec`` at its next tick (at 0, due at once, when it has no anchor yet: the
@@ -58,6 +60,8 @@ class Timeline:
         name = spec.name
         if self._finished:
             self._finished.discard(name)
+        if self._unknown:
+            self._unknown.discard(name)
         if planning.base_tick_ms(spec, state) is None:
             due: int | None = 0
         else:
@@ -81,24 +85,37 @@ class Timeline:
 
     def take_dirty(self, limit: int) -> dict[str, int]:
         """Up to ``limit`` of the entries scheduled since the last call, oldest first,
-        with their next tick as it is now (:data:`NEVER_MS` for a finished one); an
-        entry no longer on the timeline otherwise (taken off, dropped) is left out."""
+        with their next tick as it is now (:data:`NEVER_MS` for a finished one, 0 for one
+        taken off without a time in the index); an entry no longer on the timeline
+        otherwise (taken off, dropped) is left out."""
         out: dict[str, int] = {}
-        dirty, current, finished = self._dirty, self._next, self._finished
+        dirty, current, finished, unknown = self._dirty, self._next, self._finished, self._unknown
         for _ in range(min(limit, len(dirty))):
             name = dirty.popleft()
             due = current.get(name)
             if due is None:
-                if name not in finished:
+                if name in finished:
+                    finished.discard(name)
+                    due = NEVER_MS
+                elif name in unknown:
+                    unknown.discard(name)
+                    due = 0
+                else:
                     continue
-                finished.discard(name)
-                due = NEVER_MS
             out[name] = due
         return out
 
-    def discard(self, name: str) -> None:
-        """Take ``name`` off the timeline (its heap item is skipped when met)."""
+    def discard(self, name: str, *, known: int | None = -1) -> None:
+        """Take ``name`` off the timeline (its heap item is skipped when met). ``known``
+        None: it has no time in the due index (an entry written before it that cannot run
+        here): :meth:`take_dirty` writes 0 for it, so that the index holds every entry."""
         self._next.pop(name, None)
+        self._finished.discard(name)
+        if known is None:
+            self._unknown.add(name)
+            self._dirty.append(name)
+        else:
+            self._unknown.discard(name)
 
     def __len__(self) -> int:
         return len(self._next)

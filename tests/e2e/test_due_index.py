@@ -49,7 +49,8 @@ def test_a_dead_beats_entries_are_read_by_the_due_index_and_fire_on_time(
         return dict(client.zrange(registry.keys.due, 0, -1, withscores=True))
 
     total = len(names) + len(client.hkeys(registry.keys.static))
-    # each owner wrote the next tick it computed for each entry it read (none left at 0)
+    # every entry has its next tick there (a new interval entry's first tick is written
+    # with it; the static ones' by their owners)
     wait_until(
         lambda: len(index()) == total and min(index().values()) > 0,
         timeout=15,
@@ -100,3 +101,9 @@ def test_a_dead_beats_entries_are_read_by_the_due_index_and_fire_on_time(
     assert all(after[n] <= due for n, due in real.items() if due is not None)
     exact = sum(1 for n, due in real.items() if after[n] == due)
     assert exact >= 0.99 * total, (exact, total)
+    # and each entry that fired after the kill has its new next tick: written by its owner
+    fired_after = {e for (e, t) in pub.counts if t > killed_ms}
+    assert len(fired_after) > 100
+    assert all(after[n] == real[n] for n in fired_after), [
+        (n, after[n], real[n]) for n in fired_after if after[n] != real[n]
+    ][:5]

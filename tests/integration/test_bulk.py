@@ -166,10 +166,13 @@ def test_each_chunk_is_one_round_trip(
     assert sizes() == [1, 1, 1]  # one pipeline per chunk, one script call for its entries
     stats = redis_client.info("commandstats")
     assert stats["cmdstat_evalsha"]["calls"] == 3
-    # what the scripts run: per call, one read of each hash for all its entries, one write
-    # of the definitions and one of the anchors, one bump of the entries version (by the
-    # number of records), one trim of the feed, one wake-up; per entry, its feed record
-    assert stats["cmdstat_hmget"]["calls"] == 3 * 4 and stats["cmdstat_hset"]["calls"] == 3 * 2
+    # what the scripts run: per call, one read of each hash for all its entries (the
+    # definitions, static marks, tombstones, anchors, last ticks), one write of the
+    # definitions and one of the anchors, one of their times in the due index, one bump of
+    # the entries version (by the number of records), one trim of the feed, one wake-up;
+    # per entry, its feed record
+    assert stats["cmdstat_hmget"]["calls"] == 3 * 5 and stats["cmdstat_hset"]["calls"] == 3 * 2
+    assert stats["cmdstat_zadd"]["calls"] == 3
     assert stats["cmdstat_publish"]["calls"] == 3 and "cmdstat_hget" not in stats
     assert stats["cmdstat_hincrby"]["calls"] == stats["cmdstat_xtrim"]["calls"] == 3
     assert stats["cmdstat_xadd"]["calls"] == 250

@@ -735,6 +735,19 @@ def test_the_due_index_is_unknown_after_each_write_and_holds_what_owners_set(
         "a": 0, "b": 0, "c": 0, "d": 0, "s1": T0 + 3, "s2": 0,
     }  # fmt: skip
     assert reg.load(["c", "s1", "missing"]).due == {"c": 0, "s1": T0 + 3}  # read with them
+    # a claim that outlived a removal leaves a last tick: the next is after it, not a whole
+    # interval after the new anchor
+    reg.put_entry(dynamic("z"), expected_version=None)
+    reg.remove_entry("z", tombstone=False)
+    reg.claim([tick("z", T0)], node_id="n1", lock_ttl_ms=60_000)
+    reg.put_entry(dynamic("z"), expected_version=None)
+    reg.put_entries([dynamic("z2")])
+    reg.remove_entry("z2", tombstone=False)
+    reg.claim([tick("z2", T0)], node_id="n1", lock_ttl_ms=60_000)
+    reg.put_entries([dynamic("z2")])
+    assert dict(reg.due_range(None, 0)).keys() >= {"z", "z2"}
+    reg.remove_entry("z", tombstone=False)
+    reg.remove_entry("z2", tombstone=False)
     reg.remove_entry("a", tombstone=True)
     reg.cleanup("b")
     reg.sync_static([spec("s2")])  # s1 leaves the static schedule

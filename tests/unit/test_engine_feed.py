@@ -9,6 +9,7 @@ in the feed, never for a change, and is paged so that the loop runs between its 
 from __future__ import annotations
 
 import logging
+from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
@@ -21,6 +22,7 @@ from celery_dcron.planning import next_run_ms
 from celery_dcron.registry.memory import MemoryRegistry
 from celery_dcron.schedules import IntervalSchedule
 from tests.enginekit import (
+    T0,
     MemoryCluster,
     S,
     assert_each_tick_once,
@@ -394,18 +396,21 @@ def test_by_the_due_index_each_moved_entry_is_read_before_it_is_due(
     monkeypatch.setattr(loading, "LOAD_PAGE", 5)
     monkeypatch.setattr(loading, "BUDGET_S", 0.0)
     monkeypatch.setattr(loading, "SOON_MS", 1000)
+    monkeypatch.setattr(loading, "INDEX_PAGE", 7)  # the index read in many pages
     c = MemoryCluster()
     specs = spread(900, lambda i: 20 + (i * 7 + seed) % 60)
     c.registry.put_entries(list(specs.values()))
     engines = [c.add(node_id, []) for node_id in "abc"]
     c.advance(90 * S, step_ms=100)
     read_at: dict[str, int] = {}
+    reads: Counter[str] = Counter()
     for engine in engines[:2]:
         adopt = engine.view.adopt
 
         def spy(names: Any, loaded: Any, *, notify: bool, adopt: Any = adopt) -> None:
             for n in names:
                 read_at.setdefault(n, c.clock.now_ms())
+                reads[n] += 1
             adopt(names, loaded, notify=notify)
 
         monkeypatch.setattr(engine.view, "adopt", spy)
@@ -416,7 +421,7 @@ def test_by_the_due_index_each_moved_entry_is_read_before_it_is_due(
     caplog.set_level(logging.INFO, logger="celery_dcron")
     c.engines.remove(dead)
     c.advance(c.ttl_ms + 30 * S, step_ms=100)
-    assert set(read_at) >= moved
+    assert set(read_at) >= moved and max(reads[n] for n in moved) == 1  # each read once
     first_read = min(read_at[n] for n in moved)
     slow = max(read_at[n] for n in moved) - first_read
     assert slow > 3 * S  # reading them all took many of their intervals' worth
@@ -557,3 +562,50 @@ def test_a_beat_process_keeps_what_a_load_read_out_of_the_full_gc_scans(
         gc.unfreeze()
     # and the collector waits for the end of each of the beat's slices, not longer
     assert collecting == [True, False] and gc.isenabled()
+
+
+def test_the_timeline_writes_finished_and_unknown_entries_it_still_holds_and_no_others() -> None:
+    """What the due index is told of an entry off the timeline: NEVER_MS for one found
+    finished, 0 for one that cannot run here and has no time there yet (so that the index
+    holds every entry), nothing for one dropped since (it moved away: its new owner
+    writes it) or for one that had a time already."""
+    tl = timeline.Timeline(on_finished=lambda spec, state: None)
+    every = IntervalSchedule(every_ms=S)
+    done = EntrySpec(name="done", task="t", schedule=every, max_runs=1)
+    ran = EntryState(anchor_ms=T0, last_tick_ms=T0 + S, run_count=1)
+    tl.schedule(done, ran)
+    tl.discard("off", known=None)
+    tl.discard("had", known=5)
+    assert tl.take_dirty(10) == {"done": timeline.NEVER_MS, "off": 0}
+    tl.schedule(done, ran)
+    tl.discard("done")  # dropped before its time was written
+    tl.discard("off", known=None)
+    tl.schedule(EntrySpec(name="off", task="t", schedule=every), EntryState(anchor_ms=T0))
+    assert tl.take_dirty(10) == {"off": T0 + S} and tl.dirty == 0
+
+
+def test_no_due_time_is_written_while_a_job_runs_or_the_feed_is_behind(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """While a reload or a reassignment runs the feed waits, so a definition may have
+    changed since its owner read it: the next ticks computed meanwhile go to the index
+    only once the job is over and the feed applied (as the timeline is then)."""
+    monkeypatch.setattr(loading, "LOAD_PAGE", 50)
+    monkeypatch.setattr(loading, "BUDGET_S", 0.0)
+    c = MemoryCluster()
+    c.registry.put_entries(dynamic(40, every_s=1) + dynamic(400))
+    (a,) = [c.add("a", [])]
+    c.advance(3 * S, step_ms=100)
+    assert not a.jobs.busy
+    written: list[bool] = []
+    set_due = c.registry.set_due
+
+    def spy(due: Any) -> None:
+        written.append(a.jobs.busy)
+        set_due(due)
+
+    monkeypatch.setattr(c.registry, "set_due", spy)
+    a.jobs.reload("test")
+    c.advance(2 * S, step_ms=100)  # the 1 s entries fire while it reloads, page by page
+    assert written and not any(written)
+    assert dict(c.registry.due_range(None, 2**62)) == dict(a.timeline._next)

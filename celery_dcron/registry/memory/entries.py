@@ -63,9 +63,10 @@ class _Entries(_Base):
     def _first_due(self, name: str, spec: EntrySpec, text: str, anchored: bool) -> None:
         """As the scripts' ``first_due``: an interval entry anchored by this write, without
         "start_ms" in its text, is due a whole interval after its anchor."""
-        if anchored and isinstance(spec.schedule, IntervalSchedule) and '"start_ms"' not in text:
-            d = self._data
-            d.due[name] = d.anchor[name] + spec.schedule.every_ms
+        d = self._data
+        interval = isinstance(spec.schedule, IntervalSchedule)
+        if anchored and interval and name not in d.last and '"start_ms"' not in text:
+            d.due[name] = d.anchor[name] + spec.schedule.every_ms  # type: ignore[union-attr]
 
     def restore_anchors(self, anchors: Mapping[str, int], *, reset_ms: int) -> None:
         with self._op():

@@ -81,7 +81,8 @@ end
 """.replace("{maxlen}", str(FEED_MAXLEN))
 
 # The due time of an entry written now (keys.py): if ``anchored`` (1: its anchor was set
-# by this write), it is an interval entry (``every_s`` > 0) and its JSON ``text`` has no
+# by this write, and it has no last tick: a claim can outlive a removal), it is an
+# interval entry (``every_s`` > 0) and its JSON ``text`` has no
 # "start_ms" (which can move its first tick earlier than a whole interval after the
 # anchor; a mere mention in its arguments counts too), its first tick, ``anchor + every``;
 # else 0, unknown.

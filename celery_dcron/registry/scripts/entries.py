@@ -76,7 +76,7 @@ return out
 
 # Compare-and-set of one entry definition; sets the anchor once (HSETNX, server time on
 # the entry's grid), and its due time (0, or first_due when it anchors it).
-# KEYS: entries, static, tombstones, anchor, meta, feed, due
+# KEYS: entries, static, tombstones, anchor, meta, feed, due, last
 # ARGV: channel, name, json, expected ('' = must not exist, else the current version),
 #       force ('1' = write over a tombstone or a static entry, and drop both marks),
 #       every_ms, phase_ms (the interval grid; every_ms 0 = not an interval)
@@ -84,7 +84,7 @@ return out
 # 'tombstoned' or 'static' (a new dynamic entry may not take a static entry's name).
 PUT_ENTRY = Script(
     "put_entry",
-    ("entries", "static", "tombstones", "anchor", "meta", "feed", "due"),
+    ("entries", "static", "tombstones", "anchor", "meta", "feed", "due", "last"),
     _NOW
     + _ANCHOR
     + _VERSION
@@ -111,6 +111,7 @@ end
 redis.call('HSET', KEYS[1], name, ARGV[3])
 local anchor = anchor_at(ARGV[6], ARGV[7])
 local anchored = redis.call('HSETNX', KEYS[4], name, anchor)
+if redis.call('HEXISTS', KEYS[8], name) == 1 then anchored = 0 end  -- a claim outlived it
 feed(5, 6, name, 'put', 7)
 local first = first_due(anchored, anchor, ARGV[6], ARGV[3])
 if first > 0 then redis.call('ZADD', KEYS[7], first, name) end
@@ -134,7 +135,7 @@ PUT_ENTRIES_MAX_BYTES = 512 * 1024
 # call. An entry named twice sees the first write. Each entry written gets due time 0
 # (unknown until its owner computes it: keys.py), or, anchored by this call, the
 # first_due of its anchor.
-# KEYS: entries, static, tombstones, anchor, meta, feed, due
+# KEYS: entries, static, tombstones, anchor, meta, feed, due, last
 # ARGV: channel, rows, texts. rows: a JSON array (cjson), 5 values per entry: name, the
 #       length in bytes of its JSON, expected (the current version, -1 = must not exist),
 #       every_ms, phase_ms (the interval grid; every_ms 0 = not an interval). texts: the
@@ -147,7 +148,7 @@ PUT_ENTRIES_MAX_BYTES = 512 * 1024
 # the current version. An entry not listed was written ('ok'; its version was expected).
 PUT_ENTRIES = Script(
     "put_entries",
-    ("entries", "static", "tombstones", "anchor", "meta", "feed", "due"),
+    ("entries", "static", "tombstones", "anchor", "meta", "feed", "due", "last"),
     _NOW
     + _ANCHOR
     + _VERSION
@@ -163,6 +164,7 @@ local stored = redis.call('HMGET', KEYS[1], unpack(names))
 local static = redis.call('HMGET', KEYS[2], unpack(names))
 local tombs = redis.call('HMGET', KEYS[3], unpack(names))
 local anchors = redis.call('HMGET', KEYS[4], unpack(names))
+local lasts = redis.call('HMGET', KEYS[8], unpack(names))
 local out, o = {0}, 1       -- the reply, and its length
 local texts = {}            -- name -> json written by this call (a name given twice sees it)
 local puts, p = {}, 0       -- HSET entries: name, json, ...
@@ -200,7 +202,7 @@ for i = 1, n do
       anchored[name] = true
       marks[m + 1], marks[m + 2] = name, anchor
       m = m + 2
-      dues[2 * f - 1] = first_due(1, anchor, rows[b + 3], text)
+      if not lasts[i] then dues[2 * f - 1] = first_due(1, anchor, rows[b + 3], text) end
     end
   end
 end
