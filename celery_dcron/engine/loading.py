@@ -204,7 +204,7 @@ class Jobs:
                 if view.runnable(spec):
                     fresh.schedule(spec, read.get(spec.name) or NO_STATE, known=known)
                 else:
-                    fresh.discard(spec.name, known=known)
+                    fresh.discard(spec.name, unindexed=known is None)
             yield
         static = [s.name for s in view.static_entries if s.name not in entries]
         static_states = {**registry.states(static), **states} if static else states

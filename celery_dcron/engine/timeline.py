@@ -40,17 +40,16 @@ class Timeline:
         self._heap: list[tuple[int, str]] = []
         self._next: dict[str, int] = {}
         # Scheduled since take_dirty last asked (a name may be there twice; 8 bytes each),
-        # and of those, the ones found finished, and those off the timeline whose time in
-        # the index is unknown (not read there: written as 0).
+        # and of those off the timeline, the time to write: NEVER_MS for one found
+        # finished, 0 for one that cannot run here and has no time in the index yet.
         self._dirty: deque[str] = deque()
-        self._finished: set[str] = set()
-        self._unknown: set[str] = set()
+        self._off: dict[str, int] = {}
 
     def adopt(self, other: Timeline) -> None:
         """Take ``other``'s entries and due times in place of these, at once."""
         self._heap, self._next = other._heap, other._next
         self._dirty += other._dirty  # the names of this one left in it are skipped
-        self._finished, self._unknown = other._finished, other._unknown
+        self._off = other._off
 
     def schedule(self, spec: EntrySpec, state: EntryState, *, known: int | None = None) -> None:
         """Put ``spec`` at its next tick (at 0, due at once, when it has no anchor yet: the
@@ -58,10 +57,7 @@ class Timeline:
         the registry's due index, as read with it (None: unknown); unless the next tick is
         that, :meth:`take_dirty` tells of it."""
         name = spec.name
-        if self._finished:
-            self._finished.discard(name)
-        if self._unknown:
-            self._unknown.discard(name)
+        self._off.pop(name, None)
         if planning.base_tick_ms(spec, state) is None:
             due: int | None = 0
         else:
@@ -69,7 +65,7 @@ class Timeline:
         if due is None:
             self._next.pop(name, None)
             if known != NEVER_MS:
-                self._finished.add(name)
+                self._off[name] = NEVER_MS
                 self._dirty.append(name)
             self.on_finished(spec, state)
             return
@@ -89,33 +85,27 @@ class Timeline:
         taken off without a time in the index); an entry no longer on the timeline
         otherwise (taken off, dropped) is left out."""
         out: dict[str, int] = {}
-        dirty, current, finished, unknown = self._dirty, self._next, self._finished, self._unknown
+        dirty, current, off = self._dirty, self._next, self._off
         for _ in range(min(limit, len(dirty))):
             name = dirty.popleft()
             due = current.get(name)
             if due is None:
-                if name in finished:
-                    finished.discard(name)
-                    due = NEVER_MS
-                elif name in unknown:
-                    unknown.discard(name)
-                    due = 0
-                else:
-                    continue
-            out[name] = due
+                due = off.pop(name, None)
+            if due is not None:
+                out[name] = due
         return out
 
-    def discard(self, name: str, *, known: int | None = -1) -> None:
-        """Take ``name`` off the timeline (its heap item is skipped when met). ``known``
-        None: it has no time in the due index (an entry written before it that cannot run
-        here): :meth:`take_dirty` writes 0 for it, so that the index holds every entry."""
+    def discard(self, name: str, *, unindexed: bool = False) -> None:
+        """Take ``name`` off the timeline (its heap item is skipped when met). With
+        ``unindexed`` (it has no time in the due index: an entry written before it that
+        cannot run here), :meth:`take_dirty` writes 0 for it, so that the index holds every
+        entry."""
         self._next.pop(name, None)
-        self._finished.discard(name)
-        if known is None:
-            self._unknown.add(name)
+        if unindexed:
+            self._off[name] = 0
             self._dirty.append(name)
         else:
-            self._unknown.discard(name)
+            self._off.pop(name, None)
 
     def __len__(self) -> int:
         return len(self._next)

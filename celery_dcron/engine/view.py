@@ -216,7 +216,7 @@ class View(Part):
         if self.runnable(spec):
             self.timeline.schedule(spec, self.state(spec.name), known=known)
         else:
-            self.timeline.discard(spec.name, known=known)
+            self.timeline.discard(spec.name, unindexed=known is None)
 
     def drop(self, name: str, *, removed: bool) -> None:
         """Forget an entry's definition and state (owned elsewhere now, or removed)."""

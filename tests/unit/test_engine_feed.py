@@ -574,12 +574,12 @@ def test_the_timeline_writes_finished_and_unknown_entries_it_still_holds_and_no_
     done = EntrySpec(name="done", task="t", schedule=every, max_runs=1)
     ran = EntryState(anchor_ms=T0, last_tick_ms=T0 + S, run_count=1)
     tl.schedule(done, ran)
-    tl.discard("off", known=None)
-    tl.discard("had", known=5)
+    tl.discard("off", unindexed=True)
+    tl.discard("had")
     assert tl.take_dirty(10) == {"done": timeline.NEVER_MS, "off": 0}
     tl.schedule(done, ran)
     tl.discard("done")  # dropped before its time was written
-    tl.discard("off", known=None)
+    tl.discard("off", unindexed=True)
     tl.schedule(EntrySpec(name="off", task="t", schedule=every), EntryState(anchor_ms=T0))
     assert tl.take_dirty(10) == {"off": T0 + S} and tl.dirty == 0
 
