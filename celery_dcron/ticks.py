@@ -55,6 +55,7 @@ __all__ = [
     "COUNT_CAP",
     "DCRON_UUID_NAMESPACE",
     "DuePlan",
+    "first_tick_bound",
     "interval_phase_ms",
     "latest_tick",
     "next_tick",
@@ -90,6 +91,18 @@ def next_tick(schedule: Schedule, after_ms: int) -> int | None:
         # Cron ticks fall on whole seconds: the first one after floor(after) is after it.
         return _cron_step(_cron_iter(schedule, after_ms // 1000), prev=False)
     return _solar_next(schedule, after_ms)
+
+
+def first_tick_bound(schedule: Schedule, since_ms: int) -> int:
+    """A lower bound of the first tick of a cron or one-off entry anchored at or after
+    ``since_ms``: its first tick after ``since_ms`` (a later anchor, or a ``start_at``,
+    only moves it later). 0 when not known here: an interval entry (its first tick
+    follows its anchor, which the registry sets), a solar one (an ephem search per
+    schedule; its result moves slightly with where the search starts), or no tick left.
+    """
+    if isinstance(schedule, CronSchedule | AtSchedule):
+        return next_tick(schedule, since_ms) or 0
+    return 0
 
 
 def latest_tick(schedule: Schedule, after_ms: int, until_ms: int) -> int | None:

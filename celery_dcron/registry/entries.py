@@ -7,7 +7,7 @@ Every write bumps the entries version and publishes ``"entries"``, so owners rel
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from ..entries import EntrySpec
@@ -18,8 +18,8 @@ from ..exceptions import (
     InvalidEntryError,
     VersionConflictError,
 )
-from ..schedules import IntervalSchedule
-from ..ticks import interval_phase_ms
+from ..schedules import IntervalSchedule, Schedule
+from ..ticks import first_tick_bound, interval_phase_ms
 from . import scripts
 from .codec import StaticSyncResult, decode_entries, decode_entry
 from .transport import Store
@@ -114,12 +114,13 @@ class EntryStore(Store):
         """
         results: list[EntrySpec | DcronError | None] = [None] * len(specs)
         todo = list(range(len(specs)))
+        firsts = _FirstTicks(self.transport.server_ms)
         for _ in range(_ATTEMPTS):
             expected: dict[int, int | None] = dict.fromkeys(todo)
             if replace:
                 todo = self._read_versions(specs, todo, expected, results)
             written: list[int] = []  # the index in specs of each row
-            rows: list[tuple[str, str, int, int, int]] = []
+            rows: list[tuple[str, str, int, int, int, int]] = []
             for i in todo:
                 spec, exp = specs[i], expected[i]
                 new = _at_version(spec, (exp or 0) + 1)
@@ -128,7 +129,8 @@ class EntryStore(Store):
                 except InvalidEntryError as exc:
                     results[i] = exc
                     continue
-                rows.append((spec.name, text, -1 if exp is None else exp, *self.grid(spec)))
+                exp_v = -1 if exp is None else exp
+                rows.append((spec.name, text, exp_v, *self.grid(spec), firsts.bound(spec)))
                 written.append(i)
                 results[i] = new  # unless refused below
             todo = []
@@ -146,9 +148,11 @@ class EntryStore(Store):
             )
         return [r for r in results if r is not None]
 
-    def _put_rows(self, rows: list[tuple[str, str, int, int, int]]) -> list[tuple[int, str, int]]:
+    def _put_rows(
+        self, rows: list[tuple[str, str, int, int, int, int]]
+    ) -> list[tuple[int, str, int]]:
         """Run PUT_ENTRIES on ``rows`` (name, json, expected version or -1, every_ms,
-        phase_ms), in calls of at most ``PUT_ENTRIES_MAX`` entries and about
+        phase_ms, first tick bound or 0), in calls of at most ``PUT_ENTRIES_MAX`` entries and about
         ``PUT_ENTRIES_MAX_BYTES`` of JSON, pipelined in one round trip; returns
         ``(position in rows, status, current version)`` of each entry refused."""
         calls: list[list[Any]] = []
@@ -156,7 +160,7 @@ class EntryStore(Store):
         meta: list[Any] = []
         texts: list[str] = []
         size = 0
-        for at, (name, text, expected, every, phase) in enumerate(rows):
+        for at, (name, text, expected, every, phase, first) in enumerate(rows):
             length = len(text) if text.isascii() else len(text.encode())
             if texts and (
                 len(texts) >= scripts.PUT_ENTRIES_MAX
@@ -168,7 +172,7 @@ class EntryStore(Store):
                 meta, texts, size = [], [], 0
             if not texts:
                 firsts.append(at)
-            meta.extend((name, length, expected, every, phase))
+            meta.extend((name, length, expected, every, phase, first))
             texts.append(text)
             size += length
         if texts:
@@ -274,6 +278,39 @@ class EntryStore(Store):
             return (0, 0)
         every = schedule.every_ms
         return (every, interval_phase_ms(self.keys.namespace, spec.name, every))
+
+
+class _FirstTicks:
+    """The due index's time of each new cron or one-off entry of one bulk write: a lower
+    bound of its first tick (:func:`~celery_dcron.ticks.first_tick_bound`) from the
+    server's time read once, before the first such entry is written (its anchor, set
+    by the write, is not earlier). One computation per distinct schedule: a bulk add
+    of cron entries shares a few expressions, and croniter takes ~30 µs a step. So
+    their owners do not have to compute and write each first tick after the add."""
+
+    def __init__(self, server_ms: Callable[[], int]) -> None:
+        self._server_ms = server_ms
+        self._since: int | None = None
+        # id(schedule) -> (schedule, bound): validation gives the entries of one cron
+        # expression one object, so its id finds it without hashing the dataclass (the
+        # schedule is kept with it: its id is not reused while this lives)
+        self._by_id: dict[int, tuple[Schedule, int]] = {}
+        self._bounds: dict[Schedule, int] = {}
+
+    def bound(self, spec: EntrySpec) -> int:
+        schedule = spec.schedule
+        if type(schedule) is IntervalSchedule:
+            return 0  # the script computes it from the anchor it sets
+        known = self._by_id.get(id(schedule))
+        if known is not None:
+            return known[1]
+        bound = self._bounds.get(schedule)
+        if bound is None:
+            if self._since is None:
+                self._since = self._server_ms()
+            bound = self._bounds[schedule] = first_tick_bound(schedule, self._since)
+        self._by_id[id(schedule)] = (schedule, bound)
+        return bound
 
 
 def _at_version(spec: EntrySpec, version: int) -> EntrySpec:

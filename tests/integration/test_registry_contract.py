@@ -29,8 +29,8 @@ from celery_dcron.interfaces import Registry, Subscription
 from celery_dcron.registry import DueHint, due_hint
 from celery_dcron.registry import Registry as RedisRegistry
 from celery_dcron.registry.memory import MemoryRegistry
-from celery_dcron.schedules import CronSchedule, IntervalSchedule
-from celery_dcron.ticks import interval_phase_ms
+from celery_dcron.schedules import AtSchedule, CronSchedule, IntervalSchedule
+from celery_dcron.ticks import interval_phase_ms, next_tick
 
 T0 = 1_800_000_000_000
 NS = "contract"
@@ -710,12 +710,21 @@ def test_the_due_index_is_unknown_after_each_write_and_holds_what_owners_set(
         schedule=CronSchedule(expr="* * * * *")
     )
     reg.put_entry(cron, expected_version=None)
+    # a bulk write gives a new cron or one-off entry its first tick after the server's
+    # time (before its anchor); its start_at only moves that later
+    yearly = cron.with_changes(name="yearly", schedule=CronSchedule(expr="0 0 1 1 *"))
+    at = cron.with_changes(name="at", schedule=AtSchedule(at_ms=2**52))
+    reg.put_entries([yearly, at, yearly.with_changes(name="yearly-late", start_ms=T0)])
     anchors = {n: st.anchor_ms for n, st in reg.states().items()}
     first = {"a": 1000, "b": 1000, "c": 1000, "d": 7000}
+    new_year = next_tick(yearly.schedule, anchors["yearly"])  # type: ignore[arg-type]
     assert dict(reg.due_range(None, 2**53)) == {
         **{n: anchors[n] + every for n, every in first.items()},  # type: ignore[operator]
         "late": 0, "late1": 0, "cron": 0, "s1": 0, "s2": 0,
+        "yearly": new_year, "yearly-late": new_year, "at": 2**52,
     }  # fmt: skip
+    for name in ("yearly", "at", "yearly-late"):
+        reg.remove_entry(name, tombstone=False)
     reg.put_entries([dynamic("d", every_ms=7000)], replace=True)  # anchored before: unknown
     assert dict(reg.due_range(None, 0))["d"] == 0
     for name in ("late", "late1", "cron"):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import random
 import time
 import uuid
 from datetime import datetime, timedelta
@@ -14,6 +15,8 @@ from celery.schedules import solar
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from celery_dcron import ticks as tickmath
+from celery_dcron.engine import timeline
 from celery_dcron.entries import MisfirePolicy
 from celery_dcron.schedules import (
     AtSchedule,
@@ -612,3 +615,46 @@ def test_tick_iso() -> None:
     assert tick_iso(ms(2026, 3, 29, 1) + 7) == "2026-03-29T01:00:00.007+00:00"
     assert datetime.fromisoformat(tick_iso(1_777_777_777_777)) == ms_to_datetime(1_777_777_777_777)
     assert ms_to_datetime(5) - ms_to_datetime(0) == timedelta(milliseconds=5)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    expr=st.sampled_from(LATEST_CRONS),
+    tz=st.sampled_from(["UTC", "Europe/Paris", "America/New_York", "Australia/Lord_Howe"]),
+    day=st.sampled_from(DST_DAYS),
+    offsets=st.lists(st.integers(-D, D), min_size=1, max_size=30),
+)
+def test_the_timelines_remembered_cron_ticks_agree_with_next_tick(
+    expr: str, tz: str, day: int, offsets: list[int]
+) -> None:
+    """The engine remembers, per cron schedule, a span of instants that share their next
+    tick (entries anchored at different instants): in any order, across DST changes,
+    each answer is next_tick's."""
+    s = CronSchedule(expr=expr, tz=tz)
+    timeline._cron_spans.clear()
+    for offset in offsets:
+        after = day + offset
+        assert timeline._next_tick(s, after) == next_tick(s, after), iso(after)
+
+
+def test_cron_entries_anchored_at_different_instants_cost_a_few_croniter_steps(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """10,000 entries of one daily cron, anchored over 20 s in random order (a bulk add):
+    a few croniter steps in all, not one per entry."""
+    steps = 0
+    step = tickmath.next_tick
+
+    def counted(schedule: Schedule, after_ms: int) -> int | None:
+        nonlocal steps
+        steps += 1
+        return step(schedule, after_ms)
+
+    monkeypatch.setattr(timeline, "_cached_next_tick", counted)
+    timeline._cron_spans.clear()
+    s = CronSchedule(expr="30 4 * * *", tz="Europe/Paris")
+    start = ms(2026, 3, 20, 12)
+    anchors = [start + i * 2 for i in range(10_000)]
+    random.Random(7).shuffle(anchors)
+    assert {timeline._next_tick(s, a) for a in anchors} == {next_tick(s, start)}
+    assert steps < 30

@@ -24,6 +24,7 @@ from ..codec import (
 if TYPE_CHECKING:
     pass
 from ...schedules import IntervalSchedule
+from ...ticks import first_tick_bound
 from .base import _ENTRIES, _Base, _conflict, _refused, _version_of
 
 
@@ -60,13 +61,24 @@ class _Entries(_Base):
                 self._notify(_ENTRIES)
             return StaticSyncResult(changed=changed, skipped=skipped)
 
-    def _first_due(self, name: str, spec: EntrySpec, text: str, anchored: bool) -> None:
+    def _first_due(
+        self, name: str, spec: EntrySpec, text: str, anchored: bool, *, bulk_ms: int | None = None
+    ) -> None:
         """As the scripts' ``first_due``: an interval entry anchored by this write, without
-        "start_ms" in its text, is due a whole interval after its anchor."""
+        "start_ms" in its text, is due a whole interval after its anchor; in a bulk write
+        (``bulk_ms``: its time), a cron or one-off entry anchored by it at its
+        :func:`~celery_dcron.ticks.first_tick_bound`."""
         d = self._data
-        interval = isinstance(spec.schedule, IntervalSchedule)
-        if anchored and interval and name not in d.last and '"start_ms"' not in text:
-            d.due[name] = d.anchor[name] + spec.schedule.every_ms  # type: ignore[union-attr]
+        if not anchored or name in d.last:
+            return
+        schedule = spec.schedule
+        if isinstance(schedule, IntervalSchedule):
+            if '"start_ms"' not in text:
+                d.due[name] = d.anchor[name] + schedule.every_ms
+        elif bulk_ms is not None:
+            bound = first_tick_bound(schedule, bulk_ms)
+            if bound:
+                d.due[name] = bound
 
     def restore_anchors(self, anchors: Mapping[str, int], *, reset_ms: int) -> None:
         with self._op():
@@ -159,7 +171,7 @@ class _Entries(_Base):
                     anchored = name not in d.anchor
                     d.anchor.setdefault(name, self._anchor_at(spec, now))
                     self._feed(name, "put")
-                    self._first_due(name, spec, text, anchored)
+                    self._first_due(name, spec, text, anchored, bulk_ms=now)
                     results.append(new)
                     continue
                 results.append(_refused(name, why))

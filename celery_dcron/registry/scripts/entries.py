@@ -133,12 +133,14 @@ PUT_ENTRIES_MAX_BYTES = 512 * 1024
 # written (as _FEED's ``feed`` records it: the entries version is bumped once per record,
 # in one HINCRBY, and the stream trimmed once, at the end); one PUBLISH for the whole
 # call. An entry named twice sees the first write. Each entry written gets due time 0
-# (unknown until its owner computes it: keys.py), or, anchored by this call, the
-# first_due of its anchor.
+# (unknown until its owner computes it: keys.py), or, anchored by this call (and without
+# a last tick), the first_due of its anchor, else its row's first tick bound.
 # KEYS: entries, static, tombstones, anchor, meta, feed, due, last
-# ARGV: channel, rows, texts. rows: a JSON array (cjson), 5 values per entry: name, the
+# ARGV: channel, rows, texts. rows: a JSON array (cjson), 6 values per entry: name, the
 #       length in bytes of its JSON, expected (the current version, -1 = must not exist),
-#       every_ms, phase_ms (the interval grid; every_ms 0 = not an interval). texts: the
+#       every_ms, phase_ms (the interval grid; every_ms 0 = not an interval), and a lower
+#       bound of its first tick if this call anchors it (0 = unknown: a cron or one-off
+#       entry's first tick after the server time read before the call). texts: the
 #       entries' JSON, one after the other (not escaped again inside rows: half the
 #       bytes to decode). At most PUT_ENTRIES_MAX entries (and about
 #       PUT_ENTRIES_MAX_BYTES of JSON).
@@ -156,10 +158,10 @@ PUT_ENTRIES = Script(
     + """
 local rows = cjson.decode(ARGV[2])
 local blob = ARGV[3]
-local n = #rows / 5
+local n = #rows / 6
 if n == 0 then return {0} end
 local names = {}
-for i = 1, n do names[i] = rows[5 * i - 4] end
+for i = 1, n do names[i] = rows[6 * i - 5] end
 local stored = redis.call('HMGET', KEYS[1], unpack(names))
 local static = redis.call('HMGET', KEYS[2], unpack(names))
 local tombs = redis.call('HMGET', KEYS[3], unpack(names))
@@ -174,7 +176,7 @@ local fed, f = {}, 0        -- the names written, in order: one feed record each
 local dues = {}             -- ZADD due: 0, name, ...
 local at = 1                -- where the next entry's JSON starts in blob
 for i = 1, n do
-  local b = 5 * i - 4
+  local b = 6 * i - 5
   local name, size, expected = rows[b], rows[b + 1], rows[b + 2]
   local text = string.sub(blob, at, at + size - 1)
   at = at + size
@@ -202,7 +204,11 @@ for i = 1, n do
       anchored[name] = true
       marks[m + 1], marks[m + 2] = name, anchor
       m = m + 2
-      if not lasts[i] then dues[2 * f - 1] = first_due(1, anchor, rows[b + 3], text) end
+      if not lasts[i] then
+        local first = first_due(1, anchor, rows[b + 3], text)
+        if first == 0 then first = rows[b + 5] end
+        dues[2 * f - 1] = first
+      end
     end
   end
 end
