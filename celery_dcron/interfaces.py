@@ -181,9 +181,21 @@ class Registry(Protocol):
 
     # -- entries ------------------------------------------------------------------
 
-    def sync_static(self, specs: Sequence[EntrySpec]) -> StaticSyncResult:
-        """Write the static entries of one ``beat_schedule``; anchor new ones; remove
-        static entries no longer listed; leave tombstoned and dynamic names alone."""
+    def sync_static(self, specs: Sequence[EntrySpec], *, final: bool = True) -> StaticSyncResult:
+        """Write static entries of one ``beat_schedule`` (all of it, or a page); anchor
+        new ones; leave tombstoned and dynamic names alone. ``final`` (the whole
+        schedule): then remove the static entries ``specs`` does not list (a schedule
+        written in pages: :meth:`scan_static` and :meth:`drop_static`)."""
+        ...
+
+    def scan_static(self, cursor: int, count: int) -> tuple[int, list[str]]:
+        """One page of about ``count`` static entries' names (cursor 0 starts; 0 back:
+        done; a name may come twice)."""
+        ...
+
+    def drop_static(self, names: Sequence[str]) -> int:
+        """Remove each of ``names`` that is still a static entry (its definition, not its
+        run state, as :meth:`sync_static` does); how many were."""
         ...
 
     def restore_anchors(self, anchors: Mapping[str, int], *, reset_ms: int) -> None:

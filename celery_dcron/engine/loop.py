@@ -4,8 +4,10 @@ One :meth:`Engine.step`:
 
 1. heartbeat (when due, or woken by an event) and refresh what changed: nodes, entries,
    shared state, ownership (:mod:`.view`); notice a Redis data loss (:mod:`.recovery`);
-   then one budget of paged bookkeeping: the rebuild after a data loss (:mod:`.recovery`),
-   else the full reload or the reassignment (:mod:`.loading`), else the change feed;
+   then one budget of paged bookkeeping: the static sync (a ``beat_schedule`` of more
+   than 1,000 entries takes several, :mod:`.view`), else the rebuild after a data loss
+   (:mod:`.recovery`), else the full reload or the reassignment (:mod:`.loading`), else
+   the change feed;
 2. retake claims that were made but never marked sent (ours after a failed publish, or
    those of a dead node) and publish them again with the same task id (:mod:`.dispatch`);
 3. for every owned entry whose next tick is due (:mod:`.timeline`): plan its ticks under
@@ -151,6 +153,8 @@ class Engine:
             chunk=package.CLAIM_CHUNK,  # read here: tests patch the package's constant
         )  # fmt: skip
         self._synced = False
+        #: a static sync is under way (a large beat_schedule is written a page a pass)
+        self._syncing = False
         self._connected = False
         self._failures = 0
         self._up_reported = False
@@ -191,14 +195,18 @@ class Engine:
             if now_mono >= self._next_beat or not self._connected or self._dirty(clear=False):
                 self._beat()
                 self._next_beat = now_mono + self._next_beat_in_s()
-            if self.recovery.rebuilding:
+            if self._syncing:  # first: after a data loss, the static entries are back
+                self._sync_static()  # before the rebuild; the reload waits for them
+            if self._syncing:
+                pass  # a large beat_schedule: its next page in the next pass
+            elif self.recovery.rebuilding:
                 self.recovery.run()  # a data loss: the reload and the feed wait for it
             elif self.jobs.busy:
                 self.jobs.run()
             elif self._feed_behind:
                 self._apply_feed()
             interval = self.settings.reconcile_interval_s
-            if interval and now_mono >= self._next_reconcile:
+            if interval and self._synced and now_mono >= self._next_reconcile:
                 self._next_reconcile = now_mono + interval
                 self._notify(signals.reconcile, reason="periodic")
             if self.recovery.settled(self.clock.now_ms()):
@@ -223,6 +231,17 @@ class Engine:
         except RegistryUnavailableError as exc:
             return self._unavailable(exc)
         return self._wait_s()
+
+    def _sync_static(self) -> None:
+        """Pages of the static sync for up to a job slice; once the last is written, what
+        follows it (the reconcile of the adapters: Django's rows)."""
+        if not self.view.sync_static(loading.BUDGET_S):
+            return
+        self._syncing = False
+        self._synced = True
+        if not self.recovery.rebuilding:  # else the rebuild's, once the anchors are back
+            self._notify(signals.reconcile, reason="start")
+        self._next_reconcile = time.monotonic() + self.settings.reconcile_interval_s
 
     def wait(self, seconds: float) -> bool:
         """Sleep up to ``seconds``; returns early, and True, when an event arrives."""
@@ -346,17 +365,15 @@ class Engine:
             self.recovery.start_rebuild(self.view.states)
             self._reclaim = True
             self._synced = False
+            self._syncing = False  # a sync under way starts over
         if self._reclaim:  # before the rebuild's first page puts last ticks back
             self.dispatcher.reclaim_failed()
             self._reclaim = False
-        if not self._synced:
+        if not self._synced and not self._syncing:
             # after a loss, the static entries' anchors first: the sync would anchor anew
             self.recovery.restore_static_anchors(self.view.static_anchors)
-            self.view.sync_static()
-            self._synced = True
-            if not self.recovery.rebuilding:  # else the rebuild's, once the anchors are back
-                self._notify(signals.reconcile, reason="start")
-            self._next_reconcile = time.monotonic() + self.settings.reconcile_interval_s
+            self.view.start_static_sync()
+            self._syncing = True  # written in step(), a page a pass
         full = reset or reconnected
         again = reconnected and not reset and self._synced and self._seen_once
         if again:
@@ -409,7 +426,7 @@ class Engine:
     # -- waiting and failures ------------------------------------------------------
 
     def _wait_s(self) -> float:
-        if self.jobs.busy or self._feed_behind or self.recovery.rebuilding:
+        if self.jobs.busy or self._feed_behind or self.recovery.rebuilding or self._syncing:
             return 0.0  # the next page, once the loop has looked at due ticks
         wait = self._next_beat - time.monotonic()
         due = self.next_due_ms()

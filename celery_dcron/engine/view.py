@@ -12,6 +12,7 @@ and says which owned entries can run here (enabled, and accepted by the adapter'
 from __future__ import annotations
 
 import logging
+import time
 from collections import Counter
 from collections.abc import Callable, Collection, Mapping, Sequence
 from typing import NamedTuple
@@ -34,6 +35,26 @@ EntryCheck = Callable[[EntrySpec], str | None]
 
 #: The state of an entry that has none yet.
 NO_STATE = EntryState()
+#: Static entries written (or removed) per call of the static sync (one script call,
+#: ~10 µs an entry in Redis): a larger ``beat_schedule`` is written a page at a time,
+#: the loop going on between them.
+STATIC_PAGE = 1_000
+#: Static names read per ``HSCAN`` call once a paged sync has written its pages.
+STATIC_SCAN = 10_000
+
+
+class _StaticSync:
+    """Where a static sync is: entries written, the registry's static names scanned
+    (cursor), those it holds that the schedule does not list (to remove)."""
+
+    def __init__(self) -> None:
+        self.written = 0
+        self.changed = 0
+        self.cursor = 0
+        self.scanned = False
+        self.listed: set[str] | None = None
+        self.stale: set[str] = set()
+
 
 #: Feed records read per round trip.
 FEED_PAGE = 500
@@ -78,6 +99,7 @@ class View(Part):
         #: after a Redis data loss every instance puts them back before the static sync
         #: would anchor them anew (dynamic entries' anchors are put back by their owners)
         self.static_anchors: dict[str, int] = {}
+        self._static = _StaticSync()  # the static sync under way
         #: definitions of entries owned elsewhere, read for one job (a claim of ours to
         #: publish again, a run-now request we took); replaced at each read
         self.borrowed: dict[str, EntrySpec] = {}
@@ -241,17 +263,56 @@ class View(Part):
         for node_id in before.keys() - after.keys():
             self.notify(signals.node_left, node=before[node_id])
 
-    def sync_static(self) -> None:
-        """Write this instance's static entries (``beat_schedule``) to the registry."""
-        result = self.registry.sync_static(self.static_entries)
-        for name, reason in result.skipped.items():
-            logger.warning(
-                "dcron: static entry %r not written: a %s entry of that name exists",
-                name,
-                "deleted (tombstoned)" if reason == "tombstoned" else reason,
-            )
-        if result.changed:
-            logger.info("dcron: static schedule synced, %d entries changed", result.changed)
+    def start_static_sync(self) -> None:
+        """Write this instance's static entries (``beat_schedule``) to the registry from
+        the first: :meth:`sync_static` does it, a page at a time."""
+        self._static = _StaticSync()
+
+    def sync_static(self, budget_s: float) -> bool:
+        """Steps of the static sync started, for up to ``budget_s`` (at least one); True
+        once it is done. A schedule of up to ``STATIC_PAGE`` entries is one script call
+        (which also removes the static entries it does not list). A larger one: pages of
+        ``STATIC_PAGE`` entries (one script call each, ~10 µs an entry in Redis), then
+        the static names in the registry (``HSCAN``, ``STATIC_SCAN`` a call), then the
+        removal of those no longer listed, ``STATIC_PAGE`` a call. Each step can be done
+        again (a step cut off by a Redis error is, on the next try)."""
+        deadline = time.monotonic() + budget_s
+        sync, specs = self._static, self.static_entries
+        while not self._static_step(sync, specs):
+            if time.monotonic() >= deadline:
+                return False
+        if sync.changed:
+            logger.info("dcron: static schedule synced, %d entries changed", sync.changed)
+        return True
+
+    def _static_step(self, sync: _StaticSync, specs: Sequence[EntrySpec]) -> bool:
+        """One step of the static sync; True when it is done."""
+        if sync.written < len(specs) or (not specs and not sync.scanned):
+            page = specs[sync.written : sync.written + STATIC_PAGE]
+            whole = len(specs) <= STATIC_PAGE
+            result = self.registry.sync_static(page, final=whole)
+            for name, reason in result.skipped.items():
+                logger.warning(
+                    "dcron: static entry %r not written: a %s entry of that name exists",
+                    name,
+                    "deleted (tombstoned)" if reason == "tombstoned" else reason,
+                )
+            sync.changed += result.changed
+            sync.written += len(page)
+            if whole:
+                sync.scanned = True
+                return True
+            return False
+        if not sync.scanned:
+            sync.cursor, names = self.registry.scan_static(sync.cursor, STATIC_SCAN)
+            if sync.listed is None:
+                sync.listed = {spec.name for spec in specs}
+            sync.stale.update(n for n in names if n not in sync.listed)
+            sync.scanned = sync.cursor == 0
+            return sync.scanned and not sync.stale
+        gone = [sync.stale.pop() for _ in range(min(STATIC_PAGE, len(sync.stale)))]
+        sync.changed += self.registry.drop_static(gone)
+        return not sync.stale
 
     # -- what can run --------------------------------------------------------------
 

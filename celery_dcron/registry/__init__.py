@@ -194,8 +194,16 @@ class Registry:
 
     # -- entries (EntryStore) ----------------------------------------------------------
 
-    def sync_static(self, specs: Sequence[EntrySpec]) -> StaticSyncResult:
-        return self.entry_store.sync_static(specs)
+    def sync_static(self, specs: Sequence[EntrySpec], *, final: bool = True) -> StaticSyncResult:
+        return self.entry_store.sync_static(specs, final=final)
+
+    def scan_static(self, cursor: int, count: int) -> tuple[int, list[str]]:
+        """One page of the static entries' names (cursor 0 starts; 0 back: done)."""
+        return self.entry_store.scan_static(cursor, count)
+
+    def drop_static(self, names: Sequence[str]) -> int:
+        """Remove each of ``names`` that is still a static entry; how many were."""
+        return self.entry_store.drop_static(names)
 
     def restore_anchors(self, anchors: Mapping[str, int], *, reset_ms: int) -> None:
         """After Redis lost its data: put back the anchors and record when the data was

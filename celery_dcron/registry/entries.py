@@ -34,14 +34,29 @@ class EntryStore(Store):
     """The ``entries``, ``static``, ``tombstones`` and ``anchor`` keys (and, on removal,
     an entry's run state)."""
 
-    def sync_static(self, specs: Sequence[EntrySpec]) -> StaticSyncResult:
-        """Write the static entries of one ``beat_schedule`` in one step."""
+    def sync_static(self, specs: Sequence[EntrySpec], *, final: bool = True) -> StaticSyncResult:
+        """Write static entries of one ``beat_schedule`` (all of it, or a page) in one
+        step; ``final``: then remove the static entries ``specs`` does not list."""
         args: list[Any] = [self.keys.events, len(specs)]
         for spec in specs:
             args.extend((spec.name, spec.dumps(), *self.grid(spec)))
+        args.append("1" if final else "0")
         raw = self.transport.call(scripts.SYNC_STATIC, args)
         skipped = {str(raw[i]): str(raw[i + 1]) for i in range(1, len(raw), 2)}
         return StaticSyncResult(changed=int(raw[0]), skipped=skipped)
+
+    def scan_static(self, cursor: int, count: int) -> tuple[int, list[str]]:
+        """One page of the static entries' names (``HSCAN``; cursor 0 starts, 0 back
+        means done; a name may come twice)."""
+        t = self.transport
+        cursor, page = t.run(lambda: t.client.hscan(self.keys.static, cursor, count=count))
+        return int(cursor), list(page)
+
+    def drop_static(self, names: Sequence[str]) -> int:
+        """Remove each of ``names`` that is still a static entry; how many were."""
+        if not names:
+            return 0
+        return int(self.transport.call(scripts.DROP_STATIC, [self.keys.events, *names]))
 
     def restore_anchors(self, anchors: Mapping[str, int], *, reset_ms: int) -> None:
         """After Redis lost its data: put back the anchors (HSETNX: an anchor is set once)

@@ -439,6 +439,33 @@ def test_sync_static_writes_anchors_once_and_removes_unlisted_entries(backend: B
     assert reg.snapshot().static == {"a", "b"}
 
 
+def test_a_static_schedule_in_pages_then_its_stale_entries_dropped(backend: Backend) -> None:
+    """A large beat_schedule is written a page per call (final=False: nothing removed);
+    then the static names are scanned, and those it does not list dropped: only names
+    that are still static entries (not a dynamic entry of that name)."""
+    reg = backend.reg
+    reg.sync_static([spec("a"), spec("b"), *[spec(f"old{i}") for i in range(5)]])
+    assert reg.sync_static([spec("a"), spec("c")], final=False).changed == 1  # c
+    assert reg.sync_static([spec("b", 2000)], final=False).changed == 1
+    assert reg.snapshot().static == {"a", "b", "c", *[f"old{i}" for i in range(5)]}
+    seen: set[str] = set()
+    cursor = 0
+    while True:
+        cursor, names = reg.scan_static(cursor, 3)
+        seen.update(names)
+        if cursor == 0:
+            break
+    assert seen == reg.snapshot().static
+    reg.put_entry(dynamic("dyn"), expected_version=None)
+    assert reg.drop_static(["old0", "old1", "dyn", "nothing"]) == 2
+    assert reg.drop_static([f"old{i}" for i in range(5)]) == 3
+    assert reg.drop_static([]) == 0
+    assert reg.snapshot().static == {"a", "b", "c"}
+    entries, _ = reg.entries()
+    assert sorted(entries) == ["a", "b", "c", "dyn"]
+    assert "old0" not in dict(reg.due_range(None, 2**53))
+
+
 def test_malformed_entries_are_reported_not_raised(backend: Backend) -> None:
     reg = backend.reg
     reg.sync_static([spec("good")])

@@ -15,7 +15,8 @@ from typing import Any
 
 import pytest
 
-from celery_dcron.engine import Engine, loading, timeline
+from celery_dcron import signals
+from celery_dcron.engine import Engine, loading, timeline, view
 from celery_dcron.entries import EntrySpec, EntryState, NodeStatus, Tick
 from celery_dcron.enums import EntrySource
 from celery_dcron.planning import next_run_ms
@@ -28,6 +29,7 @@ from tests.enginekit import (
     assert_each_tick_once,
     decisions,
     dynamic,
+    entries,
     ticks_of,
 )
 
@@ -637,3 +639,57 @@ def test_no_due_time_is_written_while_a_job_runs_or_the_feed_is_behind(
     c.advance(2 * S, step_ms=100)  # the 1 s entries fire while it reloads, page by page
     assert written and not any(written)
     assert dict(c.registry.due_range(None, 2**62)) == dict(a.timeline._next)
+
+
+def test_a_large_beat_schedule_is_synced_a_page_per_pass(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A beat_schedule of more than one page is written a page (one script call) per
+    pass of the loop, so that no pass holds the loop or Redis for long. The pages before
+    the last remove nothing; the last removes the static entries no longer listed. The
+    reload follows, and the adapters' reconcile is told once, after the last page."""
+    monkeypatch.setattr(view, "STATIC_PAGE", 100)
+    monkeypatch.setattr(loading, "BUDGET_S", 0.0)  # one page a pass
+    c = MemoryCluster()
+    gone = [s.with_changes(name=f"gone{i}") for i, s in enumerate(entries(3, every_s=60))]
+    c.registry.sync_static(gone)  # what an earlier beat_schedule wrote
+    busy = entries(2, every_s=1)
+    schedule = [*busy, *[s.with_changes(name=f"s{i:03d}") for i, s in enumerate(entries(448))]]
+    calls: list[tuple[str, int]] = []
+    reg = c.registry
+    sync_static, scan_static, drop_static = reg.sync_static, reg.scan_static, reg.drop_static
+
+    def sync(specs: Any, *, final: bool = True) -> Any:
+        calls.append(("sync final" if final else "sync", len(specs)))
+        return sync_static(specs, final=final)
+
+    def scan(cursor: int, count: int) -> Any:
+        calls.append(("scan", count))
+        return scan_static(cursor, count)
+
+    def drop(names: Any) -> Any:
+        calls.append(("drop", len(names)))
+        return drop_static(names)
+
+    monkeypatch.setattr(reg, "sync_static", sync)
+    monkeypatch.setattr(reg, "scan_static", scan)
+    monkeypatch.setattr(reg, "drop_static", drop)
+    reasons: list[str] = []
+
+    def receiver(sender: object, reason: str = "", **kw: object) -> None:
+        reasons.append(reason)
+
+    signals.reconcile.connect(receiver, weak=False)
+    try:
+        e = c.add("a", schedule)
+        for n in range(1, 7):
+            e.step()
+            assert len(calls) == n and reasons == []
+            assert c.registry.snapshot().static >= {g.name for g in gone}  # not removed yet
+        e.step()
+        assert calls == [("sync", 100)] * 4 + [("sync", 50), ("scan", 10_000), ("drop", 3)]
+        assert reasons == ["start"]
+        assert c.registry.snapshot().static == {s.name for s in schedule}
+        c.advance(5 * S, step_ms=100)
+    finally:
+        signals.reconcile.disconnect(receiver)
+    assert e.owned == {s.name for s in schedule} and len(calls) == 7
+    assert ticks_of(c.recorder, busy[0].name)

@@ -24,7 +24,7 @@ from typing import Any
 import pytest
 
 from celery_dcron import signals
-from celery_dcron.engine import Engine, loading, recovery
+from celery_dcron.engine import Engine, loading, recovery, view
 from celery_dcron.entries import EntrySpec, EntryState, MisfirePolicy, Tick
 from celery_dcron.exceptions import RegistryUnavailableError
 from tests.enginekit import (
@@ -65,9 +65,12 @@ def _on_the_grid(c: MemoryCluster, anchors: dict[str, int], since: int = 0) -> N
         assert all(y - x == S for x, y in pairwise(later)), (name, later)
 
 
+@pytest.mark.parametrize("static_page", [1000, 3])
 def test_a_data_loss_with_every_owner_running_keeps_the_grid_and_fires_no_tick_twice(
-    caplog: pytest.LogCaptureFixture,
+    caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch, static_page: int
 ) -> None:
+    """(static_page 3: the static schedule of 8 entries is written again in 3 passes.)"""
+    monkeypatch.setattr(view, "STATIC_PAGE", static_page)
     c, _, _, anchors = _two_running()
     last = {name: ticks_of(c.recorder, name)[-1] for name in NAMES}
     c.registry.lose_data()

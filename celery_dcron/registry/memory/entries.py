@@ -31,16 +31,16 @@ from .base import _ENTRIES, _Base, _conflict, _refused, _version_of
 class _Entries(_Base):
     # -- entries -------------------------------------------------------------------
 
-    def sync_static(self, specs: Sequence[EntrySpec]) -> StaticSyncResult:
+    def sync_static(self, specs: Sequence[EntrySpec], *, final: bool = True) -> StaticSyncResult:
         texts = [(spec, spec.dumps()) for spec in specs]
+        kept = set()
         with self._op() as now:
             d = self._data
             changed = 0
             skipped: dict[str, str] = {}
-            keep = set()
             for spec, text in texts:
                 name = spec.name
-                keep.add(name)
+                kept.add(name)
                 if name in d.tombstones:
                     skipped[name] = "tombstoned"
                 elif name not in d.static and name in d.entries:
@@ -52,14 +52,32 @@ class _Entries(_Base):
                         self._feed(name, "put")
                         changed += 1
                     d.anchor.setdefault(name, self._anchor_at(spec, now))
-            for name in sorted(d.static - keep):
-                d.static.discard(name)
-                d.entries.pop(name, None)
-                self._feed(name, "del")
+            for name in sorted(d.static - kept if final else ()):
+                self._drop_static(name)
                 changed += 1
             if changed:
                 self._notify(_ENTRIES)
             return StaticSyncResult(changed=changed, skipped=skipped)
+
+    def _drop_static(self, name: str) -> None:
+        d = self._data
+        d.static.discard(name)
+        d.entries.pop(name, None)
+        self._feed(name, "del")
+
+    def scan_static(self, cursor: int, count: int) -> tuple[int, list[str]]:
+        with self._op():
+            names = sorted(self._data.static)[cursor : cursor + count]
+        return (0 if len(names) < count else cursor + len(names)), names
+
+    def drop_static(self, names: Sequence[str]) -> int:
+        with self._op():
+            dropped = [n for n in dict.fromkeys(names) if n in self._data.static]
+            for name in dropped:
+                self._drop_static(name)
+            if dropped:
+                self._notify(_ENTRIES)
+            return len(dropped)
 
     def _first_due(
         self, name: str, spec: EntrySpec, text: str, anchored: bool, *, bulk_ms: int | None = None

@@ -6,8 +6,8 @@ from ..keys import KeyName
 from .base import _ANCHOR, _FEED, _FIRST_DUE, _NOW, _VERSION, FEED_MAXLEN, Script
 
 __all__ = [
-    "CLEANUP", "PUT_ENTRIES", "PUT_ENTRIES_MAX", "PUT_ENTRIES_MAX_BYTES", "PUT_ENTRY",
-    "REMOVE_ENTRY", "RESET", "SET_DUE", "SET_DUE_MAX", "SET_PAUSED", "SYNC_STATIC",
+    "CLEANUP", "DROP_STATIC", "PUT_ENTRIES", "PUT_ENTRIES_MAX", "PUT_ENTRIES_MAX_BYTES",
+    "PUT_ENTRY", "REMOVE_ENTRY", "RESET", "SET_DUE", "SET_DUE_MAX", "SET_PAUSED", "SYNC_STATIC",
 ]  # fmt: skip
 
 
@@ -21,11 +21,13 @@ _DEFINITION_AND_STATE: tuple[KeyName, ...] = (
     "entries", "static", "tombstones", "anchor", "last", "runs", "lastnode", "errors",
 )  # fmt: skip
 
-# Writes the static entries of one beat_schedule in one step: a tombstoned name or
-# a dynamic entry of the same name is left alone (reported); static entries no
-# longer in the schedule are removed; anchors are set once (HSETNX, on the entry's grid).
+# Writes static entries of one beat_schedule, all of it or a page: a tombstoned name or
+# a dynamic entry of the same name is left alone (reported); anchors are set once
+# (HSETNX, on the entry's grid). With final '1' (the whole schedule), the static entries
+# it does not list are then removed (a schedule written in pages: DROP_STATIC).
 # KEYS: entries, static, tombstones, anchor, meta, feed, due
-# ARGV: channel, n, then per entry i: name, json, every_ms (0 = not an interval), phase_ms
+# ARGV: channel, n, then per entry i: name, json, every_ms (0 = not an interval),
+#       phase_ms; then final ('1' | '0')
 # Returns {changed, name, reason, name, reason, ...}.
 SYNC_STATIC = Script(
     "sync_static",
@@ -58,7 +60,7 @@ for i = 1, n do
     redis.call('HSETNX', KEYS[4], name, anchor_at(ARGV[b + 2], ARGV[b + 3]))
   end
 end
-for _, name in ipairs(redis.call('HKEYS', KEYS[2])) do
+for _, name in ipairs(ARGV[3 + 4 * n] == '1' and redis.call('HKEYS', KEYS[2]) or {}) do
   if not keep[name] then
     redis.call('HDEL', KEYS[2], name)
     redis.call('HDEL', KEYS[1], name)
@@ -71,6 +73,30 @@ if changed > 0 then
 end
 table.insert(out, 1, changed)
 return out
+""",
+)
+
+# Removes static entries no longer in the beat_schedule (a schedule written in pages
+# finds them with HSCAN): each name that is still a static entry.
+# KEYS: entries, static, meta, feed, due
+# ARGV: channel, names...
+# Returns how many were removed.
+DROP_STATIC = Script(
+    "drop_static",
+    ("entries", "static", "meta", "feed", "due"),
+    _FEED
+    + """
+local changed = 0
+for i = 2, #ARGV do
+  local name = ARGV[i]
+  if redis.call('HDEL', KEYS[2], name) == 1 then
+    redis.call('HDEL', KEYS[1], name)
+    feed(3, 4, name, 'del', 5)
+    changed = changed + 1
+  end
+end
+if changed > 0 then redis.call('PUBLISH', ARGV[1], 'entries') end
+return changed
 """,
 )
 
