@@ -163,7 +163,8 @@ class DynamicTasks:
         dry_run: bool = False,
     ) -> BulkResult:
         """Add many entries: all are validated first, then written ``chunk`` at a time,
-        one pipelined round trip per chunk (two with ``replace``), two chunks at once.
+        one pipelined round trip per chunk (two with ``replace``), two chunks at once
+        (and once per call, with cron or one-off entries, the server's time is read).
 
         Each entry is a mapping of :meth:`add`'s fields with its ``name`` (and ``task``),
         a line of ``export`` (parsed), or an :class:`EntrySpec`. If any is invalid,

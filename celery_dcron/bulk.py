@@ -35,6 +35,7 @@ from kombu.utils import json as kjson
 from .entries import EntrySpec
 from .enums import EntrySource
 from .exceptions import BulkInvalidError, DcronError, InvalidEntryError
+from .registry.entries import bounded
 
 if TYPE_CHECKING:
     from .api import DynamicTasks
@@ -115,7 +116,8 @@ def _add_many(
     skip_invalid: bool,
     dry_run: bool,
 ) -> BulkResult:
-    specs, invalid = validate(tasks, entries)
+    now = _ServerTime(tasks)
+    specs, invalid = validate(tasks, entries, now=now)
     if invalid and not skip_invalid:
         raise _invalid_error(invalid, len(specs) + len(invalid))
     total = len(specs) + len(invalid)
@@ -124,7 +126,14 @@ def _add_many(
     created = replaced = 0
     refused: list[EntryProblem] = []
     batches = [specs[i : i + chunk] for i in range(0, len(specs), chunk)]
-    for batch, stored in zip(batches, _write(tasks, batches, replace=replace), strict=True):
+    # the server's time before the writes, read once (with a one-off's validation, if
+    # any; replace reads it with the versions): the due index's first tick of each new
+    # cron or one-off entry counts from it
+    timed = now.known or not replace
+    timed = timed and any(bounded(spec.schedule) for _, spec in specs)
+    since = now() if timed else None
+    written = _write(tasks, batches, replace=replace, since_ms=since)
+    for batch, stored in zip(batches, written, strict=True):
         for (index, spec), result in zip(batch, stored, strict=True):
             if isinstance(result, EntrySpec):
                 if result.version == 1:
@@ -140,7 +149,11 @@ def _add_many(
 
 
 def _write(
-    tasks: DynamicTasks, batches: list[list[tuple[int, EntrySpec]]], *, replace: bool
+    tasks: DynamicTasks,
+    batches: list[list[tuple[int, EntrySpec]]],
+    *,
+    replace: bool,
+    since_ms: int | None,
 ) -> list[list[EntrySpec | DcronError]]:
     """What :meth:`~celery_dcron.interfaces.Registry.put_entries` returns for each batch.
 
@@ -152,7 +165,8 @@ def _write(
     """
 
     def put(batch: list[tuple[int, EntrySpec]]) -> list[EntrySpec | DcronError]:
-        return tasks.registry.put_entries([spec for _, spec in batch], replace=replace)
+        specs = [spec for _, spec in batch]
+        return tasks.registry.put_entries(specs, replace=replace, since_ms=since_ms)
 
     if len(batches) < 2:
         return [put(batch) for batch in batches]
@@ -173,13 +187,17 @@ def _write(
 
 
 def validate(
-    tasks: DynamicTasks, entries: Iterable[Mapping[str, Any] | EntrySpec]
+    tasks: DynamicTasks,
+    entries: Iterable[Mapping[str, Any] | EntrySpec],
+    *,
+    now: Callable[[], int] | None = None,
 ) -> tuple[list[tuple[int, EntrySpec]], list[EntryProblem]]:
-    """``(index, entry)`` of each valid entry, and a problem for each invalid one."""
+    """``(index, entry)`` of each valid entry, and a problem for each invalid one;
+    ``now``: the server's time, when a one-off needs it (read once: :class:`_ServerTime`)."""
     specs: list[tuple[int, EntrySpec]] = []
     problems: list[EntryProblem] = []
     first: dict[str, int] = {}
-    now = _ServerTime(tasks)
+    now = now or _ServerTime(tasks)
     zone = tasks._app_zone()  # the zone of a cron without tz=: read once, not per entry
     for index, item in enumerate(entries):
         try:
@@ -243,6 +261,11 @@ class _ServerTime:
     def __init__(self, tasks: DynamicTasks) -> None:
         self._read: Callable[[], int] = tasks.registry.server_ms
         self._ms: int | None = None
+
+    @property
+    def known(self) -> bool:
+        """Whether it was read."""
+        return self._ms is not None
 
     def __call__(self) -> int:
         if self._ms is None:

@@ -224,13 +224,17 @@ class Registry(Protocol):
         ...
 
     def put_entries(
-        self, specs: Sequence[EntrySpec], *, replace: bool = False
+        self, specs: Sequence[EntrySpec], *, replace: bool = False, since_ms: int | None = None
     ) -> list[EntrySpec | DcronError]:
         """Many :meth:`put_entry` creations at once, each atomic on its own (not the
         batch). ``replace`` overwrites an existing entry (its version + 1) instead of
         refusing it; tombstoned and static names are refused either way. Returns, in
         order, each entry as stored or the error (ConflictError, InvalidEntryError) that
         refused it; raises only what every method may raise.
+
+        A new cron or one-off entry gets its first tick after ``since_ms`` in the due
+        index: a server time (:meth:`server_ms`) read before this call; None: read here
+        if one needs it.
         """
         ...
 

@@ -62,6 +62,7 @@ __all__ = [
     "phased_anchor",
     "plan_due",
     "run_now_task_id",
+    "same_offset",
     "task_id",
     "tick_iso",
 ]
@@ -95,14 +96,29 @@ def next_tick(schedule: Schedule, after_ms: int) -> int | None:
 
 def first_tick_bound(schedule: Schedule, since_ms: int) -> int:
     """A lower bound of the first tick of a cron or one-off entry anchored at or after
-    ``since_ms``: its first tick after ``since_ms`` (a later anchor, or a ``start_at``,
-    only moves it later). 0 when not known here: an interval entry (its first tick
-    follows its anchor, which the registry sets), a solar one (an ephem search per
-    schedule; its result moves slightly with where the search starts), or no tick left.
+    ``since_ms`` (within the hour): its first tick after ``since_ms`` (a later anchor, or
+    a ``start_at``, only moves it later). 0 when not known here: an interval entry (its
+    first tick follows its anchor, which the registry sets), a solar one (an ephem
+    search per schedule; its result moves slightly with where the search starts), no
+    tick left, or a cron whose zone changes its UTC offset between ``since_ms`` and that
+    tick, or within the hour after ``since_ms`` (around such a change croniter's next
+    tick after a later instant can be earlier: Australia/Lord_Howe's half-hour fall-back).
     """
-    if isinstance(schedule, CronSchedule | AtSchedule):
+    if isinstance(schedule, AtSchedule):
         return next_tick(schedule, since_ms) or 0
-    return 0
+    if not isinstance(schedule, CronSchedule):
+        return 0
+    tick = next_tick(schedule, since_ms)
+    if tick is None or not same_offset(schedule, since_ms, since_ms + 3_600_000, tick):
+        return 0
+    return tick
+
+
+def same_offset(schedule: CronSchedule, *instants_ms: int) -> bool:
+    """Whether the schedule's zone has one UTC offset at each of ``instants_ms``."""
+    zone = schedule.zone
+    offsets = {ms_to_datetime(ms).astimezone(zone).utcoffset() for ms in instants_ms}
+    return len(offsets) == 1
 
 
 def latest_tick(schedule: Schedule, after_ms: int, until_ms: int) -> int | None:

@@ -218,7 +218,9 @@ def _next_tick(schedule: Schedule, after_ms: int) -> int | None:
     if span is not None and span[0] <= after_ms < span[1]:
         return span[1]
     tick = _cached_next_tick(schedule, after_ms)
-    if tick is not None:
+    # a span across a change of the zone's UTC offset is not kept: around one, croniter's
+    # next tick after a later instant can be earlier (Australia/Lord_Howe's fall-back)
+    if tick is not None and tickmath.same_offset(schedule, after_ms, tick):
         lo = min(span[0], after_ms) if span is not None and span[1] == tick else after_ms
         if span is None and len(_cron_spans) >= _CRON_SPANS:
             _cron_spans.clear()

@@ -11,6 +11,7 @@ and says which owned entries can run here (enabled, and accepted by the adapter'
 
 from __future__ import annotations
 
+import itertools
 import logging
 import time
 from collections import Counter
@@ -310,8 +311,9 @@ class View(Part):
             sync.stale.update(n for n in names if n not in sync.listed)
             sync.scanned = sync.cursor == 0
             return sync.scanned and not sync.stale
-        gone = [sync.stale.pop() for _ in range(min(STATIC_PAGE, len(sync.stale)))]
+        gone = list(itertools.islice(sync.stale, STATIC_PAGE))
         sync.changed += self.registry.drop_static(gone)
+        sync.stale.difference_update(gone)  # (not before: a failed call is tried again)
         return not sync.stale
 
     # -- what can run --------------------------------------------------------------

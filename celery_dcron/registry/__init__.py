@@ -235,12 +235,12 @@ class Registry:
         return self.entry_store.put_entry(spec, expected_version=expected_version, force=force)
 
     def put_entries(
-        self, specs: Sequence[EntrySpec], *, replace: bool = False
+        self, specs: Sequence[EntrySpec], *, replace: bool = False, since_ms: int | None = None
     ) -> list[EntrySpec | DcronError]:
         """Create (``replace``: create or overwrite) each of ``specs``, pipelined: one
         round trip (two with ``replace``); tombstoned and static names are refused.
         Returns, in order, each entry as stored or the error that refused it."""
-        return self.entry_store.put_entries(specs, replace=replace)
+        return self.entry_store.put_entries(specs, replace=replace, since_ms=since_ms)
 
     def set_enabled(self, name: str, enabled: bool) -> EntrySpec:
         """Enable or disable ``name`` (compare-and-set, retried on a concurrent write)."""

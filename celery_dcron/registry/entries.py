@@ -7,7 +7,7 @@ Every write bumps the entries version and publishes ``"entries"``, so owners rel
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 from ..entries import EntrySpec
@@ -18,10 +18,10 @@ from ..exceptions import (
     InvalidEntryError,
     VersionConflictError,
 )
-from ..schedules import IntervalSchedule, Schedule
+from ..schedules import AtSchedule, CronSchedule, IntervalSchedule, Schedule
 from ..ticks import first_tick_bound, interval_phase_ms
 from . import scripts
-from .codec import StaticSyncResult, decode_entries, decode_entry
+from .codec import StaticSyncResult, decode_entries, decode_entry, time_ms
 from .transport import Store
 
 __all__ = ["EntryStore"]
@@ -118,7 +118,7 @@ class EntryStore(Store):
         raise ConflictError(f"entry {spec.name!r}: too many concurrent writes; try again")
 
     def put_entries(
-        self, specs: Sequence[EntrySpec], *, replace: bool = False
+        self, specs: Sequence[EntrySpec], *, replace: bool = False, since_ms: int | None = None
     ) -> list[EntrySpec | DcronError]:
         """Create (or with ``replace``, create or overwrite) each of ``specs`` as
         :meth:`put_entry` does, each on its own: PUT_ENTRIES calls of up to
@@ -129,11 +129,11 @@ class EntryStore(Store):
         """
         results: list[EntrySpec | DcronError | None] = [None] * len(specs)
         todo = list(range(len(specs)))
-        firsts = _FirstTicks(self.transport.server_ms)
+        firsts = _FirstTicks(self.transport.server_ms, since_ms)
         for _ in range(_ATTEMPTS):
             expected: dict[int, int | None] = dict.fromkeys(todo)
             if replace:
-                todo = self._read_versions(specs, todo, expected, results)
+                todo = self._read_versions(specs, todo, expected, results, firsts)
             written: list[int] = []  # the index in specs of each row
             rows: list[tuple[str, str, int, int, int, int]] = []
             for i in todo:
@@ -149,7 +149,7 @@ class EntryStore(Store):
                 written.append(i)
                 results[i] = new  # unless refused below
             todo = []
-            for row, status, version in self._put_rows(rows):
+            for row, status, version in self._put_rows(rows, firsts.since):
                 i = written[row]
                 if replace and status in ("exists", "conflict", "missing"):
                     todo.append(i)  # written in between: read it again
@@ -164,12 +164,14 @@ class EntryStore(Store):
         return [r for r in results if r is not None]
 
     def _put_rows(
-        self, rows: list[tuple[str, str, int, int, int, int]]
+        self, rows: list[tuple[str, str, int, int, int, int]], since_ms: int | None
     ) -> list[tuple[int, str, int]]:
         """Run PUT_ENTRIES on ``rows`` (name, json, expected version or -1, every_ms,
-        phase_ms, first tick bound or 0), in calls of at most ``PUT_ENTRIES_MAX`` entries and about
-        ``PUT_ENTRIES_MAX_BYTES`` of JSON, pipelined in one round trip; returns
-        ``(position in rows, status, current version)`` of each entry refused."""
+        phase_ms, first tick bound or 0; the bounds count from ``since_ms``), in calls of
+        at most ``PUT_ENTRIES_MAX`` entries and about ``PUT_ENTRIES_MAX_BYTES`` of JSON,
+        pipelined in one round trip; returns ``(position in rows, status, current
+        version)`` of each entry refused."""
+        head = [self.keys.events, "" if since_ms is None else since_ms]
         calls: list[list[Any]] = []
         firsts: list[int] = []  # the position in rows of each call's first entry
         meta: list[Any] = []
@@ -181,9 +183,7 @@ class EntryStore(Store):
                 len(texts) >= scripts.PUT_ENTRIES_MAX
                 or size + length > scripts.PUT_ENTRIES_MAX_BYTES
             ):
-                calls.append(
-                    [self.keys.events, json.dumps(meta, ensure_ascii=False), "".join(texts)]
-                )
+                calls.append([*head, json.dumps(meta, ensure_ascii=False), "".join(texts)])
                 meta, texts, size = [], [], 0
             if not texts:
                 firsts.append(at)
@@ -191,7 +191,7 @@ class EntryStore(Store):
             texts.append(text)
             size += length
         if texts:
-            calls.append([self.keys.events, json.dumps(meta, ensure_ascii=False), "".join(texts)])
+            calls.append([*head, json.dumps(meta, ensure_ascii=False), "".join(texts)])
         replies = self.transport.call_many(scripts.PUT_ENTRIES, calls) if calls else []
         refused: list[tuple[int, str, int]] = []
         for first, reply in zip(firsts, replies, strict=True):
@@ -205,16 +205,25 @@ class EntryStore(Store):
         todo: list[int],
         expected: dict[int, int | None],
         results: list[EntrySpec | DcronError | None],
+        firsts: _FirstTicks,
     ) -> list[int]:
         """Fill ``expected`` with the stored version of each entry of ``todo`` (None:
-        absent); refuse the static names. Returns the indexes still to write."""
+        absent); refuse the static names. Returns the indexes still to write. Reads the
+        server's time with them if ``firsts`` will need it."""
         names = [specs[i].name for i in todo]
         if not names:
             return []
         pipe = self.transport.pipeline()
         pipe.hmget(self.keys.entries, names)
         pipe.hmget(self.keys.static, names)
-        stored, static = self.transport.execute(pipe)
+        timed = firsts.needs_time(specs[i] for i in todo)
+        if timed:  # the TIME script (the namespace's node, on a Redis Cluster); EVAL: the
+            # pipeline has no NOSCRIPT retry
+            keys = scripts.TIME.bind(self.keys)
+            pipe.execute_command("EVAL", scripts.TIME.source, len(keys), *keys)
+        stored, static, *now = self.transport.execute(pipe)
+        if timed:
+            firsts.since = time_ms(*now[0])
         left = []
         for i, text, is_static in zip(todo, stored, static, strict=True):
             if is_static is not None:
@@ -297,35 +306,47 @@ class EntryStore(Store):
 
 class _FirstTicks:
     """The due index's time of each new cron or one-off entry of one bulk write: a lower
-    bound of its first tick (:func:`~celery_dcron.ticks.first_tick_bound`) from the
-    server's time read once, before the first such entry is written (its anchor, set
-    by the write, is not earlier). One computation per distinct schedule: a bulk add
-    of cron entries shares a few expressions, and croniter takes ~30 µs a step. So
-    their owners do not have to compute and write each first tick after the add."""
+    bound of its first tick (:func:`~celery_dcron.ticks.first_tick_bound`) from a
+    server time read before the write (the caller's, else read once here, before the
+    first such entry is written): its anchor, set by the write, is not earlier. One
+    computation per distinct schedule: a bulk add of cron entries shares a few
+    expressions, and croniter takes ~30 µs a step. So their owners do not have to
+    compute and write each first tick after the add."""
 
-    def __init__(self, server_ms: Callable[[], int]) -> None:
+    def __init__(self, server_ms: Callable[[], int], since_ms: int | None) -> None:
         self._server_ms = server_ms
-        self._since: int | None = None
+        #: the server time the bounds count from (None: not read yet)
+        self.since = since_ms
         # id(schedule) -> (schedule, bound): validation gives the entries of one cron
         # expression one object, so its id finds it without hashing the dataclass (the
         # schedule is kept with it: its id is not reused while this lives)
         self._by_id: dict[int, tuple[Schedule, int]] = {}
         self._bounds: dict[Schedule, int] = {}
 
+    def needs_time(self, specs: Iterable[EntrySpec]) -> bool:
+        """Whether the server's time is still to be read for one of ``specs``."""
+        return self.since is None and any(bounded(s.schedule) for s in specs)
+
     def bound(self, spec: EntrySpec) -> int:
         schedule = spec.schedule
-        if type(schedule) is IntervalSchedule:
-            return 0  # the script computes it from the anchor it sets
+        if not bounded(schedule):
+            return 0  # an interval: the script computes it from the anchor it sets
         known = self._by_id.get(id(schedule))
         if known is not None:
             return known[1]
         bound = self._bounds.get(schedule)
         if bound is None:
-            if self._since is None:
-                self._since = self._server_ms()
-            bound = self._bounds[schedule] = first_tick_bound(schedule, self._since)
+            if self.since is None:
+                self.since = self._server_ms()
+            bound = self._bounds[schedule] = first_tick_bound(schedule, self.since)
         self._by_id[id(schedule)] = (schedule, bound)
         return bound
+
+
+def bounded(schedule: Schedule) -> bool:
+    """Whether a new entry of ``schedule`` is written with a first tick bound (a cron or
+    one-off schedule: :func:`~celery_dcron.ticks.first_tick_bound`)."""
+    return isinstance(schedule, CronSchedule | AtSchedule)
 
 
 def _at_version(spec: EntrySpec, version: int) -> EntrySpec:

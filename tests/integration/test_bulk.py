@@ -266,12 +266,12 @@ def test_a_redis_error_is_raised_as_when_all_is_one_chunk(
     put = api.registry.put_entries
 
     def unreachable_at_the_third(
-        specs: list[EntrySpec], *, replace: bool = False
+        specs: list[EntrySpec], *, replace: bool = False, since_ms: int | None = None
     ) -> list[EntrySpec | DcronError]:
         calls.append(specs[0].name)
         if len(calls) == 3:
             raise RegistryUnavailableError("dcron: Redis unreachable: test")
-        return put(specs, replace=replace)
+        return put(specs, replace=replace, since_ms=since_ms)
 
     monkeypatch.setattr(api.registry, "put_entries", unreachable_at_the_third)
     with pytest.raises(RegistryUnavailableError):
@@ -305,9 +305,11 @@ def test_the_garbage_collector_is_paused_while_adding_then_left_as_it_was(
     enabled: list[bool] = []
     put = api.registry.put_entries
 
-    def spy(specs: list[EntrySpec], *, replace: bool = False) -> list[EntrySpec | DcronError]:
+    def spy(
+        specs: list[EntrySpec], *, replace: bool = False, since_ms: int | None = None
+    ) -> list[EntrySpec | DcronError]:
         enabled.append(gc.isenabled())
-        return put(specs, replace=replace)
+        return put(specs, replace=replace, since_ms=since_ms)
 
     monkeypatch.setattr(api.registry, "put_entries", spy)
     assert gc.isenabled()

@@ -750,7 +750,19 @@ def test_the_due_index_is_unknown_after_each_write_and_holds_what_owners_set(
         "late": 0, "late1": 0, "cron": 0, "s1": 0, "s2": 0,
         "yearly": new_year, "yearly-late": new_year, "at": 2**52,
     }  # fmt: skip
-    for name in ("yearly", "at", "yearly-late"):
+    # replace=True reads the server's time with the versions; a caller's (add_many's) too
+    reg.put_entries([yearly.with_changes(name="yearly-r")], replace=True)
+    reg.put_entries([yearly.with_changes(name="yearly-s")], since_ms=reg.server_ms())
+    anchors = {n: st.anchor_ms for n, st in reg.states().items()}
+    for name in ("yearly-r", "yearly-s"):
+        assert dict(reg.due_range(None, 2**53))[name] == next_tick(
+            yearly.schedule,
+            anchors[name],  # type: ignore[arg-type]
+        )
+    # a time later than the server's now (its clock stepped back): no bound from it
+    reg.put_entries([yearly.with_changes(name="yearly-f")], since_ms=reg.server_ms() + 60_000)
+    assert dict(reg.due_range(None, 2**53))["yearly-f"] == 0
+    for name in ("yearly", "at", "yearly-late", "yearly-r", "yearly-s", "yearly-f"):
         reg.remove_entry(name, tombstone=False)
     reg.put_entries([dynamic("d", every_ms=7000)], replace=True)  # anchored before: unknown
     assert dict(reg.due_range(None, 0))["d"] == 0

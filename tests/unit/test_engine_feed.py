@@ -19,6 +19,7 @@ from celery_dcron import signals
 from celery_dcron.engine import Engine, loading, timeline, view
 from celery_dcron.entries import EntrySpec, EntryState, NodeStatus, Tick
 from celery_dcron.enums import EntrySource
+from celery_dcron.exceptions import RegistryUnavailableError
 from celery_dcron.planning import next_run_ms
 from celery_dcron.registry.memory import MemoryRegistry
 from celery_dcron.schedules import AtSchedule, CronSchedule, IntervalSchedule
@@ -693,3 +694,33 @@ def test_a_large_beat_schedule_is_synced_a_page_per_pass(monkeypatch: pytest.Mon
         signals.reconcile.disconnect(receiver)
     assert e.owned == {s.name for s in schedule} and len(calls) == 7
     assert ticks_of(c.recorder, busy[0].name)
+
+
+def test_a_static_sync_step_cut_off_by_a_redis_error_is_done_again(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Each step of a paged static sync (a page written, a scan, a removal) that Redis
+    refused is done again at the next pass: the static entries no longer listed are all
+    removed in the end."""
+    monkeypatch.setattr(view, "STATIC_PAGE", 100)
+    monkeypatch.setattr(loading, "BUDGET_S", 0.0)
+    c = MemoryCluster()
+    c.registry.sync_static([s.with_changes(name=f"gone{i}") for i, s in enumerate(entries(150))])
+    reg = c.registry
+    failed: list[str] = []
+    for method in ("sync_static", "scan_static", "drop_static"):
+        real = getattr(reg, method)
+
+        def once(*args: Any, _real: Any = real, _method: str = method, **kw: Any) -> Any:
+            if _method not in failed:
+                failed.append(_method)
+                raise RegistryUnavailableError("dcron: Redis unreachable: test")
+            return _real(*args, **kw)
+
+        monkeypatch.setattr(reg, method, once)
+    schedule = entries(250)
+    e = c.add("a", schedule)
+    for _ in range(30):
+        e.step()
+    assert failed == ["sync_static", "scan_static", "drop_static"]
+    assert not e._syncing and c.registry.snapshot().static == {s.name for s in schedule}

@@ -31,6 +31,7 @@ from celery_dcron.ticks import (
     COUNT_CAP,
     DCRON_UUID_NAMESPACE,
     DuePlan,
+    first_tick_bound,
     interval_phase_ms,
     latest_tick,
     next_tick,
@@ -658,3 +659,19 @@ def test_cron_entries_anchored_at_different_instants_cost_a_few_croniter_steps(
     random.Random(7).shuffle(anchors)
     assert {timeline._next_tick(s, a) for a in anchors} == {next_tick(s, start)}
     assert steps < 30
+
+
+def test_around_lord_howes_fall_back_no_remembered_tick_or_first_tick_bound_is_late() -> None:
+    """croniter's next tick after a later instant can be earlier around a half-hour
+    fall-back (Australia/Lord_Howe, 2026-04-05 02:00 +11 -> 01:30 +10:30): neither the
+    engine's remembered span nor a bulk write's first tick bound may then give the
+    later one."""
+    s = CronSchedule(expr="*/7 * * * *", tz="Australia/Lord_Howe")
+    before = datetime_to_ms(datetime(2026, 4, 5, 1, 57, tzinfo=ZoneInfo("Australia/Lord_Howe")))
+    later = before + 60_000
+    assert next_tick(s, later) < next_tick(s, before)  # type: ignore[operator]
+    timeline._cron_spans.clear()
+    assert timeline._next_tick(s, before) == next_tick(s, before)
+    assert timeline._next_tick(s, later) == next_tick(s, later)
+    assert first_tick_bound(s, before) in (0, next_tick(s, later))
+    assert first_tick_bound(s, before - 3 * H) == next_tick(s, before - 3 * H)  # far from it

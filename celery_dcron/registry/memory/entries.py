@@ -66,9 +66,10 @@ class _Entries(_Base):
         self._feed(name, "del")
 
     def scan_static(self, cursor: int, count: int) -> tuple[int, list[str]]:
+        # every name at once (COUNT is a hint to HSCAN too): an offset into a list that
+        # other writers change could skip a name that was there all along
         with self._op():
-            names = sorted(self._data.static)[cursor : cursor + count]
-        return (0 if len(names) < count else cursor + len(names)), names
+            return 0, sorted(self._data.static)
 
     def drop_static(self, names: Sequence[str]) -> int:
         with self._op():
@@ -159,7 +160,7 @@ class _Entries(_Base):
             return new
 
     def put_entries(
-        self, specs: Sequence[EntrySpec], *, replace: bool = False
+        self, specs: Sequence[EntrySpec], *, replace: bool = False, since_ms: int | None = None
     ) -> list[EntrySpec | DcronError]:
         # As the Redis registry: each entry on its own, in order (a name given twice sees
         # the first write), one feed record per entry written, one notification.
@@ -189,7 +190,10 @@ class _Entries(_Base):
                     anchored = name not in d.anchor
                     d.anchor.setdefault(name, self._anchor_at(spec, now))
                     self._feed(name, "put")
-                    self._first_due(name, spec, text, anchored, bulk_ms=now)
+                    # (a time later than now: the clock stepped back; no bound from it)
+                    since = now if since_ms is None else since_ms
+                    bulk_ms = None if since > now else since
+                    self._first_due(name, spec, text, anchored, bulk_ms=bulk_ms)
                     results.append(new)
                     continue
                 results.append(_refused(name, why))

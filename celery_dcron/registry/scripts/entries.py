@@ -162,11 +162,14 @@ PUT_ENTRIES_MAX_BYTES = 512 * 1024
 # (unknown until its owner computes it: keys.py), or, anchored by this call (and without
 # a last tick), the first_due of its anchor, else its row's first tick bound.
 # KEYS: entries, static, tombstones, anchor, meta, feed, due, last
-# ARGV: channel, rows, texts. rows: a JSON array (cjson), 6 values per entry: name, the
-#       length in bytes of its JSON, expected (the current version, -1 = must not exist),
-#       every_ms, phase_ms (the interval grid; every_ms 0 = not an interval), and a lower
-#       bound of its first tick if this call anchors it (0 = unknown: a cron or one-off
-#       entry's first tick after the server time read before the call). texts: the
+# ARGV: channel, since, rows, texts. since: the server time ('' = none) the rows' first
+#       tick bounds count from; they are used only if the server's time now is not
+#       earlier (its clock stepped back, or another server answers since: they may be
+#       late). rows: a JSON array (cjson), 6 values per entry: name, the length in bytes
+#       of its JSON, expected (the current version, -1 = must not exist), every_ms,
+#       phase_ms (the interval grid; every_ms 0 = not an interval), and a lower bound of
+#       its first tick if this call anchors it (0 = unknown: a cron or one-off entry's
+#       first tick after since). texts: the
 #       entries' JSON, one after the other (not escaped again inside rows: half the
 #       bytes to decode). At most PUT_ENTRIES_MAX entries (and about
 #       PUT_ENTRIES_MAX_BYTES of JSON).
@@ -182,8 +185,10 @@ PUT_ENTRIES = Script(
     + _VERSION
     + _FIRST_DUE
     + """
-local rows = cjson.decode(ARGV[2])
-local blob = ARGV[3]
+local since = tonumber(ARGV[2])
+local bounded = since ~= nil and now >= since
+local rows = cjson.decode(ARGV[3])
+local blob = ARGV[4]
 local n = #rows / 6
 if n == 0 then return {0} end
 local names = {}
@@ -232,7 +237,7 @@ for i = 1, n do
       m = m + 2
       if not lasts[i] then
         local first = first_due(1, anchor, rows[b + 3], text)
-        if first == 0 then first = rows[b + 5] end
+        if first == 0 and bounded then first = rows[b + 5] end
         dues[2 * f - 1] = first
       end
     end
