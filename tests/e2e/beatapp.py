@@ -9,6 +9,7 @@ Configured by environment variables so each test can start several instances:
     DCRON_E2E_NAMESPACE  dcron_namespace (default "e2e")
     DCRON_E2E_ENTRIES    number of 1-second interval entries "every-1s-<i>" (default 6)
     DCRON_E2E_CRON       "1" adds a cron entry with a seconds field ("*/2 * * * * *")
+    DCRON_E2E_IDLE_STATIC  number of hourly static entries "idle-static-<i>" (default 0)
     DCRON_E2E_POLICY     dcron_misfire_policy (default "once")
     DCRON_E2E_TTL        dcron_node_ttl in seconds (default 3)
     DCRON_E2E_RESULTS    a Redis URL: the ``record`` task writes (task id, tick) there
@@ -43,6 +44,12 @@ _schedule: dict[str, dict[str, object]] = {
     f"every-1s-{i}": {"task": "beatapp.record", "schedule": 1.0, "args": [i]}
     for i in range(_entries)
 }
+_schedule.update(  # hourly: a large beat_schedule (written in pages) that stays idle
+    {
+        f"idle-static-{i:05d}": {"task": "beatapp.record", "schedule": 3600.0, "args": [i]}
+        for i in range(int(os.environ.get("DCRON_E2E_IDLE_STATIC", "0")))
+    }
+)
 if os.environ.get("DCRON_E2E_CRON") == "1":
     _schedule["cron-2s"] = {"task": "beatapp.record", "schedule": cron("*/2 * * * * *")}
 

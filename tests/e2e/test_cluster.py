@@ -231,6 +231,33 @@ def test_sigterm_hands_over_without_gap(cluster: Cluster) -> None:
 # -- restart and join ----------------------------------------------------------------------
 
 
+def test_a_large_static_schedule_is_written_in_pages_while_the_others_fire(
+    cluster: Cluster,
+) -> None:
+    """A beat_schedule of 2,506+ entries is written in pages (1,000 a script call, a page
+    per pass of the loop); a beat restarted with 1,000 of them gone from its schedule
+    removes them (scanned, then dropped a page at a time). Meanwhile the 1 s entries
+    fire: each tick once, none missing (G1, G2, G8)."""
+    entries = every(6)
+    env = {"DCRON_E2E_POLICY": "all", "DCRON_E2E_IDLE_STATIC": "2500"}
+    beats = cluster.start(2, **env)
+    client = cluster.client()
+    static = client.hlen(KEYS.static)  # (and Celery's own celery.backend_cleanup)
+    assert static >= 2506
+    cluster.wait_ticks(2, after_ms=now_ms(), entries=entries, timeout=20)
+    restarted = cluster.restart(beats[1], DCRON_E2E_IDLE_STATIC="1500")
+    assert client.hlen(KEYS.static) == client.hlen(KEYS.entries) == static - 1000
+    assert not client.hexists(KEYS.static, "idle-static-01500")
+    assert restarted.grep(r"static schedule synced, 1000 entries changed")
+    cluster.wait_ticks(3, after_ms=now_ms(), entries=entries, timeout=20)
+    cluster.assert_alive(beats[0], restarted)
+    cluster.stop_all()
+
+    pub = cluster.count_published()
+    pub.assert_once()
+    assert_no_missing(pub, entries)
+
+
 def test_restart_and_join_rebalance_without_duplicates_or_misses(cluster: Cluster) -> None:
     # 24 entries so that a 4th random node id owns some (P(none) ~ 0.1 %).
     entries = every(24)
