@@ -54,6 +54,7 @@ from .schedules import (
 __all__ = [
     "COUNT_CAP",
     "DCRON_UUID_NAMESPACE",
+    "FOLD_MS",
     "DuePlan",
     "first_tick_bound",
     "interval_phase_ms",
@@ -94,22 +95,28 @@ def next_tick(schedule: Schedule, after_ms: int) -> int | None:
     return _solar_next(schedule, after_ms)
 
 
+#: A first tick bound holds for anchors within this long after the time it counts from;
+#: longer than any fall-back's repeated wall time (2 h: Antarctica/Troll).
+FOLD_MS: Final = 3 * 3_600_000
+
+
 def first_tick_bound(schedule: Schedule, since_ms: int) -> int:
     """A lower bound of the first tick of a cron or one-off entry anchored at or after
-    ``since_ms`` (within the hour): its first tick after ``since_ms`` (a later anchor, or
-    a ``start_at``, only moves it later). 0 when not known here: an interval entry (its
-    first tick follows its anchor, which the registry sets), a solar one (an ephem
-    search per schedule; its result moves slightly with where the search starts), no
-    tick left, or a cron whose zone changes its UTC offset between ``since_ms`` and that
-    tick, or within the hour after ``since_ms`` (around such a change croniter's next
-    tick after a later instant can be earlier: Australia/Lord_Howe's half-hour fall-back).
+    ``since_ms`` (within :data:`FOLD_MS`): its first tick after ``since_ms`` (a later
+    anchor, or a ``start_at``, only moves it later). 0 when not known here: an interval
+    entry (its first tick follows its anchor, which the registry sets), a solar one (an
+    ephem search per schedule; its result moves slightly with where the search starts),
+    no tick left, or a cron whose zone changes its UTC offset between ``since_ms`` and
+    that tick, or within :data:`FOLD_MS` after ``since_ms`` (around such a change
+    croniter's next tick after a later instant can be earlier: Australia/Lord_Howe's
+    half-hour fall-back).
     """
     if isinstance(schedule, AtSchedule):
         return next_tick(schedule, since_ms) or 0
     if not isinstance(schedule, CronSchedule):
         return 0
     tick = next_tick(schedule, since_ms)
-    if tick is None or not same_offset(schedule, since_ms, since_ms + 3_600_000, tick):
+    if tick is None or not same_offset(schedule, since_ms, since_ms + FOLD_MS, tick):
         return 0
     return tick
 

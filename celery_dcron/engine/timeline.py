@@ -218,9 +218,11 @@ def _next_tick(schedule: Schedule, after_ms: int) -> int | None:
     if span is not None and span[0] <= after_ms < span[1]:
         return span[1]
     tick = _cached_next_tick(schedule, after_ms)
-    # a span across a change of the zone's UTC offset is not kept: around one, croniter's
-    # next tick after a later instant can be earlier (Australia/Lord_Howe's fall-back)
-    if tick is not None and tickmath.same_offset(schedule, after_ms, tick):
+    # a span across a change of the zone's UTC offset, or starting within 3 h of one (the
+    # longest fall-back's repeated wall time is 2 h: Antarctica/Troll), is not kept:
+    # there croniter's next tick after a later instant can be earlier (Lord_Howe's
+    # fall-back; Europe/London's for a cron of Sundays in October at 01:30)
+    if tick is not None and tickmath.same_offset(schedule, after_ms, after_ms + _FOLD_MS, tick):
         lo = min(span[0], after_ms) if span is not None and span[1] == tick else after_ms
         if span is None and len(_cron_spans) >= _CRON_SPANS:
             _cron_spans.clear()
@@ -229,6 +231,7 @@ def _next_tick(schedule: Schedule, after_ms: int) -> int | None:
 
 
 _cached_next_tick = functools.lru_cache(maxsize=8192)(tickmath.next_tick)
+_FOLD_MS = tickmath.FOLD_MS
 
 #: The most cron schedules whose span ``_next_tick`` remembers (~200 bytes each).
 _CRON_SPANS = 8192

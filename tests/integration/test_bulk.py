@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 import redis
+from celery.schedules import solar
 
 from celery_dcron import DynamicTasks
 from celery_dcron.bulk import entry_line, parse_line
@@ -22,6 +23,7 @@ from celery_dcron.exceptions import (
 )
 from celery_dcron.registry.scripts import PUT_ENTRIES_MAX, PUT_ENTRIES_MAX_BYTES
 from celery_dcron.schedules import CronSchedule, IntervalSchedule
+from celery_dcron.ticks import next_tick
 from tests.integration.test_api import api_for
 
 
@@ -324,3 +326,41 @@ def test_the_garbage_collector_is_paused_while_adding_then_left_as_it_was(
         assert not gc.isenabled()  # off before: left off
     finally:
         gc.enable()
+
+
+@pytest.mark.parametrize(
+    ("kind", "reads"),
+    [("cron", 1), ("cron-replace", 0), ("every", 0), ("solar", 0)],
+)
+def test_the_server_time_for_first_ticks_is_read_once_per_call(
+    api: DynamicTasks, redis_client: redis.Redis, monkeypatch: pytest.MonkeyPatch,
+    kind: str, reads: int,
+) -> None:  # fmt: skip
+    """add_many reads the server's time once (not once per chunk) when it writes new cron
+    entries, each given its first tick in the due index; with replace=True it comes with
+    the versions each chunk reads; interval and solar entries need none."""
+    schedule: dict[str, object] = {
+        "cron": {"cron": "0 4 * * *"}, "cron-replace": {"cron": "0 4 * * *"},
+        "every": {"every": 60}, "solar": {"schedule": solar("sunrise", 48.85, 2.35)},
+    }[kind]  # fmt: skip
+    times: list[int] = []
+    server_ms = api.registry.transport.server_ms
+
+    def counted() -> int:
+        times.append(1)
+        return server_ms()
+
+    monkeypatch.setattr(api.registry.transport, "server_ms", counted)
+    monkeypatch.setattr(api.registry, "server_ms", counted)
+    entries = [{"name": f"e{i}", "task": "t", **schedule} for i in range(25)]
+    result = api.add_many(entries, chunk=7, replace=kind == "cron-replace")
+    assert result.created == 25 and len(times) == reads
+    due = {
+        (n.decode() if isinstance(n, bytes) else n): score
+        for n, score in redis_client.zrange(api.registry.keys.due, 0, -1, withscores=True)
+    }
+    assert len(due) == 25
+    if kind.startswith("cron"):
+        anchors = {n: st.anchor_ms for n, st in api.registry.states().items()}
+        spec = api.get("e0")
+        assert all(due[n] == next_tick(spec.schedule, a) for n, a in anchors.items())  # type: ignore[arg-type]

@@ -30,7 +30,7 @@ from celery_dcron.registry import DueHint, due_hint
 from celery_dcron.registry import Registry as RedisRegistry
 from celery_dcron.registry.memory import MemoryRegistry
 from celery_dcron.schedules import AtSchedule, CronSchedule, IntervalSchedule
-from celery_dcron.ticks import interval_phase_ms, next_tick
+from celery_dcron.ticks import FOLD_MS, interval_phase_ms, next_tick
 
 T0 = 1_800_000_000_000
 NS = "contract"
@@ -762,7 +762,10 @@ def test_the_due_index_is_unknown_after_each_write_and_holds_what_owners_set(
     # a time later than the server's now (its clock stepped back): no bound from it
     reg.put_entries([yearly.with_changes(name="yearly-f")], since_ms=reg.server_ms() + 60_000)
     assert dict(reg.due_range(None, 2**53))["yearly-f"] == 0
-    for name in ("yearly", "at", "yearly-late", "yearly-r", "yearly-s", "yearly-f"):
+    # nor from one older than FOLD_MS: the bound holds for anchors within it of the time
+    reg.put_entries([yearly.with_changes(name="yearly-o")], since_ms=reg.server_ms() - FOLD_MS)
+    assert dict(reg.due_range(None, 2**53))["yearly-o"] == 0
+    for name in ("yearly", "at", "yearly-late", "yearly-r", "yearly-s", "yearly-f", "yearly-o"):
         reg.remove_entry(name, tombstone=False)
     reg.put_entries([dynamic("d", every_ms=7000)], replace=True)  # anchored before: unknown
     assert dict(reg.due_range(None, 0))["d"] == 0

@@ -675,3 +675,17 @@ def test_around_lord_howes_fall_back_no_remembered_tick_or_first_tick_bound_is_l
     assert timeline._next_tick(s, later) == next_tick(s, later)
     assert first_tick_bound(s, before) in (0, next_tick(s, later))
     assert first_tick_bound(s, before - 3 * H) == next_tick(s, before - 3 * H)  # far from it
+
+
+def test_a_remembered_cron_span_never_starts_in_a_fall_backs_repeated_hour() -> None:
+    """Europe/London, 2025-10-26: the wall time 01:30 comes twice (BST, then GMT). For a
+    cron of Sundays in October at 01:30, croniter's next tick after the first 01:30 is a
+    year later, but after 01:20 GMT it is the second 01:30: a span from the first may
+    not answer for 01:20 GMT."""
+    s = CronSchedule(expr="30 1 * 10 0", tz="Europe/London")
+    first = datetime_to_ms(datetime(2025, 10, 26, 0, 30, tzinfo=ZoneInfo("UTC")))  # 01:30 BST
+    between = first + 50 * M  # 01:20 GMT
+    assert next_tick(s, between) < next_tick(s, first)  # type: ignore[operator]
+    timeline._cron_spans.clear()
+    assert timeline._next_tick(s, first) == next_tick(s, first)
+    assert timeline._next_tick(s, between) == next_tick(s, between)

@@ -24,7 +24,7 @@ from ..codec import (
 if TYPE_CHECKING:
     pass
 from ...schedules import IntervalSchedule
-from ...ticks import first_tick_bound
+from ...ticks import FOLD_MS, first_tick_bound
 from .base import _ENTRIES, _Base, _conflict, _refused, _version_of
 
 
@@ -192,7 +192,7 @@ class _Entries(_Base):
                     self._feed(name, "put")
                     # (a time later than now: the clock stepped back; no bound from it)
                     since = now if since_ms is None else since_ms
-                    bulk_ms = None if since > now else since
+                    bulk_ms = None if not 0 <= now - since < FOLD_MS else since
                     self._first_due(name, spec, text, anchored, bulk_ms=bulk_ms)
                     results.append(new)
                     continue

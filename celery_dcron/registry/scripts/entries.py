@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from ...ticks import FOLD_MS
 from ..keys import KeyName
 from .base import _ANCHOR, _FEED, _FIRST_DUE, _NOW, _VERSION, FEED_MAXLEN, Script
 
@@ -165,14 +166,14 @@ PUT_ENTRIES_MAX_BYTES = 512 * 1024
 # ARGV: channel, since, rows, texts. since: the server time ('' = none) the rows' first
 #       tick bounds count from; they are used only if the server's time now is not
 #       earlier (its clock stepped back, or another server answers since: they may be
-#       late). rows: a JSON array (cjson), 6 values per entry: name, the length in bytes
-#       of its JSON, expected (the current version, -1 = must not exist), every_ms,
-#       phase_ms (the interval grid; every_ms 0 = not an interval), and a lower bound of
-#       its first tick if this call anchors it (0 = unknown: a cron or one-off entry's
-#       first tick after since). texts: the
-#       entries' JSON, one after the other (not escaped again inside rows: half the
-#       bytes to decode). At most PUT_ENTRIES_MAX entries (and about
-#       PUT_ENTRIES_MAX_BYTES of JSON).
+#       late), nor FOLD_MS later (ticks.py: they hold for anchors within it). rows: a
+#       JSON array (cjson), 6 values per entry: name, the length in bytes of its JSON,
+#       expected (the current version, -1 = must not exist), every_ms, phase_ms (the
+#       interval grid; every_ms 0 = not an interval), and a lower bound of its first
+#       tick if this call anchors it (0 = unknown: a cron or one-off entry's first tick
+#       after since). texts: the entries' JSON, one after the other (not escaped again
+#       inside rows: half the bytes to decode). At most PUT_ENTRIES_MAX entries (and
+#       about PUT_ENTRIES_MAX_BYTES of JSON).
 # Returns {written, i, status, version, i, status, version, ...}: how many entries were
 # written, then each entry refused: its position in rows (1-based), its status as
 # PUT_ENTRY returns it ('exists', 'missing', 'conflict', 'tombstoned' or 'static') and
@@ -186,7 +187,7 @@ PUT_ENTRIES = Script(
     + _FIRST_DUE
     + """
 local since = tonumber(ARGV[2])
-local bounded = since ~= nil and now >= since
+local bounded = since ~= nil and now >= since and now - since < {fold}
 local rows = cjson.decode(ARGV[3])
 local blob = ARGV[4]
 local n = #rows / 6
@@ -253,7 +254,7 @@ redis.call('XTRIM', KEYS[6], 'MAXLEN', '~', {maxlen})
 redis.call('PUBLISH', ARGV[1], 'entries')
 out[1] = f
 return out
-""".replace("{maxlen}", str(FEED_MAXLEN)),
+""".replace("{maxlen}", str(FEED_MAXLEN)).replace("{fold}", str(FOLD_MS)),
 )
 
 # Removes the definition and run state; with tombstone, records the deletion time so
