@@ -195,10 +195,11 @@ class Engine:
             if now_mono >= self._next_beat or not self._connected or self._dirty(clear=False):
                 self._beat()
                 self._next_beat = now_mono + self._next_beat_in_s()
+            paging = self._syncing and self.view.static_paged
             if self._syncing:  # first: after a data loss, the static entries are back
                 self._sync_static()  # before the rebuild; the reload waits for them
-            if self._syncing:
-                pass  # a large beat_schedule: its next page in the next pass
+            if self._syncing or paging:
+                pass  # a large beat_schedule: its next page, or the reload, next pass
             elif self.recovery.rebuilding:
                 self.recovery.run()  # a data loss: the reload and the feed wait for it
             elif self.jobs.busy:

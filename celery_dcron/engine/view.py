@@ -269,6 +269,11 @@ class View(Part):
         the first: :meth:`sync_static` does it, a page at a time."""
         self._static = _StaticSync()
 
+    @property
+    def static_paged(self) -> bool:
+        """Whether the static sync takes more than one call (more than a page)."""
+        return len(self.static_entries) > STATIC_PAGE
+
     def sync_static(self, budget_s: float) -> bool:
         """Steps of the static sync started, for up to ``budget_s`` (at least one); True
         once it is done. A schedule of up to ``STATIC_PAGE`` entries is one script call
