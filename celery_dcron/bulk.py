@@ -35,7 +35,7 @@ from kombu.utils import json as kjson
 from .entries import EntrySpec
 from .enums import EntrySource
 from .exceptions import BulkInvalidError, DcronError, InvalidEntryError
-from .registry.entries import bounded
+from .ticks import has_first_tick_bound
 
 if TYPE_CHECKING:
     from .api import DynamicTasks
@@ -129,8 +129,7 @@ def _add_many(
     # the server's time before the writes, read once (with a one-off's validation, if
     # any; replace reads it with the versions): the due index's first tick of each new
     # cron or one-off entry counts from it
-    timed = now.known or not replace
-    timed = timed and any(bounded(spec.schedule) for _, spec in specs)
+    timed = (now.known or not replace) and any(has_first_tick_bound(s.schedule) for _, s in specs)
     since = now() if timed else None
     written = _write(tasks, batches, replace=replace, since_ms=since)
     for batch, stored in zip(batches, written, strict=True):

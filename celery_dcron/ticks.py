@@ -57,6 +57,7 @@ __all__ = [
     "FOLD_MS",
     "DuePlan",
     "first_tick_bound",
+    "has_first_tick_bound",
     "interval_phase_ms",
     "latest_tick",
     "next_tick",
@@ -119,6 +120,12 @@ def first_tick_bound(schedule: Schedule, since_ms: int) -> int:
     if tick is None or not same_offset(schedule, since_ms, since_ms + FOLD_MS, tick):
         return 0
     return tick
+
+
+def has_first_tick_bound(schedule: Schedule) -> bool:
+    """Whether :func:`first_tick_bound` can be other than 0 for ``schedule`` (a cron or
+    one-off schedule): a bulk write reads the server's time for it."""
+    return isinstance(schedule, CronSchedule | AtSchedule)
 
 
 def same_offset(schedule: CronSchedule, *instants_ms: int) -> bool:

@@ -195,10 +195,9 @@ class Engine:
             if now_mono >= self._next_beat or not self._connected or self._dirty(clear=False):
                 self._beat()
                 self._next_beat = now_mono + self._next_beat_in_s()
-            paging = self._syncing and self.view.static_paged
-            if self._syncing:  # first: after a data loss, the static entries are back
-                self._sync_static()  # before the rebuild; the reload waits for them
-            if self._syncing or paging:
+            # the static sync first: after a data loss, the static entries are back before
+            # the rebuild; the reload waits for them
+            if self._syncing and self._sync_static():
                 pass  # a large beat_schedule: its next page, or the reload, next pass
             elif self.recovery.rebuilding:
                 self.recovery.run()  # a data loss: the reload and the feed wait for it
@@ -233,16 +232,18 @@ class Engine:
             return self._unavailable(exc)
         return self._wait_s()
 
-    def _sync_static(self) -> None:
+    def _sync_static(self) -> bool:
         """Pages of the static sync for up to a job slice; once the last is written, what
-        follows it (the reconcile of the adapters: Django's rows)."""
+        follows it (the reconcile of the adapters: Django's rows). True when this pass is
+        spent: the sync goes on, or it took more than one call (a page)."""
         if not self.view.sync_static(loading.BUDGET_S):
-            return
+            return True
         self._syncing = False
         self._synced = True
         if not self.recovery.rebuilding:  # else the rebuild's, once the anchors are back
             self._notify(signals.reconcile, reason="start")
         self._next_reconcile = time.monotonic() + self.settings.reconcile_interval_s
+        return self.view.static_paged
 
     def wait(self, seconds: float) -> bool:
         """Sleep up to ``seconds``; returns early, and True, when an event arrives."""

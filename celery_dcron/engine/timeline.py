@@ -222,7 +222,8 @@ def _next_tick(schedule: Schedule, after_ms: int) -> int | None:
     # longest fall-back's repeated wall time is 2 h: Antarctica/Troll), is not kept:
     # there croniter's next tick after a later instant can be earlier (Lord_Howe's
     # fall-back; Europe/London's for a cron of Sundays in October at 01:30)
-    if tick is not None and tickmath.same_offset(schedule, after_ms, after_ms + _FOLD_MS, tick):
+    fold_end = after_ms + tickmath.FOLD_MS
+    if tick is not None and tickmath.same_offset(schedule, after_ms, fold_end, tick):
         lo = min(span[0], after_ms) if span is not None and span[1] == tick else after_ms
         if span is None and len(_cron_spans) >= _CRON_SPANS:
             _cron_spans.clear()
@@ -231,7 +232,6 @@ def _next_tick(schedule: Schedule, after_ms: int) -> int | None:
 
 
 _cached_next_tick = functools.lru_cache(maxsize=8192)(tickmath.next_tick)
-_FOLD_MS = tickmath.FOLD_MS
 
 #: The most cron schedules whose span ``_next_tick`` remembers (~200 bytes each).
 _CRON_SPANS = 8192

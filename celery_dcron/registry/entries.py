@@ -18,8 +18,8 @@ from ..exceptions import (
     InvalidEntryError,
     VersionConflictError,
 )
-from ..schedules import AtSchedule, CronSchedule, IntervalSchedule, Schedule
-from ..ticks import first_tick_bound, interval_phase_ms
+from ..schedules import IntervalSchedule, Schedule
+from ..ticks import first_tick_bound, has_first_tick_bound, interval_phase_ms
 from . import scripts
 from .codec import StaticSyncResult, decode_entries, decode_entry, time_ms
 from .transport import Store
@@ -325,11 +325,11 @@ class _FirstTicks:
 
     def needs_time(self, specs: Iterable[EntrySpec]) -> bool:
         """Whether the server's time is still to be read for one of ``specs``."""
-        return self.since is None and any(bounded(s.schedule) for s in specs)
+        return self.since is None and any(has_first_tick_bound(s.schedule) for s in specs)
 
     def bound(self, spec: EntrySpec) -> int:
         schedule = spec.schedule
-        if not bounded(schedule):
+        if not has_first_tick_bound(schedule):
             return 0  # an interval: the script computes it from the anchor it sets
         known = self._by_id.get(id(schedule))
         if known is not None:
@@ -341,12 +341,6 @@ class _FirstTicks:
             bound = self._bounds[schedule] = first_tick_bound(schedule, self.since)
         self._by_id[id(schedule)] = (schedule, bound)
         return bound
-
-
-def bounded(schedule: Schedule) -> bool:
-    """Whether a new entry of ``schedule`` is written with a first tick bound (a cron or
-    one-off schedule: :func:`~celery_dcron.ticks.first_tick_bound`)."""
-    return isinstance(schedule, CronSchedule | AtSchedule)
 
 
 def _at_version(spec: EntrySpec, version: int) -> EntrySpec:
