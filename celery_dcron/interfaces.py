@@ -405,6 +405,16 @@ class Registry(Protocol):
         """Forget requests that were sent (or whose entry is gone)."""
         ...
 
+    def enqueue_requests(
+        self, sends: Sequence[tuple[RunRequest, Sequence[BrokerCommand]]], *, node_id: str
+    ) -> list[Enqueued]:
+        """Send run-now requests when the broker is the registry's Redis, as
+        :meth:`enqueue` sends ticks: for each request ``node_id`` holds (taken), run its
+        message's broker commands and forget the request, atomically (sent once, or
+        still held). A request not held by ``node_id`` is not sent. Each result's tick
+        is ``(name, request_ms)``."""
+        ...
+
     # -- views --------------------------------------------------------------------
 
     def snapshot(self, names: Iterable[str] | None = None) -> Snapshot:

@@ -1,26 +1,41 @@
 """Run-now requests and after-run actions: what is asked of an entry besides its ticks.
 
 :class:`Requests` sends the run-now requests of the owned entries (each request taken by
-one node only, with its own deterministic task id), drops the requests of entries that
-no longer exist (the janitor does), and applies the after-run action (delete, tombstone,
-disable) of the entries that ran for the last time.
+one node only, with its own deterministic task id; when the broker is the registry's
+Redis, pushed and forgotten in one atomic step, as the ticks are), drops the requests of
+entries that no longer exist (the janitor does), and applies the after-run action
+(delete, tombstone, disable) of the entries that ran for the last time.
 """
 
 from __future__ import annotations
 
 import logging
+from contextlib import AbstractContextManager
+from typing import TYPE_CHECKING, NamedTuple
 
 from .. import ticks as tickmath
 from ..entries import EntrySpec, EntryState, Tick
 from ..enums import AfterRun
 from ..exceptions import DcronError, RegistryUnavailableError
 from .context import Context, Part
-from .dispatch import Dispatcher
+from .dispatch import Captured, Dispatcher, EnqueueRefusedError
 from .view import View
+
+if TYPE_CHECKING:
+    from ..registry import BrokerCommand, RunRequest
 
 __all__ = ["Requests"]
 
 logger = logging.getLogger(__name__)
+
+
+class _Send(NamedTuple):
+    """A run-now request this node took, to send: its entry, tick and task id."""
+
+    request: RunRequest
+    spec: EntrySpec
+    tick: Tick
+    task_id: str
 
 
 class Requests(Part):
@@ -64,36 +79,104 @@ class Requests(Part):
                 entries[request.name] = spec
         mine = [r for r in mine if r.name in entries]
         taken = self.registry.take_requests(mine, node_id=self.node_id)
-        done = []
+        done: list[RunRequest] = []
+        ready: list[_Send] = []
         for request, ok in zip(mine, taken, strict=True):
             if not ok:
                 continue
             spec = entries[request.name]
-            tick = Tick(name=spec.name, tick_ms=request.request_ms)
-            tid = tickmath.run_now_task_id(self.settings.namespace, spec.name, request.request_ms)
             reason = self.view.why_not(spec)
             if reason is not None:
                 logger.error("dcron: run-now of %r dropped: %s", spec.name, reason)
                 done.append(request)
                 continue
-            try:
-                self.dispatcher.publish(spec, tick, tid)
-            except Exception as exc:
-                if self.dispatcher.reject(spec, tick, tid, exc, run_now=True):
-                    done.append(request)  # it can never succeed: not retried
-                    continue
-                self.due = True
-                logger.error(
-                    "dcron: run-now of %s failed id=%s: %r (will retry)", spec.name, tid, exc
-                )
-                self.dispatcher.publish_failed(spec, tick, exc)
-                continue
-            done.append(request)
+            tick = Tick(name=spec.name, tick_ms=request.request_ms)
+            tid = tickmath.run_now_task_id(self.settings.namespace, spec.name, request.request_ms)
+            ready.append(_Send(request, spec, tick, tid))
+        capture = None
+        if ready and self.dispatcher.capture is not None:
+            capture = self.dispatcher.capture()
+        if capture is None:
+            sent = self._publish(ready, done)
+        else:
+            sent = self._enqueue(ready, done, capture)
+        for send in sent:
             self.metrics.run_now()
-            self.dispatcher.log_fired(spec.name, request.request_ms, tid, run_now=True)
+            self.dispatcher.log_fired(send.spec.name, send.tick.tick_ms, send.task_id, run_now=True)
         self.registry.done_requests(done)
         self.dispatcher.flush_rejected()
-        return len(done)
+        return len(sent)
+
+    def _publish(self, ready: list[_Send], done: list[RunRequest]) -> list[_Send]:
+        """Publish each request's message; the requests sent (added to ``done``: forgotten
+        after, in one round trip) or rejected (added too: never retried)."""
+        sent = []
+        for send in ready:
+            try:
+                self.dispatcher.publish(send.spec, send.tick, send.task_id)
+            except Exception as exc:
+                if self._rejected(send, exc):
+                    done.append(send.request)
+                else:
+                    self._failed(send, exc)
+                continue
+            done.append(send.request)
+            sent.append(send)
+        return sent
+
+    def _enqueue(
+        self, ready: list[_Send], done: list[RunRequest], capture: AbstractContextManager[Captured]
+    ) -> list[_Send]:
+        """Build each request's message in ``capture`` (nothing sent), then have the
+        registry push them and forget the requests atomically (the broker is its Redis):
+        each request is sent once, or still held by this node and retried (rejected ones
+        are added to ``done``)."""
+        built: list[tuple[_Send, list[BrokerCommand]]] = []
+        with capture as captured:
+            for send in ready:
+                try:
+                    self.dispatcher.publish(send.spec, send.tick, send.task_id)
+                except Exception as exc:
+                    captured.discard()
+                    if self._rejected(send, exc):
+                        done.append(send.request)
+                    else:
+                        self._failed(send, exc)
+                    continue
+                built.append((send, captured.take()))
+        if not built:
+            return []
+        try:
+            results = self.registry.enqueue_requests(
+                [(send.request, commands) for send, commands in built], node_id=self.node_id
+            )
+        except Exception as exc:  # each one sent and gone, or still ours: retried once
+            for send, _ in built:
+                self._failed(send, exc)
+            return []
+        sent = []
+        for (send, _), result in zip(built, results, strict=True):
+            if result.sent:
+                sent.append(send)
+            elif result.error is not None:
+                self._failed(send, EnqueueRefusedError(result.error))
+            else:  # taken over while this node stalled (or sent by a call whose reply was lost)
+                logger.warning(
+                    "dcron: run-now of %s at=%s no longer held by this node; not sent",
+                    send.spec.name, send.tick.tick_ms,
+                )  # fmt: skip
+        return sent
+
+    def _rejected(self, send: _Send, exc: Exception) -> bool:
+        """Whether the publish can never succeed (then recorded, and not retried)."""
+        return self.dispatcher.reject(send.spec, send.tick, send.task_id, exc, run_now=True)
+
+    def _failed(self, send: _Send, exc: BaseException) -> None:
+        self.due = True
+        logger.error(
+            "dcron: run-now of %s failed id=%s: %r (will retry)", send.spec.name, send.task_id, exc
+        )
+        self.dispatcher.publish_failed(send.spec, send.tick, exc)
 
     def apply_after_run(self) -> None:
         """Apply the after-run action of entries that ran for the last time."""

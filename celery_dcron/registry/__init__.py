@@ -402,6 +402,13 @@ class Registry:
         """Forget run-now requests that were sent (or whose entry is gone)."""
         self.request_store.done_requests(requests)
 
+    def enqueue_requests(
+        self, sends: Sequence[tuple[RunRequest, Sequence[BrokerCommand]]], *, node_id: str
+    ) -> list[Enqueued]:
+        """When the broker is this Redis: push each run-now request's message and forget
+        the request in one atomic step, if ``node_id`` holds it."""
+        return self.request_store.enqueue_requests(sends, node_id=node_id)
+
     # -- events and the pause flag (EventStore) ------------------------------------------
 
     def pubsub(self) -> Any:

@@ -125,26 +125,7 @@ class ClaimStore(Store):
         atomically (:data:`~celery_dcron.registry.scripts.ENQUEUE`). One round trip per
         :data:`MAX_TICKS_PER_SCRIPT` ticks; a failure leaves each tick either sent or
         pending, never both, so that retrying (:meth:`retake`) cannot send one twice."""
-        out: list[Enqueued] = []
-        for start in range(0, len(sends), MAX_TICKS_PER_SCRIPT):
-            part = sends[start : start + MAX_TICKS_PER_SCRIPT]
-            queues: dict[str, int] = {}  # key -> its index in KEYS (after the 2 fixed)
-            args: list[Any] = [node_id]
-            for tick, commands in part:
-                args.extend((tick.name, tick.tick_ms, len(commands)))
-                for c in commands:
-                    target = c.target
-                    if c.op != "publish":
-                        target = str(queues.setdefault(c.target, len(queues) + 3))
-                    args.extend((c.op, target, c.value))
-            # durable: with WAIT, a push counts once replicated, as a claim does
-            raw = self.transport.call_durable(scripts.ENQUEUE, args, list(queues))
-            for (tick, _), result in zip(part, raw, strict=True):
-                if isinstance(result, int):
-                    out.append(Enqueued(tick, sent=bool(result)))
-                else:
-                    out.append(Enqueued(tick, sent=False, error=str(result)))
-        return out
+        return send_through(self, scripts.ENQUEUE, sends, node_id=node_id)
 
     def reject(self, rejections: Sequence[PublishRejection]) -> None:
         """Finish ticks whose publish can never succeed: forget their pending claims and
@@ -201,3 +182,36 @@ def _parts(ticks: Sequence[Tick]) -> list[Sequence[Tick]]:
     """``ticks`` cut in order into slices of at most :data:`MAX_TICKS_PER_SCRIPT`."""
     step = MAX_TICKS_PER_SCRIPT
     return [ticks[i : i + step] for i in range(0, len(ticks), step)]
+
+
+def send_through(
+    store: Store,
+    script: scripts.Script,
+    sends: Sequence[tuple[Tick, Sequence[BrokerCommand]]],
+    *,
+    node_id: str,
+) -> list[Enqueued]:
+    """Run ``script`` (ENQUEUE, or ENQUEUE_REQUESTS with a run-now request as the tick
+    ``(name, request_ms)``) on ``sends``, :data:`MAX_TICKS_PER_SCRIPT` per call; each
+    message's queue keys go into KEYS, after the script's own."""
+    out: list[Enqueued] = []
+    fixed = len(script.keys)
+    for start in range(0, len(sends), MAX_TICKS_PER_SCRIPT):
+        part = sends[start : start + MAX_TICKS_PER_SCRIPT]
+        queues: dict[str, int] = {}  # key -> its index in KEYS (1-based, after the fixed)
+        args: list[Any] = [node_id]
+        for tick, commands in part:
+            args.extend((tick.name, tick.tick_ms, len(commands)))
+            for c in commands:
+                target = c.target
+                if c.op != "publish":
+                    target = str(queues.setdefault(c.target, len(queues) + fixed + 1))
+                args.extend((c.op, target, c.value))
+        # durable: with WAIT, a push counts once replicated, as a claim does
+        raw = store.transport.call_durable(script, args, list(queues))
+        for (tick, _), result in zip(part, raw, strict=True):
+            if isinstance(result, int):
+                out.append(Enqueued(tick, sent=bool(result)))
+            else:
+                out.append(Enqueued(tick, sent=False, error=str(result)))
+    return out

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from ..entries import Tick
 from ..exceptions import EntryNotFoundError
 from . import scripts
+from .claims import BrokerCommand, Enqueued, send_through
 from .codec import RunRequest
 from .transport import Store
 
@@ -41,3 +43,14 @@ class RequestStore(Store):
             t, key = self.transport, self.keys.requests
             fields = [self.keys.pending_field(r.name, r.request_ms) for r in requests]
             t.run(lambda: t.client.hdel(key, *fields))
+
+    def enqueue_requests(
+        self, sends: Sequence[tuple[RunRequest, Sequence[BrokerCommand]]], *, node_id: str
+    ) -> list[Enqueued]:
+        """Send run-now requests through this Redis, the broker's: per request, if
+        ``node_id`` holds it (:meth:`take_requests`), run its message's broker commands
+        and forget the request, atomically
+        (:data:`~celery_dcron.registry.scripts.ENQUEUE_REQUESTS`). Each result's tick is
+        ``(name, request_ms)``."""
+        ticks = [(Tick(name=r.name, tick_ms=r.request_ms), c) for r, c in sends]
+        return send_through(self, scripts.ENQUEUE_REQUESTS, ticks, node_id=node_id)

@@ -19,7 +19,7 @@ from collections.abc import Callable, Sequence
 import pytest
 
 from tests.chaos.observe import Fault, Observer, Report
-from tests.e2e.harness import Beat, Cluster
+from tests.e2e.harness import Beat, Cluster, Message
 
 __all__ = [
     "HEARTBEAT_S",
@@ -74,6 +74,8 @@ class Chaos:
         self.faults: list[Fault] = []
         self.started_s = time.time()
         self.extra: dict[str, object] = {}
+        #: the messages ``finish(aside=...)`` kept out of the report
+        self.aside: list[Message] = []
 
     def start(self, n: int, **env: str) -> list[Beat]:
         """Start ``n`` beats (all working) and wait until every entry arrives twice."""
@@ -102,14 +104,20 @@ class Chaos:
         *,
         settle: int = 3,
         allowed: Callable[[str, int], bool] | None = None,
+        aside: Callable[[Message], bool] | None = None,
     ) -> Report:
         """Heal, let every entry arrive ``settle`` more times, stop all beats (SIGTERM),
-        drain the queue and build the report (printed, and appended to the results file)."""
+        drain the queue and build the report (printed, and appended to the results file).
+        ``aside(message)``: a message the scenario checks itself (a run-now), kept out of
+        the report and put in :attr:`aside`."""
         duration = time.time() - self.started_s
         self.heal_beats()
         self.observer.wait_each(self.entries, settle, since_s=time.time(), timeout=40)
         codes = self.cluster.stop_all()
         deliveries = self.observer.stop()
+        if aside is not None:
+            self.aside = [d.message for d in deliveries if aside(d.message)]
+            deliveries = [d for d in deliveries if not aside(d.message)]
         report = Report.build(
             self.name,
             self.cluster,

@@ -20,14 +20,14 @@ from celery.signals import after_task_publish, before_task_publish
 from celery_dcron.config import Settings
 from celery_dcron.engine.dispatch import EnqueueRefusedError
 from celery_dcron.enqueue import FastPath, capturing
-from celery_dcron.entries import EntrySpec, PublishRejection, Tick
+from celery_dcron.entries import EntrySpec, Node, NodeStatus, PublishRejection, Tick
 from celery_dcron.registry import BrokerCommand, Registry
 from celery_dcron.scheduler import DistributedScheduler
-from celery_dcron.schedules import IntervalSchedule
-from celery_dcron.ticks import task_id
+from celery_dcron.schedules import CronSchedule, IntervalSchedule
+from celery_dcron.ticks import run_now_task_id, task_id
 from tests.enginekit import decisions
 from tests.integration.test_engine import Cluster
-from tests.integration.test_registry_contract import Backend, backend
+from tests.integration.test_registry_contract import PAST_TTL_MS, TTL_MS, Backend, backend
 
 S = 1000
 T0 = 1_800_000_000_000
@@ -250,12 +250,7 @@ def test_engines_send_each_tick_once_through_the_script_with_the_signals(
     before_task_publish.connect(on_before, weak=False)
     after_task_publish.connect(on_after, weak=False)
     try:
-        engines = [cluster.add(n, []) for n in ("a", "b")]
-        for e in engines:
-            e.publish = s._publish
-            e.dispatcher.capture = FastPath(
-                e.settings, e.registry, connection=s.connection, producer=lambda: s.producer
-            ).capture
+        engines = fast_engines(cluster, s, "a", "b")
         for i in range(4):
             engines[0].registry.put_entry(
                 EntrySpec(name=f"e{i}", task="tasks.x", schedule=IntervalSchedule(every_ms=S)),
@@ -293,11 +288,7 @@ def test_a_lost_reply_is_resolved_by_the_pending_claim_not_by_sending_again(
 
     cluster = Cluster(redis_url, ManualClock(_server_ms(redis_client)), Recorder())
     s = scheduler(redis_url)
-    e = cluster.add("a", [])
-    e.publish = s._publish
-    e.dispatcher.capture = FastPath(
-        e.settings, e.registry, connection=s.connection, producer=lambda: s.producer
-    ).capture
+    (e,) = fast_engines(cluster, s, "a")
     real = e.registry.enqueue
     lost: list[int] = []
 
@@ -325,6 +316,17 @@ def test_a_lost_reply_is_resolved_by_the_pending_claim_not_by_sending_again(
     ticks = [m["headers"]["dcron_tick"] for m in messages]
     assert len(ticks) >= 2 and len(set(ticks)) == len(ticks)
     assert e.registry.pending() == []
+
+
+def fast_engines(cluster: Cluster, s: DistributedScheduler, *names: str) -> list[Any]:
+    """Engines that publish with ``s``'s Celery code and send through the scripts."""
+    engines = [cluster.add(n, []) for n in names]
+    for e in engines:
+        e.publish = s._publish
+        e.dispatcher.capture = FastPath(
+            e.settings, e.registry, connection=s.connection, producer=lambda: s.producer
+        ).capture
+    return engines
 
 
 def _server_ms(client: redis.Redis) -> int:
@@ -360,3 +362,104 @@ def test_enqueue_contract(backend: Backend) -> None:
     assert [r.sent for r in reg.enqueue([(ours, push)], node_id="a")] == [False]
     assert [(p.name, p.node) for p in reg.pending()] == [("y", "b")]
     assert reg.errors() == {}
+
+
+def test_enqueue_requests_contract(backend: Backend) -> None:
+    """A run-now request is sent once while its taker holds it, and goes with the push:
+    a retry (a lost reply), or a node taking it over later, finds nothing to send."""
+    reg = backend.reg
+    for name in ("x", "y"):
+        reg.put_entry(
+            EntrySpec(name=name, task="t", schedule=IntervalSchedule(every_ms=S)),
+            expected_version=None,
+        )
+        reg.run_now(name)
+    for node in ("a", "b"):
+        reg.heartbeat(Node(id=node, status=NodeStatus.WORKING), ttl_ms=TTL_MS)
+    x, y = sorted(reg.requests(), key=lambda r: r.name)
+    assert reg.take_requests([x], node_id="a") == [True]
+    assert reg.take_requests([y], node_id="b") == [True]
+    push = [BrokerCommand("lpush", "contract-q", "m")]
+    first = reg.enqueue_requests([(x, push), (y, push)], node_id="a")
+    assert [(r.tick, r.sent, r.error) for r in first] == [
+        (Tick(name="x", tick_ms=x.request_ms), True, None),
+        (Tick(name="y", tick_ms=y.request_ms), False, None),  # b's
+    ]
+    assert [(r.name, r.holder) for r in reg.requests()] == [("y", "b")]
+    assert [r.sent for r in reg.enqueue_requests([(x, push)], node_id="a")] == [False]
+    backend.advance(PAST_TTL_MS)  # a died: its requests could be taken over, but x is gone
+    assert reg.take_requests([x], node_id="b") == [False]
+
+
+def test_the_request_script_pushes_once_and_a_refused_command_keeps_the_request(
+    redis_url: str, redis_client: redis.Redis
+) -> None:
+    registry = Registry.from_settings(Settings(redis_url=redis_url))
+    for name in ("good", "bad"):
+        registry.put_entry(
+            EntrySpec(name=name, task="t", schedule=IntervalSchedule(every_ms=S)),
+            expected_version=None,
+        )
+        registry.run_now(name)
+    requests = sorted(registry.requests(), key=lambda r: r.name)
+    assert registry.take_requests(requests, node_id="a") == [True, True]
+    bad, good = requests
+    redis_client.set("not-a-list", "x")
+    sends = [
+        (bad, [BrokerCommand("lpush", "not-a-list", "m")]),
+        (good, [BrokerCommand("lpush", QUEUE, "m1"), BrokerCommand("pexpire", QUEUE, "60000")]),
+    ]
+    results = registry.enqueue_requests(sends, node_id="a")
+    assert not results[0].sent and "WRONGTYPE" in (results[0].error or "")
+    assert results[1].sent
+    again = registry.enqueue_requests(sends[1:], node_id="a")  # the reply was lost: a retry
+    assert [(r.sent, r.error) for r in again] == [(False, None)]
+    assert redis_client.lrange(QUEUE, 0, -1) == [b"m1"]
+    assert 0 < redis_client.pttl(QUEUE) <= 60_000
+    assert [(r.name, r.holder) for r in registry.requests()] == [("bad", "a")]  # retried
+
+
+def test_a_run_now_is_pushed_once_by_the_script_even_when_its_reply_is_lost(
+    redis_url: str, redis_client: redis.Redis, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The engine sends a run-now request through the script when the broker is the
+    registry's Redis: the message (its own run-now task id) is pushed and the request
+    forgotten in one step. The script ran but its reply was lost: the engine retries,
+    and finds nothing left to send."""
+    from celery_dcron.clock import ManualClock
+    from tests.enginekit import Recorder
+
+    cluster = Cluster(redis_url, ManualClock(_server_ms(redis_client)), Recorder())
+    s = scheduler(redis_url)
+    engines = fast_engines(cluster, s, "a", "b")
+    calls: list[str] = []
+    for e in engines:
+        real = e.registry.enqueue_requests
+
+        def reply_lost(sends: Any, *, node_id: str, real: Any = real) -> Any:
+            results = real(sends, node_id=node_id)
+            calls.append(node_id)
+            if len(calls) == 1:
+                raise EnqueueRefusedError("connection reset")  # as if the reply never came
+            return results
+
+        e.registry.enqueue_requests = reply_lost  # type: ignore[method-assign]
+        e.registry.done_requests = lambda requests: None  # type: ignore[method-assign]
+    engines[0].registry.put_entry(
+        EntrySpec(name="daily", task="tasks.x", schedule=CronSchedule(expr="0 3 * * *")),
+        expected_version=None,
+    )
+    cluster.step_all(2)
+    at = engines[0].registry.run_now("daily")
+    with caplog.at_level(logging.INFO, logger="celery_dcron"):
+        for _ in range(10):
+            cluster.clock.advance(300)
+            for e in engines:
+                e.requests.due = True
+            cluster.step_all()
+    assert calls and "run-now of daily failed" in caplog.text  # the lost reply: a failure
+    messages = [json.loads(m) for m in raw_messages(redis_client).get(QUEUE, [])]
+    assert [m["headers"]["id"] for m in messages] == [run_now_task_id("default", "daily", at)]
+    assert engines[0].registry.requests() == []  # forgotten by the script (done_requests: off)
+    fired = [d for d in decisions(caplog, "fired") if d.get("run_now")]
+    assert fired == []  # the one push's reply was lost: not logged as fired, not sent again

@@ -218,3 +218,23 @@ class _Claims(_Base):
         with self._op():
             for request in requests:
                 self._data.requests.pop((request.name, request.request_ms), None)
+
+    def enqueue_requests(
+        self, sends: Sequence[tuple[RunRequest, Sequence[BrokerCommand]]], *, node_id: str
+    ) -> list[Enqueued]:
+        """As the script: the commands of each request ``node_id`` holds are appended to
+        :attr:`enqueued` (as the tick ``(name, request_ms)``) and the request is
+        forgotten."""
+        with self._op():
+            requests = self._data.requests
+            out = []
+            for request, commands in sends:
+                key = (request.name, request.request_ms)
+                tick = Tick(name=request.name, tick_ms=request.request_ms)
+                if requests.get(key) != node_id:
+                    out.append(Enqueued(tick, sent=False))
+                    continue
+                self.enqueued.append((tick, tuple(commands)))
+                del requests[key]
+                out.append(Enqueued(tick, sent=True))
+            return out

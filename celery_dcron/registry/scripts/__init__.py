@@ -13,7 +13,16 @@ key name, and reads the time from the server (``TIME``): the cluster clock.
 from __future__ import annotations
 
 from .base import Script
-from .claims import CLAIM, ENQUEUE, MARK_SENT, REJECT, RETAKE, RUN_NOW, TAKE_REQUESTS
+from .claims import (
+    CLAIM,
+    ENQUEUE,
+    ENQUEUE_REQUESTS,
+    MARK_SENT,
+    REJECT,
+    RETAKE,
+    RUN_NOW,
+    TAKE_REQUESTS,
+)
 from .entries import (
     CLEANUP,
     DROP_STATIC,
@@ -37,6 +46,7 @@ __all__ = [
     "CLEANUP",
     "DROP_STATIC",
     "ENQUEUE",
+    "ENQUEUE_REQUESTS",
     "EXPIRE_CRASHED",
     "HEARTBEAT",
     "JOIN",
@@ -67,5 +77,5 @@ __all__ = [
 ALL: tuple[Script, ...] = (
     HEARTBEAT, JOIN, LEAVE, SYNC_STATIC, CLAIM, RETAKE, MARK_SENT, REJECT, PUT_ENTRY,
     PUT_ENTRIES, REMOVE_ENTRY, CLEANUP, RESET, SET_PAUSED, RUN_NOW, TAKE_REQUESTS, TIME,
-    ENQUEUE, EXPIRE_CRASHED, LOAD, SET_DUE, DROP_STATIC,
+    ENQUEUE, EXPIRE_CRASHED, LOAD, SET_DUE, DROP_STATIC, ENQUEUE_REQUESTS,
 )  # fmt: skip

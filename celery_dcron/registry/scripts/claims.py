@@ -21,7 +21,54 @@ local function sent(name, tick)
 end
 """
 
-__all__ = ["CLAIM", "ENQUEUE", "MARK_SENT", "REJECT", "RETAKE", "RUN_NOW", "TAKE_REQUESTS"]
+# Defines ``push(first, n)`` and ``send_each(pushed)`` for ENQUEUE and ENQUEUE_REQUESTS.
+# push runs the n broker commands of one message, from ARGV[first] on, 3 values each: op
+# ('lpush' | 'pexpire' | 'publish'), target (the key's index in KEYS; for 'publish' the
+# channel), value (the message; for 'pexpire' the ms); it returns 1, or the text of the
+# first error (the commands before it ran: a Lua script is not rolled back).
+_PUSH = """
+local function push(first, n)
+  for j = first, first + 3 * n - 1, 3 do
+    local op, target, value = ARGV[j], ARGV[j + 1], ARGV[j + 2]
+    local r
+    if op == 'lpush' then
+      r = redis.pcall('LPUSH', KEYS[tonumber(target)], value)
+    elseif op == 'pexpire' then
+      r = redis.pcall('PEXPIRE', KEYS[tonumber(target)], value)
+    elseif op == 'publish' then
+      r = redis.pcall('PUBLISH', target, value)
+    else
+      r = {err = 'unknown broker command ' .. op}
+    end
+    if type(r) == 'table' and r['err'] then return r['err'] end
+  end
+  return 1
+end
+
+-- ARGV: node_id, then per message: name, at, n, then its n commands. Pushes each message
+-- whose field "<at>:<name>" in KEYS[1] holds node_id, then calls pushed(name, at); per
+-- message 1 (pushed), 0 (not held by node_id) or the error's text.
+local function send_each(pushed)
+  local out = {}
+  local i = 2
+  while i <= #ARGV do
+    local name, at, n = ARGV[i], ARGV[i + 1], tonumber(ARGV[i + 2])
+    local result = 0
+    if redis.call('HGET', KEYS[1], at .. ':' .. name) == ARGV[1] then
+      result = push(i + 3, n)
+      if result == 1 then pushed(name, at) end
+    end
+    out[#out + 1] = result
+    i = i + 3 + 3 * n
+  end
+  return out
+end
+"""
+
+__all__ = [
+    "CLAIM", "ENQUEUE", "ENQUEUE_REQUESTS", "MARK_SENT", "REJECT", "RETAKE", "RUN_NOW",
+    "TAKE_REQUESTS",
+]  # fmt: skip
 
 
 # -- claims -----------------------------------------------------------------------
@@ -138,40 +185,9 @@ ENQUEUE = Script(
     "enqueue",
     ("pending", "errors"),
     _SENT
+    + _PUSH
     + """
-local out = {}
-local i = 2
-while i <= #ARGV do
-  local name, tick, n = ARGV[i], ARGV[i + 1], tonumber(ARGV[i + 2])
-  local field = tick .. ':' .. name
-  local result = 0
-  if redis.call('HGET', KEYS[1], field) == ARGV[1] then
-    result = 1
-    for j = i + 3, i + 2 + 3 * n, 3 do
-      local op, target, value = ARGV[j], ARGV[j + 1], ARGV[j + 2]
-      local r
-      if op == 'lpush' then
-        r = redis.pcall('LPUSH', KEYS[tonumber(target)], value)
-      elseif op == 'pexpire' then
-        r = redis.pcall('PEXPIRE', KEYS[tonumber(target)], value)
-      elseif op == 'publish' then
-        r = redis.pcall('PUBLISH', target, value)
-      else
-        r = {err = 'unknown broker command ' .. op}
-      end
-      if type(r) == 'table' and r['err'] then
-        result = r['err']
-        break
-      end
-    end
-    if result == 1 then
-      sent(name, tick)
-    end
-  end
-  out[#out + 1] = result
-  i = i + 3 + 3 * n
-end
-return out
+return send_each(sent)
 """,
 )
 
@@ -243,5 +259,24 @@ for i = 1, #ARGV - 1 do
   out[i] = won
 end
 return out
+""",
+)
+
+# Sends run-now requests when the broker is this Redis, as ENQUEUE sends ticks: for each
+# request this node took (TAKE_REQUESTS), runs the broker commands of its message and
+# forgets the request, atomically: a request's message is pushed only while the request
+# is held by this node, and the request is gone as it is pushed, so no crash, freeze or
+# retry (by this node, or by the one that takes it over) can push it twice. A request
+# that is gone (sent) or held by another node is not pushed; a command Redis refuses
+# leaves its request held (retried) and is returned as its result.
+# KEYS: requests, then the queue keys of the messages (each once)
+# ARGV: node_id, then per request: name, request_ms, n, then n commands (as ENQUEUE)
+# Returns per request 1 (pushed), 0 (not held by this node), or the error's text.
+ENQUEUE_REQUESTS = Script(
+    "enqueue_requests",
+    ("requests",),
+    _PUSH
+    + """
+return send_each(function(name, at) redis.call('HDEL', KEYS[1], at .. ':' .. name) end)
 """,
 )
