@@ -364,3 +364,27 @@ def test_the_server_time_for_first_ticks_is_read_once_per_call(
         anchors = {n: st.anchor_ms for n, st in api.registry.states().items()}
         spec = api.get("e0")
         assert all(due[n] == next_tick(spec.schedule, a) for n, a in anchors.items())  # type: ignore[arg-type]
+
+
+def test_the_chunks_of_one_add_share_each_schedules_first_tick(
+    api: DynamicTasks, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Cron entries spread over many chunks, a few expressions each: each distinct
+    expression's first tick is computed once per add_many call (a croniter step is
+    ~30-60 µs), not once per chunk."""
+    from celery_dcron.registry import entries as store
+
+    computed: list[str] = []
+    real = store.first_tick_bound
+
+    def counted(schedule: CronSchedule, since_ms: int) -> int:
+        computed.append(schedule.expr)
+        return real(schedule, since_ms)
+
+    store._bound.cache_clear()
+    monkeypatch.setattr(store, "first_tick_bound", counted)
+    entries = [{"name": f"e{i:03d}", "task": "t", "cron": f"{i % 7} 4 * * *"} for i in range(140)]
+    assert api.add_many(entries, chunk=10).created == 140
+    assert sorted(computed) == sorted(f"{m} 4 * * *" for m in range(7))
+    due = api.registry.due_range(0, 2**62, count=200)  # due after 0: each has its first tick
+    assert len(due) == 140
