@@ -12,14 +12,16 @@ Starts a throwaway redis-server, then for each N in ``--entries`` times:
 
 Entries are mappings of ``add``'s fields with args and kwargs, as a CLI import would give
 them: ``--kind interval`` (``every`` 60 s + i % 3600), ``--kind cron`` (``cron`` strings,
-60 distinct ones), or ``--kind mixed`` (half each, the default); or ``--kind idle``, the
-entries of ``bench_scale.py``'s bulk add (``every`` a day, ``args`` only). ``--per-call``
-splits them into ``add_many`` calls of that many (``bench_scale.py``: 10,000), and
-``--no-check-tasks`` skips the task check (as ``bench_scale.py`` does). Redis commands are
-counted by ``INFO commandstats`` (reset before each case): the script calls (``evalsha``)
-and every command the scripts run inside, plus the client's reads. CPU is counted apart
-for the benchmark process (``time.process_time``) and for redis-server (``INFO cpu``), in
-µs per entry: on a loaded machine the wall clock varies from run to run, the CPU much less.
+60 distinct ones), or ``--kind mixed`` (half each, the default); ``--kind spread``
+(``M H * * *``: daily, spread over the day, 1,440 distinct expressions); or ``--kind
+idle``, the entries of ``bench_scale.py``'s bulk add (``every`` a day, ``args`` only).
+``--per-call`` splits them into ``add_many`` calls of that many (``bench_scale.py``:
+10,000), and ``--no-check-tasks`` skips the task check (as ``bench_scale.py`` does). Redis
+commands are counted by ``INFO commandstats`` (reset before each case): the script calls
+(``evalsha``) and every command the scripts run inside, plus the client's reads. CPU is
+counted apart for the benchmark process (``time.process_time``) and for redis-server
+(``INFO cpu``), in µs per entry: on a loaded machine the wall clock varies from run to
+run, the CPU much less.
 ``ms/call`` is the average time of a script call in Redis (``usec_per_call``), ``max ms``
 the longest command, from its latency monitor (whole ms): a script call blocks Redis
 while it runs. Both are wall time: on a loaded machine they include time the server was
@@ -70,6 +72,9 @@ def entries(n: int, kind: str = "mixed") -> list[dict[str, Any]]:
     if kind == "idle":  # bench_scale.py's
         return [{"name": f"idle{i:07d}", "task": "bench.noop", "args": [i], "every": 86400}
                 for i in range(n)]  # fmt: skip
+    if kind == "spread":  # daily, spread over the day: 1,440 distinct expressions
+        return [{"name": f"s{i:07d}", "task": "bench.noop", "args": [i],
+                 "cron": f"{i % 60} {(i // 60) % 24} * * *"} for i in range(n)]  # fmt: skip
     out: list[dict[str, Any]] = []
     for i in range(n):
         cron = kind == "cron" or (kind == "mixed" and i % 2 == 0)
@@ -160,8 +165,9 @@ def run_size(
     specs = bulk.export()
 
     def put_all() -> None:
+        since = raw.registry.server_ms()  # one time for all chunks, as add_many reads it
         for i in range(0, len(specs), chunk):
-            raw.registry.put_entries(specs[i : i + chunk])
+            raw.registry.put_entries(specs[i : i + chunk], since_ms=since)
 
     rows.append(measure(client, "put_entries (no validation)", n, put_all))
     return rows
@@ -172,7 +178,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--entries", default="10000,100000", help="comma-separated Ns")
     parser.add_argument("--chunk", type=int, default=1000)
     parser.add_argument("--add-limit", type=int, default=5000)
-    parser.add_argument("--kind", choices=("mixed", "interval", "cron", "idle"), default="mixed")
+    parser.add_argument(
+        "--kind", choices=("mixed", "interval", "cron", "spread", "idle"), default="mixed"
+    )
     parser.add_argument("--per-call", type=int, default=0, help="entries per add_many call")
     parser.add_argument("--no-check-tasks", dest="check_tasks", action="store_false")
     args = parser.parse_args(argv)

@@ -127,9 +127,13 @@ def _add_many(
     refused: list[EntryProblem] = []
     batches = [specs[i : i + chunk] for i in range(0, len(specs), chunk)]
     # the server's time before the writes, read once (with a one-off's validation, if
-    # any; replace reads it with the versions): the due index's first tick of each new
-    # cron or one-off entry counts from it
-    timed = (now.known or not replace) and any(has_first_tick_bound(s.schedule) for _, s in specs)
+    # any): the due index's first tick of each new cron or one-off entry counts from it.
+    # One chunk replacing entries reads it with the versions instead (one round trip
+    # less); several share one time, so that each schedule's first tick is computed
+    # once (registry/entries.py: _bound), not once per chunk.
+    timed = (now.known or not replace or len(batches) > 1) and any(
+        has_first_tick_bound(s.schedule) for _, s in specs
+    )
     since = now() if timed else None
     written = _write(tasks, batches, replace=replace, since_ms=since)
     for batch, stored in zip(batches, written, strict=True):

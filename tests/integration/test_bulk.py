@@ -330,17 +330,18 @@ def test_the_garbage_collector_is_paused_while_adding_then_left_as_it_was(
 
 @pytest.mark.parametrize(
     ("kind", "reads"),
-    [("cron", 1), ("cron-replace", 0), ("every", 0), ("solar", 0)],
+    [("cron", 1), ("cron-replace", 1), ("cron-replace-one-chunk", 0), ("every", 0), ("solar", 0)],
 )
 def test_the_server_time_for_first_ticks_is_read_once_per_call(
     api: DynamicTasks, redis_client: redis.Redis, monkeypatch: pytest.MonkeyPatch,
     kind: str, reads: int,
 ) -> None:  # fmt: skip
     """add_many reads the server's time once (not once per chunk) when it writes new cron
-    entries, each given its first tick in the due index; with replace=True it comes with
-    the versions each chunk reads; interval and solar entries need none."""
+    entries, each given its first tick in the due index; with replace=True in one chunk
+    it comes with the versions that chunk reads; interval and solar entries need none."""
+    cron = {"cron": "0 4 * * *"}
     schedule: dict[str, object] = {
-        "cron": {"cron": "0 4 * * *"}, "cron-replace": {"cron": "0 4 * * *"},
+        "cron": cron, "cron-replace": cron, "cron-replace-one-chunk": cron,
         "every": {"every": 60}, "solar": {"schedule": solar("sunrise", 48.85, 2.35)},
     }[kind]  # fmt: skip
     times: list[int] = []
@@ -353,7 +354,8 @@ def test_the_server_time_for_first_ticks_is_read_once_per_call(
     monkeypatch.setattr(api.registry.transport, "server_ms", counted)
     monkeypatch.setattr(api.registry, "server_ms", counted)
     entries = [{"name": f"e{i}", "task": "t", **schedule} for i in range(25)]
-    result = api.add_many(entries, chunk=7, replace=kind == "cron-replace")
+    one_chunk = kind == "cron-replace-one-chunk"
+    result = api.add_many(entries, chunk=25 if one_chunk else 7, replace="replace" in kind)
     assert result.created == 25 and len(times) == reads
     due = {
         (n.decode() if isinstance(n, bytes) else n): score
