@@ -24,7 +24,15 @@ duplicates  (entry, tick) published more than once. The README's G1 names one wi
             The broker has a window of its own: a publish that reached it but whose
             reply (LPUSH's, an AMQP confirm) was lost with the connection is reported
             failed and retried: two copies, one id, and a
-            ``publish failed`` line for that tick. Any other duplicate fails the test.
+            ``publish failed`` line for that tick. And a publish the broker *holds*
+            longer than the node TTL (a ``broker-held`` fault: AMQP confirms that do not
+            come back): its beat cannot heartbeat meanwhile, the others take it for dead
+            and re-publish its claims, among them those of the ticks it had published
+            just before (they are marked sent after the publishes of the pass): two
+            copies, one id, one ``re-publishing`` line by another beat, a tick due
+            within ``WINDOW_S`` before the hold began or during it, and the first
+            sender's ``fired`` line after the hold began. Any other duplicate fails the
+            test.
 misses      ticks that the entry's misfire policy says must arrive and did not:
             ``all`` - every tick of the grid between the first and the last published;
             ``once`` - a hole in the grid is allowed only as one coalesced catch-up, the
@@ -330,6 +338,12 @@ class Report:
             mode, _, rest = fault.what.partition(" ")
             if mode in ("partition", "blackhole") and rest:
                 signals.setdefault(rest.split()[0], []).append((fault.at_s, mode.upper()))
+        # the broker held all traffic (start, seconds): faults named "broker-held <s>s ..."
+        holds = [
+            (f.at_s, float(f.what.split()[1].rstrip("s")))
+            for f in self.faults
+            if f.what.startswith("broker-held ")
+        ]
         ids: dict[tuple[str, int], set[str | None]] = defaultdict(set)
         for m in self.pub.messages:
             if m.entry is not None and m.tick_ms is not None:
@@ -338,7 +352,9 @@ class Report:
             entry, tick = key
             senders = [f for f in self.pub.fired if (f.entry, f.tick_ms) == key]
             again = republished.get(key, [])
-            why = _window(key, n, ids[key], senders, again, signals)
+            why = _window(key, n, ids[key], senders, again, signals) or _held(
+                key, n, ids[key], senders, again, holds
+            )
             if not why and len(ids[key]) == 1 and failed[key] >= n - 1:
                 # Each publish reported as failed that had reached the broker anyway (a
                 # held connection reset before the confirm) adds one copy, same id.
@@ -536,6 +552,31 @@ def _context(
             if f"{entry} " in line or f"{entry}'" in line or _CONTEXT_RE.search(line):
                 out.append(f"{beat.name}: {line[:220]}")
     return out[:120]
+
+
+def _held(
+    key: tuple[str, int],
+    n: int,
+    ids: set[str | None],
+    senders: list[Fired],
+    again: list[str],
+    holds: list[tuple[float, float]],
+) -> str:
+    """Why a duplicate is a publish held by the broker past the node TTL (G1's window
+    with a broker apart from the registry), or "" if it is not."""
+    if n != 2 or len(ids) != 1 or len(again) != 1:
+        return ""
+    first = [f for f in senders if f.beat not in again]
+    tick_s = key[1] / 1000
+    for f in first:
+        for start, held_s in holds:
+            if start - WINDOW_S <= tick_s <= start + held_s and f.logged_at >= start:
+                return (
+                    f"{f.beat} logged it {f.logged_at - start:.2f}s after the broker began "
+                    f"holding traffic ({held_s:.0f}s): taken for dead meanwhile, its claim "
+                    f"re-published by {again[0]}"
+                )
+    return ""
 
 
 def _window(

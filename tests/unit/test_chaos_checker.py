@@ -1,0 +1,40 @@
+"""The chaos suite's duplicate checker (tests/chaos/observe.py) excuses only the windows
+the README documents: here, a publish the broker held past the node TTL."""
+
+from __future__ import annotations
+
+from tests.chaos.observe import _held
+from tests.e2e.harness import Fired
+
+HOLD_START = 1_000.0  # epoch s
+HOLD = [(HOLD_START, 3.0)]
+
+
+def fired(beat: str, tick_s: float, logged_at: float) -> Fired:
+    return Fired(
+        entry="every-1s-0", tick_ms=int(tick_s * 1000), node=beat, task_id="id",
+        logged_at=logged_at, beat=beat,
+    )  # fmt: skip
+
+
+def held(tick_s: float, logged_at: float, *, ids: int = 1, again: tuple[str, ...] = ("b",)) -> str:
+    key = ("every-1s-0", int(tick_s * 1000))
+    senders = [fired("a", tick_s, logged_at), fired("b", tick_s, logged_at + 1)]
+    return _held(key, 2, {str(i) for i in range(ids)}, senders, list(again), HOLD)
+
+
+def test_a_tick_published_as_the_broker_began_to_hold_is_the_documented_window() -> None:
+    # a published its tick just before the hold, then blocked on its next publish; it
+    # logged "fired" once that failed, after b took it for dead and re-published the claim
+    assert "taken for dead" in held(HOLD_START - 0.5, HOLD_START + 3.2)
+    assert "taken for dead" in held(HOLD_START + 2.5, HOLD_START + 3.2)
+
+
+def test_any_other_duplicate_is_not() -> None:
+    assert held(HOLD_START - 30, HOLD_START + 3.2) == ""  # a tick long before the hold
+    assert held(HOLD_START + 10, HOLD_START + 10.2) == ""  # after it
+    assert held(HOLD_START - 0.5, HOLD_START - 0.4) == ""  # a logged it before the hold
+    assert held(HOLD_START - 0.5, HOLD_START + 3.2, ids=2) == ""  # another task id
+    assert held(HOLD_START - 0.5, HOLD_START + 3.2, again=()) == ""  # nobody re-published
+    no_hold = _held(("every-1s-0", int(HOLD_START * 1000)), 2, {"id"}, [], ["b"], [])
+    assert no_hold == ""
