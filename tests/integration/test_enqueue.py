@@ -387,8 +387,19 @@ def test_enqueue_requests_contract(backend: Backend) -> None:
     ]
     assert [(r.name, r.holder) for r in reg.requests()] == [("y", "b")]
     assert [r.sent for r in reg.enqueue_requests([(x, push)], node_id="a")] == [False]
-    backend.advance(PAST_TTL_MS)  # a died: its requests could be taken over, but x is gone
-    assert reg.take_requests([x], node_id="b") == [False]
+    backend.advance(PAST_TTL_MS)  # b died: a takes its request over, and sends it
+    assert reg.take_requests([y], node_id="a") == [True]
+    assert [r.sent for r in reg.enqueue_requests([(y, push)], node_id="a")] == [True]
+    assert reg.requests() == []
+    assert pushed(backend, "contract-q") == 2  # x and y, once each
+
+
+def pushed(backend: Backend, queue: str) -> int:
+    """How many messages the registry pushed onto ``queue``."""
+    reg = backend.reg
+    if isinstance(reg, Registry):
+        return int(reg.transport.client.llen(queue))
+    return sum(1 for _, commands in reg.enqueued for c in commands if c.target == queue)  # type: ignore[attr-defined]
 
 
 def test_the_request_script_pushes_once_and_a_refused_command_keeps_the_request(

@@ -134,3 +134,40 @@ def test_a_command_redis_refuses_leaves_the_tick_pending_and_retried(
     failed = decisions(caplog, "publish_failed")
     assert [(f["entry"], f["tick_ms"]) for f in failed] == [(tick.name, tick.tick_ms)]
     assert "WRONGTYPE" in failed[0]["error"]
+
+
+def test_a_run_now_taken_over_while_its_node_froze_is_sent_once(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The owner takes a run-now request, builds its message and freezes before the
+    script: the other node takes the request over (its holder is dead) and sends it; the
+    owner, awake, finds the request no longer its own and sends nothing."""
+    c = MemoryCluster()
+    a, b = c.add("a", entries(1, every_s=3600)), c.add("b", entries(1, every_s=3600))
+    c.step_all(2)
+    owner, other = (a, b) if "e0" in a.view.owned else (b, a)
+    asked: list[int] = []
+    froze: list[Tick] = []
+
+    def freeze(engine: Engine, tick: Tick) -> None:
+        if engine is not owner or froze or tick.tick_ms not in asked:
+            return
+        froze.append(tick)
+        c.clock.advance(c.ttl_ms + 1000)  # frozen past the node TTL
+        for _ in range(3):
+            other._next_beat = other._next_recover = 0.0
+            other.requests.due = True
+            other.step()
+
+    wire(a, freeze)
+    wire(b, freeze)
+    asked.append(c.registry.run_now("e0"))
+    owner.requests.due = True
+    with caplog.at_level(logging.INFO, logger="celery_dcron"):
+        owner.step()
+    assert froze and "e0" in other.view.owned
+    assert sent(c)[("e0", asked[0])] == 1
+    assert c.registry.requests() == []
+    assert "no longer held by this node; not sent" in caplog.text
+    fired = [d for d in decisions(caplog, "fired") if d.get("run_now")]
+    assert [(d["entry"], d["node"]) for d in fired] == [("e0", other.node_id)]
