@@ -165,7 +165,7 @@ class Dispatcher(Part):
                         self.membership.mark_superseded()
                         break
                 keepalive_at = time.monotonic() + self.settings.heartbeat_interval_s
-            if time.monotonic() - claimed_at > self._safe_publish_s or self._lapsed(claimed_at):
+            if self.stalled(claimed_at):
                 # We were paused or slow since the claim, or our node channel was not held
                 # all along (the others may have taken us for crashed): another node may
                 # have taken them over. Publish only the claims that are still ours.
@@ -183,6 +183,22 @@ class Dispatcher(Part):
                 raise
         return sent
 
+    def stalled(self, since: float) -> bool:
+        """Whether a claim (or a run-now request) taken at ``since``
+        (``time.monotonic()``) may have been taken over meanwhile: more than half the
+        node TTL passed (the process was paused or slowed down), or this node's channel
+        was not held all along (the others may have taken it for crashed)."""
+        return time.monotonic() - since > self._safe_publish_s or self._lapsed(since)
+
+    def superseded_now(self) -> bool:
+        """Heartbeat now: True (and the node marked superseded) when a new incarnation
+        took this node id over. A claim names the node id, not the process: after a
+        stall, check this first (the new one re-publishes our claims as its own)."""
+        if self.registry.heartbeat(self.membership.node, self.settings.node_ttl_ms).superseded:
+            self.membership.mark_superseded()
+            return True
+        return False
+
     def _lapsed(self, since: float) -> bool:
         """Whether this node's channel was not held all along since ``since``."""
         if self.listener is None:
@@ -191,10 +207,7 @@ class Dispatcher(Part):
         return held is None or held > since
 
     def _still_ours(self, ticks: Sequence[Tick]) -> list[Tick]:
-        # A claim names the node id, not the process: first make sure no new incarnation
-        # took the id over while this one stalled (it re-publishes our claims as its own).
-        if self.registry.heartbeat(self.membership.node, self.settings.node_ttl_ms).superseded:
-            self.membership.mark_superseded()
+        if self.superseded_now():
             return []
         flags = self.registry.retake(
             ticks, node_id=self.node_id, lock_ttl_ms=self.settings.lock_ttl_ms

@@ -10,6 +10,7 @@ entries that no longer exist (the janitor does), and applies the after-run actio
 from __future__ import annotations
 
 import logging
+import time
 from contextlib import AbstractContextManager
 from typing import TYPE_CHECKING, NamedTuple
 
@@ -78,6 +79,7 @@ class Requests(Part):
             if spec is not None:
                 entries[request.name] = spec
         mine = [r for r in mine if r.name in entries]
+        taking_at = time.monotonic()  # before: a stall while taking them counts
         taken = self.registry.take_requests(mine, node_id=self.node_id)
         done: list[RunRequest] = []
         ready: list[_Send] = []
@@ -97,7 +99,7 @@ class Requests(Part):
         if ready and self.dispatcher.capture is not None:
             capture = self.dispatcher.capture()
         if capture is None:
-            sent = self._publish(ready, done)
+            sent = self._publish(ready, done, taking_at)
         else:
             sent = self._enqueue(ready, done, capture)
         for send in sent:
@@ -107,11 +109,21 @@ class Requests(Part):
         self.dispatcher.flush_rejected()
         return len(sent)
 
-    def _publish(self, ready: list[_Send], done: list[RunRequest]) -> list[_Send]:
+    def _publish(self, ready: list[_Send], done: list[RunRequest], taking_at: float) -> list[_Send]:
         """Publish each request's message; the requests sent (added to ``done``: forgotten
-        after, in one round trip) or rejected (added too: never retried)."""
+        after, in one round trip) or rejected (added too: never retried). After a stall
+        since ``taking_at`` (as the dispatcher checks its claims), a request is first
+        checked to be still this node's: another may have taken it over and sent it."""
         sent = []
         for send in ready:
+            if self.dispatcher.stalled(taking_at):
+                checking_at = time.monotonic()
+                if self.dispatcher.superseded_now():
+                    break
+                if not self.registry.take_requests([send.request], node_id=self.node_id)[0]:
+                    self._not_held(send)
+                    continue
+                taking_at = checking_at
             try:
                 self.dispatcher.publish(send.spec, send.tick, send.task_id)
             except Exception as exc:
@@ -161,11 +173,14 @@ class Requests(Part):
             elif result.error is not None:
                 self._failed(send, EnqueueRefusedError(result.error))
             else:  # taken over while this node stalled (or sent by a call whose reply was lost)
-                logger.warning(
-                    "dcron: run-now of %s at=%s no longer held by this node; not sent",
-                    send.spec.name, send.tick.tick_ms,
-                )  # fmt: skip
+                self._not_held(send)
         return sent
+
+    def _not_held(self, send: _Send) -> None:
+        logger.warning(
+            "dcron: run-now of %s at=%s no longer held by this node; not sent",
+            send.spec.name, send.tick.tick_ms,
+        )  # fmt: skip
 
     def _rejected(self, send: _Send, exc: Exception) -> bool:
         """Whether the publish can never succeed (then recorded, and not retried)."""

@@ -8,8 +8,10 @@ stepping: no heartbeat, no leave. Node TTL 3 s, entries every second.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Iterable
 from itertools import pairwise
+from typing import Any
 
 import pytest
 
@@ -187,3 +189,41 @@ def test_a_crashed_engines_unsent_claim_is_published_by_the_next_owner_with_its_
     assert (name, tick, task_id("default", name, tick), other.node_id) in c.recorder.sent
     assert c.registry.pending() == []
     assert_each_tick_once(c.recorder)
+
+
+def test_a_run_now_taken_over_while_its_taker_stalled_is_published_once(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """With a broker apart from the registry (publish, then forget the request): the
+    owner takes a run-now request and stalls past the node TTL before publishing it; the
+    other takes it over (its holder is dead) and publishes it. The stalled one checks the
+    request again before publishing, as it checks its claims, and sends nothing."""
+    c = MemoryCluster()
+    a, b = c.add("a", entries(1, every_s=3600)), c.add("b", entries(1, every_s=3600))
+    c.step_all(2)
+    owner, other = (a, b) if "e0" in a.view.owned else (b, a)
+    real_monotonic, real_take = time.monotonic, c.registry.take_requests
+    skew = [0.0]
+    monkeypatch.setattr(time, "monotonic", lambda: real_monotonic() + skew[0])
+
+    def take(requests: Any, *, node_id: str) -> list[bool]:
+        result = real_take(requests, node_id=node_id)
+        if node_id == owner.node_id and any(result) and not skew[0]:
+            skew[0] = (c.ttl_ms + 1000) / 1000  # stalled past the node TTL, just after
+            c.clock.advance(c.ttl_ms + 1000)
+            for _ in range(3):
+                other._next_beat = other._next_recover = 0.0
+                other.requests.due = True
+                other.step()
+        return result
+
+    monkeypatch.setattr(c.registry, "take_requests", take)
+    at = c.registry.run_now("e0")
+    owner.requests.due = True
+    with caplog.at_level(logging.INFO, logger="celery_dcron"):
+        owner.step()
+    assert skew[0] and "e0" in other.view.owned
+    runs = [row for row in c.recorder.sent if row[:2] == ("e0", at)]
+    assert [row[3] for row in runs] == [other.node_id]
+    assert c.registry.requests() == []
+    assert "no longer held by this node; not sent" in caplog.text
