@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections import deque
 from contextlib import AbstractContextManager
 from typing import TYPE_CHECKING, NamedTuple
 
@@ -50,6 +51,9 @@ class Requests(Part):
         self.due = True
         #: finished entries whose after-run action (delete, tombstone, disable) is due
         self.after_run: dict[str, EntrySpec] = {}
+        #: requests sent (or dropped) whose deletion did not reach Redis: deleted first on
+        #: the next run, never sent again by this node
+        self.unforgotten: list[RunRequest] = []
 
     def finished(self, spec: EntrySpec, state: EntryState) -> None:
         """``spec`` ran for the last time: its after-run action, if any, is due."""
@@ -59,6 +63,9 @@ class Requests(Part):
     def run(self) -> int:
         """Send the run-now requests of owned entries (each taken by one node only)."""
         self.due = False
+        if self.unforgotten:  # sent (or dropped) while Redis did not answer: never again
+            self.registry.done_requests(self.unforgotten)
+            self.unforgotten = []
         requests = self.registry.requests()
         if not requests:
             return 0
@@ -105,25 +112,43 @@ class Requests(Part):
         for send in sent:
             self.metrics.run_now()
             self.dispatcher.log_fired(send.spec.name, send.tick.tick_ms, send.task_id, run_now=True)
-        self.registry.done_requests(done)
+        try:
+            self.registry.done_requests(done)
+        except RegistryUnavailableError:
+            self.unforgotten.extend(done)  # still held by this node: forgotten first next time
+            self.due = True
+            raise
         self.dispatcher.flush_rejected()
         return len(sent)
 
     def _publish(self, ready: list[_Send], done: list[RunRequest], taking_at: float) -> list[_Send]:
         """Publish each request's message; the requests sent (added to ``done``: forgotten
         after, in one round trip) or rejected (added too: never retried). After a stall
-        since ``taking_at`` (as the dispatcher checks its claims), a request is first
-        checked to be still this node's: another may have taken it over and sent it."""
+        since ``taking_at`` (as the dispatcher checks its claims), the requests left are
+        first checked to be still this node's, all in one round trip: another node may
+        have taken some over and sent them. If Redis does not answer that check, the
+        rest wait for a later pass (still this node's, checked again then)."""
         sent = []
-        for send in ready:
+        todo = deque(ready)
+        while todo:
             if self.dispatcher.stalled(taking_at):
                 checking_at = time.monotonic()
-                if self.dispatcher.superseded_now():
+                try:
+                    if self.dispatcher.superseded_now():
+                        break
+                    ours = self.registry.take_requests(
+                        [s.request for s in todo], node_id=self.node_id
+                    )
+                except RegistryUnavailableError:
+                    self.due = True
                     break
-                if not self.registry.take_requests([send.request], node_id=self.node_id)[0]:
-                    self._not_held(send)
-                    continue
+                for s, ok in zip(todo, ours, strict=True):
+                    if not ok:
+                        self._not_held(s)
+                todo = deque(s for s, ok in zip(todo, ours, strict=True) if ok)
                 taking_at = checking_at
+                continue
+            send = todo.popleft()
             try:
                 self.dispatcher.publish(send.spec, send.tick, send.task_id)
             except Exception as exc:

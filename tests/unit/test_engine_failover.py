@@ -227,3 +227,76 @@ def test_a_run_now_taken_over_while_its_taker_stalled_is_published_once(
     assert [row[3] for row in runs] == [other.node_id]
     assert c.registry.requests() == []
     assert "no longer held by this node; not sent" in caplog.text
+
+
+def test_after_a_stall_every_request_left_is_checked_not_only_the_first(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Three nodes; the taker of several run-now requests stalls past the TTL, and only
+    one of the others runs meanwhile: it takes over and sends the requests of the entries
+    that moved to it, while those that moved to the third stay the taker's. Awake, the
+    taker checks them all: it sends its own, and none of the ones already sent."""
+    c = MemoryCluster()
+    specs = entries(24, every_s=3600)
+    a, b, d = (c.add(n, specs) for n in ("a", "b", "d"))
+    c.step_all(2)
+    mine = sorted(a.view.owned)
+    assert len(mine) >= 2
+    real_monotonic, real_take = time.monotonic, c.registry.take_requests
+    skew = [0.0]
+    monkeypatch.setattr(time, "monotonic", lambda: real_monotonic() + skew[0])
+
+    def take(requests: Any, *, node_id: str) -> list[bool]:
+        result = real_take(requests, node_id=node_id)
+        if node_id == "a" and any(result) and not skew[0]:
+            skew[0] = (c.ttl_ms + 1000) / 1000  # a stalls past the node TTL; only d runs,
+            for _ in range(2):  # and b only heartbeats (it is alive, its turn not come)
+                c.clock.advance((c.ttl_ms + 1000) // 2)
+                c.registry.heartbeat(b.membership.node, ttl_ms=c.ttl_ms)
+            for _ in range(3):
+                d._next_beat = d._next_recover = 0.0
+                d.requests.due = True
+                d.step()
+        return result
+
+    monkeypatch.setattr(c.registry, "take_requests", take)
+    asked = {name: c.registry.run_now(name) for name in mine}
+    a.requests.due = True
+    with caplog.at_level(logging.INFO, logger="celery_dcron"):
+        a.step()
+    sent_by: dict[str, list[str]] = {name: [] for name in mine}
+    for name, tick, _task_id, node in c.recorder.sent:
+        if asked.get(name) == tick:
+            sent_by[name].append(node)
+    assert all(len(nodes) == 1 for nodes in sent_by.values()), sent_by  # each sent once
+    assert {nodes[0] for nodes in sent_by.values()} == {"a", "d"}  # both kinds happened
+    assert c.registry.requests() == []
+
+
+def test_a_request_sent_while_its_deletion_fails_is_not_sent_again(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Publish path: the request is published, then Redis does not answer its deletion;
+    the next run deletes it first and does not publish it again."""
+    from celery_dcron.exceptions import RegistryUnavailableError
+
+    c = MemoryCluster()
+    (e,) = [c.add("a", entries(1, every_s=3600))]
+    c.step_all(2)
+    real_done = c.registry.done_requests
+    failures = [RegistryUnavailableError("connection reset")]
+
+    def done(requests: Any) -> None:
+        if failures and requests:
+            raise failures.pop()
+        real_done(requests)
+
+    monkeypatch.setattr(c.registry, "done_requests", done)
+    at = c.registry.run_now("e0")
+    e.requests.due = True
+    with pytest.raises(RegistryUnavailableError):
+        e.requests.run()
+    assert e.requests.due and [r.holder for r in c.registry.requests()] == ["a"]
+    e.requests.run()
+    assert [row[:2] for row in c.recorder.sent if row[0] == "e0"] == [("e0", at)]
+    assert c.registry.requests() == []
