@@ -168,13 +168,16 @@ class Dispatcher(Part):
             if self.stalled(claimed_at):
                 # We were paused or slow since the claim, or our node channel was not held
                 # all along (the others may have taken us for crashed): another node may
-                # have taken them over. Publish only the claims that are still ours.
+                # have taken them over. Publish only the claims that are still ours: all
+                # those left are checked, as they were claimed together.
                 checking_at = time.monotonic()
                 try:
-                    batch = self._still_ours(batch)
+                    ours = set(self._still_ours([*batch, *todo]))
                 except RegistryUnavailableError:
                     self.unmarked.update(sent)  # published: never publish them again
                     raise
+                batch = [t for t in batch if t in ours]
+                todo = [t for t in todo if t in ours]
                 claimed_at = checking_at
             try:
                 sent.extend(self._publish_batch(batch))

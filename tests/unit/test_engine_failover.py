@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from celery_dcron.engine import Engine, loading
+from celery_dcron.engine import Engine, dispatch, loading
 from celery_dcron.entries import MisfirePolicy, Tick
 from celery_dcron.ticks import task_id
 from tests.enginekit import (
@@ -300,3 +300,50 @@ def test_a_request_sent_while_its_deletion_fails_is_not_sent_again(
     e.requests.run()
     assert [row[:2] for row in c.recorder.sent if row[0] == "e0"] == [("e0", at)]
     assert c.registry.requests() == []
+
+
+def test_after_a_stall_every_claim_left_is_checked_not_only_the_next_batch(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Three nodes; one claims many ticks due together (several publish batches) and
+    stalls past the TTL right after, while only one of the others runs: that one takes
+    over the claims of the entries that moved to it and publishes them. Awake, the staller
+    checks all the claims it has left before publishing any, not only the next batch."""
+    monkeypatch.setattr(dispatch, "PUBLISH_BATCH", 2)
+    c = MemoryCluster()
+    specs = entries(24, every_s=3600)
+    a, b, d = (c.add(n, specs) for n in ("a", "b", "d"))
+    c.step_all(3)
+    c.align()
+    c.advance(S, step_ms=250)
+    assert len(a.view.owned) >= 4
+    real_monotonic, real_claim = time.monotonic, c.registry.claim
+    skew = [0.0]
+    won: list[tuple[str, int]] = []  # the ticks a claimed just before it stalled
+    monkeypatch.setattr(time, "monotonic", lambda: real_monotonic() + skew[0])
+
+    def claim(ticks: Any, **kw: Any) -> Any:
+        result = real_claim(ticks, **kw)
+        node_id = kw["node_id"]
+        if node_id == "a" and sum(r.won for r in result) >= 4 and not skew[0]:
+            won.extend((r.tick.name, r.tick.tick_ms) for r in result if r.won)
+            skew[0] = (c.ttl_ms + 1000) / 1000  # a stalls past the node TTL; only d runs,
+            for _ in range(2):  # and b only heartbeats
+                c.clock.advance((c.ttl_ms + 1000) // 2)
+                c.registry.heartbeat(b.membership.node, ttl_ms=c.ttl_ms)
+            for _ in range(3):
+                d._next_beat = d._next_recover = 0.0
+                d.step()
+        return result
+
+    monkeypatch.setattr(c.registry, "claim", claim)
+    c.clock.set(c.clock.now_ms() + 3600 * S)  # every entry due again
+    a.step()
+    assert skew[0]
+    senders: dict[tuple[str, int], list[str]] = {}
+    for name, tick, _task_id, node in c.recorder.sent:
+        senders.setdefault((name, tick), []).append(node)
+    twice = {key: nodes for key, nodes in senders.items() if len(nodes) > 1}
+    assert not twice
+    # each of a's claims went out once: by d (taken over) or by a (still its own)
+    assert {senders[key][0] for key in won} == {"a", "d"}
