@@ -86,6 +86,17 @@ __all__ = [
 #: A duplicate is in G1's documented window only if its first sender was SIGKILLed or
 #: SIGSTOPped this soon after sending it (between its publish and its "mark sent").
 WINDOW_S = 2.0
+#: A fault during which the broker held all traffic for that many seconds
+#: (:func:`broker_held` names it).
+HELD_RE = re.compile(r"broker-held (\d+(?:\.\d+)?)s\b")
+
+
+def broker_held(seconds: float) -> str:
+    """The name of a fault in which the broker holds all traffic for ``seconds``: the
+    duplicate checker knows it (:func:`_held`)."""
+    return f"broker-held {seconds:g}s"
+
+
 RESULTS_ENV = "DCRON_CHAOS_RESULTS"  # append each summary as a JSON line to this file
 
 
@@ -339,11 +350,7 @@ class Report:
             if mode in ("partition", "blackhole") and rest:
                 signals.setdefault(rest.split()[0], []).append((fault.at_s, mode.upper()))
         # the broker held all traffic (start, seconds): faults named "broker-held <s>s ..."
-        holds = [
-            (f.at_s, float(f.what.split()[1].rstrip("s")))
-            for f in self.faults
-            if f.what.startswith("broker-held ")
-        ]
+        holds = [(f.at_s, float(m[1])) for f in self.faults if (m := HELD_RE.match(f.what))]
         ids: dict[tuple[str, int], set[str | None]] = defaultdict(set)
         for m in self.pub.messages:
             if m.entry is not None and m.tick_ms is not None:

@@ -42,6 +42,7 @@ from tests.chaos.observe import (
     AmqpQueueObserver,
     Observer,
     RedisQueueObserver,
+    broker_held,
     failed_publishes,
 )
 from tests.chaos.run import Chaos, every
@@ -112,7 +113,7 @@ def test_broker_unavailable_publishes_retried_with_the_same_ids(
     for _ in range(OUTAGES):
         broker_kind.observer.wait_each(ENTRIES, 2, since_s=time.time())
         failed_before = len(failed_publishes(cluster))
-        held = f"broker-held {HOLD_S:.0f}s, then " if kind == "rabbitmq-held" else ""
+        held = f"{broker_held(HOLD_S)}, then " if kind == "rabbitmq-held" else ""
         run.fault(f"{held}broker-down {OUTAGE_S:.0f}s")
         broker_kind.down()
         wait_until(

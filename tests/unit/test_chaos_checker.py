@@ -3,7 +3,7 @@ the README documents: here, a publish the broker held past the node TTL."""
 
 from __future__ import annotations
 
-from tests.chaos.observe import _held
+from tests.chaos.observe import HELD_RE, _held, broker_held
 from tests.e2e.harness import Fired
 
 HOLD_START = 1_000.0  # epoch s
@@ -38,3 +38,9 @@ def test_any_other_duplicate_is_not() -> None:
     assert held(HOLD_START - 0.5, HOLD_START + 3.2, again=()) == ""  # nobody re-published
     no_hold = _held(("every-1s-0", int(HOLD_START * 1000)), 2, {"id"}, [], ["b"], [])
     assert no_hold == ""
+
+
+def test_the_scenarios_fault_name_gives_the_hold() -> None:
+    (seconds,) = HELD_RE.match(f"{broker_held(3.0)}, then broker-down 4s").groups()  # type: ignore[union-attr]
+    assert float(seconds) == 3.0
+    assert HELD_RE.match("broker-down 4s") is None
