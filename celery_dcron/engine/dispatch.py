@@ -36,10 +36,10 @@ from ..membership import FULL_HEARTBEAT_EVERY_MS
 from ..planning import Rules
 from .context import Context, Part
 from .failures import rejection
+from .stalls import Stalls
 from .view import View
 
 if TYPE_CHECKING:
-    from ..membership import EventListener
     from ..registry import BrokerCommand
 
 __all__ = [
@@ -108,6 +108,7 @@ class Dispatcher(Part):
         *,
         view: View,
         rules: Rules,
+        stalls: Stalls,
         publish: Publisher,
         publish_batch: PublishBatch | None,
         on_publish_error: ErrorHook | None,
@@ -115,6 +116,7 @@ class Dispatcher(Part):
         super().__init__(ctx)
         self.view = view
         self.rules = rules
+        self.stalls = stalls
         self.publish = publish
         self.publish_batch = publish_batch
         self.on_publish_error = on_publish_error
@@ -131,10 +133,6 @@ class Dispatcher(Part):
         self.rejected: dict[tuple[str, int, bool], PublishRejection] = {}
         #: when :meth:`recover` runs next (``time.monotonic()``)
         self.next_recover = 0.0
-        #: the listener holding this node's channel when the others may take it for dead
-        #: on its crash (:mod:`celery_dcron.crashes`); None: only its TTL can
-        self.listener: EventListener | None = None
-        self._safe_publish_s = self.settings.node_ttl_s / 2
 
     def publish_all(self, ticks: Sequence[Tick], claimed_at: float) -> list[Tick]:
         """Publish claimed ticks oldest first, none before its tick; returns those sent.
@@ -165,7 +163,7 @@ class Dispatcher(Part):
                         self.membership.mark_superseded()
                         break
                 keepalive_at = time.monotonic() + self.settings.heartbeat_interval_s
-            if self.stalled(claimed_at):
+            if self.stalls.stalled(claimed_at):
                 # We were paused or slow since the claim, or our node channel was not held
                 # all along (the others may have taken us for crashed): another node may
                 # have taken them over. Publish only the claims that are still ours: all
@@ -186,31 +184,8 @@ class Dispatcher(Part):
                 raise
         return sent
 
-    def stalled(self, since: float) -> bool:
-        """Whether a claim (or a run-now request) taken at ``since``
-        (``time.monotonic()``) may have been taken over meanwhile: more than half the
-        node TTL passed (the process was paused or slowed down), or this node's channel
-        was not held all along (the others may have taken it for crashed)."""
-        return time.monotonic() - since > self._safe_publish_s or self._lapsed(since)
-
-    def superseded_now(self) -> bool:
-        """Heartbeat now: True (and the node marked superseded) when a new incarnation
-        took this node id over. A claim names the node id, not the process: after a
-        stall, check this first (the new one re-publishes our claims as its own)."""
-        if self.registry.heartbeat(self.membership.node, self.settings.node_ttl_ms).superseded:
-            self.membership.mark_superseded()
-            return True
-        return False
-
-    def _lapsed(self, since: float) -> bool:
-        """Whether this node's channel was not held all along since ``since``."""
-        if self.listener is None:
-            return False
-        held = self.listener.watching_since
-        return held is None or held > since
-
     def _still_ours(self, ticks: Sequence[Tick]) -> list[Tick]:
-        if self.superseded_now():
+        if self.stalls.superseded_now():
             return []
         flags = self.registry.retake(
             ticks, node_id=self.node_id, lock_ttl_ms=self.settings.lock_ttl_ms

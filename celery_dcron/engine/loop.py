@@ -51,6 +51,7 @@ from .dispatch import Dispatcher, ErrorHook, PublishBatch, Publisher
 from .loading import Jobs
 from .recovery import Recovery
 from .requests import Requests
+from .stalls import Stalls
 from .timeline import Timeline
 from .view import EntryCheck, View
 
@@ -140,13 +141,12 @@ class Engine:
         )  # fmt: skip
         self.jobs = Jobs(self.view, on_loaded=self._loaded)
         self.recovery = Recovery(ctx)
+        stalls = Stalls(ctx, listener=self.listener if watch else None)
         self.dispatcher = Dispatcher(
-            ctx, view=self.view, rules=rules, publish=publish, publish_batch=publish_batch,
-            on_publish_error=on_publish_error,
+            ctx, view=self.view, rules=rules, stalls=stalls, publish=publish,
+            publish_batch=publish_batch, on_publish_error=on_publish_error,
         )  # fmt: skip
-        if watch:
-            self.dispatcher.listener = self.listener
-        self.requests = Requests(ctx, view=self.view, dispatcher=self.dispatcher)
+        self.requests = Requests(ctx, view=self.view, dispatcher=self.dispatcher, stalls=stalls)
         self.claimer = Claimer(
             ctx, rules=rules, view=self.view, timeline=self.timeline, recovery=self.recovery,
             dispatcher=self.dispatcher, claim_ahead_ms=claim_ahead_ms,

@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import time
 from collections import deque
+from collections.abc import Callable
 from contextlib import AbstractContextManager
 from typing import TYPE_CHECKING, NamedTuple
 
@@ -21,6 +22,7 @@ from ..enums import AfterRun
 from ..exceptions import DcronError, RegistryUnavailableError
 from .context import Context, Part
 from .dispatch import Captured, Dispatcher, EnqueueRefusedError
+from .stalls import Stalls
 from .view import View
 
 if TYPE_CHECKING:
@@ -43,10 +45,11 @@ class _Send(NamedTuple):
 class Requests(Part):
     """Run-now requests and after-run actions of the owned entries."""
 
-    def __init__(self, ctx: Context, *, view: View, dispatcher: Dispatcher) -> None:
+    def __init__(self, ctx: Context, *, view: View, dispatcher: Dispatcher, stalls: Stalls) -> None:
         super().__init__(ctx)
         self.view = view
         self.dispatcher = dispatcher
+        self.stalls = stalls
         #: whether to look at the requests on the next pass
         self.due = True
         #: finished entries whose after-run action (delete, tombstone, disable) is due
@@ -131,10 +134,10 @@ class Requests(Part):
         sent = []
         todo = deque(ready)
         while todo:
-            if self.dispatcher.stalled(taking_at):
+            if self.stalls.stalled(taking_at):
                 checking_at = time.monotonic()
                 try:
-                    if self.dispatcher.superseded_now():
+                    if self.stalls.superseded_now():
                         break
                     ours = self.registry.take_requests(
                         [s.request for s in todo], node_id=self.node_id
@@ -142,23 +145,18 @@ class Requests(Part):
                 except RegistryUnavailableError:
                     self.due = True
                     break
+                kept: deque[_Send] = deque()
                 for s, ok in zip(todo, ours, strict=True):
-                    if not ok:
+                    if ok:
+                        kept.append(s)
+                    else:
                         self._not_held(s)
-                todo = deque(s for s, ok in zip(todo, ours, strict=True) if ok)
-                taking_at = checking_at
+                todo, taking_at = kept, checking_at
                 continue
             send = todo.popleft()
-            try:
-                self.dispatcher.publish(send.spec, send.tick, send.task_id)
-            except Exception as exc:
-                if self._rejected(send, exc):
-                    done.append(send.request)
-                else:
-                    self._failed(send, exc)
-                continue
-            done.append(send.request)
-            sent.append(send)
+            if self._publish_one(send, done):
+                done.append(send.request)
+                sent.append(send)
         return sent
 
     def _enqueue(
@@ -171,16 +169,8 @@ class Requests(Part):
         built: list[tuple[_Send, list[BrokerCommand]]] = []
         with capture as captured:
             for send in ready:
-                try:
-                    self.dispatcher.publish(send.spec, send.tick, send.task_id)
-                except Exception as exc:
-                    captured.discard()
-                    if self._rejected(send, exc):
-                        done.append(send.request)
-                    else:
-                        self._failed(send, exc)
-                    continue
-                built.append((send, captured.take()))
+                if self._publish_one(send, done, undo=captured.discard):
+                    built.append((send, captured.take()))
         if not built:
             return []
         try:
@@ -207,9 +197,22 @@ class Requests(Part):
             send.spec.name, send.tick.tick_ms,
         )  # fmt: skip
 
-    def _rejected(self, send: _Send, exc: Exception) -> bool:
-        """Whether the publish can never succeed (then recorded, and not retried)."""
-        return self.dispatcher.reject(send.spec, send.tick, send.task_id, exc, run_now=True)
+    def _publish_one(
+        self, send: _Send, done: list[RunRequest], undo: Callable[[], object] = object
+    ) -> bool:
+        """Publish the request's message; False if that raised (``undo`` forgets what it
+        left half-built): a publish that can never succeed is recorded and its request
+        added to ``done`` (not retried), any other failure is retried."""
+        try:
+            self.dispatcher.publish(send.spec, send.tick, send.task_id)
+        except Exception as exc:
+            undo()
+            if self.dispatcher.reject(send.spec, send.tick, send.task_id, exc, run_now=True):
+                done.append(send.request)
+            else:
+                self._failed(send, exc)
+            return False
+        return True
 
     def _failed(self, send: _Send, exc: BaseException) -> None:
         self.due = True

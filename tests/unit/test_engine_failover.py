@@ -191,6 +191,34 @@ def test_a_crashed_engines_unsent_claim_is_published_by_the_next_owner_with_its_
     assert_each_tick_once(c.recorder)
 
 
+class _Stall:
+    """A process frozen past the node TTL, once: the cluster clock and the monotonic
+    clock jump by TTL + 1 s; meanwhile only ``runner`` runs (its loop, with its run-now
+    requests due) and the ``alive`` nodes only heartbeat."""
+
+    def __init__(self, c: MemoryCluster, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.c = c
+        self.skew_s = 0.0
+        real = time.monotonic
+        monkeypatch.setattr(time, "monotonic", lambda: real() + self.skew_s)
+
+    @property
+    def happened(self) -> bool:
+        return self.skew_s > 0
+
+    def now(self, runner: Engine, alive: Iterable[Engine] = ()) -> None:
+        ms = self.c.ttl_ms + 1000
+        self.skew_s = ms / 1000
+        for _ in range(2):
+            self.c.clock.advance(ms // 2)
+            for node in alive:
+                self.c.registry.heartbeat(node.membership.node, ttl_ms=self.c.ttl_ms)
+        for _ in range(3):
+            runner._next_beat = runner._next_recover = 0.0
+            runner.requests.due = True
+            runner.step()
+
+
 def test_a_run_now_taken_over_while_its_taker_stalled_is_published_once(
     monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -202,19 +230,12 @@ def test_a_run_now_taken_over_while_its_taker_stalled_is_published_once(
     a, b = c.add("a", entries(1, every_s=3600)), c.add("b", entries(1, every_s=3600))
     c.step_all(2)
     owner, other = (a, b) if "e0" in a.view.owned else (b, a)
-    real_monotonic, real_take = time.monotonic, c.registry.take_requests
-    skew = [0.0]
-    monkeypatch.setattr(time, "monotonic", lambda: real_monotonic() + skew[0])
+    real_take, stall = c.registry.take_requests, _Stall(c, monkeypatch)
 
     def take(requests: Any, *, node_id: str) -> list[bool]:
         result = real_take(requests, node_id=node_id)
-        if node_id == owner.node_id and any(result) and not skew[0]:
-            skew[0] = (c.ttl_ms + 1000) / 1000  # stalled past the node TTL, just after
-            c.clock.advance(c.ttl_ms + 1000)
-            for _ in range(3):
-                other._next_beat = other._next_recover = 0.0
-                other.requests.due = True
-                other.step()
+        if node_id == owner.node_id and any(result) and not stall.happened:
+            stall.now(runner=other)  # just after taking it
         return result
 
     monkeypatch.setattr(c.registry, "take_requests", take)
@@ -222,7 +243,7 @@ def test_a_run_now_taken_over_while_its_taker_stalled_is_published_once(
     owner.requests.due = True
     with caplog.at_level(logging.INFO, logger="celery_dcron"):
         owner.step()
-    assert skew[0] and "e0" in other.view.owned
+    assert stall.happened and "e0" in other.view.owned
     runs = [row for row in c.recorder.sent if row[:2] == ("e0", at)]
     assert [row[3] for row in runs] == [other.node_id]
     assert c.registry.requests() == []
@@ -242,21 +263,12 @@ def test_after_a_stall_every_request_left_is_checked_not_only_the_first(
     c.step_all(2)
     mine = sorted(a.view.owned)
     assert len(mine) >= 2
-    real_monotonic, real_take = time.monotonic, c.registry.take_requests
-    skew = [0.0]
-    monkeypatch.setattr(time, "monotonic", lambda: real_monotonic() + skew[0])
+    real_take, stall = c.registry.take_requests, _Stall(c, monkeypatch)
 
     def take(requests: Any, *, node_id: str) -> list[bool]:
         result = real_take(requests, node_id=node_id)
-        if node_id == "a" and any(result) and not skew[0]:
-            skew[0] = (c.ttl_ms + 1000) / 1000  # a stalls past the node TTL; only d runs,
-            for _ in range(2):  # and b only heartbeats (it is alive, its turn not come)
-                c.clock.advance((c.ttl_ms + 1000) // 2)
-                c.registry.heartbeat(b.membership.node, ttl_ms=c.ttl_ms)
-            for _ in range(3):
-                d._next_beat = d._next_recover = 0.0
-                d.requests.due = True
-                d.step()
+        if node_id == "a" and any(result) and not stall.happened:
+            stall.now(runner=d, alive=[b])  # b is alive, its turn not come
         return result
 
     monkeypatch.setattr(c.registry, "take_requests", take)
@@ -317,29 +329,20 @@ def test_after_a_stall_every_claim_left_is_checked_not_only_the_next_batch(
     c.align()
     c.advance(S, step_ms=250)
     assert len(a.view.owned) >= 4
-    real_monotonic, real_claim = time.monotonic, c.registry.claim
-    skew = [0.0]
+    real_claim, stall = c.registry.claim, _Stall(c, monkeypatch)
     won: list[tuple[str, int]] = []  # the ticks a claimed just before it stalled
-    monkeypatch.setattr(time, "monotonic", lambda: real_monotonic() + skew[0])
 
     def claim(ticks: Any, **kw: Any) -> Any:
         result = real_claim(ticks, **kw)
-        node_id = kw["node_id"]
-        if node_id == "a" and sum(r.won for r in result) >= 4 and not skew[0]:
+        if kw["node_id"] == "a" and sum(r.won for r in result) >= 4 and not stall.happened:
             won.extend((r.tick.name, r.tick.tick_ms) for r in result if r.won)
-            skew[0] = (c.ttl_ms + 1000) / 1000  # a stalls past the node TTL; only d runs,
-            for _ in range(2):  # and b only heartbeats
-                c.clock.advance((c.ttl_ms + 1000) // 2)
-                c.registry.heartbeat(b.membership.node, ttl_ms=c.ttl_ms)
-            for _ in range(3):
-                d._next_beat = d._next_recover = 0.0
-                d.step()
+            stall.now(runner=d, alive=[b])
         return result
 
     monkeypatch.setattr(c.registry, "claim", claim)
     c.clock.set(c.clock.now_ms() + 3600 * S)  # every entry due again
     a.step()
-    assert skew[0]
+    assert stall.happened
     senders: dict[tuple[str, int], list[str]] = {}
     for name, tick, _task_id, node in c.recorder.sent:
         senders.setdefault((name, tick), []).append(node)
