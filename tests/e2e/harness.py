@@ -359,6 +359,8 @@ class Published:
     killed_at: dict[str, list[float]] = field(default_factory=dict)
     #: (entry, tick) -> names of the beats that logged re-publishing it as an unsent claim
     republished: dict[tuple[str, int], set[str]] = field(default_factory=dict)
+    #: times (epoch s) the test cut every beat off from the registry (its master killed)
+    registry_cut_at: list[float] = field(default_factory=list)
     from_broker: bool = True
     nodes_by_tick: dict[tuple[str, int], list[str]] = field(default_factory=dict)
 
@@ -401,20 +403,25 @@ class Published:
 
     def kill_window(self, key: tuple[str, int], n: int) -> str:
         """Why a duplicate is the window G1 documents, or "" if it is not. The window: a
-        SIGKILL between a publish and its "mark sent" leaves a pending claim, which the
-        next owner re-publishes with the same task id. So: two copies, one of them logged
-        as re-published, the other sent by a beat SIGKILLed just after (or not logged at
-        all, when the kill came before the log line)."""
+        SIGKILL between a publish and its "mark sent" (or the registry cut off there: its
+        master killed) leaves a pending claim, which the next owner re-publishes with the
+        same task id. So: two copies, one of them logged as re-published, the other sent
+        by a beat SIGKILLed or cut off just after (or not logged at all, when the kill came
+        before the log line)."""
         again = self.republished.get(key, set())
         if n != 2 or len(again) != 1:
             return ""
         first = [f for f in self.fired if (f.entry, f.tick_ms) == key and f.beat not in again]
         if first:
             f = first[0]
-            kills = [at for at in self.killed_at.get(f.beat, []) if 0 <= at - f.logged_at <= 1]
-            return (
-                f"SIGKILL to {f.beat} {kills[0] - f.logged_at:+.3f}s after it sent" if kills else ""
-            )
+            for what, times in (
+                (f"SIGKILL to {f.beat}", self.killed_at.get(f.beat, [])),
+                ("registry master killed", self.registry_cut_at),
+            ):
+                after = [at - f.logged_at for at in times if 0 <= at - f.logged_at <= 1]
+                if after:
+                    return f"{what} {after[0]:+.3f}s after {f.beat} sent"
+            return ""
         tick_s = key[1] / 1000
         killed = [b for b, ats in self.killed_at.items() if any(at >= tick_s for at in ats)]
         return f"first sender unlogged; SIGKILL to {killed} after the tick" if killed else ""

@@ -461,6 +461,7 @@ def run_beats_through(beats: HABeats, fail_over: Any) -> harness.Published:
     try:
         beats.start(2)
         beats.wait_ticks(2, after_ms=harness.now_ms(), entries=ENTRIES, timeout=30)
+        cut_at = time.time()
         fail_over()
         after = harness.now_ms()
         beats.wait_ticks(3, after_ms=after, entries=ENTRIES, timeout=30)
@@ -477,6 +478,10 @@ def run_beats_through(beats: HABeats, fail_over: Any) -> harness.Published:
     unlogged = set(pub.counts) - {(f.entry, f.tick_ms) for f in pub.fired}
     assert all(tick >= stopped_ms - 1500 for _, tick in unlogged), unlogged
     pub.kills = len(stopped)
+    # A tick sent just before the master died and not yet marked sent is G1's documented
+    # window (an instance cut off from Redis before its mark reached it), if the beat was
+    # then taken for dead: the next owner re-publishes it, with its id.
+    pub.registry_cut_at = [cut_at]
     pub.assert_once()
     # the beats did go through the failover, on the HA registry
     assert any(b.grep("dcron: Redis unreachable") for b in beats.beats), "no outage seen"

@@ -44,3 +44,28 @@ def test_the_scenarios_fault_name_gives_the_hold() -> None:
     (seconds,) = HELD_RE.match(f"{broker_held(3.0)}, then broker-down 4s").groups()  # type: ignore[union-attr]
     assert float(seconds) == 3.0
     assert HELD_RE.match("broker-down 4s") is None
+
+
+def test_the_e2e_checker_excuses_a_tick_sent_just_before_the_registry_was_cut_off() -> None:
+    """tests/e2e/harness.py: a beat that sent a tick and lost the registry's master before
+    its "sent" mark landed leaves a pending claim that the next owner re-publishes (the
+    window G1 documents, "cut off from Redis"); nothing else is excused."""
+    from collections import Counter
+
+    from tests.e2e.harness import Published
+
+    key = ("every-1s-0", 1_000_000)
+
+    def why(cut_at: float, *, again: set[str] | None = None) -> str:
+        pub = Published(
+            counts=Counter({key: 2}), messages=[],
+            fired=[fired("a", 1_000.0, 1_000.01), fired("b", 1_000.0, 1_003.0)],
+            republished={key: {"b"} if again is None else again},
+            registry_cut_at=[cut_at],
+        )  # fmt: skip
+        return pub.kill_window(key, 2)
+
+    assert "registry master killed +0.190s after a sent" in why(1_000.2)
+    assert why(999.9) == ""  # cut off before it sent: the mark had nothing to miss
+    assert why(1_001.5) == ""  # long after: its mark had landed
+    assert why(1_000.2, again=set()) == ""  # not a re-published claim
