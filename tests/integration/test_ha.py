@@ -289,17 +289,52 @@ class Engines:
             on_timeout=lambda: f"sent: {sorted(self.counts())[-20:]}",
         )
 
-    def assert_each_tick_once_and_no_gap(self, every_ms: int = S) -> None:
+    def assert_each_tick_once_and_no_gap(
+        self, every_ms: int = S, *, cut_at: float | None = None
+    ) -> None:
+        """G1 and G2 (policy all). ``cut_at`` (monotonic s): when the registry's master
+        was killed; a tick sent by one engine at most 1 s before, then by another, is
+        G1's documented window (cut off from Redis before its "mark sent" landed, then
+        taken for dead: the next owner re-publishes the claim, with its id)."""
         dups = {
             k: [node for name, tick, node in self.sent if (name, tick) == k]
             for k, n in self.counts().items()
             if n > 1
         }
+        for key, nodes in list(dups.items()):
+            first = min(at for at, name, tick in self.sent_at if (name, tick) == key)
+            if (
+                cut_at is not None and len(nodes) == 2 and len(set(nodes)) == 2
+                and 0 <= cut_at - first <= 1
+            ):  # fmt: skip
+                print(f"G1 window (documented): {key} sent {cut_at - first:.3f}s before the cut")
+                del dups[key]
         assert not dups, f"G1: ticks published more than once: {dups}"
         for entry in self.entries:
             ticks = sorted(t for name, t in self.counts() if name == entry.name)
             missing = [t for t in range(ticks[0], ticks[-1], every_ms) if t not in set(ticks)]
             assert not missing, f"{entry.name}: missed {missing} (policy all)"
+
+
+def test_the_engines_check_excuses_only_a_tick_sent_just_before_the_cut() -> None:
+    """The check above: a tick sent twice, by two engines, the first copy within 1 s
+    before the registry's master was killed, is the documented window; nothing else."""
+    run = Engines(Settings(namespace=ns()), [interval("e0")])
+
+    def sent(*copies: tuple[float, str]) -> None:
+        """Ticks 0-4 s sent once by n0, but tick 2 s sent as ``copies`` (time, node)."""
+        once = [t for t in range(0, 5 * S, S) if t != 2 * S]
+        run.sent = [("e0", t, "n0") for t in once] + [("e0", 2 * S, n) for _, n in copies]
+        run.sent_at = [(0.0, "e0", t) for t in once] + [(at, "e0", 2 * S) for at, _ in copies]
+
+    sent((9.5, "n0"), (12.0, "n1"))
+    run.assert_each_tick_once_and_no_gap(cut_at=10.0)
+    for cut_at in (None, 9.4, 11.0):  # no cut; the copy was sent after it, or long before
+        with pytest.raises(AssertionError, match="more than once"):
+            run.assert_each_tick_once_and_no_gap(cut_at=cut_at)
+    sent((9.5, "n0"), (12.0, "n0"))  # sent twice by one engine: never the window
+    with pytest.raises(AssertionError, match="more than once"):
+        run.assert_each_tick_once_and_no_gap(cut_at=10.0)
 
 
 #: Settings of the engine-level failover tests: quick failure detection, every tick caught up.
@@ -321,13 +356,14 @@ def run_engines_through(settings: Settings, fail_over: Callable[[], str]) -> Non
         with listening(settings) as listener:
             run.wait_ticks(2, after_ms=0)
             started = time.time()
+            cut_at = time.monotonic()
             what = fail_over()
             log.info("%s took %.2fs", what, time.time() - started)
             run.wait_ticks(3, after_ms=int(time.time() * 1000))
             log.info("events again after %.2fs", assert_events_flow(listener, settings))
     finally:
         run.stop()
-    run.assert_each_tick_once_and_no_gap()
+    run.assert_each_tick_once_and_no_gap(cut_at=cut_at)
     sent_at = sorted(at for at, *_ in run.sent_at)
     log.info("longest pause in dispatch: %.2fs", max(b - a for a, b in pairwise(sent_at)))
 
