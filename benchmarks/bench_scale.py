@@ -69,7 +69,8 @@ MOVED = re.compile(
     r"dcron: read the (\d+) entries that moved here in ([\d.]+) s \(the (\d+) due soon after"
     r" ([\d.]+) s; order by the (\w+)\)"
 )
-#: a survivor's re-publish of a dead node's claim that was never marked sent (same id)
+#: a survivor's re-publish of a dead node's claim that was never marked sent (same id);
+#: a pass's warning names the first few of them (celery_dcron.logfields.SUMMARY_DETAILS)
 REPUBLISHED = re.compile(r"re-publishing unsent claim (\S+) tick=(\S+) with its original id")
 LOG_LINE = re.compile(r"^\[(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}): (\w+)/[^\]]*\] (.*)$")
 ORIGIN = re.compile(r"^gen(\d+)@")
@@ -704,8 +705,9 @@ def print_report(bench: Scale, head: str) -> None:
     table(cols, rows)
     print(f"duplicates (messages of an entry and tick already sent, whole run): "
           f"{out['duplicates']}, of which with another task id: {out['duplicates_other_id']}, "
-          f"re-published unsent claims of the killed beat (G1's documented window: it died "
-          f"between publish and mark sent): {out.get('duplicates_republished', 0)};"
+          f"logged by a survivor as re-published unsent claims (G1's window, when the killed "
+          f"beat sent them before its mark; only the first {bench.p['SUMMARY_DETAILS']} of a "
+          f"pass are named): {out.get('duplicates_republished', 0)};"
           f" ready {out['ready']}; membership settled {out['settle']}")  # fmt: skip
     for ph in bench.phases:
         top = " ".join(f"{c}={n}" for c, n in list(ph.commands.items())[:10])
@@ -753,6 +755,7 @@ def load_project(source: Path) -> dict[str, Any]:
     sys.path.insert(0, str(source))
     where = {"Celery": "celery", "DynamicTasks": "celery_dcron", "Settings": "celery_dcron.config",
              "Keys": "celery_dcron.registry", "interval_phase_ms": "celery_dcron.ticks",
+             "SUMMARY_DETAILS": "celery_dcron.logfields",
              "RedisServer": "tests.servers"}  # fmt: skip
     return {name: getattr(importlib.import_module(mod), name) for name, mod in where.items()}
 

@@ -406,19 +406,22 @@ class Published:
         SIGKILL between a publish and its "mark sent" (or the registry cut off there: its
         master killed) leaves a pending claim, which the next owner re-publishes with the
         same task id. So: two copies, one of them logged as re-published, the other sent
-        by a beat SIGKILLed or cut off just after (or not logged at all, when the kill came
-        before the log line)."""
+        by a beat SIGKILLed just after (or not logged at all, when the kill came before
+        the log line), or sent from 1 s before the registry's cut to 0.5 s after it (the
+        "fired" line comes just before the mark; a claim made before the cut may be sent
+        just after it). A claim lost with a master is claimed afresh, not re-published:
+        never excused."""
         again = self.republished.get(key, set())
         if n != 2 or len(again) != 1:
             return ""
         first = [f for f in self.fired if (f.entry, f.tick_ms) == key and f.beat not in again]
         if first:
             f = first[0]
-            for what, times in (
-                (f"SIGKILL to {f.beat}", self.killed_at.get(f.beat, [])),
-                ("registry master killed", self.registry_cut_at),
+            for what, times, early in (
+                (f"SIGKILL to {f.beat}", self.killed_at.get(f.beat, []), 0.0),
+                ("registry master killed", self.registry_cut_at, 0.5),
             ):
-                after = [at - f.logged_at for at in times if 0 <= at - f.logged_at <= 1]
+                after = [at - f.logged_at for at in times if -early <= at - f.logged_at <= 1]
                 if after:
                     return f"{what} {after[0]:+.3f}s after {f.beat} sent"
             return ""
