@@ -157,10 +157,7 @@ class Dispatcher(Part):
                 # A long burst must not starve the heartbeat, or the others would take
                 # this node for dead mid-pass. Versions are left for the next full beat.
                 with contextlib.suppress(RegistryUnavailableError):
-                    if self.registry.heartbeat(
-                        self.membership.node, self.settings.node_ttl_ms
-                    ).superseded:
-                        self.membership.mark_superseded()
+                    if self.stalls.superseded_now():
                         break
                 keepalive_at = time.monotonic() + self.settings.heartbeat_interval_s
             if self.stalls.stalled(claimed_at):

@@ -7,6 +7,7 @@ stepping: no heartbeat, no leave. Node TTL 3 s, entries every second.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from collections.abc import Iterable
@@ -350,3 +351,36 @@ def test_after_a_stall_every_claim_left_is_checked_not_only_the_next_batch(
     assert not twice
     # each of a's claims went out once: by d (taken over) or by a (still its own)
     assert {senders[key][0] for key in won} == {"a", "d"}
+
+
+def test_a_node_superseded_mid_burst_stops_publishing_at_its_keepalive_heartbeat(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A long burst heartbeats between publish batches; when that heartbeat finds that a
+    new incarnation took this node id over (it sends these claims as its own), the burst
+    stops there. Here the burst is slow, not stalled: no more than the keepalive interval
+    passes, so only the keepalive heartbeat can tell."""
+    monkeypatch.setattr(dispatch, "PUBLISH_BATCH", 2)
+    c = MemoryCluster()
+    a = c.add("a", entries(8, every_s=3600))
+    c.step_all(3)
+    c.align()
+    c.advance(S, step_ms=250)
+    skew = {"s": 0.0}
+    real = time.monotonic
+    monkeypatch.setattr(time, "monotonic", lambda: real() + skew["s"])
+    publish, before = a.dispatcher.publish, len(c.recorder.sent)
+
+    def slow(spec: Any, tick: Tick, tid: str) -> None:
+        publish(spec, tick, tid)
+        if len(c.recorder.sent) == before + 1:  # the first of the burst: taken over now
+            node = a.membership.node
+            new = dataclasses.replace(node, token="new-incarnation")
+            assert c.registry.join(new, c.ttl_ms, dead_token=node.token).won
+            skew["s"] += a.settings.heartbeat_interval_s + 0.05  # < node TTL / 2
+
+    monkeypatch.setattr(a.dispatcher, "publish", slow)
+    c.clock.set(c.clock.now_ms() + 3600 * S)  # all 8 due together
+    a.step()
+    assert a.membership.superseded
+    assert len(c.recorder.sent) - before == 2  # the first batch, not the 6 after it
