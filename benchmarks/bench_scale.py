@@ -69,9 +69,6 @@ MOVED = re.compile(
     r"dcron: read the (\d+) entries that moved here in ([\d.]+) s \(the (\d+) due soon after"
     r" ([\d.]+) s; order by the (\w+)\)"
 )
-#: a survivor's re-publish of a dead node's claim that was never marked sent (same id);
-#: a pass's warning names the first few of them (celery_dcron.logfields.SUMMARY_DETAILS)
-REPUBLISHED = re.compile(r"re-publishing unsent claim (\S+) tick=(\S+) with its original id")
 LOG_LINE = re.compile(r"^\[(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}): (\w+)/[^\]]*\] (.*)$")
 ORIGIN = re.compile(r"^gen(\d+)@")
 
@@ -510,11 +507,14 @@ class Scale:
         idle = idle if self.args.kind == "interval" else []
         logs = self.logs()
         # G1's documented window: the killed beat published a tick and died before its
-        # "mark sent"; a survivor re-published the claim, with its id (logged as such).
-        again = {
-            (m[1], round(datetime.fromisoformat(m[2]).timestamp() * 1000))
-            for events in logs for ev in events for m in REPUBLISHED.finditer(ev.text)
-        }  # fmt: skip
+        # "mark sent"; a survivor re-published the claim, with its id (logged as such; a
+        # pass's warning names the first SUMMARY_DETAILS of them).
+        again, iso_to_ms = set(), self.p["iso_to_ms"]
+        for events in logs:
+            for ev in events:
+                again.update(
+                    (m[1], iso_to_ms(m[2])) for m in self.p["REPUBLISHED_RE"].finditer(ev.text)
+                )
         self.out["duplicates_republished"] = sum(
             c - 1 for key, c in copies.items() if c > 1 and key in again
         )
@@ -755,8 +755,8 @@ def load_project(source: Path) -> dict[str, Any]:
     sys.path.insert(0, str(source))
     where = {"Celery": "celery", "DynamicTasks": "celery_dcron", "Settings": "celery_dcron.config",
              "Keys": "celery_dcron.registry", "interval_phase_ms": "celery_dcron.ticks",
-             "SUMMARY_DETAILS": "celery_dcron.logfields",
-             "RedisServer": "tests.servers"}  # fmt: skip
+             "SUMMARY_DETAILS": "celery_dcron.logfields", "RedisServer": "tests.servers",
+             "REPUBLISHED_RE": "tests.e2e.harness", "iso_to_ms": "tests.e2e.harness"}  # fmt: skip
     return {name: getattr(importlib.import_module(mod), name) for name, mod in where.items()}
 
 

@@ -232,6 +232,7 @@ class Engines:
         self.sent_at: list[tuple[float, str, int]] = []  # (monotonic s, entry, tick)
         #: (entry, tick, node) of each claim an engine logged re-publishing as unsent
         self.republished: set[tuple[str, int, str]] = set()
+        self._unwatch: Callable[[], None] = lambda: None
         self.engines: list[Engine] = []
         self.threads: list[threading.Thread] = []
         self.errors: list[BaseException] = []
@@ -290,7 +291,7 @@ class Engines:
 
     def stop(self) -> None:
         self._stop.set()
-        getattr(self, "_unwatch", lambda: None)()
+        self._unwatch()
         for thread in self.threads:
             thread.join(10)
         for engine in self.engines:
