@@ -28,7 +28,7 @@ from . import validation as rules
 from .bulk import BulkResult
 from .celery_schedules import from_celery
 from .config import Settings
-from .entries import EntrySpec, EntryState
+from .entries import EntrySpec, EntryState, new_spec
 from .enums import EntrySource
 from .exceptions import (
     ConfigurationError,
@@ -322,7 +322,7 @@ class DynamicTasks:
         rules.entry_name(name)
         rules.known_fields(name, changes, _FIELDS)  # (the task is one of them)
         new = self._changed(name, None, changes, now_ms=now_ms, app_zone=app_zone)
-        spec = EntrySpec(name=name, version=version, **new)
+        spec = new_spec(name=name, version=version, **new)
         self._check_result(spec, call=True)
         return spec
 

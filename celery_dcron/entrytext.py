@@ -30,6 +30,8 @@ __all__ = [
     "listed",
     "mapping_json",
     "plain",
+    "stored_version",
+    "with_version",
 ]
 
 #: The encoder of ``kombu.utils.json.dumps(data, sort_keys=True)``, made once.
@@ -143,6 +145,33 @@ def entry_text(spec: EntrySpec, call: tuple[str, str] | None) -> str | None:
         f'"name": {_string(name)}, "options": {mapping_json(spec.options, _value_json)}, '
         f'"schedule": {schedule}, "source": {_enum_json(spec.source)}, {tail}}}'
     )
+
+
+def with_version(text: str, old: int, new: int) -> str | None:
+    """The entry ``text`` (at version ``old``) at version ``new``: its last key, as
+    :func:`entry_text` and kombu's encoder (``sort_keys``: no key of an entry sorts after
+    it) write it; None when ``text`` does not end so."""
+    tail = f'"version": {old}}}'
+    if not text.endswith(tail):
+        return None
+    return f'{text[: -len(tail)]}"version": {new}}}'
+
+
+_VERSION_KEY = '"version": '
+
+
+def stored_version(text: str) -> int | None:
+    """The version of a stored entry's JSON ``text`` when it is its last key, as
+    :func:`with_version` reads it (a text ending in ``"version": 7}`` is an object whose
+    last key is that one: in a string the quotes would be escaped, in an inner object
+    another brace would follow); None when it does not end so (then decode it)."""
+    at = text.rfind(_VERSION_KEY)
+    if at < 1 or text[0] != "{" or text[-1] != "}" or text[at - 1] not in " {":
+        return None
+    digits = text[at + len(_VERSION_KEY) : -1]
+    if not digits.isascii() or not digits.isdigit():
+        return None
+    return int(digits)
 
 
 #: The JSON of the enum members an entry holds, by identity (an enum's hash and value

@@ -23,8 +23,7 @@ import functools
 import json
 import math
 import re
-from collections.abc import Callable, Collection, Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Callable, Collection, Mapping
 from datetime import datetime, timedelta
 from typing import Any, Final
 from zoneinfo import ZoneInfo
@@ -46,7 +45,6 @@ __all__ = [
     "ending",
     "entry_name",
     "every",
-    "in_entry",
     "instant",
     "json_size",
     "known_fields",
@@ -71,16 +69,6 @@ OPTION_KEYS: Final = frozenset(
 SCHEDULE_FIELDS: Final = ("cron", "every", "at", "schedule")
 
 _NAME: Final = re.compile(r"^[^\x00-\x1f\x7f{}]{1,200}$")
-
-
-@contextmanager
-def in_entry(name: str, field: str) -> Iterator[None]:
-    """Name the entry (and ``field``, unless the error names one) in the errors of a
-    value object built inside: ``CronSchedule`` says ``cron '61 * * * *': ...``."""
-    try:
-        yield
-    except InvalidScheduleError as exc:
-        raise InvalidScheduleError(f"entry {name!r}: {exc}", field=exc.field or field) from None
 
 
 # -- identity and call ---------------------------------------------------------------
@@ -125,8 +113,13 @@ def args(name: str, value: Any) -> tuple[Any, ...]:
     return tuple(value)
 
 
+_STR: Final = frozenset({str})
+
+
 def kwargs(name: str, value: Any) -> dict[str, Any]:
     """``None`` is no keyword arguments."""
+    if type(value) is dict and _STR.issuperset(map(type, value)):  # the usual case, short
+        return dict(value)
     value = {} if value is None else value
     if not isinstance(value, Mapping) or not all(isinstance(k, str) for k in value):
         raise InvalidEntryError(
@@ -320,8 +313,10 @@ def cron(name: str, value: Any, zone: str, *, day_or: bool = True) -> CronSchedu
         raise InvalidScheduleError(
             f"entry {name!r}: cron: {value!r} must be a string like '*/5 * * * *'", field="cron"
         )
-    with in_entry(name, "cron"):
+    try:  # (not a context manager: a third of the time of a cached schedule)
         return _cron(value, zone, day_or)
+    except InvalidScheduleError as exc:  # CronSchedule says "cron '61 * * * *': ..."
+        raise InvalidScheduleError(f"entry {name!r}: {exc}", field=exc.field or "cron") from None
 
 
 @functools.lru_cache(maxsize=4096, typed=True)

@@ -12,6 +12,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 from ..entries import EntrySpec
+from ..entrytext import stored_version
 from ..exceptions import (
     ConflictError,
     DcronError,
@@ -139,7 +140,7 @@ class EntryStore(Store):
             rows: list[tuple[str, str, int, int, int, int]] = []
             for i in todo:
                 spec, exp = specs[i], expected[i]
-                new = _at_version(spec, (exp or 0) + 1)
+                new = spec.at_version((exp or 0) + 1)
                 try:
                     text = new.dumps()
                 except InvalidEntryError as exc:
@@ -351,16 +352,14 @@ def _bound(schedule: Schedule, since_ms: int) -> int:
     return first_tick_bound(schedule, since_ms)
 
 
-def _at_version(spec: EntrySpec, version: int) -> EntrySpec:
-    """``spec`` as stored at ``version`` (itself when it already is)."""
-    return spec if spec.version == version else spec.with_changes(version=version)
-
-
 def _stored_version(text: str | None) -> int:
     """The version in a stored entry JSON, as the scripts read it: -1 without an entry,
     0 without a version."""
     if text is None:
         return -1
+    version = stored_version(text)  # (the usual text: its last key, read without decoding)
+    if version is not None:
+        return version
     try:
         version = json.loads(text).get("version")
         return int(version) if version is not None else 0

@@ -5,7 +5,7 @@ from __future__ import annotations
 import enum
 import json
 import re
-from dataclasses import fields
+from dataclasses import fields, replace
 from datetime import datetime, timedelta, timezone
 from typing import Any, NamedTuple
 
@@ -17,8 +17,8 @@ from kombu.utils import json as kjson
 from celery_dcron import validation as rules
 from celery_dcron.config import Settings
 from celery_dcron.engine.timeline import earliest_due_ms
-from celery_dcron.entries import EntrySpec, EntryState
-from celery_dcron.entrytext import due_fields
+from celery_dcron.entries import EntrySpec, EntryState, new_spec
+from celery_dcron.entrytext import due_fields, stored_version
 from celery_dcron.enums import AfterRun, EntrySource, MisfirePolicy, StrategyName
 from celery_dcron.exceptions import ConfigurationError, InvalidEntryError, InvalidScheduleError
 from celery_dcron.planning import next_run_ms
@@ -260,6 +260,54 @@ def test_an_entry_read_back_is_the_entry_written(spec: EntrySpec) -> None:
     assert back == made  # and not == spec: NaN != NaN; the texts are compared below
     assert repr(back) == repr(made) and back.dumps() == spec.dumps()
     assert back.with_changes(version=7).version == 7
+
+
+@settings(max_examples=300, deadline=None)
+@given(_specs, st.integers(0, 10**9))
+def test_entries_built_and_changed_without_init_are_the_ones_init_builds(
+    spec: EntrySpec, version: int
+) -> None:
+    """``new_spec`` and ``with_changes`` (validation and bulk writes build entries by the
+    hundred thousand) set the same fields as ``EntrySpec(...)`` and ``replace``; a copy
+    at another version carries the text over with only its version changed."""
+    values = {f.name: getattr(spec, f.name) for f in fields(EntrySpec) if f.init}
+    built, made = new_spec(**values), EntrySpec(**values)
+    assert repr(built) == repr(made) and built._text is None
+    assert repr(spec.with_changes(version=version)) == repr(replace(spec, version=version))
+    text = spec.dumps()
+    moved = spec.at_version(version)
+    assert moved.version == version and (moved is spec) == (version == spec.version)
+    assert moved.dumps() == replace(spec, version=version).dumps()  # made afresh
+    assert stored_version(text) == spec.version == json.loads(text)["version"]
+
+
+def test_the_builders_keep_defaults_and_refuse_what_init_refuses() -> None:
+    one = new_spec(name="a", task="t", schedule=IntervalSchedule(every_ms=1000))
+    two = new_spec(name="b", task="t", schedule=IntervalSchedule(every_ms=1000))
+    assert one == EntrySpec(name="a", task="t", schedule=IntervalSchedule(every_ms=1000))
+    assert one.kwargs == {} and one.kwargs is not two.kwargs  # default_factory: one each
+    with pytest.raises(TypeError, match="schedule"):
+        new_spec(name="a", task="t")
+    for bad in ({"bogus": 1}, {"_text": "{}"}):  # unknown, or not an __init__ field
+        with pytest.raises(TypeError, match=next(iter(bad))):
+            one.with_changes(**bad)
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        '{"name": "x", "version": "7"}', '{"name": "x"}', '{"kwargs": {"version": 7}}',
+        '{"description": "\\"version\\": 7}", "name": "x"}', '{"version": -1}',
+        '{"version": 7} ', '{"version": \u0667}', 'x "version": 7}',
+    ],
+)  # fmt: skip
+def test_the_version_is_read_from_the_text_alone_only_when_it_is_the_last_key(
+    text: str,
+) -> None:
+    """Else the text is decoded (as the scripts read it: 0 without a version)."""
+    assert stored_version(text) is None
+    assert stored_version('{"name": "x", "version": 7}') == 7
+    assert stored_version('{"version": 12}') == 12
 
 
 @settings(max_examples=300, deadline=None)
