@@ -7,6 +7,9 @@ Starts a throwaway redis-server, then for each N in ``--entries`` times:
 - ``add_many``: validate all, then write in pipelined chunks of ``--chunk``;
 - ``add_many replace``: the same entries again with ``replace=True`` (versions read
   first: two round trips per chunk);
+- ``add_many skip_invalid`` (and ``replace``): both again in another namespace with
+  ``skip_invalid=True``, where each chunk is written once validated (the writes overlap
+  the validation of the next chunks; without it, they follow all of it);
 - ``put_entries``: the registry's pipelined write alone, on entries built beforehand
   (validation excluded), to show what validation costs.
 
@@ -137,30 +140,33 @@ def run_size(
     client: redis.Redis, url: str, n: int, chunk: int, add_limit: int, kind: str,
     per_call: int, check_tasks: bool,
 ) -> list[Row]:  # fmt: skip
-    """The four cases on N entries (each in its own namespace of a flushed server)."""
+    """The six cases on N entries (each in its own namespace of a flushed server)."""
     items = entries(n, kind)
     client.flushall()
     few = items[: min(n, add_limit)]
     single = make_tasks(url, "single", check_tasks=check_tasks)
     bulk = make_tasks(url, "bulk", check_tasks=check_tasks)
     raw = make_tasks(url, "raw", check_tasks=check_tasks)
-    for tasks in (single, bulk, raw):
+    skipping = make_tasks(url, "skipping", check_tasks=check_tasks)
+    for tasks in (single, bulk, raw, skipping):
         tasks.registry.load_scripts()
 
     def add_each() -> None:
         for e in few:
             single.add(e["name"], **{k: v for k, v in e.items() if k != "name"})
 
-    def add_many(replace: bool) -> None:
+    def add_many(replace: bool, skip_invalid: bool = False, tasks: DynamicTasks = bulk) -> None:
         for lo in range(0, n, per_call or n):
             part = items[lo : lo + (per_call or n)]
-            result = bulk.add_many(part, chunk=chunk, replace=replace)
+            result = tasks.add_many(part, chunk=chunk, replace=replace, skip_invalid=skip_invalid)
             assert result.ok, (result.refused[:3], result.invalid[:3])
 
     rows = [
         measure(client, "add (one per call)", len(few), add_each),
         measure(client, "add_many", n, lambda: add_many(False)),
         measure(client, "add_many replace", n, lambda: add_many(True)),
+        measure(client, "add_many skip_invalid", n, lambda: add_many(False, True, skipping)),
+        measure(client, "add_many skip_inv. replace", n, lambda: add_many(True, True, skipping)),
     ]
     specs = bulk.export()
 

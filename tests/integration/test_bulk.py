@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gc
 import threading
+from collections.abc import Iterator
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
@@ -11,7 +12,7 @@ import pytest
 import redis
 from celery.schedules import solar
 
-from celery_dcron import DynamicTasks
+from celery_dcron import DynamicTasks, bulk
 from celery_dcron.bulk import entry_line, parse_line
 from celery_dcron.entries import EntrySpec
 from celery_dcron.enums import EntrySource
@@ -232,22 +233,59 @@ def test_entries_that_share_a_schedule_are_each_checked_and_named(api: DynamicTa
     assert texts["b"] == other.registry.client.hget(other.registry.keys.entries, "b")
 
 
-def test_chunks_written_at_once_are_reported_as_if_written_one_by_one(api: DynamicTasks) -> None:
+@pytest.mark.parametrize("skip_invalid", [False, True])
+def test_chunks_written_at_once_are_reported_as_if_written_one_by_one(
+    api: DynamicTasks, skip_invalid: bool
+) -> None:
     """Two chunks are written at once, each by its own thread: the result is the one of
-    chunks written one after the other (refused entries in the order given)."""
+    chunks written one after the other (refused entries in the order given); with
+    skip_invalid, while the next chunks are validated."""
     api.add("e004", "t", every=10)
     api.mark_deleted("e011")
-    result = api.add_many(every(30), chunk=4)
-    assert (result.created, result.replaced) == (28, 0)
+    result = api.add_many(every(30), chunk=4, skip_invalid=skip_invalid)
+    assert (result.total, result.created, result.replaced) == (30, 28, 0)
     assert [(p.index, p.name) for p in result.refused] == [(4, "e004"), (11, "e011")]
     assert [s.name for s in api.list()] == [f"e{i:03d}" for i in range(30) if i != 11]
-    again = api.add_many(every(30), chunk=4, replace=True)
+    again = api.add_many(every(30), chunk=4, replace=True, skip_invalid=skip_invalid)
     assert again.replaced == 29 and [p.name for p in again.refused] == ["e011"]
 
 
-def test_a_redis_error_is_raised_as_when_all_is_one_chunk(
-    api: DynamicTasks, redis_client: redis.Redis, monkeypatch: pytest.MonkeyPatch
+def test_skip_invalid_writes_each_chunk_while_the_next_ones_are_validated(
+    api: DynamicTasks,
 ) -> None:
+    """Without skip_invalid nothing is written before every entry is validated (one
+    invalid entry writes nothing); with it, a chunk is written once validated, so the
+    writes overlap the validation of the chunks after it, and the invalid entries and
+    names given twice are reported wherever they are."""
+    seen: dict[int, int] = {}  # entry index -> entries stored when it was validated
+
+    def entries(bad_at: int) -> Iterator[dict[str, object]]:
+        for i in range(60):
+            if i % 10 == 0:
+                seen[i] = len(api.list())
+            if i == bad_at:
+                yield {"name": f"x{i}", "task": "t", "every": -1}
+            elif i == 45:
+                yield {"name": "e001", "task": "t", "every": 5}  # given at #1 already
+            else:
+                yield {"name": f"e{i:03d}", "task": "t", "every": 60}
+
+    with pytest.raises(BulkInvalidError):
+        api.add_many(entries(bad_at=55), chunk=10)
+    assert set(seen.values()) == {0} and api.list() == []  # nothing, even at the end
+    result = api.add_many(entries(bad_at=33), chunk=10, skip_invalid=True)
+    assert [(p.index, p.field) for p in result.invalid] == [(33, "every"), (45, "name")]
+    assert (result.total, result.created) == (60, 58)
+    # two chunks under way at once: the first one is written before the fourth is made
+    assert seen[0] == 0 and seen[40] >= 10 and seen[50] >= 20
+    assert len(api.list()) == 58
+
+
+@pytest.mark.parametrize("skip_invalid", [False, True])
+def test_a_redis_error_is_raised_as_when_all_is_one_chunk(
+    api: DynamicTasks, redis_client: redis.Redis, monkeypatch: pytest.MonkeyPatch,
+    skip_invalid: bool,
+) -> None:  # fmt: skip
     """The error Redis gives a chunk reaches the caller as when every entry is in one chunk
     (written without a thread), once the chunks under way are done; the chunks after it
     are not written, and no thread is left behind."""
@@ -258,7 +296,7 @@ def test_a_redis_error_is_raised_as_when_all_is_one_chunk(
     for prefix, chunk in (("one", 1000), ("many", 7)):
         entries = [{"name": f"{prefix}{i}", "task": "t", "every": 5} for i in range(40)]
         with pytest.raises(redis.exceptions.ResponseError) as caught:
-            api.add_many(entries, chunk=chunk)
+            api.add_many(entries, chunk=chunk, skip_invalid=skip_invalid)
         errors.append(caught.value)
     assert type(errors[0]) is type(errors[1]) and str(errors[0]) == str(errors[1])
     assert threading.active_count() == threads
@@ -277,8 +315,10 @@ def test_a_redis_error_is_raised_as_when_all_is_one_chunk(
 
     monkeypatch.setattr(api.registry, "put_entries", unreachable_at_the_third)
     with pytest.raises(RegistryUnavailableError):
-        api.add_many(every(100), chunk=10)
-    assert 3 <= len(calls) <= 4  # the one beside the third may have been under way
+        api.add_many(every(100), chunk=10, skip_invalid=skip_invalid)
+    # the ones beside the third may have been under way
+    beside = (bulk._STREAM_IN_FLIGHT if skip_invalid else bulk._IN_FLIGHT) - 1
+    assert 3 <= len(calls) <= 3 + beside
     assert len([s for s in api.list() if s.name.startswith("e")]) == 10 * (len(calls) - 1)
     assert threading.active_count() == threads
 
@@ -328,13 +368,14 @@ def test_the_garbage_collector_is_paused_while_adding_then_left_as_it_was(
         gc.enable()
 
 
+@pytest.mark.parametrize("skip_invalid", [False, True])
 @pytest.mark.parametrize(
     ("kind", "reads"),
     [("cron", 1), ("cron-replace", 1), ("cron-replace-one-chunk", 0), ("every", 0), ("solar", 0)],
 )
 def test_the_server_time_for_first_ticks_is_read_once_per_call(
     api: DynamicTasks, redis_client: redis.Redis, monkeypatch: pytest.MonkeyPatch,
-    kind: str, reads: int,
+    kind: str, reads: int, skip_invalid: bool,
 ) -> None:  # fmt: skip
     """add_many reads the server's time once (not once per chunk) when it writes new cron
     entries, each given its first tick in the due index; with replace=True in one chunk
@@ -355,7 +396,9 @@ def test_the_server_time_for_first_ticks_is_read_once_per_call(
     monkeypatch.setattr(api.registry, "server_ms", counted)
     entries = [{"name": f"e{i}", "task": "t", **schedule} for i in range(25)]
     one_chunk = kind == "cron-replace-one-chunk"
-    result = api.add_many(entries, chunk=25 if one_chunk else 7, replace="replace" in kind)
+    result = api.add_many(
+        entries, chunk=25 if one_chunk else 7, replace="replace" in kind, skip_invalid=skip_invalid
+    )
     assert result.created == 25 and len(times) == reads
     due = {
         (n.decode() if isinstance(n, bytes) else n): score
@@ -368,8 +411,9 @@ def test_the_server_time_for_first_ticks_is_read_once_per_call(
         assert all(due[n] == next_tick(spec.schedule, a) for n, a in anchors.items())  # type: ignore[arg-type]
 
 
+@pytest.mark.parametrize("skip_invalid", [False, True])
 def test_the_chunks_of_one_add_share_each_schedules_first_tick(
-    api: DynamicTasks, monkeypatch: pytest.MonkeyPatch
+    api: DynamicTasks, monkeypatch: pytest.MonkeyPatch, skip_invalid: bool
 ) -> None:
     """Cron entries spread over many chunks, a few expressions each: each distinct
     expression's first tick is computed once per add_many call (a croniter step is
@@ -386,7 +430,7 @@ def test_the_chunks_of_one_add_share_each_schedules_first_tick(
     store._bound.cache_clear()
     monkeypatch.setattr(store, "first_tick_bound", counted)
     entries = [{"name": f"e{i:03d}", "task": "t", "cron": f"{i % 7} 4 * * *"} for i in range(140)]
-    assert api.add_many(entries, chunk=10).created == 140
+    assert api.add_many(entries, chunk=10, skip_invalid=skip_invalid).created == 140
     assert sorted(computed) == sorted(f"{m} 4 * * *" for m in range(7))
     due = api.registry.due_range(0, 2**62, count=200)  # due after 0: each has its first tick
     assert len(due) == 140
