@@ -165,8 +165,8 @@ class DynamicTasks:
         """Add many entries: all are validated first, then written ``chunk`` at a time,
         one pipelined round trip per chunk (two with ``replace``), two chunks at once
         (and once per call, with cron or one-off entries, the server's time is read).
-        With ``skip_invalid`` each chunk is written once validated, while the next ones
-        are (up to six at once).
+        With ``skip_invalid`` each chunk is written once validated (the first once the
+        second is), while the next ones are (up to six at once).
 
         Each entry is a mapping of :meth:`add`'s fields with its ``name`` (and ``task``),
         a line of ``export`` (parsed), or an :class:`EntrySpec`. If any is invalid,

@@ -10,8 +10,8 @@ them. Then it writes in chunks, one pipelined round trip each
 own, as ``add`` writes it (version 1, anchored once, tombstoned and static names
 refused), so an entry refused at that point (a name taken since) is reported in
 :class:`BulkResult` and the others are written. With ``skip_invalid`` no entry waits for
-the others' validation: each chunk is written once validated, while Python validates
-the next ones (:func:`_add_streaming`).
+the others' validation: each chunk is written once validated (the first once the second
+is), while Python validates the next ones (:func:`_add_streaming`).
 
 An entry is given as one of:
 
@@ -30,7 +30,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
-from itertools import islice
+from itertools import chain, islice
 from typing import TYPE_CHECKING, Any
 
 from kombu.utils import json as kjson
@@ -160,22 +160,23 @@ def _add_streaming(
     now: _ServerTime,
 ) -> BulkResult:
     """``add_many`` with ``skip_invalid``: no entry waits for the others' validation, so
-    each chunk is written once it is validated, while the next ones are (Python checks
-    them while Redis writes: the two overlap, where without ``skip_invalid`` they follow
-    each other). The server's time, read once at the first chunk with a cron or one-off
-    entry, is the one all chunks' first tick bounds count from."""
+    each chunk is written once it is validated (the first once the second is), while the
+    next ones are (Python checks them while Redis writes: the two overlap, where without
+    ``skip_invalid`` they follow each other). As in :func:`_add_many`, the server's time
+    is read once, when a chunk has a cron or one-off entry, and all chunks' first tick
+    bounds count from it; a lone chunk replacing entries reads it with the versions."""
     check = _Checker(tasks, now)
 
     def batches() -> Iterator[tuple[list[tuple[int, EntrySpec]], int | None]]:
         valid = check.valid(entries)
-        first = True
-        while batch := list(islice(valid, chunk)):
-            # (the first chunk replacing entries reads the time with the versions, as in
-            # _add_many: one round trip less for a call of one chunk)
-            timed = (now.known or not replace or not first) and any(
+        made = [list(islice(valid, chunk)), list(islice(valid, chunk))]  # one or several?
+        alone = not made[1]
+        for batch in chain(made, iter(lambda: list(islice(valid, chunk)), [])):
+            if not batch:
+                return
+            timed = (now.known or not replace or not alone) and any(
                 has_first_tick_bound(s.schedule) for _, s in batch
             )
-            first = False
             yield batch, now() if timed else None
 
     written = _write(tasks, batches(), replace=replace, in_flight=_STREAM_IN_FLIGHT)

@@ -169,9 +169,13 @@ def stored_version(text: str) -> int | None:
     if at < 1 or text[0] != "{" or text[-1] != "}" or text[at - 1] not in " {":
         return None
     digits = text[at + len(_VERSION_KEY) : -1]
-    if not digits.isascii() or not digits.isdigit():
+    if not digits.isascii() or not digits.isdigit() or len(digits) > _DIGITS:
         return None
     return int(digits)
+
+
+#: The most digits :func:`stored_version` reads (more: decoded; int() refuses over 4,300).
+_DIGITS = 18
 
 
 #: The JSON of the enum members an entry holds, by identity (an enum's hash and value

@@ -277,6 +277,7 @@ def test_entries_built_and_changed_without_init_are_the_ones_init_builds(
     text = spec.dumps()
     moved = spec.at_version(version)
     assert moved.version == version and (moved is spec) == (version == spec.version)
+    assert moved._text is not None  # carried over, not made again
     assert moved.dumps() == replace(spec, version=version).dumps()  # made afresh
     assert stored_version(text) == spec.version == json.loads(text)["version"]
 
@@ -298,7 +299,8 @@ def test_the_builders_keep_defaults_and_refuse_what_init_refuses() -> None:
     [
         '{"name": "x", "version": "7"}', '{"name": "x"}', '{"kwargs": {"version": 7}}',
         '{"description": "\\"version\\": 7}", "name": "x"}', '{"version": -1}',
-        '{"version": 7} ', '{"version": \u0667}', 'x "version": 7}',
+        '{"version": 7} ', '{"version": \u0667}', 'x "version": 7}', '{"a\\"version": 7}',
+        '{"a": 1,"version": 7}', '{"version": 1234567890123456789}',
     ],
 )  # fmt: skip
 def test_the_version_is_read_from_the_text_alone_only_when_it_is_the_last_key(
