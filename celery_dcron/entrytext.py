@@ -174,8 +174,9 @@ def stored_version(text: str) -> int | None:
     return int(digits)
 
 
-#: The most digits :func:`stored_version` reads (more: decoded; int() refuses over 4,300).
-_DIGITS = 18
+#: The most digits :func:`stored_version` reads (more: decoded), as the scripts read them
+#: (exact in a Lua number).
+_DIGITS = 15
 
 
 #: The JSON of the enum members an entry holds, by identity (an enum's hash and value

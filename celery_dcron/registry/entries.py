@@ -132,12 +132,10 @@ class EntryStore(Store):
         results: list[EntrySpec | DcronError | None] = [None] * len(specs)
         todo = list(range(len(specs)))
         firsts = _FirstTicks(self.transport.server_ms, since_ms)
-        for attempt in range(_ATTEMPTS):
+        for _ in range(_ATTEMPTS):
             expected: dict[int, int | None] = dict.fromkeys(todo)
-            if replace:  # (again: decoded, as the script decodes a text that is not ours)
-                todo = self._read_versions(
-                    specs, todo, expected, results, firsts, decode=attempt > 0
-                )
+            if replace:
+                todo = self._read_versions(specs, todo, expected, results, firsts)
             written: list[int] = []  # the index in specs of each row
             rows: list[tuple[str, str, int, int, int, int]] = []
             for i in todo:
@@ -210,13 +208,10 @@ class EntryStore(Store):
         expected: dict[int, int | None],
         results: list[EntrySpec | DcronError | None],
         firsts: _FirstTicks,
-        *,
-        decode: bool = False,
     ) -> list[int]:
         """Fill ``expected`` with the stored version of each entry of ``todo`` (None:
         absent); refuse the static names. Returns the indexes still to write. Reads the
-        server's time with them if ``firsts`` will need it. ``decode``: each text decoded,
-        not its last key read (:func:`_stored_version`)."""
+        server's time with them if ``firsts`` will need it."""
         names = [specs[i].name for i in todo]
         if not names:
             return []
@@ -236,7 +231,7 @@ class EntryStore(Store):
             if is_static is not None:
                 results[i] = _write_error(specs[i].name, "static", _stored_version(text), None)
                 continue
-            version = _stored_version(text, decode=decode)
+            version = _stored_version(text)
             expected[i] = None if version < 0 else version
             left.append(i)
         return left
@@ -357,15 +352,14 @@ def _bound(schedule: Schedule, since_ms: int) -> int:
     return first_tick_bound(schedule, since_ms)
 
 
-def _stored_version(text: str | None, *, decode: bool = False) -> int:
-    """The version in a stored entry JSON, as the scripts read it: -1 without an entry,
-    0 without a version. Read from the text's end when it ends with it, as each text this
-    package writes does, unless ``decode``: a text damaged elsewhere (no JSON, which the
-    scripts read as version 0) could end so too; a replace refused as a conflict reads
-    the versions again with ``decode``."""
+def _stored_version(text: str | None) -> int:
+    """The version in a stored entry JSON, as the scripts read it (``version_of``): -1
+    without an entry; read from the text's end when it ends with it, as each text this
+    package writes does (then whatever comes before, even a damaged text); else decoded,
+    0 without a version or without JSON."""
     if text is None:
         return -1
-    version = None if decode else stored_version(text)
+    version = stored_version(text)
     if version is not None:
         return version
     try:

@@ -23,6 +23,7 @@ from celery_dcron.exceptions import (
     InvalidEntryError,
     RegistryUnavailableError,
 )
+from celery_dcron.registry import scripts
 from celery_dcron.registry.scripts import PUT_ENTRIES_MAX, PUT_ENTRIES_MAX_BYTES
 from celery_dcron.schedules import CronSchedule, IntervalSchedule
 from celery_dcron.ticks import next_tick
@@ -122,17 +123,34 @@ def test_replace_overwrites_existing_entries_but_not_deleted_or_static_names(
     assert again.replaced == 2 and api.get("e003").version == 2
 
 
-def test_replace_writes_over_a_damaged_text_as_the_scripts_read_it(
+_TEXTS = [
+    '{"args": [], "name": "x", "version": 7}', '{"version": 12}', '{"a": 1,"version": 7}',
+    '{"args": [1,, "version": 7}', "not json", '{"name": "x"}', '{"version": "7"}',
+    '{"kwargs": {"version": 7}}', '{"a\\"version": 7}', '{"version": 7} ',
+    '{"version": \u0667}', '{"version": 1234567890123456}', '{"version": 123456789012345}',
+    '{"k": "\u00e9", "version": 3}',
+]  # fmt: skip
+
+
+def test_the_client_reads_each_stored_version_as_the_scripts_do(
     api: DynamicTasks, redis_client: redis.Redis
 ) -> None:
-    """A stored text that is not JSON has version 0 for the scripts, even if it ends as a
-    version would (read from the text's end first, then decoded after the conflict)."""
-    for name, text in (("ends", '{"args": [1,, "version": 7}'), ("no-json", "not json")):
-        redis_client.hset(api.registry.keys.entries, name, text)
-    result = api.add_many(every(1) + [{"name": n, "task": "t", "every": 9} for n in
-                                      ("ends", "no-json")], replace=True)  # fmt: skip
-    assert result.written == 3 and not result.refused
-    assert api.get("ends").schedule == IntervalSchedule(every_ms=9000)
+    """A replace sends the version it read; the script compares it with its own reading
+    (``version_of``): both read it from the text's end when it ends so, else decode it
+    (0 without one, or without JSON). A damaged text is overwritten all the same."""
+    from celery_dcron.registry.entries import _stored_version
+
+    for i, text in enumerate(_TEXTS):
+        redis_client.hset(api.registry.keys.entries, f"t{i}", text)
+    for i, text in enumerate(_TEXTS):  # a new entry's put: refused, with the version read
+        status, version = api.registry.transport.call(
+            scripts.PUT_ENTRY, [api.registry.keys.events, f"t{i}", "{}", "", "0", 0, 0]
+        )
+        assert (str(status), int(version)) == ("exists", _stored_version(text)), text
+    entries = [{"name": f"t{i}", "task": "t", "every": 9} for i in range(len(_TEXTS))]
+    result = api.add_many(entries, replace=True)
+    assert result.written == len(_TEXTS) and not result.refused
+    assert api.get("t3").schedule == IntervalSchedule(every_ms=9000)
 
 
 def test_export_lines_round_trip(api: DynamicTasks) -> None:

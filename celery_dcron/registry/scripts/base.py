@@ -46,10 +46,16 @@ local function anchor_at(every_s, phase_s)
 end
 """
 
-# The version of the stored entry JSON in ``cur`` (-1: no entry, 0: no version field).
+# The version of the stored entry JSON in ``cur`` (-1: no entry, 0: no version field):
+# read from its end when it ends with it, as every text this package writes does (its
+# last key; entrytext.stored_version reads it so too), else decoded.
 _VERSION = """
 local function version_of(cur)
   if not cur then return -1 end
+  if string.byte(cur, 1) == 123 then
+    local digits = string.match(cur, '[ {]"version": (%d+)}$')
+    if digits and #digits <= 15 then return tonumber(digits) end
+  end
   local ok, data = pcall(cjson.decode, cur)
   if ok and type(data) == 'table' and tonumber(data['version']) then
     return tonumber(data['version'])
