@@ -163,8 +163,9 @@ class DynamicTasks:
         dry_run: bool = False,
     ) -> BulkResult:
         """Add many entries: all are validated first, then written ``chunk`` at a time,
-        one pipelined round trip per chunk (two with ``replace``), two chunks at once
-        (and once per call, with cron or one-off entries, the server's time is read).
+        one pipelined round trip per chunk (two with ``replace``), two chunks at once (four
+        with ``replace``; and once per call, with cron or one-off entries, the server's
+        time is read).
         With ``skip_invalid`` each chunk is written once validated (the first once the
         second is), while the next ones are (up to six at once).
 

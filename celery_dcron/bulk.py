@@ -6,12 +6,12 @@
 (:class:`~celery_dcron.exceptions.BulkInvalidError` lists them all), unless told to skip
 them. Then it writes in chunks, one pipelined round trip each
 (:meth:`~celery_dcron.interfaces.Registry.put_entries`), two chunks under way at once
-(while Redis runs one, the next is made ready and sent): each entry is written on its
-own, as ``add`` writes it (version 1, anchored once, tombstoned and static names
-refused), so an entry refused at that point (a name taken since) is reported in
-:class:`BulkResult` and the others are written. With ``skip_invalid`` no entry waits for
-the others' validation: each chunk is written once validated (the first once the second
-is), while Python validates the next ones (:func:`_add_streaming`).
+(four when replacing; while Redis runs one, the next is made ready and sent): each
+entry is written on its own, as ``add`` writes it (version 1, anchored once, tombstoned
+and static names refused), so an entry refused at that point (a name taken since) is
+reported in :class:`BulkResult` and the others are written. With ``skip_invalid`` no
+entry waits for the others' validation: each chunk is written once validated (the first
+once the second is), while Python validates the next ones (:func:`_add_streaming`).
 
 An entry is given as one of:
 
@@ -50,6 +50,10 @@ _QUOTED = 5
 #: Batches written at once (see :func:`_write`), after all are validated: Redis runs one
 #: while the next one is sent.
 _IN_FLIGHT = 2
+#: The same when replacing: each batch is two round trips (the versions read, then the
+#: write), one after the other in its thread; four keep Redis busier (100,000 entries:
+#: 36,000-39,000/s with 2, 41,000 with 3 or 4; docs/benchmarks.rst).
+_REPLACE_IN_FLIGHT = 4
 #: Batches written at once while the next ones are validated (:func:`_add_streaming`):
 #: more, as a thread whose reply came back waits for the validating thread to let go of
 #: the GIL (up to ``sys.getswitchinterval()``, 5 ms), about a batch's time in Redis;
@@ -146,8 +150,9 @@ def _add_many(
     )
     since = now() if timed else None
     written = _write(
-        tasks, ((batch, since) for batch in batches), replace=replace, in_flight=_IN_FLIGHT
-    )
+        tasks, ((batch, since) for batch in batches), replace=replace,
+        in_flight=_REPLACE_IN_FLIGHT if replace else _IN_FLIGHT,
+    )  # fmt: skip
     return _result(total, written, invalid)
 
 

@@ -213,8 +213,8 @@ def test_each_chunk_is_one_round_trip(
     assert stats["cmdstat_xadd"]["calls"] == 250
     sent.clear()
     api.add_many(every(250), chunk=100, replace=True)
-    # replace: the versions read first (2 HMGETs), then the write; two chunks are written
-    # at once, each by its own thread: in each thread, read then write, chunk after chunk
+    # replace: the versions read first (2 HMGETs), then the write; chunks are written
+    # several at once, each by its own thread: in each thread, read then write
     by_thread: dict[int, list[int]] = {}
     for thread, size in sent:
         by_thread.setdefault(thread, []).append(size)
