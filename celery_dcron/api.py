@@ -162,12 +162,10 @@ class DynamicTasks:
         skip_invalid: bool = False,
         dry_run: bool = False,
     ) -> BulkResult:
-        """Add many entries: all are validated first, then written ``chunk`` at a time,
-        one pipelined round trip per chunk (two with ``replace``), two chunks at once (four
-        with ``replace``; and once per call, with cron or one-off entries, the server's
-        time is read).
-        With ``skip_invalid`` each chunk is written once validated (the first once the
-        second is), while the next ones are (up to six at once).
+        """Add many entries: all are validated first (with ``skip_invalid``, each chunk is
+        written once validated, while the next ones are), then written ``chunk`` at a
+        time, one pipelined round trip per chunk (two with ``replace``), several at once
+        (and once per call, with cron or one-off entries, the server's time is read).
 
         Each entry is a mapping of :meth:`add`'s fields with its ``name`` (and ``task``),
         a line of ``export`` (parsed), or an :class:`EntrySpec`. If any is invalid,

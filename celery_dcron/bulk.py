@@ -233,35 +233,26 @@ def _write(
         specs = [spec for _, spec in batch]
         return tasks.registry.put_entries(specs, replace=replace, since_ms=since)
 
+    it = iter(batches)
+    head = list(islice(it, 2))
+    if len(head) < 2:  # one batch alone is written in this thread
+        return [(batch, put(batch, since)) for batch, since in head]
     out: list[tuple[list[tuple[int, EntrySpec]], list[EntrySpec | DcronError]]] = []
-    under_way: deque[tuple[list[tuple[int, EntrySpec]], Future[list[EntrySpec | DcronError]]]]
-    under_way = deque()
-    first: tuple[list[tuple[int, EntrySpec]], int | None] | None = None
-    pool: ThreadPoolExecutor | None = None
-    try:
-        for batch, since in batches:
-            if first is None and pool is None:  # one batch alone is written in this thread
-                first = (batch, since)
-                continue
-            if pool is None:
-                pool = ThreadPoolExecutor(in_flight, thread_name_prefix="dcron-add-many")
-            if first is not None:
-                under_way.append((first[0], pool.submit(put, *first)))
-                first = None
-            if len(under_way) == in_flight:
+    with ThreadPoolExecutor(in_flight, thread_name_prefix="dcron-add-many") as pool:
+        under_way: deque[tuple[list[tuple[int, EntrySpec]], Future[list[EntrySpec | DcronError]]]]
+        under_way = deque()
+        try:
+            for batch, since in chain(head, it):
+                if len(under_way) == in_flight:
+                    done, future = under_way.popleft()
+                    out.append((done, future.result()))
+                under_way.append((batch, pool.submit(put, batch, since)))
+            while under_way:
                 done, future = under_way.popleft()
                 out.append((done, future.result()))
-            under_way.append((batch, pool.submit(put, batch, since)))
-        if first is not None:
-            out.append((first[0], put(*first)))
-        while under_way:
-            done, future = under_way.popleft()
-            out.append((done, future.result()))
-    finally:
-        for _, future in under_way:
-            future.cancel()  # not started: not written
-        if pool is not None:
-            pool.shutdown(wait=True)
+        finally:
+            for _, future in under_way:
+                future.cancel()  # not started: not written
     return out
 
 
