@@ -209,11 +209,15 @@ def test_admin_in_a_browser_create_fix_watch_pause_run_now_cluster(page: Any, de
     page.click("button[name=index]")
     assert "Sent to run now: browser-task (task id" in page.locator(".messagelist").inner_text()
 
-    # the worker's results appear on the change form (django-celery-results)
+    # the worker's results appear on the change form (django-celery-results). Each look is
+    # a fresh goto of the form's address: a reload() issued while the click's navigation is
+    # still under way fails in Chromium ("Not attached to an active page").
     page.locator("#result_list a", has_text="browser-task").first.click()
+    page.wait_for_url(re.compile(r".*/dynamictask/\d+/change/$"))
+    change_form = page.url
 
     def has_results() -> bool:
-        page.reload()
+        page.goto(change_form)
         return "SUCCESS" in page.locator(".field-recent_runs").inner_text()
 
     wait_for(has_results, 20, "results of browser-task on its change form")
