@@ -5,8 +5,8 @@ Starts a throwaway redis-server, then for each N in ``--entries`` times:
 - ``add``: one ``DynamicTasks.add`` per entry (one round trip each), on at most
   ``--add-limit`` entries (it is slow);
 - ``add_many``: validate all, then write in pipelined chunks of ``--chunk``;
-- ``add_many replace``: the same entries again with ``replace=True`` (versions read
-  first: two round trips per chunk);
+- ``add_many replace``: the same entries again with ``replace=True`` (one round trip per
+  chunk too: the script numbers each overwrite);
 - ``add_many skip_invalid`` (and ``replace``): both again in another namespace with
   ``skip_invalid=True``, where each chunk is written once validated (the writes overlap
   the validation of the next chunks; without it, they follow all of it);

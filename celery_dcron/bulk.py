@@ -6,7 +6,7 @@
 (:class:`~celery_dcron.exceptions.BulkInvalidError` lists them all), unless told to skip
 them. Then it writes in chunks, one pipelined round trip each
 (:meth:`~celery_dcron.interfaces.Registry.put_entries`), two chunks under way at once
-(four when replacing; while Redis runs one, the next is made ready and sent): each
+(while Redis runs one, the next is made ready and sent): each
 entry is written on its own, as ``add`` writes it (version 1, anchored once, tombstoned
 and static names refused), so an entry refused at that point (a name taken since) is
 reported in :class:`BulkResult` and the others are written. With ``skip_invalid`` no
@@ -50,10 +50,6 @@ _QUOTED = 5
 #: Batches written at once (see :func:`_write`), after all are validated: Redis runs one
 #: while the next one is sent.
 _IN_FLIGHT = 2
-#: The same when replacing: each batch is two round trips (the versions read, then the
-#: write), one after the other in its thread; four keep Redis busier (100,000 entries:
-#: 36,000-39,000/s with 2, 41,000 with 3 or 4; docs/benchmarks.rst).
-_REPLACE_IN_FLIGHT = 4
 #: Batches written at once while the next ones are validated (:func:`_add_streaming`):
 #: more, as a thread whose reply came back waits for the validating thread to let go of
 #: the GIL (up to ``sys.getswitchinterval()``, 5 ms), about a batch's time in Redis;
@@ -141,18 +137,14 @@ def _add_many(
         return BulkResult(total=total, invalid=tuple(invalid), dry_run=True)
     batches = [specs[i : i + chunk] for i in range(0, len(specs), chunk)]
     # the server's time before the writes, read once (with a one-off's validation, if
-    # any): the due index's first tick of each new cron or one-off entry counts from it.
-    # One chunk replacing entries reads it with the versions instead (one round trip
-    # less); several share one time, so that each schedule's first tick is computed
-    # once (registry/entries.py: _bound), not once per chunk.
-    timed = (now.known or not replace or len(batches) > 1) and any(
-        has_first_tick_bound(s.schedule) for _, s in specs
-    )
+    # any): the due index's first tick of each new cron or one-off entry counts from it;
+    # all chunks share it, so that each schedule's first tick is computed once
+    # (registry/entries.py: _bound), not once per chunk.
+    timed = any(has_first_tick_bound(s.schedule) for _, s in specs)
     since = now() if timed else None
     written = _write(
-        tasks, ((batch, since) for batch in batches), replace=replace,
-        in_flight=_REPLACE_IN_FLIGHT if replace else _IN_FLIGHT,
-    )  # fmt: skip
+        tasks, ((batch, since) for batch in batches), replace=replace, in_flight=_IN_FLIGHT
+    )
     return _result(total, written, invalid)
 
 
@@ -169,19 +161,13 @@ def _add_streaming(
     next ones are (Python checks them while Redis writes: the two overlap, where without
     ``skip_invalid`` they follow each other). As in :func:`_add_many`, the server's time
     is read once, when a chunk has a cron or one-off entry, and all chunks' first tick
-    bounds count from it; a lone chunk replacing entries reads it with the versions."""
+    bounds count from it."""
     check = _Checker(tasks, now)
 
     def batches() -> Iterator[tuple[list[tuple[int, EntrySpec]], int | None]]:
         valid = check.valid(entries)
-        made = [list(islice(valid, chunk)), list(islice(valid, chunk))]  # one or several?
-        alone = not made[1]
-        for batch in chain(made, iter(lambda: list(islice(valid, chunk)), [])):
-            if not batch:
-                return
-            timed = (now.known or not replace or not alone) and any(
-                has_first_tick_bound(s.schedule) for _, s in batch
-            )
+        for batch in iter(lambda: list(islice(valid, chunk)), []):
+            timed = any(has_first_tick_bound(s.schedule) for _, s in batch)
             yield batch, now() if timed else None
 
     written = _write(tasks, batches(), replace=replace, in_flight=_STREAM_IN_FLIGHT)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import functools
 import json
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from typing import Any
+from typing import Any, cast
 
 from ..entries import EntrySpec
 from ..entrytext import stored_version
@@ -30,6 +30,8 @@ __all__ = ["EntryStore"]
 
 #: Attempts of a write that is retried on a concurrent change.
 _ATTEMPTS = 20
+#: PUT_ENTRIES's expected version of an entry created or overwritten, whatever is stored.
+_ANY = -2
 
 
 class EntryStore(Store):
@@ -125,17 +127,52 @@ class EntryStore(Store):
         """Create (or with ``replace``, create or overwrite) each of ``specs`` as
         :meth:`put_entry` does, each on its own: PUT_ENTRIES calls of up to
         ``PUT_ENTRIES_MAX`` entries (fewer when they are large), all pipelined in one
-        round trip (``replace``: two, the first reads the versions). Tombstoned and static
-        names are refused. Returns, in order, each entry as stored or the error that
-        refused it.
+        round trip. Tombstoned and static names are refused. Returns, in order, each entry
+        as stored or the error that refused it.
+
+        ``replace`` sends each entry at version 1 and lets the script number an overwrite
+        (the stored version + 1, in the text's last key: :data:`scripts.PUT_ENTRIES`), so
+        that it takes the same one round trip, and no concurrent write can make it retry.
+        An entry whose JSON does not end in its version (a subclass's ``to_json`` adding
+        a later key) cannot be renumbered so: then the versions are read first, and the
+        writes compare-and-set on them (:meth:`_put_read`).
         """
         results: list[EntrySpec | DcronError | None] = [None] * len(specs)
-        todo = list(range(len(specs)))
         firsts = _FirstTicks(self.transport.server_ms, since_ms)
+        rows: list[tuple[str, str, int, int, int, int]] = []
+        written: list[int] = []  # the index in specs of each row
+        expected = _ANY if replace else -1
+        for i, spec in enumerate(specs):
+            new = spec.at_version(1)
+            try:
+                text = new.dumps()
+            except InvalidEntryError as exc:
+                results[i] = exc
+                continue
+            if replace and stored_version(text) != 1:
+                return self._put_read(specs, firsts)
+            rows.append((spec.name, text, expected, *self.grid(spec), firsts.bound(spec)))
+            written.append(i)
+            results[i] = new  # unless refused or renumbered below
+        for row, status, version in self._put_rows(rows, firsts.since):
+            i = written[row]
+            if status == "ok":
+                results[i] = cast(EntrySpec, results[i]).at_version(version)  # (its text too)
+            else:
+                results[i] = _write_error(specs[i].name, status, version, None)
+        return [r for r in results if r is not None]
+
+    def _put_read(
+        self, specs: Sequence[EntrySpec], firsts: _FirstTicks
+    ) -> list[EntrySpec | DcronError]:
+        """:meth:`put_entries` with ``replace``, in two round trips: the stored versions
+        read, then each write compare-and-set on the one read (read again and retried
+        when written in between)."""
+        results: list[EntrySpec | DcronError | None] = [None] * len(specs)
+        todo = list(range(len(specs)))
         for _ in range(_ATTEMPTS):
             expected: dict[int, int | None] = dict.fromkeys(todo)
-            if replace:
-                todo = self._read_versions(specs, todo, expected, results, firsts)
+            todo = self._read_versions(specs, todo, expected, results, firsts)
             written: list[int] = []  # the index in specs of each row
             rows: list[tuple[str, str, int, int, int, int]] = []
             for i in todo:
@@ -153,7 +190,7 @@ class EntryStore(Store):
             todo = []
             for row, status, version in self._put_rows(rows, firsts.since):
                 i = written[row]
-                if replace and status in ("exists", "conflict", "missing"):
+                if status in ("exists", "conflict", "missing"):
                     todo.append(i)  # written in between: read it again
                 else:
                     results[i] = _write_error(specs[i].name, status, version, expected[i])
@@ -171,8 +208,9 @@ class EntryStore(Store):
         """Run PUT_ENTRIES on ``rows`` (name, json, expected version or -1, every_ms,
         phase_ms, first tick bound or 0; the bounds count from ``since_ms``), in calls of
         at most ``PUT_ENTRIES_MAX`` entries and about ``PUT_ENTRIES_MAX_BYTES`` of JSON,
-        pipelined in one round trip; returns ``(position in rows, status, current
-        version)`` of each entry refused."""
+        pipelined in one round trip; returns ``(position in rows, status, version)`` of each
+        entry refused (the current version) or overwritten with expected ``_ANY``
+        (status ``"ok"``, the version written)."""
         head = [self.keys.events, "" if since_ms is None else since_ms]
         calls: list[list[Any]] = []
         firsts: list[int] = []  # the position in rows of each call's first entry
@@ -195,11 +233,17 @@ class EntryStore(Store):
         if texts:
             calls.append([*head, json.dumps(meta, ensure_ascii=False), "".join(texts)])
         replies = self.transport.call_many(scripts.PUT_ENTRIES, calls) if calls else []
-        refused: list[tuple[int, str, int]] = []
+        listed: list[tuple[int, str, int]] = []
         for first, reply in zip(firsts, replies, strict=True):
-            for j in range(1, len(reply), 3):  # the refused entries: position, status, version
-                refused.append((first + int(reply[j]) - 1, str(reply[j + 1]), int(reply[j + 2])))
-        return refused
+            for j in range(1, len(reply), 3):  # the entries listed: position, status, version
+                at = int(reply[j])
+                if at == 0:  # the entries overwritten, "i:version,..."
+                    for pair in str(reply[j + 2]).split(","):
+                        i, _, version = pair.partition(":")
+                        listed.append((first + int(i) - 1, "ok", int(version)))
+                    continue
+                listed.append((first + at - 1, str(reply[j + 1]), int(reply[j + 2])))
+        return listed
 
     def _read_versions(
         self,

@@ -14,7 +14,7 @@ import redis
 from celery.schedules import solar
 
 from celery_dcron import DynamicTasks, bulk
-from celery_dcron.bulk import entry_line, parse_line
+from celery_dcron.bulk import entry_line, parse_line, validate
 from celery_dcron.entries import EntrySpec
 from celery_dcron.enums import EntrySource
 from celery_dcron.exceptions import (
@@ -151,6 +151,41 @@ def test_the_client_reads_each_stored_version_as_the_scripts_do(
     result = api.add_many(entries, replace=True)
     assert result.written == len(_TEXTS) and not result.refused
     assert api.get("t3").schedule == IntervalSchedule(every_ms=9000)
+    # each overwrite is numbered by the script: the version it read, plus one
+    for i, text in enumerate(_TEXTS):
+        stored = redis_client.hget(api.registry.keys.entries, f"t{i}")
+        stored = stored.decode() if isinstance(stored, bytes) else stored
+        assert stored.endswith(f'"version": {_stored_version(text) + 1}}}'), text
+        assert api.get(f"t{i}").version == _stored_version(text) + 1
+
+
+class _Tagged(EntrySpec):
+    """An entry whose JSON has a key after its version."""
+
+    __slots__ = ()
+
+    def dumps(self, *, call: tuple[str, str] | None = None) -> str:
+        return EntrySpec.dumps(self, call=call)[:-1] + ', "zz_tag": 1}'
+
+
+def test_a_replace_of_a_text_not_ending_in_its_version_reads_the_versions_first(
+    api: DynamicTasks, redis_client: redis.Redis
+) -> None:
+    """The script cannot number an overwrite of such a text (it writes the version in
+    the text's last key): then the versions are read, and each write compares-and-sets
+    on the one read, as a replace did before."""
+    reg = api.registry
+
+    def tagged(name: str, every_ms: int) -> _Tagged:
+        return _Tagged(name=name, task="t", schedule=IntervalSchedule(every_ms=every_ms))
+
+    assert [r.version for r in reg.put_entries([tagged("a", 1000)])] == [1]  # type: ignore[union-attr]
+    api.update("a", every=3)  # version 2
+    redis_client.config_resetstat()
+    out = reg.put_entries([tagged("a", 2000), tagged("b", 2000)], replace=True)
+    assert [r.version for r in out] == [3, 1]  # type: ignore[union-attr]
+    assert api.get("a").version == 3 and api.get("a").schedule == IntervalSchedule(every_ms=2000)
+    assert redis_client.info("commandstats")["cmdstat_hmget"]["calls"] == 2 + 5  # read, write
 
 
 def test_export_lines_round_trip(api: DynamicTasks) -> None:
@@ -212,18 +247,29 @@ def test_each_chunk_is_one_round_trip(
     assert stats["cmdstat_hincrby"]["calls"] == stats["cmdstat_xtrim"]["calls"] == 3
     assert stats["cmdstat_xadd"]["calls"] == 250
     sent.clear()
+    redis_client.config_resetstat()
     api.add_many(every(250), chunk=100, replace=True)
-    # replace: the versions read first (2 HMGETs), then the write; chunks are written
-    # several at once, each by its own thread: in each thread, read then write
-    by_thread: dict[int, list[int]] = {}
-    for thread, size in sent:
-        by_thread.setdefault(thread, []).append(size)
-    assert sorted(sizes()) == [1, 1, 1, 2, 2, 2]
-    assert all(seq == [2, 1] * (len(seq) // 2) for seq in by_thread.values())
+    # replace: the same one round trip per chunk, no version read before it (the script
+    # numbers each overwrite)
+    assert sizes() == [1, 1, 1]
+    stats = redis_client.info("commandstats")
+    assert stats["cmdstat_evalsha"]["calls"] == 3 and stats["cmdstat_hmget"]["calls"] == 3 * 5
+    assert stats["cmdstat_xadd"]["calls"] == 250
     sent.clear()
     many = [{"name": f"m{i:04d}", "task": "t", "every": 5} for i in range(PUT_ENTRIES_MAX + 1)]
     api.add_many(many, chunk=2 * PUT_ENTRIES_MAX)
     assert sizes() == [2]  # a script call takes at most PUT_ENTRIES_MAX entries
+    sent.clear()
+    # replaced in two script calls of one round trip: each overwrite is numbered and
+    # reported by its own call (the second's positions count from its first entry)
+    api.update("m0000", every=6)
+    api.update(f"m{PUT_ENTRIES_MAX:04d}", every=6)  # the second call's only entry
+    valid, _ = validate(api, [*many, {"name": "m-new", "task": "t", "every": 5}])
+    out = api.registry.put_entries([spec for _, spec in valid], replace=True)
+    assert sizes() == [2]
+    assert [r.version for r in out] == [3] + [2] * (PUT_ENTRIES_MAX - 1) + [3, 1]  # type: ignore[union-attr]
+    assert [r.name for r in out] == [spec.name for _, spec in valid]  # type: ignore[union-attr]
+    assert api.get(f"m{PUT_ENTRIES_MAX:04d}").version == 3 and api.get("m-new").version == 1
     sent.clear()
     blob = "x" * (PUT_ENTRIES_MAX_BYTES // 10)  # under dcron_max_payload_bytes
     big = [
@@ -408,15 +454,15 @@ def test_the_garbage_collector_is_paused_while_adding_then_left_as_it_was(
 @pytest.mark.parametrize("skip_invalid", [False, True])
 @pytest.mark.parametrize(
     ("kind", "reads"),
-    [("cron", 1), ("cron-replace", 1), ("cron-replace-one-chunk", 0), ("every", 0), ("solar", 0)],
+    [("cron", 1), ("cron-replace", 1), ("cron-replace-one-chunk", 1), ("every", 0), ("solar", 0)],
 )
 def test_the_server_time_for_first_ticks_is_read_once_per_call(
     api: DynamicTasks, redis_client: redis.Redis, monkeypatch: pytest.MonkeyPatch,
     kind: str, reads: int, skip_invalid: bool,
 ) -> None:  # fmt: skip
     """add_many reads the server's time once (not once per chunk) when it writes new cron
-    entries, each given its first tick in the due index; with replace=True in one chunk
-    it comes with the versions that chunk reads; interval and solar entries need none."""
+    entries, each given its first tick in the due index (replacing them too, also in one
+    chunk); interval and solar entries need none."""
     cron = {"cron": "0 4 * * *"}
     schedule: dict[str, object] = {
         "cron": cron, "cron-replace": cron, "cron-replace-one-chunk": cron,

@@ -145,9 +145,8 @@ class BatchItem:
 class BatchOutcome:
     """What :func:`write_batch` did not write, and how many chunks it sent."""
 
-    #: ``add_many`` chunks sent (one pipelined round trip each, two for replacements;
-    #: and per ``add_many`` call with cron or one-off entries, one to read the server's
-    #: time)
+    #: ``add_many`` chunks sent (one pipelined round trip each; and per ``add_many`` call
+    #: with cron or one-off entries, one to read the server's time)
     chunks: int
     #: items the registry refused: their name was taken, deleted or made static since read
     refused: list[tuple[BatchItem, EntryProblem]]

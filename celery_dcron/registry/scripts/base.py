@@ -52,8 +52,8 @@ end
 _VERSION = """
 local function version_of(cur)
   if not cur then return -1 end
-  if string.byte(cur, 1) == 123 then
-    local digits = string.match(cur, '[ {]"version": (%d+)}$')
+  if string.byte(cur, 1) == 123 then  -- the last 28 bytes hold a tail of up to 15 digits
+    local digits = string.match(string.sub(cur, -28), '[ {]"version": (%d+)}$')
     if digits and #digits <= 15 then return tonumber(digits) end
   end
   local ok, data = pcall(cjson.decode, cur)

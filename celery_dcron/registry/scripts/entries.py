@@ -168,7 +168,9 @@ PUT_ENTRIES_MAX_BYTES = 512 * 1024
 #       earlier (its clock stepped back, or another server answers since: they may be
 #       late), nor FOLD_MS later (ticks.py: they hold for anchors within it). rows: a
 #       JSON array (cjson), 6 values per entry: name, the length in bytes of its JSON,
-#       expected (the current version, -1 = must not exist), every_ms, phase_ms (the
+#       expected (the current version, -1 = must not exist, -2 = create or overwrite:
+#       its JSON is at version 1, ending in '"version": 1}', and an overwrite writes it
+#       at the stored version + 1, in place of that 1), every_ms, phase_ms (the
 #       interval grid; every_ms 0 = not an interval), and a lower bound of its first
 #       tick if this call anchors it (0 = unknown: a cron or one-off entry's first tick
 #       after since). texts: the entries' JSON, one after the other (not escaped again
@@ -177,7 +179,10 @@ PUT_ENTRIES_MAX_BYTES = 512 * 1024
 # Returns {written, i, status, version, i, status, version, ...}: how many entries were
 # written, then each entry refused: its position in rows (1-based), its status as
 # PUT_ENTRY returns it ('exists', 'missing', 'conflict', 'tombstoned' or 'static') and
-# the current version. An entry not listed was written ('ok'; its version was expected).
+# the current version; then, if entries given with expected -2 were overwritten, one
+# more triple: 0, 'ok', and "i:version,i:version,..." (their positions in rows, 1-based,
+# and the versions written; one string: a reply element costs the client more than the
+# script). An entry not listed was written at the version its JSON holds.
 PUT_ENTRIES = Script(
     "put_entries",
     ("entries", "static", "tombstones", "anchor", "meta", "feed", "due", "last"),
@@ -200,6 +205,7 @@ local tombs = redis.call('HMGET', KEYS[3], unpack(names))
 local anchors = redis.call('HMGET', KEYS[4], unpack(names))
 local lasts = redis.call('HMGET', KEYS[8], unpack(names))
 local out, o = {0}, 1       -- the reply, and its length
+local renumbered, r = {}, 0 -- "i:version" of each entry overwritten with expected -2
 local texts = {}            -- name -> json written by this call (a name given twice sees it)
 local puts, p = {}, 0       -- HSET entries: name, json, ...
 local marks, m = {}, 0      -- HSET anchor: name, anchor, ... (the names without an anchor)
@@ -216,6 +222,13 @@ for i = 1, n do
   local status = nil
   if tombs[i] then status = 'tombstoned'
   elseif static[i] then status = 'static'
+  elseif expected == -2 then
+    if ver >= 0 then  -- an overwrite: the text (at version 1) at the next version
+      local v = string.format('%d', ver + 1)
+      text = string.sub(text, 1, -3) .. v .. '}'
+      r = r + 1
+      renumbered[r] = i .. ':' .. v
+    end
   elseif expected < 0 then
     if ver >= 0 then status = 'exists' end
   elseif ver < 0 then status = 'missing'
@@ -244,6 +257,7 @@ for i = 1, n do
     end
   end
 end
+if r > 0 then out[o + 1], out[o + 2], out[o + 3] = 0, 'ok', table.concat(renumbered, ',') end
 if f == 0 then return out end
 redis.call('HSET', KEYS[1], unpack(puts))
 if m > 0 then redis.call('HSET', KEYS[4], unpack(marks)) end
