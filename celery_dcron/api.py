@@ -164,7 +164,7 @@ class DynamicTasks:
     ) -> BulkResult:
         """Add many entries: all are validated first (with ``skip_invalid``, each chunk is
         written once validated, while the next ones are), then written ``chunk`` at a
-        time, one pipelined round trip per chunk (two with ``replace``), several at once
+        time, one pipelined round trip per chunk, several at once
         (and once per call, with cron or one-off entries, the server's time is read).
 
         Each entry is a mapping of :meth:`add`'s fields with its ``name`` (and ``task``),

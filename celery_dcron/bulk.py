@@ -335,11 +335,6 @@ class _ServerTime:
         self._read: Callable[[], int] = tasks.registry.server_ms
         self._ms: int | None = None
 
-    @property
-    def known(self) -> bool:
-        """Whether it was read."""
-        return self._ms is not None
-
     def __call__(self) -> int:
         if self._ms is None:
             self._ms = self._read()

@@ -238,10 +238,9 @@ class Registry:
         self, specs: Sequence[EntrySpec], *, replace: bool = False, since_ms: int | None = None
     ) -> list[EntrySpec | DcronError]:
         """Create (``replace``: create or overwrite) each of ``specs``, pipelined: one
-        round trip (two with ``replace``; without ``since_ms``, a cron or one-off entry
-        adds a read of the server's time, in the first of the two with ``replace``);
-        tombstoned and static names are refused. Returns, in order, each entry as stored
-        or the error that refused it."""
+        round trip (without ``since_ms``, a cron or one-off entry adds a read of the
+        server's time); tombstoned and static names are refused. Returns, in order, each
+        entry as stored or the error that refused it."""
         return self.entry_store.put_entries(specs, replace=replace, since_ms=since_ms)
 
     def set_enabled(self, name: str, enabled: bool) -> EntrySpec:

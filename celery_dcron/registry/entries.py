@@ -30,8 +30,10 @@ __all__ = ["EntryStore"]
 
 #: Attempts of a write that is retried on a concurrent change.
 _ATTEMPTS = 20
-#: PUT_ENTRIES's expected version of an entry created or overwritten, whatever is stored.
+#: PUT_ENTRIES's expected version of an entry created or overwritten, whatever is stored;
+#: the entry's JSON then ends so (its version 1, the last key), for the script to number.
 _ANY = -2
+_AT_ONE = '"version": 1}'
 
 
 class EntryStore(Store):
@@ -133,9 +135,11 @@ class EntryStore(Store):
         ``replace`` sends each entry at version 1 and lets the script number an overwrite
         (the stored version + 1, in the text's last key: :data:`scripts.PUT_ENTRIES`), so
         that it takes the same one round trip, and no concurrent write can make it retry.
-        An entry whose JSON does not end in its version (a subclass's ``to_json`` adding
-        a later key) cannot be renumbered so: then the versions are read first, and the
-        writes compare-and-set on them (:meth:`_put_read`).
+        An entry whose JSON does not end in its version (a subclass's own ``dumps``)
+        cannot be renumbered so: then the versions are read first, and the writes
+        compare-and-set on them (:meth:`_put_read`); so is an entry whose next version
+        would take more than the 15 digits a Lua number holds exactly (only a raw write
+        makes such a version).
         """
         results: list[EntrySpec | DcronError | None] = [None] * len(specs)
         firsts = _FirstTicks(self.transport.server_ms, since_ms)
@@ -149,17 +153,24 @@ class EntryStore(Store):
             except InvalidEntryError as exc:
                 results[i] = exc
                 continue
-            if replace and stored_version(text) != 1:
+            if replace and not text.endswith(_AT_ONE):
                 return self._put_read(specs, firsts)
             rows.append((spec.name, text, expected, *self.grid(spec), firsts.bound(spec)))
             written.append(i)
             results[i] = new  # unless refused or renumbered below
+        again: list[int] = []  # too far numbered for the script
         for row, status, version in self._put_rows(rows, firsts.since):
             i = written[row]
             if status == "ok":
                 results[i] = cast(EntrySpec, results[i]).at_version(version)  # (its text too)
+            elif status == "conflict":
+                again.append(i)
             else:
                 results[i] = _write_error(specs[i].name, status, version, None)
+        if again:
+            redone = self._put_read([specs[i] for i in again], firsts)
+            for i, result in zip(again, redone, strict=True):
+                results[i] = result
         return [r for r in results if r is not None]
 
     def _put_read(
@@ -205,7 +216,7 @@ class EntryStore(Store):
     def _put_rows(
         self, rows: list[tuple[str, str, int, int, int, int]], since_ms: int | None
     ) -> list[tuple[int, str, int]]:
-        """Run PUT_ENTRIES on ``rows`` (name, json, expected version or -1, every_ms,
+        """Run PUT_ENTRIES on ``rows`` (name, json, expected version, -1 or ``_ANY``, every_ms,
         phase_ms, first tick bound or 0; the bounds count from ``since_ms``), in calls of
         at most ``PUT_ENTRIES_MAX`` entries and about ``PUT_ENTRIES_MAX_BYTES`` of JSON,
         pipelined in one round trip; returns ``(position in rows, status, version)`` of each

@@ -188,6 +188,39 @@ def test_a_replace_of_a_text_not_ending_in_its_version_reads_the_versions_first(
     assert redis_client.info("commandstats")["cmdstat_hmget"]["calls"] == 2 + 5  # read, write
 
 
+def test_a_replace_past_15_digits_of_version_is_numbered_exactly(
+    api: DynamicTasks, redis_client: redis.Redis
+) -> None:
+    """The script numbers an overwrite with a Lua number, exact to 15 digits: a version
+    past that (only a raw write makes one) is numbered by the client, compare-and-set on
+    the version read, in the same call."""
+    from celery_dcron.entrytext import with_version
+
+    key = api.registry.keys.entries
+    big = {"last-exact": 999_999_999_999_998, "past": 999_999_999_999_999,
+           "huge": 12_345_678_901_234_567_890}  # fmt: skip
+    for name, version in big.items():
+        api.add(name, "t", every=5)
+        text = with_version(_hget(redis_client, key, name), 1, version)
+        assert text is not None
+        redis_client.hset(key, name, text)
+    api.add("small", "t", every=5)
+    result = api.add_many(
+        [{"name": n, "task": "t", "every": 6} for n in [*big, "small", "new"]], replace=True
+    )
+    assert (result.replaced, result.created, result.ok) == (4, 1, True)
+    for name, version in [*big.items(), ("small", 1)]:
+        assert _hget(redis_client, key, name).endswith(f'"version": {version + 1}}}'), name
+        assert api.get(name).version == version + 1
+        assert api.get(name).schedule == IntervalSchedule(every_ms=6000)
+
+
+def _hget(client: redis.Redis, key: str, field: str) -> str:
+    value = client.hget(key, field)
+    assert value is not None
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
 def test_export_lines_round_trip(api: DynamicTasks) -> None:
     api.add("report", "t", cron="0 7 * * mon-fri", tz="Europe/Paris", args=[1, "x"],
             kwargs={"when": "2030-01-02"}, options={"queue": "q"},

@@ -375,6 +375,9 @@ def test_put_entries_creates_or_replaces_each_entry_on_its_own(backend: Backend)
     assert all(isinstance(r, ConflictError) for r in replaced[2:])
     assert reg.get_entry("taken") == replaced[1] and replaced[1].schedule.every_ms == 2000  # type: ignore[union-attr]
     assert reg.get_entry("s") == spec("s") and reg.put_entries([]) == []
+    # an entry that cannot be encoded is refused as such, before the name is looked at
+    unencodable = dynamic("s").with_changes(args=(object(),))
+    assert isinstance(reg.put_entries([unencodable], replace=True)[0], InvalidEntryError)
 
 
 def test_remove_clears_state_and_a_tombstone_keeps_the_name_deleted(backend: Backend) -> None:
@@ -750,7 +753,7 @@ def test_the_due_index_is_unknown_after_each_write_and_holds_what_owners_set(
         "late": 0, "late1": 0, "cron": 0, "s1": 0, "s2": 0,
         "yearly": new_year, "yearly-late": new_year, "at": 2**52,
     }  # fmt: skip
-    # replace=True reads the server's time with the versions; a caller's (add_many's) too
+    # replace=True reads the server's time as an add does; a caller's (add_many's) too
     reg.put_entries([yearly.with_changes(name="yearly-r")], replace=True)
     reg.put_entries([yearly.with_changes(name="yearly-s")], since_ms=reg.server_ms())
     anchors = {n: st.anchor_ms for n, st in reg.states().items()}

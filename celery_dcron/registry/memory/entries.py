@@ -169,9 +169,6 @@ class _Entries(_Base):
             d = self._data
             for spec in specs:
                 name = spec.name
-                if replace and name in d.static:
-                    results.append(_refused(name, "a static entry (beat_schedule) has that name"))
-                    continue
                 current = _version_of(d.entries.get(name))
                 new = spec.with_changes(version=(max(current, 0) if replace else 0) + 1)
                 try:

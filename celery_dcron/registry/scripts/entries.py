@@ -170,7 +170,8 @@ PUT_ENTRIES_MAX_BYTES = 512 * 1024
 #       JSON array (cjson), 6 values per entry: name, the length in bytes of its JSON,
 #       expected (the current version, -1 = must not exist, -2 = create or overwrite:
 #       its JSON is at version 1, ending in '"version": 1}', and an overwrite writes it
-#       at the stored version + 1, in place of that 1), every_ms, phase_ms (the
+#       at the stored version + 1, in place of that 1; refused as 'conflict' when that
+#       would take more than 15 digits), every_ms, phase_ms (the
 #       interval grid; every_ms 0 = not an interval), and a lower bound of its first
 #       tick if this call anchors it (0 = unknown: a cron or one-off entry's first tick
 #       after since). texts: the entries' JSON, one after the other (not escaped again
@@ -223,7 +224,9 @@ for i = 1, n do
   if tombs[i] then status = 'tombstoned'
   elseif static[i] then status = 'static'
   elseif expected == -2 then
-    if ver >= 0 then  -- an overwrite: the text (at version 1) at the next version
+    if ver >= 1e15 - 1 then  -- past the 15 digits a Lua number numbers exactly
+      status = 'conflict'
+    elseif ver >= 0 then  -- an overwrite: the text (at version 1) at the next version
       local v = string.format('%d', ver + 1)
       text = string.sub(text, 1, -3) .. v .. '}'
       r = r + 1
