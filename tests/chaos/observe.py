@@ -558,7 +558,33 @@ def _context(
                 continue
             if f"{entry} " in line or f"{entry}'" in line or _CONTEXT_RE.search(line):
                 out.append(f"{beat.name}: {line[:220]}")
-    return out[:120]
+    return out[:120] + _broker_stalls(cluster, lo, hi)
+
+
+def _broker_stalls(cluster: Cluster, lo: float, hi: float) -> list[str]:
+    """The broker's stalls between ``lo`` and ``hi`` (epoch s) that its latency monitor
+    kept (``LATENCY HISTORY``, events of 100 ms or more when the chaos broker's threshold
+    is set: conftest.py), such as a fsync held by a busy disk: a publish waits them out,
+    and one longer than the node TTL makes its beat look dead meanwhile."""
+    try:
+        client = cluster.broker.client()
+        events = {
+            event[0]: client.execute_command("LATENCY", "HISTORY", event[0])
+            for event in client.execute_command("LATENCY", "LATEST")
+        }
+    except Exception as exc:  # the broker killed, or a server without the monitor
+        return [f"broker latency: not read ({exc!r})"]
+    stalls = [
+        f"{time.strftime('%H:%M:%S', time.gmtime(int(at)))} broker {_text(name)} {ms} ms"
+        for name, history in events.items()
+        for at, ms in history
+        if lo - 1 <= int(at) <= hi
+    ]
+    return sorted(stalls) or [f"broker latency: no stall of 100 ms or more in {hi - lo:.0f}s"]
+
+
+def _text(value: object) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
 
 
 def _held(
