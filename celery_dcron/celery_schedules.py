@@ -31,6 +31,7 @@ from .schedules import (
     is_real,
     load_zone,
     ms_to_datetime,
+    shared_schedule,
 )
 from .ticks import next_tick
 
@@ -78,9 +79,9 @@ def _from_celery(obj: object, app_tz: str) -> Schedule:
         seconds = float(obj)  # type: ignore[arg-type]
         if not math.isfinite(seconds):
             raise InvalidScheduleError(f"interval {obj!r}: must be a finite number of seconds")
-        return IntervalSchedule(every_ms=round(seconds * 1000))
+        return shared_schedule(IntervalSchedule, every_ms=round(seconds * 1000))
     if isinstance(obj, timedelta):
-        return IntervalSchedule(every_ms=round(obj / _MS))
+        return shared_schedule(IntervalSchedule, every_ms=round(obj / _MS))
     if isinstance(obj, celery_schedule):
         # ``relative=True`` (round to the interval) is not kept: ticks run from the anchor.
         return _from_celery(getattr(obj, "run_every", None), app_tz)
@@ -88,7 +89,7 @@ def _from_celery(obj: object, app_tz: str) -> Schedule:
         # Celery's crontab ANDs day_of_month and day_of_week (all must match): day_or=False.
         explicit = _zone_name(vars(obj).get("tz"))  # e.g. django-celery-beat's TzAwareCrontab
         expr = " ".join(_full(getattr(obj, name), low, high) for name, low, high in _CRONTAB)
-        return CronSchedule(expr=expr, tz=explicit or app_tz, day_or=False)
+        return shared_schedule(CronSchedule, expr=expr, tz=explicit or app_tz, day_or=False)
     if isinstance(obj, solar):
         return SolarSchedule(event=obj.event, lat=obj.lat, lon=obj.lon)
     if isinstance(obj, datetime):
@@ -136,7 +137,9 @@ class cron(BaseSchedule):
     def to_schedule(self, *, app_tz: str | None = None) -> CronSchedule:
         """The value object; ``tz=None`` resolves to ``app_tz``, else the app's zone."""
         tz = self.tz_name or app_tz or _zone_name(self.tz) or "UTC"
-        return CronSchedule(expr=self.expr, tz=tz, day_or=self.day_or)
+        made = shared_schedule(CronSchedule, expr=self.expr, tz=tz, day_or=self.day_or)
+        assert isinstance(made, CronSchedule)
+        return made
 
     def _next_after(self, when: datetime) -> tuple[int | None, int]:
         now_ms = datetime_to_ms(self.maybe_make_aware(self.now()))

@@ -43,6 +43,7 @@ __all__ = [
     "ms_to_datetime",
     "schedule_from_json",
     "schedule_to_json",
+    "shared_schedule",
 ]
 
 _EPOCH: Final = datetime(1970, 1, 1, tzinfo=timezone.utc)
@@ -289,7 +290,9 @@ def schedule_from_json(data: object, *, entry: str) -> Schedule:
     if type(data) is dict and data.get("kind") == "interval":
         # the common case, read back by the hundred thousand: an interval already made
         every = data.get("every_ms")
-        if type(every) is int and (shared := _SHARED.get((IntervalSchedule, ("every_ms", every)))):
+        if type(every) is int and (
+            shared := _SHARED.get((IntervalSchedule, ("every_ms", int, every)))
+        ):
             return shared
     where = f"entry {entry!r}: schedule"
     if not isinstance(data, Mapping):
@@ -327,24 +330,33 @@ def schedule_from_json(data: object, *, entry: str) -> Schedule:
         raise InvalidScheduleError(
             f"{where}: unknown kind {kind!r}; expected 'interval', 'cron', 'solar' or 'at'"
         )
-    key = (make, *fields.items())
+    try:
+        return shared_schedule(make, **fields)
+    except InvalidScheduleError as exc:  # the value object's own check: name the entry
+        raise InvalidScheduleError(f"entry {entry!r}: {exc}", field=exc.field) from None
+
+
+def shared_schedule(make: Callable[..., Schedule], **fields: Any) -> Schedule:
+    """``make(**fields)``, or the equal schedule made before (one object per distinct
+    schedule: see :data:`_SHARED`); the fields in the order of the schedule's own. Each
+    value's type is part of the key: ``0`` equals ``False``, but only the second is a
+    ``day_or`` the schedule's own check lets through."""
+    key = (make, *[(name, type(value), value) for name, value in fields.items()])
     try:
         shared = _SHARED.get(key)
-    except TypeError:  # an unhashable value: its own check below names it
+    except TypeError:  # an unhashable value: its own check names it
         shared = None
     if shared is not None:
         return shared
-    try:
-        made = make(**fields)
-    except InvalidScheduleError as exc:  # the value object's own check: name the entry
-        raise InvalidScheduleError(f"entry {entry!r}: {exc}", field=exc.field) from None
+    made = make(**fields)
     if len(_SHARED) >= _SHARED_MAX:
         _SHARED.clear()
     _SHARED[key] = made
     return made
 
 
-#: Schedules read back from the registry, one object per distinct schedule: the 100,000
-#: entries of a namespace often share a few dozen (schedules are immutable values).
+#: Schedules read back from the registry or converted from a ``beat_schedule``, one object
+#: per distinct schedule: the 100,000 entries of a namespace often share a few dozen
+#: (schedules are immutable values).
 _SHARED: dict[tuple[Any, ...], Schedule] = {}
 _SHARED_MAX = 65_536

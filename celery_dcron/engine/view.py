@@ -297,6 +297,8 @@ class View(Part):
             page = specs[sync.written : sync.written + STATIC_PAGE]
             whole = len(specs) <= STATIC_PAGE
             result = self.registry.sync_static(page, final=whole)
+            for spec in page:  # the entries are kept (a sync again after a Redis data
+                spec.forget_text()  # loss), their texts made again then
             for name, reason in result.skipped.items():
                 logger.warning(
                     "dcron: static entry %r not written: a %s entry of that name exists",

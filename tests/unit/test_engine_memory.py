@@ -303,3 +303,33 @@ def test_a_tick_published_as_redis_went_away_is_marked_sent_on_its_return_not_se
     assert_each_tick_once(c.recorder)
     ts = ticks_of(c.recorder, "e0")
     assert ts[0] == tick and all(y - x == S for x, y in pairwise(ts))
+
+
+def test_synced_static_entries_keep_no_text_and_owned_entries_share_their_names() -> None:
+    """What an instance holds per entry, at 100,000 static entries: a synced static entry
+    lets go of its JSON text (made again for a later sync), and an entry read back
+    keeps the name string the instance has anyway, not a copy decoded from its text."""
+    clock = ManualClock(start_ms=T0)
+    settings = Settings(node_id="n1", namespace="unit")
+    registry = MemoryRegistry.from_settings(settings, clock)
+    static = [
+        EntrySpec(name=f"s{i}", task="t.add", schedule=IntervalSchedule(every_ms=EVERY_MS))
+        for i in range(3)
+    ]
+    engine = Engine(
+        settings=settings,
+        registry=registry,  # type: ignore[arg-type]  # Engine still names the Redis class
+        clock=clock,
+        strategy=get_strategy(settings.strategy),
+        publish=lambda spec, tick, tid: None,
+        static_entries=static,
+        listen=False,
+    )
+    engine.step()
+    assert engine.owned == {"s0", "s1", "s2"}
+    assert all(spec._text is None for spec in engine.view.static_entries)
+    assert registry.get_entry("s1") == static[1]  # written
+    # a sync again (after a Redis data loss) makes the same texts again: nothing changes
+    assert registry.sync_static(static).changed == 0
+    for name, spec in engine.view.entries.items():
+        assert spec.name is name

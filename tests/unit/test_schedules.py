@@ -485,3 +485,23 @@ def test_cron_in_celery_beat_entry(app: Celery) -> None:
     assert tuple(entry.is_due()) == (True, 3600.0)
     entry.last_run_at = now
     assert tuple(entry.is_due()) == (False, 3600.0)
+
+
+def test_equal_schedules_are_one_object_from_a_beat_schedule_or_read_back() -> None:
+    """100,000 entries of one crontab hold one schedule, not 100,000 equal ones: the
+    conversion of a beat_schedule shares them by value, as reading back does."""
+    a = from_celery(crontab(minute=0, hour=4), entry="a", app_tz="UTC")
+    b = from_celery(crontab(minute="0", hour="4"), entry="b", app_tz="UTC")
+    assert a is b
+    assert schedule_from_json(schedule_to_json(a), entry="c") is a
+    every = from_celery(30, entry="d", app_tz="UTC")
+    assert every is from_celery(timedelta(seconds=30), entry="e", app_tz="UTC")
+    assert every is schedule_from_json({"kind": "interval", "every_ms": 30_000}, entry="f")
+    assert cron("0 4 * * *").to_schedule(app_tz="UTC") is cron("0 4 * * *").to_schedule(
+        app_tz="UTC"
+    )
+    # a shared schedule is found by value and type: day_or 0 is still refused
+    with pytest.raises(InvalidScheduleError, match="day_or"):
+        schedule_from_json({"kind": "cron", "expr": a.expr, "tz": "UTC", "day_or": 0}, entry="h")  # type: ignore[attr-defined]
+    other = from_celery(crontab(minute=0, hour=4), entry="g", app_tz="Europe/Paris")
+    assert other == CronSchedule(expr=a.expr, tz="Europe/Paris", day_or=False) and other is not a  # type: ignore[attr-defined]
