@@ -6,12 +6,12 @@
 (:class:`~celery_dcron.exceptions.BulkInvalidError` lists them all), unless told to skip
 them. Then it writes in chunks, one pipelined round trip each
 (:meth:`~celery_dcron.interfaces.Registry.put_entries`), two chunks under way at once
-(while Redis runs one, the next is made ready and sent): each
-entry is written on its own, as ``add`` writes it (version 1, anchored once, tombstoned
-and static names refused), so an entry refused at that point (a name taken since) is
-reported in :class:`BulkResult` and the others are written. With ``skip_invalid`` no
-entry waits for the others' validation: each chunk is written once validated (the first
-once the second is), while Python validates the next ones (:func:`_add_streaming`).
+(while Redis runs one, the next is made ready and sent): each entry is written on its
+own, as ``add`` writes it (version 1, anchored once, tombstoned and static names
+refused), so an entry refused at that point (a name taken since) is reported in
+:class:`BulkResult` and the others are written. With ``skip_invalid`` no entry waits for
+the others' validation: each chunk is written once validated (the first once the second
+is), while Python validates the next ones (:func:`_add_streaming`).
 
 An entry is given as one of:
 

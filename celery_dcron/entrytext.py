@@ -31,6 +31,7 @@ __all__ = [
     "mapping_json",
     "plain",
     "stored_version",
+    "version_tail",
     "with_version",
 ]
 
@@ -151,10 +152,16 @@ def with_version(text: str, old: int, new: int) -> str | None:
     """The entry ``text`` (at version ``old``) at version ``new``: its last key, as
     :func:`entry_text` and kombu's encoder (``sort_keys``: no key of an entry sorts after
     it) write it; None when ``text`` does not end so."""
-    tail = f'"version": {old}}}'
+    tail = version_tail(old)
     if not text.endswith(tail):
         return None
-    return f'{text[: -len(tail)]}"version": {new}}}'
+    return text[: -len(tail)] + version_tail(new)
+
+
+def version_tail(version: int) -> str:
+    """How the text of an entry at ``version`` ends (its last key), as :func:`entry_text`
+    and kombu's encoder (``sort_keys``) write it."""
+    return f'"version": {version}}}'
 
 
 _VERSION_KEY = '"version": '

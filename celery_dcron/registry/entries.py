@@ -12,7 +12,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, cast
 
 from ..entries import EntrySpec
-from ..entrytext import stored_version
+from ..entrytext import stored_version, version_tail
 from ..exceptions import (
     ConflictError,
     DcronError,
@@ -33,7 +33,7 @@ _ATTEMPTS = 20
 #: PUT_ENTRIES's expected version of an entry created or overwritten, whatever is stored;
 #: the entry's JSON then ends so (its version 1, the last key), for the script to number.
 _ANY = -2
-_AT_ONE = '"version": 1}'
+_AT_ONE = version_tail(1)
 
 
 class EntryStore(Store):
